@@ -1,0 +1,1 @@
+/* check_config.c -- placeholder until the module lands. */

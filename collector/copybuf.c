@@ -1,0 +1,1 @@
+/* copybuf.c -- placeholder until the module lands. */

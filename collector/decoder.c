@@ -1,0 +1,1 @@
+/* decoder.c -- placeholder until the module lands. */

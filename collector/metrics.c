@@ -1,0 +1,95 @@
+/* metrics.c -- the process-wide counters and their Prometheus text rendering. */
+#include "needletrace/metrics.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+
+nt_metrics_t nt_metrics;
+
+typedef struct {
+    char *buf;
+    size_t cap;
+    size_t len;
+} metrics__out_t;
+
+static void metrics__printf(metrics__out_t *o, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void metrics__printf(metrics__out_t *o, const char *fmt, ...)
+{
+    if (o->len + 1 >= o->cap) {
+        return;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(o->buf + o->len, o->cap - o->len, fmt, ap);
+    va_end(ap);
+    if (n > 0) {
+        o->len += (size_t)n;
+        if (o->len >= o->cap) {
+            o->len = o->cap - 1;
+        }
+    }
+}
+
+static void metrics__one(metrics__out_t *o, const char *name, const char *type, const char *help,
+                         uint64_t value)
+{
+    metrics__printf(o, "# HELP needletrace_%s %s\n# TYPE needletrace_%s %s\nneedletrace_%s %" PRIu64 "\n",
+                    name, help, name, type, name, value);
+}
+
+size_t nt_metrics_render(char *buf, size_t buflen)
+{
+    metrics__out_t o = {buf, buflen, 0};
+    const nt_metrics_t *m = &nt_metrics;
+    if (buflen == 0) {
+        return 0;
+    }
+    buf[0] = '\0';
+    metrics__one(&o, "mqtt_messages_received_total", "counter", "Messages read from the broker.",
+                 m->mqtt_messages_received);
+    metrics__one(&o, "mqtt_bytes_received_total", "counter", "Payload bytes read from the broker.",
+                 m->mqtt_bytes_received);
+    metrics__one(&o, "mqtt_connects_total", "counter", "Successful broker connections.",
+                 m->mqtt_connects);
+    metrics__one(&o, "mqtt_connection_losses_total", "counter", "Broker connections lost.",
+                 m->mqtt_connection_losses);
+    metrics__one(&o, "mqtt_connected", "gauge", "1 while connected to the broker.",
+                 (uint64_t)m->mqtt_connected);
+    metrics__one(&o, "backpressure", "gauge",
+                 "1 while reading from the broker is paused because the journal is full.",
+                 (uint64_t)m->backpressure);
+    metrics__one(&o, "backpressure_episodes_total", "counter",
+                 "Times reading was paused because the journal was full.",
+                 m->backpressure_episodes);
+    metrics__one(&o, "journal_syncs_total", "counter", "fdatasync calls on the journal.",
+                 m->journal_syncs);
+    metrics__one(&o, "journal_bytes", "gauge", "Bytes held by the journal.", m->journal_bytes);
+    metrics__one(&o, "journal_end_position", "gauge", "Durable end of the journal.",
+                 m->journal_end);
+    metrics__one(&o, "journal_checkpoint_position", "gauge",
+                 "Journal position committed to the database.", m->journal_checkpoint);
+    metrics__one(&o, "db_connected", "gauge", "1 while connected to the database.",
+                 (uint64_t)m->db_connected);
+    metrics__one(&o, "db_connects_total", "counter", "Successful database connections.",
+                 m->db_connects);
+    metrics__one(&o, "db_errors_total", "counter", "Database errors (batches retried).",
+                 m->db_errors);
+    metrics__one(&o, "db_batches_total", "counter", "Committed batches.", m->db_batches);
+    metrics__one(&o, "db_batches_fallback_total", "counter",
+                 "Batches that held duplicates and took the staging path.", m->db_batches_fallback);
+    metrics__one(&o, "db_messages_total", "counter", "Messages committed (accepted or quarantined).",
+                 m->db_messages);
+    metrics__one(&o, "db_events_total", "counter",
+                 "Event rows sent in committed batches (duplicates included).", m->db_events);
+    metrics__printf(&o, "# HELP needletrace_db_quarantined_total Messages quarantined, by reason.\n"
+                        "# TYPE needletrace_db_quarantined_total counter\n");
+    for (int r = 1; r < NT_REASON__COUNT; r++) {
+        metrics__printf(&o, "needletrace_db_quarantined_total{reason=\"%s\"} %" PRIu64 "\n",
+                        nt_reason_name((nt_reason_t)r), m->db_quarantined_by_reason[r]);
+    }
+    metrics__one(&o, "db_last_commit_timestamp_seconds", "gauge", "Time of the last commit.",
+                 m->db_last_commit_unix_us / 1000000);
+    return o.len;
+}

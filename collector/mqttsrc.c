@@ -1,0 +1,1 @@
+/* mqttsrc.c -- placeholder until the module lands. */

@@ -1,0 +1,1 @@
+/* pgsink.c -- placeholder until the module lands. */

@@ -1,0 +1,1 @@
+/* simulate.c -- placeholder until the module lands. */

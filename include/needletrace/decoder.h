@@ -1,0 +1,81 @@
+/* decoder.h -- topic parsing, protobuf decoding and validation of one telemetry message.
+ *
+ * Plain functions over data: no loop, no I/O. Everything decoded lives in the caller's
+ * arena. A message is either accepted whole or rejected whole with one reason code. */
+#ifndef NEEDLETRACE_DECODER_H
+#define NEEDLETRACE_DECODER_H
+
+#include "needletrace/arena.h"
+#include "needletrace/common.h"
+#include "needletrace/v1/telemetry.pb-c.h"
+
+/* Rejection reasons: the stable names are stored in quarantine.reason. */
+#define NT_REASON_MAP(XX)                                                                          \
+    XX(OK, "ok")                                                                                   \
+    XX(BAD_TOPIC, "bad_topic")                 /* not clinics/{id}/handpieces/{id}/telemetry */    \
+    XX(PAYLOAD_TOO_LARGE, "payload_too_large") /* more than 256 KiB */                             \
+    XX(NOT_PROTOBUF, "not_protobuf")           /* protobuf-c could not unpack it */                \
+    XX(SERIAL_MISMATCH, "serial_mismatch")     /* payload device_serial != topic serial */         \
+    XX(BAD_IDENTIFIER, "bad_identifier")       /* serial, session id, gtin, lot... malformed */    \
+    XX(INVALID_UTF8, "invalid_utf8")                                                               \
+    XX(NUL_IN_STRING, "nul_in_string")                                                             \
+    XX(STRING_TOO_LONG, "string_too_long")                                                         \
+    XX(NO_EVENTS, "no_events")                                                                     \
+    XX(TOO_MANY_EVENTS, "too_many_events")                                                         \
+    XX(MISSING_BODY, "missing_body")   /* an event with no oneof body */                           \
+    XX(SEQ_ORDER, "seq_order")         /* seq 0, or not strictly increasing */                     \
+    XX(OUT_OF_RANGE, "out_of_range")   /* a number outside what any handpiece can report */        \
+    XX(UNKNOWN_AREA, "unknown_area")
+
+typedef enum {
+#define NT__REASON_ENUM(name, text) NT_REASON_##name,
+    NT_REASON_MAP(NT__REASON_ENUM)
+#undef NT__REASON_ENUM
+        NT_REASON__COUNT
+} nt_reason_t;
+
+/* Stable snake_case name of a reason ("not_protobuf"), "unknown" if out of range. */
+const char *nt_reason_name(nt_reason_t r);
+
+/* Physical bounds applied by the validator (a value past them is garbage, not a
+ * policy violation: policy violations are accepted and raise alerts). */
+#define NT_MAX_DEPTH_UM 5000u
+#define NT_MAX_STROKE_RATE_HZ 1000u
+#define NT_MAX_SESSION_ID_LEN 64u
+#define NT_MAX_TEXT_LEN 256u      /* device_model, firmware_version, operator_id, patient_ref */
+#define NT_MAX_FAULT_MSG_LEN 1024u
+#define NT_MIN_DEVICE_TIME_MS 946684800000LL  /* 2000-01-01 */
+#define NT_MAX_DEVICE_TIME_MS 4102444800000LL /* 2100-01-01 */
+
+typedef struct {
+    char clinic_id[NT_MAX_ID_LEN + 1];
+    char device_serial[NT_MAX_ID_LEN + 1];
+} nt_topic_t;
+
+typedef struct {
+    nt_topic_t topic;
+    Needletrace__V1__Telemetry *msg; /* arena-owned, valid until the arena is reset */
+} nt_message_t;
+
+/* Parses clinics/{clinic_id}/handpieces/{device_serial}/telemetry. Ids are 1-64 chars
+ * of [A-Za-z0-9._-]. Returns 0, or NT_EINVAL when the topic does not match. */
+int nt_topic_parse(const char *topic, size_t len, nt_topic_t *out);
+
+/* 1 when s[0..len) is 1-64 chars of [A-Za-z0-9._-]. */
+int nt_identifier_valid(const char *s, size_t len);
+
+/* 1 when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+int nt_utf8_valid(const char *s, size_t len);
+
+/* Decodes and validates one message. On NT_REASON_OK, *out is filled (decoded into the
+ * arena). Otherwise returns the reason and writes a one-line human explanation naming
+ * the offending field into detail (e.g. "events[3].needle_setting.depth_um 9000 exceeds
+ * 5000"), always NUL-terminated when detail_len > 0. Never crashes on any input. */
+nt_reason_t nt_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
+                      const uint8_t *payload, size_t payload_len, nt_message_t *out,
+                      char *detail, size_t detail_len);
+
+/* The oneof field name of an event's body ("needle_activity", ...), "" if not set. */
+const char *nt_event_kind(const Needletrace__V1__Event *ev);
+
+#endif

@@ -1,0 +1,46 @@
+/* metrics.h -- process-wide counters and gauges, rendered by the HTTP listener.
+ *
+ * Everything runs on one libuv thread, so plain integers suffice. */
+#ifndef NEEDLETRACE_METRICS_H
+#define NEEDLETRACE_METRICS_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "needletrace/decoder.h"
+
+typedef struct {
+    /* mqtt source */
+    uint64_t mqtt_messages_received;
+    uint64_t mqtt_bytes_received;
+    uint64_t mqtt_connects;
+    uint64_t mqtt_connection_losses;
+    int mqtt_connected;
+    int backpressure; /* 1 while reading from the broker is paused because the journal is full */
+    uint64_t backpressure_episodes;
+    /* journal */
+    uint64_t journal_syncs;
+    uint64_t journal_bytes; /* gauge */
+    uint64_t journal_end;   /* gauge: durable end position */
+    uint64_t journal_checkpoint; /* gauge: position committed to the database */
+    /* database sink */
+    int db_connected;
+    uint64_t db_connects;
+    uint64_t db_errors;
+    uint64_t db_batches;
+    uint64_t db_batches_fallback; /* took the staging + ON CONFLICT path (duplicates) */
+    uint64_t db_messages;         /* records committed (accepted + quarantined) */
+    uint64_t db_events;           /* event rows sent in committed batches (duplicates included) */
+    uint64_t db_quarantined;
+    uint64_t db_quarantined_by_reason[NT_REASON__COUNT];
+    uint64_t db_commit_us_sum;    /* time from batch start to commit */
+    uint64_t db_last_commit_unix_us;
+} nt_metrics_t;
+
+extern nt_metrics_t nt_metrics;
+
+/* Writes the Prometheus text exposition of nt_metrics into buf; returns its length
+ * (truncated to buflen - 1). */
+size_t nt_metrics_render(char *buf, size_t buflen);
+
+#endif

@@ -1,0 +1,47 @@
+/* pgsink.h -- the PostgreSQL sink: reads the journal from the checkpoint, one transaction per batch.
+ *
+ * Non-blocking libpq on the caller's libuv loop. Per batch: BEGIN; SAVEPOINT; binary COPY
+ * straight into the target tables (fast path); on a unique violation ROLLBACK TO SAVEPOINT
+ * and COPY into temp staging tables then INSERT ... SELECT ... ON CONFLICT DO NOTHING;
+ * upsert the checkpoint (collector_id, journal id, position); COMMIT. After a commit the
+ * journal is released up to the checkpoint. On any connection error the batch is kept,
+ * the connection re-made with capped exponential backoff plus jitter, the checkpoint
+ * re-read, and reading resumes from it, so nothing is lost or doubled. */
+#ifndef NEEDLETRACE_PGSINK_H
+#define NEEDLETRACE_PGSINK_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "needletrace/journal.h"
+
+typedef struct nt_pgsink_s nt_pgsink_t;
+
+typedef struct {
+    const char *conninfo;
+    const char *collector_id;
+    uint32_t max_events;     /* batch bound: events */
+    uint32_t max_bytes;      /* batch bound: payload bytes */
+    uint32_t max_delay_ms;   /* batch bound: wait for more records at most this long */
+    uint32_t reconnect_min_ms;
+    uint32_t reconnect_max_ms;
+} nt_pgsink_options_t;
+
+/* Called after each commit with the new checkpoint (the journal is already released). */
+typedef void (*nt_pgsink_commit_cb)(nt_pgsink_t *s, uint64_t checkpoint, void *data);
+/* Called once when a drain finished: status 0 = everything durable was committed. */
+typedef void (*nt_pgsink_drain_cb)(nt_pgsink_t *s, int status, void *data);
+
+int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t *opts,
+                   nt_journal_t *journal, nt_pgsink_commit_cb on_commit, void *data);
+/* Starts connecting; once connected and the checkpoint is read, consumes the journal. */
+int nt_pgsink_start(nt_pgsink_t *s);
+/* Tells the sink that the journal's durable end moved. Cheap; call after every sync. */
+void nt_pgsink_wakeup(nt_pgsink_t *s);
+/* Commits everything durable now, then calls cb (also on failure / when stopped). */
+void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
+int nt_pgsink_ready(const nt_pgsink_t *s);
+/* Closes the connection and handles; frees itself when they are closed. */
+void nt_pgsink_close(nt_pgsink_t *s);
+
+#endif
