@@ -87,7 +87,8 @@ void nt_log__write(nt_log_level_t level, const char *module, const char *fmt, ..
     gmtime_r(&ts.tv_sec, &tm);
     char when[96];
     snprintf(when, sizeof(when), "%04d-%02d-%02dT%02d:%02d:%02d.%03ldZ", tm.tm_year + 1900,
-             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec, (long)(ts.tv_nsec / 1000000) % 1000);
+             tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+             (long)(ts.tv_nsec / 1000000) % 1000);
     const char *lvl = level_names[level <= NT_LOG_ERROR ? level : NT_LOG_ERROR];
 
     if (log_format == NT_LOG_JSON) {

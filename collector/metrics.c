@@ -35,8 +35,9 @@ static void metrics__printf(metrics__out_t *o, const char *fmt, ...)
 static void metrics__one(metrics__out_t *o, const char *name, const char *type, const char *help,
                          uint64_t value)
 {
-    metrics__printf(o, "# HELP needletrace_%s %s\n# TYPE needletrace_%s %s\nneedletrace_%s %" PRIu64 "\n",
-                    name, help, name, type, name, value);
+    metrics__printf(
+        o, "# HELP needletrace_%s %s\n# TYPE needletrace_%s %s\nneedletrace_%s %" PRIu64 "\n", name,
+        help, name, type, name, value);
 }
 
 size_t nt_metrics_render(char *buf, size_t buflen)
@@ -79,8 +80,8 @@ size_t nt_metrics_render(char *buf, size_t buflen)
     metrics__one(&o, "db_batches_total", "counter", "Committed batches.", m->db_batches);
     metrics__one(&o, "db_batches_fallback_total", "counter",
                  "Batches that held duplicates and took the staging path.", m->db_batches_fallback);
-    metrics__one(&o, "db_messages_total", "counter", "Messages committed (accepted or quarantined).",
-                 m->db_messages);
+    metrics__one(&o, "db_messages_total", "counter",
+                 "Messages committed (accepted or quarantined).", m->db_messages);
     metrics__one(&o, "db_events_total", "counter",
                  "Event rows sent in committed batches (duplicates included).", m->db_events);
     metrics__printf(&o, "# HELP needletrace_db_quarantined_total Messages quarantined, by reason.\n"

@@ -1,1 +1,744 @@
-/* pgsink.c -- placeholder until the module lands. */
+/* pgsink.c -- the PostgreSQL sink: non-blocking libpq on the loop, one transaction per batch. */
+#include "needletrace/pgsink.h"
+
+#include <inttypes.h>
+#include <libpq-fe.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "needletrace/batch.h"
+#include "needletrace/common.h"
+#include "needletrace/log.h"
+#include "needletrace/metrics.h"
+
+typedef enum {
+    SINK_WAITING = 0, /* disconnected; the retry timer will connect */
+    SINK_CONNECTING,  /* PQconnectPoll in progress */
+    SINK_CHECKPOINT,  /* reading the checkpoint */
+    SINK_IDLE,        /* connected, no transaction in flight */
+    SINK_BUSY,        /* a batch transaction in flight */
+    SINK_CLOSED,
+} sink_state_t;
+
+typedef enum {
+    STEP_BEGIN = 0,  /* BEGIN; SAVEPOINT */
+    STEP_COPY,       /* fast path: COPY into the target table */
+    STEP_FALLBACK,   /* ROLLBACK TO SAVEPOINT; create staging tables */
+    STEP_STAGE_COPY, /* COPY into a staging table */
+    STEP_MERGE,      /* INSERT ... SELECT ... ON CONFLICT DO NOTHING */
+    STEP_CHECKPOINT, /* upsert the checkpoint */
+    STEP_COMMIT,
+    STEP_ROLLBACK, /* after a statement error, before a retry */
+} sink_step_t;
+
+struct nt_pgsink_s {
+    uv_loop_t *loop;
+    nt_pgsink_options_t opts;
+    char *conninfo;
+    char *collector_id;
+    nt_journal_t *journal;
+    nt_pgsink_commit_cb on_commit;
+    void *data;
+
+    PGconn *conn;
+    uv_poll_t *poll; /* a fresh handle per socket */
+    int poll_fd;
+    uv_timer_t retry_timer;
+    uv_timer_t linger_timer;
+    int handles_open;
+
+    sink_state_t state;
+    sink_step_t step;
+    int table;  /* table index of the current COPY step */
+    int failed; /* the current command returned an error */
+    char sqlstate[6];
+    char error[512];
+    unsigned attempts; /* consecutive failures, for the backoff */
+
+    nt_batch_t batches[2];
+    nt_batch_t *building; /* takes records from the journal */
+    nt_batch_t *sending;  /* the batch of the transaction in flight */
+    uint64_t read_pos;    /* next journal position to read */
+    uint64_t committed;   /* checkpoint of the last commit */
+    int linger_expired;
+    int64_t txn_started_us;
+    int corrupt_logged;
+
+    int draining;
+    nt_pgsink_drain_cb drain_cb;
+    void *drain_data;
+
+    char sql[4096];
+};
+
+static void sink__fail(nt_pgsink_t *s, const char *what);
+static void sink__maybe_dispatch(nt_pgsink_t *s);
+static void sink__on_poll(uv_poll_t *h, int status, int events);
+
+/* ---- handles ---------------------------------------------------------------------------- */
+
+static void sink__poll_closed(uv_handle_t *h)
+{
+    free(h);
+}
+
+static void sink__timer_closed(uv_handle_t *h)
+{
+    nt_pgsink_t *s = h->data;
+    if (--s->handles_open == 0) {
+        nt_batch_free(&s->batches[0]);
+        nt_batch_free(&s->batches[1]);
+        free(s->conninfo);
+        free(s->collector_id);
+        free(s);
+    }
+}
+
+static void sink__drop_poll(nt_pgsink_t *s)
+{
+    if (s->poll != NULL) {
+        uv_poll_stop(s->poll);
+        uv_close((uv_handle_t *)s->poll, sink__poll_closed);
+        s->poll = NULL;
+        s->poll_fd = -1;
+    }
+}
+
+/* Watches libpq's current socket for events; re-reads PQsocket every time, as it may
+ * change while connecting. Returns 0 or -1 (connection failed, already handled). */
+static int sink__watch(nt_pgsink_t *s, int events)
+{
+    int fd = PQsocket(s->conn);
+    if (fd < 0) {
+        sink__fail(s, "connection has no socket");
+        return -1;
+    }
+    if (s->poll == NULL || s->poll_fd != fd) {
+        sink__drop_poll(s);
+        s->poll = malloc(sizeof(*s->poll));
+        if (s->poll == NULL || uv_poll_init_socket(s->loop, s->poll, fd) != 0) {
+            free(s->poll);
+            s->poll = NULL;
+            sink__fail(s, "could not watch the database socket");
+            return -1;
+        }
+        s->poll->data = s;
+        s->poll_fd = fd;
+    }
+    uv_poll_start(s->poll, events, sink__on_poll);
+    return 0;
+}
+
+/* ---- connection --------------------------------------------------------------------------- */
+
+static void sink__notice(void *arg, const char *message)
+{
+    nt_log(NT_LOG_DEBUG, "db", "server notice: %.*s", (int)strcspn(message, "\n"), message);
+}
+
+/* Trimmed first line of libpq's last error. */
+static const char *sink__pq_error(nt_pgsink_t *s)
+{
+    const char *e = s->conn != NULL ? PQerrorMessage(s->conn) : "out of memory";
+    snprintf(s->error, sizeof(s->error), "%.*s", (int)strcspn(e, "\n"), e);
+    return s->error;
+}
+
+static void sink__on_retry_timer(uv_timer_t *t);
+
+static void sink__schedule_retry(nt_pgsink_t *s)
+{
+    uint64_t delay = s->opts.reconnect_min_ms;
+    for (unsigned i = 0; i < s->attempts && delay < s->opts.reconnect_max_ms; i++) {
+        delay *= 2;
+    }
+    if (delay > s->opts.reconnect_max_ms) {
+        delay = s->opts.reconnect_max_ms;
+    }
+    delay = delay / 2 + (uint64_t)(random() % (long)(delay / 2 + 1));
+    s->attempts++;
+    uv_timer_start(&s->retry_timer, sink__on_retry_timer, delay, 0);
+}
+
+/* Forgets both batches: after a failure everything is re-read from the checkpoint. */
+static void sink__discard_batches(nt_pgsink_t *s)
+{
+    nt_batch_reset(s->building);
+    nt_batch_reset(s->sending);
+    uv_timer_stop(&s->linger_timer);
+    s->linger_expired = 0;
+}
+
+/* The connection is unusable: drop it, keep the journal, retry with backoff. */
+static void sink__fail(nt_pgsink_t *s, const char *what)
+{
+    if (s->state == SINK_CLOSED) {
+        return;
+    }
+    nt_metrics.db_errors++;
+    if (s->state == SINK_CONNECTING && s->attempts > 0) {
+        nt_log(NT_LOG_DEBUG, "db", "could not connect to the database: %s", what);
+    } else if (s->state == SINK_CONNECTING) {
+        nt_log(NT_LOG_WARN, "db", "could not connect to the database: %s; retrying", what);
+    } else {
+        nt_log(NT_LOG_WARN, "db", "lost the database connection: %s; retrying from the checkpoint",
+               what);
+    }
+    sink__drop_poll(s);
+    if (s->conn != NULL) {
+        PQfinish(s->conn);
+        s->conn = NULL;
+    }
+    nt_metrics.db_connected = 0;
+    sink__discard_batches(s);
+    s->state = SINK_WAITING;
+    sink__schedule_retry(s);
+}
+
+static void sink__connect(nt_pgsink_t *s)
+{
+    s->state = SINK_CONNECTING;
+    s->conn = PQconnectStart(s->conninfo);
+    if (s->conn == NULL || PQstatus(s->conn) == CONNECTION_BAD) {
+        sink__fail(s, sink__pq_error(s));
+        return;
+    }
+    PQsetNoticeProcessor(s->conn, sink__notice, s);
+    sink__watch(s, UV_WRITABLE);
+}
+
+static void sink__on_retry_timer(uv_timer_t *t)
+{
+    nt_pgsink_t *s = t->data;
+    if (s->state == SINK_WAITING) {
+        sink__connect(s);
+    } else if (s->state == SINK_IDLE) {
+        nt_pgsink_wakeup(s);
+    }
+}
+
+static void sink__connect_poll(nt_pgsink_t *s)
+{
+    switch (PQconnectPoll(s->conn)) {
+    case PGRES_POLLING_READING:
+        sink__watch(s, UV_READABLE);
+        return;
+    case PGRES_POLLING_WRITING:
+        sink__watch(s, UV_WRITABLE);
+        return;
+    case PGRES_POLLING_FAILED:
+        sink__fail(s, sink__pq_error(s));
+        return;
+    default:
+        break;
+    }
+    if (PQsetnonblocking(s->conn, 1) != 0) {
+        sink__fail(s, sink__pq_error(s));
+        return;
+    }
+    nt_metrics.db_connects++;
+    s->state = SINK_CHECKPOINT;
+    const char *params[1] = {s->collector_id};
+    if (!PQsendQueryParams(s->conn,
+                           "SELECT journal_id, journal_pos FROM needletrace.collector_checkpoints "
+                           "WHERE collector_id = $1",
+                           1, NULL, params, NULL, NULL, 0)) {
+        sink__fail(s, sink__pq_error(s));
+        return;
+    }
+    s->failed = 0;
+    PQflush(s->conn);
+    sink__watch(s, UV_READABLE | UV_WRITABLE);
+}
+
+/* Sets the read position from the checkpoint row (or its absence). */
+static void sink__checkpoint_result(nt_pgsink_t *s, PGresult *res)
+{
+    uint64_t start = nt_journal_start(s->journal);
+    uint64_t end = nt_journal_end(s->journal);
+    uint64_t pos = start;
+    if (PQntuples(res) == 1) {
+        uint64_t jid = (uint64_t)strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+        uint64_t cp = (uint64_t)strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        if (jid != nt_journal_id(s->journal)) {
+            nt_log(NT_LOG_WARN, "db",
+                   "checkpoint of collector \"%s\" belongs to another journal (id %" PRIu64
+                   "); replaying this journal from its start (duplicates are ignored)",
+                   s->collector_id, jid);
+        } else if (cp < start) {
+            nt_log(NT_LOG_WARN, "db",
+                   "checkpoint %" PRIu64 " is behind the oldest journal record %" PRIu64
+                   "; replaying from there",
+                   cp, start);
+        } else if (cp > end) {
+            nt_log(NT_LOG_ERROR, "db",
+                   "checkpoint %" PRIu64 " is beyond the journal end %" PRIu64
+                   ": the journal lost records the database already holds; continuing from the end",
+                   cp, end);
+            pos = end;
+        } else {
+            pos = cp;
+        }
+    }
+    s->read_pos = pos;
+    s->committed = pos;
+    if (pos > start) {
+        nt_journal_release(s->journal, pos);
+    }
+    nt_metrics.journal_checkpoint = pos;
+    nt_metrics.db_connected = 1;
+    s->attempts = 0;
+    nt_log(NT_LOG_INFO, "db",
+           "connected to the database; resuming at journal position %" PRIu64 " (%" PRIu64
+           " bytes to replay)",
+           pos, end - pos);
+}
+
+/* ---- batches ------------------------------------------------------------------------------ */
+
+static int sink__full(const nt_pgsink_t *s, const nt_batch_t *b)
+{
+    return b->events >= s->opts.max_events || b->messages >= s->opts.max_events ||
+           b->bytes >= s->opts.max_bytes;
+}
+
+static void sink__on_linger(uv_timer_t *t)
+{
+    nt_pgsink_t *s = t->data;
+    s->linger_expired = 1;
+    sink__maybe_dispatch(s);
+}
+
+/* Moves durable journal records into the building batch, up to its bounds. */
+static void sink__fill(nt_pgsink_t *s)
+{
+    if (s->state != SINK_IDLE && s->state != SINK_BUSY) {
+        return;
+    }
+    while (!sink__full(s, s->building)) {
+        nt_journal_record_t rec;
+        int rc = nt_journal_read(s->journal, s->read_pos, &rec);
+        if (rc == 0) {
+            break;
+        }
+        if (rc < 0) {
+            if (!s->corrupt_logged) {
+                nt_log(NT_LOG_ERROR, "db",
+                       "could not read the journal at position %" PRIu64 ": %s; retrying",
+                       s->read_pos, nt_strerror(rc));
+                s->corrupt_logged = 1;
+            }
+            return;
+        }
+        s->corrupt_logged = 0;
+        if (nt_batch_add(s->building, &rec) != 0) {
+            nt_log(NT_LOG_ERROR, "db", "could not add journal record %" PRIu64 " to a batch: %s",
+                   s->read_pos, nt_strerror(NT_ENOMEM));
+            return;
+        }
+        s->read_pos = rec.next_pos;
+        if (s->building->messages == 1 && s->opts.max_delay_ms > 0) {
+            s->linger_expired = 0;
+            uv_timer_start(&s->linger_timer, sink__on_linger, s->opts.max_delay_ms, 0);
+        }
+    }
+}
+
+static void sink__check_drain(nt_pgsink_t *s)
+{
+    if (s->draining && s->drain_cb != NULL && s->state == SINK_IDLE && s->building->messages == 0 &&
+        s->read_pos >= nt_journal_end(s->journal)) {
+        nt_pgsink_drain_cb cb = s->drain_cb;
+        s->drain_cb = NULL;
+        cb(s, 0, s->drain_data);
+    }
+}
+
+/* Sends one command (simple protocol, may hold several statements). */
+static int sink__send(nt_pgsink_t *s, sink_step_t step, const char *sql)
+{
+    s->step = step;
+    s->failed = 0;
+    if (!PQsendQuery(s->conn, sql)) {
+        sink__fail(s, sink__pq_error(s));
+        return -1;
+    }
+    int events = UV_READABLE | (PQflush(s->conn) == 1 ? UV_WRITABLE : 0);
+    return sink__watch(s, events);
+}
+
+/* Sends the next COPY (fast or staging path) from table index s->table on, or moves on. */
+static void sink__next_copy(nt_pgsink_t *s, int staging)
+{
+    while (s->table < NT_BATCH__TABLES && s->sending->tables[s->table].buf.rows == 0) {
+        s->table++;
+    }
+    if (s->table < NT_BATCH__TABLES) {
+        const nt_batch_table_t *t = &s->sending->tables[s->table];
+        snprintf(s->sql, sizeof(s->sql), "COPY %s%s (%s) FROM STDIN (FORMAT binary)",
+                 staging ? "nt_stage_" : "needletrace.", t->table, t->columns);
+        sink__send(s, staging ? STEP_STAGE_COPY : STEP_COPY, s->sql);
+        return;
+    }
+    if (staging) {
+        size_t n = 0;
+        for (int i = 0; i < NT_BATCH__TABLES; i++) {
+            const nt_batch_table_t *t = &s->sending->tables[i];
+            if (t->buf.rows > 0) {
+                n += (size_t)snprintf(s->sql + n, sizeof(s->sql) - n,
+                                      "INSERT INTO needletrace.%s (%s) SELECT %s FROM nt_stage_%s "
+                                      "ON CONFLICT DO NOTHING;",
+                                      t->table, t->columns, t->columns, t->table);
+            }
+        }
+        sink__send(s, STEP_MERGE, s->sql);
+        return;
+    }
+    /* Checkpoint in the same transaction as the rows it covers. */
+    char jid[24], pos[24];
+    snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)nt_journal_id(s->journal));
+    snprintf(pos, sizeof(pos), "%" PRIu64, s->sending->end_pos);
+    const char *params[3] = {s->collector_id, jid, pos};
+    s->step = STEP_CHECKPOINT;
+    s->failed = 0;
+    if (!PQsendQueryParams(s->conn,
+                           "INSERT INTO needletrace.collector_checkpoints "
+                           "(collector_id, journal_id, journal_pos, updated_at) "
+                           "VALUES ($1, $2, $3, now()) ON CONFLICT (collector_id) DO UPDATE SET "
+                           "journal_id = EXCLUDED.journal_id, journal_pos = EXCLUDED.journal_pos, "
+                           "updated_at = EXCLUDED.updated_at",
+                           3, NULL, params, NULL, NULL, 0)) {
+        sink__fail(s, sink__pq_error(s));
+        return;
+    }
+    sink__watch(s, UV_READABLE | (PQflush(s->conn) == 1 ? UV_WRITABLE : 0));
+}
+
+static void sink__start_fallback(nt_pgsink_t *s)
+{
+    size_t n = (size_t)snprintf(s->sql, sizeof(s->sql), "ROLLBACK TO SAVEPOINT nt_fast;");
+    for (int i = 0; i < NT_BATCH__TABLES; i++) {
+        const nt_batch_table_t *t = &s->sending->tables[i];
+        if (t->buf.rows > 0) {
+            n +=
+                (size_t)snprintf(s->sql + n, sizeof(s->sql) - n,
+                                 "CREATE TEMP TABLE IF NOT EXISTS nt_stage_%s (LIKE needletrace.%s "
+                                 "INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;",
+                                 t->table, t->table);
+        }
+    }
+    nt_metrics.db_batches_fallback++;
+    nt_log(NT_LOG_DEBUG, "db", "batch holds rows already stored; taking the staging path");
+    sink__send(s, STEP_FALLBACK, s->sql);
+}
+
+static void sink__committed(nt_pgsink_t *s)
+{
+    nt_batch_t *b = s->sending;
+    s->committed = b->end_pos;
+    nt_metrics.db_batches++;
+    nt_metrics.db_messages += b->messages;
+    nt_metrics.db_events += b->events;
+    nt_metrics.db_quarantined += b->rejected;
+    for (int r = 0; r < NT_REASON__COUNT; r++) {
+        nt_metrics.db_quarantined_by_reason[r] += b->rejected_by_reason[r];
+    }
+    nt_metrics.db_commit_us_sum += (uint64_t)(nt_mono_us() - s->txn_started_us);
+    nt_metrics.db_last_commit_unix_us = (uint64_t)nt_now_us();
+    nt_metrics.journal_checkpoint = s->committed;
+    if (b->rejected > 0) {
+        nt_log(NT_LOG_INFO, "db",
+               "quarantined %u of %u messages in a batch (first reason seen "
+               "is recorded in needletrace.quarantine)",
+               b->rejected, b->messages);
+    }
+    nt_log(NT_LOG_DEBUG, "db", "committed %u messages, %u events up to position %" PRIu64,
+           b->messages, b->events, s->committed);
+    nt_batch_reset(b);
+    s->attempts = 0;
+    s->state = SINK_IDLE;
+    nt_journal_release(s->journal, s->committed);
+    nt_metrics.journal_bytes = nt_journal_bytes(s->journal);
+    if (s->on_commit != NULL) {
+        s->on_commit(s, s->committed, s->data);
+    }
+}
+
+/* A statement failed inside the transaction (the connection is fine). */
+static void sink__statement_failed(nt_pgsink_t *s)
+{
+    if (s->step == STEP_COPY && strcmp(s->sqlstate, "23505") == 0) {
+        sink__start_fallback(s);
+        return;
+    }
+    nt_metrics.db_errors++;
+    int transient = strncmp(s->sqlstate, "40", 2) == 0; /* serialization failure, deadlock */
+    nt_log(transient ? NT_LOG_INFO : NT_LOG_ERROR, "db",
+           "could not commit a batch of %u messages (journal %" PRIu64 "..%" PRIu64 "): %s%s",
+           s->sending->messages, s->sending->first_pos, s->sending->end_pos, s->error,
+           strcmp(s->sqlstate, "42P01") == 0
+               ? " (has the schema been created? run needletrace migrate)"
+               : "; retrying");
+    sink__send(s, STEP_ROLLBACK, "ROLLBACK");
+}
+
+/* The current command finished (PQgetResult returned NULL). */
+static void sink__step_done(nt_pgsink_t *s)
+{
+    if (s->state == SINK_CHECKPOINT) {
+        if (s->failed) {
+            nt_log(NT_LOG_ERROR, "db", "could not read the checkpoint: %s%s", s->error,
+                   strcmp(s->sqlstate, "42P01") == 0
+                       ? " (has the schema been created? run needletrace migrate)"
+                       : "");
+            sink__fail(s, s->error);
+            return;
+        }
+        s->state = SINK_IDLE;
+        sink__fill(s);
+        sink__maybe_dispatch(s);
+        return;
+    }
+    if (s->step == STEP_ROLLBACK) {
+        /* Start over from the last commit after a pause. */
+        s->read_pos = s->committed;
+        sink__discard_batches(s);
+        s->state = SINK_IDLE;
+        sink__schedule_retry(s);
+        return;
+    }
+    if (s->failed) {
+        sink__statement_failed(s);
+        return;
+    }
+    switch (s->step) {
+    case STEP_BEGIN:
+        s->table = 0;
+        sink__next_copy(s, 0);
+        break;
+    case STEP_COPY:
+        s->table++;
+        sink__next_copy(s, 0);
+        break;
+    case STEP_FALLBACK:
+        s->table = 0;
+        sink__next_copy(s, 1);
+        break;
+    case STEP_STAGE_COPY:
+        s->table++;
+        sink__next_copy(s, 1);
+        break;
+    case STEP_MERGE:
+        s->table = NT_BATCH__TABLES;
+        sink__next_copy(s, 0); /* goes on to the checkpoint */
+        break;
+    case STEP_CHECKPOINT:
+        sink__send(s, STEP_COMMIT, "COMMIT");
+        break;
+    case STEP_COMMIT:
+        sink__committed(s);
+        sink__fill(s);
+        sink__maybe_dispatch(s);
+        break;
+    case STEP_ROLLBACK:
+        break;
+    }
+}
+
+static void sink__handle_result(nt_pgsink_t *s, PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    if (st == PGRES_COPY_IN) {
+        const nt_copybuf_t *buf = &s->sending->tables[s->table].buf;
+        if (PQputCopyData(s->conn, (const char *)buf->data, (int)buf->len) != 1 ||
+            PQputCopyEnd(s->conn, NULL) != 1) {
+            sink__fail(s, sink__pq_error(s));
+        }
+        return;
+    }
+    if (st == PGRES_TUPLES_OK && s->state == SINK_CHECKPOINT) {
+        sink__checkpoint_result(s, res);
+        return;
+    }
+    if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
+        return;
+    }
+    if (!s->failed) {
+        const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        snprintf(s->sqlstate, sizeof(s->sqlstate), "%s", code != NULL ? code : "XX000");
+        snprintf(s->error, sizeof(s->error), "%s", msg != NULL ? msg : PQresStatus(st));
+        s->failed = 1;
+    }
+}
+
+static void sink__on_poll(uv_poll_t *h, int status, int events)
+{
+    nt_pgsink_t *s = h->data;
+    if (s->state == SINK_CONNECTING) {
+        sink__connect_poll(s);
+        return;
+    }
+    if (status < 0) {
+        events = UV_READABLE; /* let libpq report the error */
+    }
+    if (events & UV_WRITABLE) {
+        int rc = PQflush(s->conn);
+        if (rc < 0) {
+            sink__fail(s, sink__pq_error(s));
+            return;
+        }
+        if (rc == 0 && sink__watch(s, UV_READABLE) != 0) {
+            return;
+        }
+    }
+    if (!(events & UV_READABLE)) {
+        return;
+    }
+    if (!PQconsumeInput(s->conn)) {
+        sink__fail(s, sink__pq_error(s));
+        return;
+    }
+    while (s->conn != NULL && (s->state == SINK_CHECKPOINT || s->state == SINK_BUSY) &&
+           !PQisBusy(s->conn)) {
+        PGresult *res = PQgetResult(s->conn);
+        if (res == NULL) {
+            sink__step_done(s);
+            continue;
+        }
+        sink__handle_result(s, res);
+        PQclear(res);
+        if (s->conn != NULL && PQflush(s->conn) == 1) {
+            sink__watch(s, UV_READABLE | UV_WRITABLE);
+        }
+    }
+    if (s->conn != NULL && PQstatus(s->conn) == CONNECTION_BAD) {
+        sink__fail(s, sink__pq_error(s));
+    }
+}
+
+/* Starts a transaction for the building batch when it is due. */
+static void sink__maybe_dispatch(nt_pgsink_t *s)
+{
+    if (s->state != SINK_IDLE) {
+        return;
+    }
+    if (uv_is_active((uv_handle_t *)&s->retry_timer)) {
+        return; /* backing off after a failed batch */
+    }
+    nt_batch_t *b = s->building;
+    if (b->messages == 0) {
+        sink__check_drain(s);
+        return;
+    }
+    if (!sink__full(s, b) && !s->linger_expired && !s->draining && s->opts.max_delay_ms > 0) {
+        return;
+    }
+    if (nt_batch_finish(b) != 0) {
+        nt_log(NT_LOG_ERROR, "db", "could not finish a batch: %s", nt_strerror(NT_ENOMEM));
+        s->read_pos = s->committed;
+        sink__discard_batches(s);
+        sink__schedule_retry(s);
+        return;
+    }
+    uv_timer_stop(&s->linger_timer);
+    s->linger_expired = 0;
+    s->building = s->sending;
+    s->sending = b;
+    s->state = SINK_BUSY;
+    s->txn_started_us = nt_mono_us();
+    if (sink__send(s, STEP_BEGIN, "BEGIN; SAVEPOINT nt_fast") != 0) {
+        return;
+    }
+    /* Keep decoding the next batch while this one commits. */
+    sink__fill(s);
+}
+
+/* ---- public ---------------------------------------------------------------------------------- */
+
+int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t *opts,
+                   nt_journal_t *journal, nt_pgsink_commit_cb on_commit, void *data)
+{
+    nt_pgsink_t *s = calloc(1, sizeof(*s));
+    if (s == NULL) {
+        return NT_ENOMEM;
+    }
+    s->loop = loop;
+    s->opts = *opts;
+    s->conninfo = strdup(opts->conninfo);
+    s->collector_id = strdup(opts->collector_id);
+    s->journal = journal;
+    s->on_commit = on_commit;
+    s->data = data;
+    s->poll_fd = -1;
+    if (s->opts.reconnect_min_ms == 0) {
+        s->opts.reconnect_min_ms = 250;
+    }
+    if (s->opts.reconnect_max_ms < s->opts.reconnect_min_ms) {
+        s->opts.reconnect_max_ms = s->opts.reconnect_min_ms;
+    }
+    if (s->conninfo == NULL || s->collector_id == NULL ||
+        nt_batch_init(&s->batches[0], opts->collector_id) != 0) {
+        goto err;
+    }
+    if (nt_batch_init(&s->batches[1], opts->collector_id) != 0) {
+        nt_batch_free(&s->batches[0]);
+        goto err;
+    }
+    s->building = &s->batches[0];
+    s->sending = &s->batches[1];
+    uv_timer_init(loop, &s->retry_timer);
+    uv_timer_init(loop, &s->linger_timer);
+    s->retry_timer.data = s;
+    s->linger_timer.data = s;
+    s->handles_open = 2;
+    s->state = SINK_WAITING;
+    *out = s;
+    return 0;
+err:
+    free(s->conninfo);
+    free(s->collector_id);
+    free(s);
+    return NT_ENOMEM;
+}
+
+int nt_pgsink_start(nt_pgsink_t *s)
+{
+    sink__connect(s);
+    return 0;
+}
+
+void nt_pgsink_wakeup(nt_pgsink_t *s)
+{
+    sink__fill(s);
+    sink__maybe_dispatch(s);
+}
+
+void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data)
+{
+    s->draining = 1;
+    s->drain_cb = cb;
+    s->drain_data = data;
+    nt_pgsink_wakeup(s);
+}
+
+int nt_pgsink_ready(const nt_pgsink_t *s)
+{
+    return s->state == SINK_IDLE || s->state == SINK_BUSY;
+}
+
+void nt_pgsink_close(nt_pgsink_t *s)
+{
+    s->state = SINK_CLOSED;
+    sink__drop_poll(s);
+    if (s->conn != NULL) {
+        PQfinish(s->conn);
+        s->conn = NULL;
+    }
+    nt_metrics.db_connected = 0;
+    uv_timer_stop(&s->retry_timer);
+    uv_timer_stop(&s->linger_timer);
+    uv_close((uv_handle_t *)&s->retry_timer, sink__timer_closed);
+    uv_close((uv_handle_t *)&s->linger_timer, sink__timer_closed);
+}

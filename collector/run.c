@@ -1,1 +1,229 @@
-/* run.c -- placeholder until the module lands. */
+/* run.c -- `needletrace run`: wires the journal, the MQTT source, the database sink and HTTP on one
+ * loop. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "needletrace/cmd.h"
+#include "needletrace/common.h"
+#include "needletrace/config.h"
+#include "needletrace/http.h"
+#include "needletrace/journal.h"
+#include "needletrace/log.h"
+#include "needletrace/metrics.h"
+#include "needletrace/mqttsrc.h"
+#include "needletrace/pgsink.h"
+
+/* SIGTERM must end the process within 10 s; keep a margin for closing. */
+#define RUN_DRAIN_DEADLINE_MS 8000
+
+typedef struct {
+    uv_loop_t loop;
+    nt_config_t cfg;
+    nt_journal_t *journal;
+    nt_mqttsrc_t *src;
+    nt_pgsink_t *sink;
+    nt_http_t *http;
+    uv_signal_t sigterm;
+    uv_signal_t sigint;
+    uv_timer_t deadline;
+    int stopping;
+    int stopped;
+} run_t;
+
+static void run__on_synced(nt_mqttsrc_t *m, void *data)
+{
+    run_t *r = data;
+    nt_pgsink_wakeup(r->sink);
+}
+
+static void run__on_commit(nt_pgsink_t *s, uint64_t checkpoint, void *data)
+{
+    run_t *r = data;
+    nt_mqttsrc_poke(r->src);
+}
+
+static int run__ready(void *data, char *reason, size_t len)
+{
+    run_t *r = data;
+    if (r->stopping) {
+        snprintf(reason, len, "shutting down");
+        return 0;
+    }
+    if (!nt_mqttsrc_ready(r->src)) {
+        snprintf(reason, len, "not connected to the broker");
+        return 0;
+    }
+    if (!nt_pgsink_ready(r->sink)) {
+        snprintf(reason, len, "not connected to the database");
+        return 0;
+    }
+    if (nt_journal_full(r->journal)) {
+        snprintf(reason, len, "journal is full");
+        return 0;
+    }
+    return 1;
+}
+
+static void run__finish(run_t *r)
+{
+    if (r->stopped) {
+        return;
+    }
+    r->stopped = 1;
+    nt_mqttsrc_close(r->src);
+    nt_pgsink_close(r->sink);
+    if (r->http != NULL) {
+        nt_http_stop(r->http);
+    }
+    uv_timer_stop(&r->deadline);
+    uv_close((uv_handle_t *)&r->deadline, NULL);
+    uv_close((uv_handle_t *)&r->sigterm, NULL);
+    uv_close((uv_handle_t *)&r->sigint, NULL);
+}
+
+static void run__on_drained(nt_pgsink_t *s, int status, void *data)
+{
+    run_t *r = data;
+    nt_log(NT_LOG_INFO, "run", "everything journaled is committed (journal position %llu); exiting",
+           (unsigned long long)nt_journal_end(r->journal));
+    run__finish(r);
+}
+
+static void run__on_deadline(uv_timer_t *t)
+{
+    run_t *r = t->data;
+    nt_log(NT_LOG_WARN, "run",
+           "could not commit everything within %d ms; %llu journaled bytes stay in the journal and "
+           "are committed at the next start",
+           RUN_DRAIN_DEADLINE_MS,
+           (unsigned long long)(nt_journal_end(r->journal) - nt_metrics.journal_checkpoint));
+    run__finish(r);
+}
+
+static void run__on_signal(uv_signal_t *h, int signum)
+{
+    run_t *r = h->data;
+    if (r->stopping) {
+        nt_log(NT_LOG_WARN, "run", "received %s again: exiting now; the journal keeps the rest",
+               strsignal(signum));
+        run__finish(r);
+        return;
+    }
+    r->stopping = 1;
+    nt_log(NT_LOG_INFO, "run", "received %s: stopping reads, committing what is journaled",
+           strsignal(signum));
+    nt_mqttsrc_pause(r->src);
+    uv_timer_start(&r->deadline, run__on_deadline, RUN_DRAIN_DEADLINE_MS, 0);
+    nt_pgsink_drain(r->sink, run__on_drained, r);
+}
+
+static void run__usage(FILE *out)
+{
+    fprintf(out, "usage: needletrace run [--config FILE] [--SECTION-KEY VALUE]...\n\n"
+                 "Runs the collector: subscribes to the broker, journals every message, writes\n"
+                 "it to PostgreSQL. Stops cleanly on SIGTERM or SIGINT.\n\nConfiguration keys:\n");
+    nt_config_help(out);
+}
+
+int nt_cmd_run(int argc, char **argv, char *const *envp)
+{
+    run_t r;
+    char err[1024];
+    int code = 1;
+    memset(&r, 0, sizeof(r));
+
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            run__usage(stdout);
+            return 0;
+        }
+    }
+    if (nt_config_load(&r.cfg, &argc, argv, envp, err, sizeof(err)) != 0) {
+        fprintf(stderr, "needletrace: %s\n", err);
+        nt_config_free(&r.cfg);
+        return 2;
+    }
+    if (argc > 1) {
+        fprintf(stderr,
+                "needletrace: unexpected argument \"%s\" for run (see needletrace run --help)\n",
+                argv[1]);
+        nt_config_free(&r.cfg);
+        return 2;
+    }
+    nt_log_level_t level = NT_LOG_INFO;
+    nt_log_format_t format = NT_LOG_JSON;
+    nt_log_level_parse(r.cfg.log_level, &level);
+    nt_log_format_parse(r.cfg.log_format, &format);
+    nt_log_setup(level, format);
+    signal(SIGPIPE, SIG_IGN);
+    srandom((unsigned)(nt_now_us() ^ getpid()));
+
+    nt_journal_options_t jopts = {r.cfg.journal_dir, (uint64_t)r.cfg.journal_max_bytes,
+                                  (uint64_t)r.cfg.journal_segment_bytes};
+    int rc = nt_journal_open(&r.journal, &jopts);
+    if (rc != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not open the journal in \"%s\": %s", r.cfg.journal_dir,
+               nt_strerror(rc));
+        nt_config_free(&r.cfg);
+        return 1;
+    }
+    nt_metrics.journal_end = nt_journal_end(r.journal);
+    nt_metrics.journal_bytes = nt_journal_bytes(r.journal);
+
+    uv_loop_init(&r.loop);
+    nt_pgsink_options_t sopts = {
+        .conninfo = r.cfg.database_url,
+        .collector_id = r.cfg.collector_id,
+        .max_events = (uint32_t)r.cfg.batch_max_events,
+        .max_bytes = (uint32_t)r.cfg.batch_max_bytes,
+        .max_delay_ms = (uint32_t)r.cfg.batch_max_delay_ms,
+        .reconnect_min_ms = (uint32_t)r.cfg.mqtt_reconnect_min_ms,
+        .reconnect_max_ms = (uint32_t)r.cfg.mqtt_reconnect_max_ms,
+    };
+    if (nt_pgsink_init(&r.loop, &r.sink, &sopts, r.journal, run__on_commit, &r) != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not start the database sink: out of memory");
+        goto out;
+    }
+    if (nt_mqttsrc_init(&r.loop, &r.src, &r.cfg, r.journal, run__on_synced, &r) != 0) {
+        nt_pgsink_close(r.sink);
+        uv_run(&r.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    if (r.cfg.http_port > 0 &&
+        nt_http_start(&r.loop, &r.http, r.cfg.http_host, r.cfg.http_port, run__ready, &r) != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not listen on %s for metrics and health",
+               r.cfg.http_listen);
+        nt_mqttsrc_close(r.src);
+        nt_pgsink_close(r.sink);
+        uv_run(&r.loop, UV_RUN_DEFAULT);
+        goto out;
+    }
+    uv_signal_init(&r.loop, &r.sigterm);
+    uv_signal_init(&r.loop, &r.sigint);
+    uv_timer_init(&r.loop, &r.deadline);
+    r.sigterm.data = r.sigint.data = r.deadline.data = &r;
+    uv_signal_start(&r.sigterm, run__on_signal, SIGTERM);
+    uv_signal_start(&r.sigint, run__on_signal, SIGINT);
+
+    nt_log(
+        NT_LOG_INFO, "run",
+        "needletrace collector \"%s\" starting: broker %s, journal \"%s\" (%llu bytes to replay at "
+        "most), http %s",
+        r.cfg.collector_id, r.cfg.mqtt_url, r.cfg.journal_dir,
+        (unsigned long long)(nt_journal_end(r.journal) - nt_journal_start(r.journal)),
+        r.cfg.http_port > 0 ? r.cfg.http_listen : "off");
+    nt_pgsink_start(r.sink);
+    nt_mqttsrc_start(r.src);
+    uv_run(&r.loop, UV_RUN_DEFAULT);
+    code = 0;
+out:
+    uv_loop_close(&r.loop);
+    nt_journal_close(r.journal);
+    nt_config_free(&r.cfg);
+    return code;
+}
