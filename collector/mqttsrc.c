@@ -160,6 +160,15 @@ static void mqttsrc__on_message(struct mosquitto *mosq, void *data,
     }
     size_t topic_len = msg->topic != NULL ? strlen(msg->topic) : 0;
     size_t len = msg->payloadlen > 0 ? (size_t)msg->payloadlen : 0;
+    if (len > NT_MAX_PAYLOAD_BYTES) {
+        /* Bounded evidence: the first 256 KiB + 1 bytes reach quarantine as payload_too_large. */
+        nt_log(NT_LOG_WARN, "mqtt",
+               "message of %zu bytes on \"%.128s\" exceeds the %u-byte limit; journaling its "
+               "first %u bytes for quarantine",
+               len, msg->topic != NULL ? msg->topic : "", NT_MAX_PAYLOAD_BYTES,
+               NT_MAX_PAYLOAD_BYTES + 1);
+        len = NT_MAX_PAYLOAD_BYTES + 1;
+    }
     int rc = nt_journal_append(m->journal, nt_now_us(), msg->topic != NULL ? msg->topic : "",
                                topic_len > 65535 ? 65535 : topic_len, msg->payload, len);
     if (rc != 0) {
