@@ -1,1 +1,503 @@
-/* batch.c -- placeholder until the module lands. */
+/* batch.c -- turns journal records into binary COPY rows for raw_messages, events and quarantine.
+ */
+#include "needletrace/batch.h"
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
+#include <string.h>
+
+#include "needletrace/common.h"
+
+/* Column lists in COPY order. Each must match, one for one, the fields that the row
+ * writers below emit (RAW_NCOLS, EVENT_NCOLS, QUARANTINE_NCOLS). */
+#define RAW_NCOLS 14
+static const char raw_columns[] =
+    "clinic_id, device_serial, payload_sha256, received_at, topic, payload, boot_id, "
+    "event_count, first_seq, last_seq, device_model, firmware_version, collector_id, "
+    "journal_pos";
+
+#define EVENT_NCOLS 29
+static const char event_columns[] =
+    "clinic_id, device_serial, boot_id, seq, kind, device_time, received_at, session_id, "
+    "payload_sha256, collector_id, operator_id, patient_ref, motor_seconds, gtin, lot, "
+    "cartridge_serial, expiry, needle_count, sterile_barrier_intact, motor_ms, depth_um, "
+    "stroke_rate_hz, area, duration_ms, battery_pct, temperature_dc, motor_seconds_total, "
+    "fault_code, fault_message";
+
+#define QUARANTINE_NCOLS 11
+static const char quarantine_columns[] =
+    "clinic_id, message_key, received_at, topic, payload, payload_sha256, reason, detail, "
+    "device_serial, collector_id, journal_pos";
+
+#define DETAIL_LEN 512
+
+typedef struct {
+    const char *s;
+    size_t len;
+} name_t;
+
+#define NAME(lit)                                                                                  \
+    {                                                                                              \
+        lit, sizeof(lit) - 1                                                                       \
+    }
+
+/* TreatmentArea values as stored in events.area: the enum name, lower case, no prefix. */
+static const name_t area_names[] = {
+    NAME("unspecified"), NAME("forehead"), NAME("periorbital"), NAME("nose"),
+    NAME("cheeks"),      NAME("perioral"), NAME("chin"),        NAME("neck"),
+    NAME("decolletage"), NAME("scalp"),    NAME("body"),
+};
+
+/* Per-message values shared by every row of that message. */
+typedef struct {
+    const char *clinic_id;
+    size_t clinic_len;
+    const char *serial;
+    size_t serial_len;
+    const char *collector_id;
+    size_t collector_len;
+    uint8_t sha[SHA256_DIGEST_LENGTH];
+    int64_t boot_id;
+    int64_t received_us;
+} msg_ctx_t;
+
+/* Writes n SQL NULL fields at once. */
+static void put_nulls(nt_copybuf_t *c, unsigned n)
+{
+    for (unsigned i = 0; i < n; i++) {
+        nt_copybuf_null(c);
+    }
+}
+
+/* A protobuf string as text; protobuf-c never leaves strings NULL, but be safe. */
+static void put_str(nt_copybuf_t *c, const char *s)
+{
+    if (s == NULL) {
+        nt_copybuf_bytes(c, "", 0);
+        return;
+    }
+    nt_copybuf_bytes(c, s, strlen(s));
+}
+
+/* An optional id (proto3: empty = not set) as text or NULL. */
+static void put_opt_str(nt_copybuf_t *c, const char *s)
+{
+    if (s == NULL || s[0] == '\0') {
+        nt_copybuf_null(c);
+        return;
+    }
+    nt_copybuf_bytes(c, s, strlen(s));
+}
+
+static void put_area(nt_copybuf_t *c, Needletrace__V1__TreatmentArea area)
+{
+    if ((unsigned)area >= NT_ARRAY_SIZE(area_names)) {
+        nt_copybuf_null(c);
+        return;
+    }
+    nt_copybuf_bytes(c, area_names[area].s, area_names[area].len);
+}
+
+/* The six cartridge columns: gtin, lot, cartridge_serial, expiry, needle_count,
+ * sterile_barrier_intact. An absent cartridge (or an unset expiry) is NULL. */
+static void put_cartridge(nt_copybuf_t *c, const Needletrace__V1__Cartridge *ca)
+{
+    if (ca == NULL) {
+        put_nulls(c, 6);
+        return;
+    }
+    put_str(c, ca->gtin);
+    put_str(c, ca->lot);
+    put_str(c, ca->serial);
+    if (ca->expiry_yyyymmdd == 0) {
+        nt_copybuf_null(c);
+    } else {
+        nt_copybuf_date_yyyymmdd(c, ca->expiry_yyyymmdd);
+    }
+    nt_copybuf_int4(c, (int32_t)ca->needle_count);
+    nt_copybuf_bool(c, ca->sterile_barrier_intact);
+}
+
+/* Writes one events row: the 10 common columns, then the 19 typed body columns
+ * (operator_id ... fault_message) filled for the event's kind, NULL otherwise. */
+static void put_event(nt_copybuf_t *c, const msg_ctx_t *m, const Needletrace__V1__Event *ev)
+{
+    static const name_t kinds[] = {
+        NAME("session_started"),     NAME("session_ended"),  NAME("cartridge_mounted"),
+        NAME("cartridge_unmounted"), NAME("needle_setting"), NAME("needle_activity"),
+        NAME("device_status"),       NAME("device_fault"),
+    };
+    const char *session_id = NULL;
+    name_t kind = NAME("");
+    unsigned k = (unsigned)ev->body_case - NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED;
+    if (ev->body_case != NEEDLETRACE__V1__EVENT__BODY__NOT_SET && k < NT_ARRAY_SIZE(kinds)) {
+        kind = kinds[k];
+    }
+    switch (ev->body_case) {
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
+        session_id = ev->session_started->session_id;
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
+        session_id = ev->session_ended->session_id;
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED:
+        session_id = ev->cartridge_mounted->session_id;
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
+        session_id = ev->cartridge_unmounted->session_id;
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
+        session_id = ev->needle_setting->session_id;
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
+        session_id = ev->needle_activity->session_id;
+        break;
+    default:
+        break;
+    }
+
+    nt_copybuf_row(c, EVENT_NCOLS);
+    nt_copybuf_bytes(c, m->clinic_id, m->clinic_len);
+    nt_copybuf_bytes(c, m->serial, m->serial_len);
+    nt_copybuf_int8(c, m->boot_id);
+    nt_copybuf_int8(c, (int64_t)ev->seq);
+    nt_copybuf_bytes(c, kind.s, kind.len);
+    nt_copybuf_timestamptz(c, (int64_t)((uint64_t)ev->device_time_ms * 1000u));
+    nt_copybuf_timestamptz(c, m->received_us);
+    put_opt_str(c, session_id);
+    nt_copybuf_bytes(c, m->sha, sizeof(m->sha));
+    nt_copybuf_bytes(c, m->collector_id, m->collector_len);
+
+    switch (ev->body_case) {
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
+        put_str(c, ev->session_started->operator_id);
+        put_str(c, ev->session_started->patient_ref);
+        put_nulls(c, 17);
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
+        put_nulls(c, 2);
+        nt_copybuf_int8(c, ev->session_ended->motor_seconds);
+        put_nulls(c, 16);
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED:
+        put_nulls(c, 3);
+        put_cartridge(c, ev->cartridge_mounted->cartridge);
+        put_nulls(c, 10);
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
+        put_nulls(c, 3);
+        put_cartridge(c, ev->cartridge_unmounted->cartridge);
+        nt_copybuf_int8(c, ev->cartridge_unmounted->motor_ms);
+        put_nulls(c, 9);
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
+        put_nulls(c, 10);
+        nt_copybuf_int4(c, (int32_t)ev->needle_setting->depth_um);
+        nt_copybuf_int4(c, (int32_t)ev->needle_setting->stroke_rate_hz);
+        put_area(c, ev->needle_setting->area);
+        put_nulls(c, 6);
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
+        put_nulls(c, 10);
+        nt_copybuf_int4(c, (int32_t)ev->needle_activity->depth_um);
+        nt_copybuf_int4(c, (int32_t)ev->needle_activity->stroke_rate_hz);
+        put_area(c, ev->needle_activity->area);
+        nt_copybuf_int8(c, ev->needle_activity->duration_ms);
+        put_nulls(c, 5);
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS:
+        put_nulls(c, 14);
+        nt_copybuf_int2(c, (int16_t)ev->device_status->battery_pct);
+        nt_copybuf_int4(c, ev->device_status->temperature_dc);
+        nt_copybuf_int8(c, (int64_t)ev->device_status->motor_seconds_total);
+        put_nulls(c, 2);
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_FAULT:
+        put_nulls(c, 17);
+        nt_copybuf_int8(c, ev->device_fault->code);
+        put_str(c, ev->device_fault->message);
+        break;
+    default:
+        put_nulls(c, 19);
+        break;
+    }
+}
+
+/* Rows of an accepted message: one raw_messages row, one events row per event.
+ * Returns the number of event rows written. */
+static uint32_t add_accepted(nt_batch_t *b, const nt_journal_record_t *rec, const nt_message_t *msg)
+{
+    const Needletrace__V1__Telemetry *t = msg->msg;
+    msg_ctx_t m;
+    m.clinic_id = msg->topic.clinic_id;
+    m.clinic_len = strlen(msg->topic.clinic_id);
+    m.serial = msg->topic.device_serial;
+    m.serial_len = strlen(msg->topic.device_serial);
+    m.collector_id = b->collector_id;
+    m.collector_len = strlen(b->collector_id);
+    m.boot_id = (int64_t)t->boot_id;
+    m.received_us = rec->received_us;
+    SHA256(rec->payload, rec->payload_len, m.sha);
+
+    nt_copybuf_t *raw = &b->tables[NT_BATCH_RAW].buf;
+    nt_copybuf_row(raw, RAW_NCOLS);
+    nt_copybuf_bytes(raw, m.clinic_id, m.clinic_len);
+    nt_copybuf_bytes(raw, m.serial, m.serial_len);
+    nt_copybuf_bytes(raw, m.sha, sizeof(m.sha));
+    nt_copybuf_timestamptz(raw, rec->received_us);
+    nt_copybuf_bytes(raw, rec->topic, rec->topic_len);
+    nt_copybuf_bytes(raw, rec->payload, rec->payload_len);
+    nt_copybuf_int8(raw, m.boot_id);
+    nt_copybuf_int4(raw, (int32_t)t->n_events);
+    if (t->n_events > 0) {
+        nt_copybuf_int8(raw, (int64_t)t->events[0]->seq);
+        nt_copybuf_int8(raw, (int64_t)t->events[t->n_events - 1]->seq);
+    } else {
+        put_nulls(raw, 2);
+    }
+    put_str(raw, t->device_model);
+    put_str(raw, t->firmware_version);
+    nt_copybuf_bytes(raw, m.collector_id, m.collector_len);
+    nt_copybuf_int8(raw, (int64_t)rec->pos);
+
+    nt_copybuf_t *evbuf = &b->tables[NT_BATCH_EVENTS].buf;
+    for (size_t i = 0; i < t->n_events; i++) {
+        put_event(evbuf, &m, t->events[i]);
+    }
+    return (uint32_t)t->n_events;
+}
+
+/* Length of the UTF-8 sequence that the lead byte c announces (1 for a byte that can
+ * lead none, which the caller then finds invalid). */
+static size_t utf8_seq_len(uint8_t c)
+{
+    if (c < 0xc0) {
+        return 1;
+    }
+    if (c < 0xe0) {
+        return 2;
+    }
+    if (c < 0xf0) {
+        return 3;
+    }
+    return 4;
+}
+
+/* Writes s[0..len) as a text field. When it is not valid UTF-8 or holds a NUL, writes an
+ * escaped form instead: valid sequences as they are, every other byte, every NUL and
+ * every backslash as \xNN. Returns 0 or NT_ENOMEM (arena exhausted). */
+static int put_safe_text(nt_batch_t *b, nt_copybuf_t *c, const char *s, size_t len)
+{
+    if (memchr(s, '\0', len) == NULL && nt_utf8_valid(s, len)) {
+        nt_copybuf_bytes(c, s, len);
+        return 0;
+    }
+    static const char hex[] = "0123456789abcdef";
+    char *out = nt_arena_alloc(&b->arena, len * 4 + 1);
+    if (out == NULL) {
+        return NT_ENOMEM;
+    }
+    size_t o = 0;
+    for (size_t i = 0; i < len;) {
+        uint8_t ch = (uint8_t)s[i];
+        size_t n = utf8_seq_len(ch);
+        if (ch != '\0' && ch != '\\' && i + n <= len && nt_utf8_valid(s + i, n)) {
+            memcpy(out + o, s + i, n);
+            o += n;
+            i += n;
+            continue;
+        }
+        out[o++] = '\\';
+        out[o++] = 'x';
+        out[o++] = hex[ch >> 4];
+        out[o++] = hex[ch & 0xf];
+        i++;
+    }
+    nt_copybuf_bytes(c, out, o);
+    return 0;
+}
+
+/* SHA-256 over topic || 0x00 || payload: the quarantine key of a message. */
+static int message_key(const nt_journal_record_t *rec, uint8_t out[SHA256_DIGEST_LENGTH])
+{
+    static const uint8_t zero = 0;
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    if (ctx == NULL) {
+        return NT_ENOMEM;
+    }
+    int ok = EVP_DigestInit_ex(ctx, EVP_sha256(), NULL) &&
+             EVP_DigestUpdate(ctx, rec->topic, rec->topic_len) && EVP_DigestUpdate(ctx, &zero, 1) &&
+             EVP_DigestUpdate(ctx, rec->payload, rec->payload_len) &&
+             EVP_DigestFinal_ex(ctx, out, NULL);
+    EVP_MD_CTX_free(ctx);
+    return ok ? 0 : NT_ENOMEM;
+}
+
+/* The quarantine row of a rejected message. Returns 0 or NT_ENOMEM. */
+static int add_rejected(nt_batch_t *b, const nt_journal_record_t *rec, nt_reason_t reason,
+                        const char *detail)
+{
+    nt_topic_t topic;
+    int parsed = nt_topic_parse(rec->topic, rec->topic_len, &topic) == 0;
+    uint8_t key[SHA256_DIGEST_LENGTH];
+    uint8_t sha[SHA256_DIGEST_LENGTH];
+    if (message_key(rec, key) != 0) {
+        return NT_ENOMEM;
+    }
+    SHA256(rec->payload, rec->payload_len, sha);
+
+    nt_copybuf_t *q = &b->tables[NT_BATCH_QUARANTINE].buf;
+    nt_copybuf_row(q, QUARANTINE_NCOLS);
+    nt_copybuf_text(q, parsed ? topic.clinic_id : "");
+    nt_copybuf_bytes(q, key, sizeof(key));
+    nt_copybuf_timestamptz(q, rec->received_us);
+    if (put_safe_text(b, q, rec->topic, rec->topic_len) != 0) {
+        return NT_ENOMEM;
+    }
+    nt_copybuf_bytes(q, rec->payload, rec->payload_len);
+    nt_copybuf_bytes(q, sha, sizeof(sha));
+    nt_copybuf_text(q, nt_reason_name(reason));
+    if (put_safe_text(b, q, detail, strlen(detail)) != 0) {
+        return NT_ENOMEM;
+    }
+    nt_copybuf_text(q, parsed ? topic.device_serial : NULL);
+    nt_copybuf_text(q, b->collector_id);
+    nt_copybuf_int8(q, (int64_t)rec->pos);
+    return 0;
+}
+
+/* Names the three tables and their COPY column lists and writes the stream headers.
+ * collector_id longer than NT_MAX_ID_LEN is cut. 0 or NT_ENOMEM (nothing left allocated). */
+int nt_batch_init(nt_batch_t *b, const char *collector_id)
+{
+    static const char *const names[NT_BATCH__TABLES] = {"raw_messages", "events", "quarantine"};
+    static const char *const columns[NT_BATCH__TABLES] = {raw_columns, event_columns,
+                                                          quarantine_columns};
+    memset(b, 0, sizeof(*b));
+    size_t n = strlen(collector_id);
+    if (n > NT_MAX_ID_LEN) {
+        n = NT_MAX_ID_LEN;
+    }
+    memcpy(b->collector_id, collector_id, n);
+    b->collector_id[n] = '\0';
+    nt_arena_init(&b->arena, 0, 0);
+    int rc = 0;
+    for (int i = 0; i < NT_BATCH__TABLES; i++) {
+        b->tables[i].table = names[i];
+        b->tables[i].columns = columns[i];
+        nt_copybuf_init(&b->tables[i].buf);
+        nt_copybuf_reset(&b->tables[i].buf);
+        if (b->tables[i].buf.oom) {
+            rc = NT_ENOMEM;
+        }
+    }
+    if (rc != 0) {
+        nt_batch_free(b);
+    }
+    return rc;
+}
+
+/* Rewinds the streams to their headers (keeping their memory) and zeroes the counters. */
+void nt_batch_reset(nt_batch_t *b)
+{
+    for (int i = 0; i < NT_BATCH__TABLES; i++) {
+        nt_copybuf_reset(&b->tables[i].buf);
+    }
+    nt_arena_reset(&b->arena);
+    b->first_pos = 0;
+    b->end_pos = 0;
+    b->messages = 0;
+    b->accepted = 0;
+    b->events = 0;
+    b->rejected = 0;
+    memset(b->rejected_by_reason, 0, sizeof(b->rejected_by_reason));
+    b->bytes = 0;
+    b->oldest_received_us = 0;
+}
+
+/* Frees the streams and the arena. */
+void nt_batch_free(nt_batch_t *b)
+{
+    for (int i = 0; i < NT_BATCH__TABLES; i++) {
+        nt_copybuf_free(&b->tables[i].buf);
+    }
+    nt_arena_free(&b->arena);
+}
+
+/* All or nothing: when a buffer cannot grow, every buffer is cut back to where it was
+ * before this record, so the batch stays valid (and sendable) without it. The arena is
+ * reset first: the rows hold copies, so the decoded message is not needed after the call. */
+int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
+{
+    size_t len0[NT_BATCH__TABLES];
+    uint32_t rows0[NT_BATCH__TABLES];
+    for (int i = 0; i < NT_BATCH__TABLES; i++) {
+        nt_copybuf_t *c = &b->tables[i].buf;
+        if (c->oom && c->rows == 0) {
+            nt_copybuf_reset(c); /* the header of the last reset did not fit: retry */
+        }
+        if (c->oom) {
+            return NT_ENOMEM;
+        }
+        len0[i] = c->len;
+        rows0[i] = c->rows;
+    }
+
+    nt_arena_reset(&b->arena);
+    nt_message_t msg;
+    char detail[DETAIL_LEN];
+    detail[0] = '\0';
+    nt_reason_t reason = nt_decode(&b->arena, rec->topic, rec->topic_len, rec->payload,
+                                   rec->payload_len, &msg, detail, sizeof(detail));
+    detail[sizeof(detail) - 1] = '\0';
+    uint32_t events = 0;
+    int rc = 0;
+    if (reason == NT_REASON_OK) {
+        events = add_accepted(b, rec, &msg);
+    } else {
+        rc = add_rejected(b, rec, reason, detail);
+    }
+    for (int i = 0; i < NT_BATCH__TABLES; i++) {
+        if (b->tables[i].buf.oom) {
+            rc = NT_ENOMEM;
+        }
+    }
+    if (rc != 0) {
+        for (int i = 0; i < NT_BATCH__TABLES; i++) {
+            b->tables[i].buf.len = len0[i];
+            b->tables[i].buf.rows = rows0[i];
+            b->tables[i].buf.oom = 0;
+        }
+        return rc;
+    }
+
+    if (b->messages == 0) {
+        b->first_pos = rec->pos;
+        b->oldest_received_us = rec->received_us;
+    }
+    b->end_pos = rec->next_pos;
+    b->messages++;
+    b->bytes += rec->topic_len + rec->payload_len;
+    if (reason == NT_REASON_OK) {
+        b->accepted++;
+        b->events += events;
+    } else {
+        b->rejected++;
+        if ((unsigned)reason < NT_REASON__COUNT) {
+            b->rejected_by_reason[reason]++;
+        }
+    }
+    return 0;
+}
+
+/* Appends the trailer to all three streams. 0 or NT_ENOMEM. */
+int nt_batch_finish(nt_batch_t *b)
+{
+    int rc = 0;
+    for (int i = 0; i < NT_BATCH__TABLES; i++) {
+        if (nt_copybuf_finish(&b->tables[i].buf) != 0) {
+            rc = NT_ENOMEM;
+        }
+    }
+    return rc;
+}
