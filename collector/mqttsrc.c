@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 
 #include "needletrace/common.h"
@@ -238,13 +239,25 @@ static void mqttsrc__on_log(struct mosquitto *mosq, void *data, int level, const
     }
 }
 
-/* Reads up to one burst of packets, journals them, syncs, then acks. */
+/* Bytes waiting in the socket's receive queue (0 when unknown). */
+static int mqttsrc__pending(nt_mqttsrc_t *m)
+{
+    int n = 0;
+    if (ioctl(mosquitto_socket(m->mosq), FIONREAD, &n) != 0) {
+        return 0;
+    }
+    return n;
+}
+
+/* Reads up to one burst of packets, journals them, syncs once, then acks them all.
+ * libmosquitto reads one packet per mosquitto_loop_read() call and its errno is no
+ * guide (the wake-up socketpair of threaded mode fills up), so the socket's receive
+ * queue tells when the burst is over. */
 static void mqttsrc__read_burst(nt_mqttsrc_t *m)
 {
     uint64_t start = m->received;
     m->burst_bytes = 0;
-    for (;;) {
-        errno = 0;
+    do {
         int rc = mosquitto_loop_read(m->mosq, 1);
         if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(m->mosq) < 0) {
             /* Whatever this burst appended was never acknowledged: the broker redelivers. */
@@ -253,14 +266,9 @@ static void mqttsrc__read_burst(nt_mqttsrc_t *m)
                                                     : mosquitto_strerror(rc));
             return;
         }
-        if (m->poll == NULL || errno == EAGAIN || errno == EWOULDBLOCK) {
-            break;
-        }
-        if (m->received - start >= MQTTSRC_BURST_MESSAGES ||
-            m->burst_bytes >= MQTTSRC_BURST_BYTES || m->journal_failed) {
-            break;
-        }
-    }
+    } while (m->poll != NULL && !m->journal_failed &&
+             m->received - start < MQTTSRC_BURST_MESSAGES && m->burst_bytes < MQTTSRC_BURST_BYTES &&
+             mqttsrc__pending(m) > 0);
     if (m->poll == NULL) {
         return;
     }

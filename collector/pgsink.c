@@ -447,14 +447,9 @@ static void sink__committed(nt_pgsink_t *s)
     nt_metrics.db_commit_us_sum += (uint64_t)(nt_mono_us() - s->txn_started_us);
     nt_metrics.db_last_commit_unix_us = (uint64_t)nt_now_us();
     nt_metrics.journal_checkpoint = s->committed;
-    if (b->rejected > 0) {
-        nt_log(NT_LOG_INFO, "db",
-               "quarantined %u of %u messages in a batch (first reason seen "
-               "is recorded in needletrace.quarantine)",
-               b->rejected, b->messages);
-    }
-    nt_log(NT_LOG_DEBUG, "db", "committed %u messages, %u events up to position %" PRIu64,
-           b->messages, b->events, s->committed);
+    nt_log(NT_LOG_DEBUG, "db",
+           "committed %u messages (%u events, %u quarantined) up to position %" PRIu64, b->messages,
+           b->events, b->rejected, s->committed);
     nt_batch_reset(b);
     s->attempts = 0;
     s->state = SINK_IDLE;
