@@ -1,1 +1,867 @@
-/* decoder.c -- placeholder until the module lands. */
+/* decoder.c -- parses the topic, unpacks the protobuf payload into an arena and validates it.
+ *
+ * Order of checks, the first failure decides the reason: topic, payload size, protobuf
+ * unpack, payload/topic serial, event count, then every field in message order
+ * (device_model, firmware_version, boot_id, then events[0], events[1], ... each seq,
+ * device_time_ms, body). A string field is checked for UTF-8, then for NUL bytes, then
+ * for its length or identifier syntax.
+ *
+ * Embedded NUL bytes: protobuf-c copies a string field into a buffer of exactly wire
+ * length + 1 bytes from the allocator and terminates it, so a NUL inside the string is
+ * invisible through the char *. The decoder therefore unpacks through a thin allocator
+ * over the arena that stores each request's size in a 16-byte header in front of the
+ * block it returns; the wire length of a decoded string is that size - 1, and the
+ * string is rejected when strlen() is shorter.
+ *
+ * protobuf-c 1.4.1 also accepts field number 0 (and numbers above 2^29-1) when the tag is
+ * a non-minimal varint; such a message is rejected as NOT_PROTOBUF, since it would not
+ * survive re-encoding. */
+#include "needletrace/decoder.h"
+
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <string.h>
+
+#define NT_DEC_HDR          16u /* size header in front of every decoder allocation */
+#define NT_MAX_GS1_TEXT_LEN 20u /* GS1 AI (10) lot and (21) serial */
+#define NT_MAX_NEEDLES      256u
+#define NT_MAX_DURATION_MS  600000u
+#define NT_MIN_TEMP_DC      (-400)
+#define NT_MAX_TEMP_DC      1500
+#define NT_QUOTE_MAX        64u /* bytes of a device string quoted in a detail */
+
+/* ---- names --------------------------------------------------------------------------------- */
+
+static const char *const nt_reason_names[] = {
+#define NT__REASON_NAME(name, text) text,
+    NT_REASON_MAP(NT__REASON_NAME)
+#undef NT__REASON_NAME
+};
+
+/* Stable snake_case name of a reason ("not_protobuf"), "unknown" if r is out of range. */
+const char *nt_reason_name(nt_reason_t r)
+{
+    if ((unsigned)r >= NT_ARRAY_SIZE(nt_reason_names)) {
+        return "unknown";
+    }
+    return nt_reason_names[r];
+}
+
+/* The oneof field name of ev's body ("needle_activity", ...), "" if ev is NULL or unset. */
+const char *nt_event_kind(const Needletrace__V1__Event *ev)
+{
+    if (ev == NULL) {
+        return "";
+    }
+    switch (ev->body_case) {
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
+        return "session_started";
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
+        return "session_ended";
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED:
+        return "cartridge_mounted";
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
+        return "cartridge_unmounted";
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
+        return "needle_setting";
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
+        return "needle_activity";
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS:
+        return "device_status";
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_FAULT:
+        return "device_fault";
+    case NEEDLETRACE__V1__EVENT__BODY__NOT_SET:
+    default:
+        return "";
+    }
+}
+
+/* ---- character classes ----------------------------------------------------------------------- */
+
+static bool nt_dec__is_alnum(unsigned char c)
+{
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
+}
+
+/* 1 when s[0..len) is 1-64 chars of [A-Za-z0-9._-]. */
+int nt_identifier_valid(const char *s, size_t len)
+{
+    if (s == NULL || len == 0 || len > NT_MAX_ID_LEN) {
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!nt_dec__is_alnum(c) && c != '.' && c != '_' && c != '-') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* 1 when s[0..len) is 1-64 chars of [A-Za-z0-9._:-] (a session id). */
+static int nt_dec__session_id_valid(const char *s, size_t len)
+{
+    if (len == 0 || len > NT_MAX_SESSION_ID_LEN) {
+        return 0;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (!nt_dec__is_alnum(c) && c != '.' && c != '_' && c != ':' && c != '-') {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* Offset of the first byte of s[0..len) that does not start a well-formed UTF-8 sequence
+ * (Unicode table 3-7: no overlongs, no surrogates, nothing above U+10FFFF, no truncated
+ * sequence), or len when all of it is well-formed. ASCII is skipped 8 bytes at a time. */
+static size_t nt_dec__utf8_invalid_at(const unsigned char *s, size_t len)
+{
+    size_t i = 0;
+    while (i < len) {
+        if (len - i >= 8) {
+            uint64_t w;
+            memcpy(&w, s + i, sizeof(w));
+            if ((w & UINT64_C(0x8080808080808080)) == 0) {
+                i += 8;
+                continue;
+            }
+        }
+        unsigned char c = s[i];
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+        size_t n;                           /* continuation bytes */
+        unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
+        if (c >= 0xC2 && c <= 0xDF) {
+            n = 1;
+        } else if (c == 0xE0) {
+            n = 2;
+            lo = 0xA0;
+        } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
+            n = 2;
+        } else if (c == 0xED) {
+            n = 2;
+            hi = 0x9F;
+        } else if (c == 0xF0) {
+            n = 3;
+            lo = 0x90;
+        } else if (c >= 0xF1 && c <= 0xF3) {
+            n = 3;
+        } else if (c == 0xF4) {
+            n = 3;
+            hi = 0x8F;
+        } else {
+            return i;
+        }
+        if (len - i <= n) {
+            return i;
+        }
+        if (s[i + 1] < lo || s[i + 1] > hi) {
+            return i;
+        }
+        for (size_t k = 2; k <= n; k++) {
+            if ((s[i + k] & 0xC0) != 0x80) {
+                return i;
+            }
+        }
+        i += n + 1;
+    }
+    return len;
+}
+
+/* 1 when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
+int nt_utf8_valid(const char *s, size_t len)
+{
+    if (s == NULL) {
+        return len == 0;
+    }
+    return nt_dec__utf8_invalid_at((const unsigned char *)s, len) == len;
+}
+
+/* ---- details ----------------------------------------------------------------------------------
+ */
+
+typedef struct {
+    char *buf;
+    size_t cap;
+} nt_dec_detail_t;
+
+/* Writes a device string for a detail message into out (cap >= 24): when s[0..len) is
+ * valid UTF-8, quoted, with control characters, '"' and '\\' escaped and at most
+ * NT_QUOTE_MAX bytes kept (cut at a character boundary, "..." appended); otherwise a
+ * description without any of its bytes. The result is always ASCII or valid UTF-8. */
+static const char *nt_dec__quote(const char *s, size_t len, char *out, size_t cap)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    if (s == NULL || !nt_utf8_valid(s, len)) {
+        snprintf(out, cap, "(%zu bytes, not valid utf-8)", len);
+        return out;
+    }
+    size_t o = 0;
+    out[o++] = '"';
+    size_t i = 0;
+    while (i < len) {
+        unsigned char c = u[i];
+        size_t seq = c < 0x80 ? 1 : c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+        if (i + seq > NT_QUOTE_MAX || o + 4 + 5 > cap) {
+            break;
+        }
+        if (c < 0x20 || c == 0x7F) {
+            snprintf(out + o, cap - o, "\\x%02x", c);
+            o += 4;
+        } else if (c == '"' || c == '\\') {
+            out[o++] = '\\';
+            out[o++] = (char)c;
+        } else {
+            memcpy(out + o, u + i, seq);
+            o += seq;
+        }
+        i += seq;
+    }
+    if (i < len) {
+        memcpy(out + o, "...", 3);
+        o += 3;
+    }
+    out[o++] = '"';
+    out[o] = '\0';
+    return out;
+}
+
+/* Cuts a truncated detail back to a whole UTF-8 character. */
+static void nt_dec__trim_utf8(char *buf)
+{
+    size_t len = strlen(buf);
+    while (len > 0 && !nt_utf8_valid(buf, len)) {
+        buf[--len] = '\0';
+    }
+}
+
+/* Writes the detail (cut to a whole UTF-8 character if it does not fit) and returns r. */
+static nt_reason_t nt_dec__fail(nt_dec_detail_t *d, nt_reason_t r, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static nt_reason_t nt_dec__fail(nt_dec_detail_t *d, nt_reason_t r, const char *fmt, ...)
+{
+    if (d->buf != NULL && d->cap > 0) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(d->buf, d->cap, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            d->buf[0] = '\0';
+        } else if ((size_t)n >= d->cap) {
+            nt_dec__trim_utf8(d->buf);
+        }
+    }
+    return r;
+}
+
+/* ---- topic -------------------------------------------------------------------------------------
+ */
+
+/* Parses the topic into out; returns NULL, or why it does not match. */
+static const char *nt_dec__topic_parse(const char *topic, size_t len, nt_topic_t *out)
+{
+    static const char *const literal[5] = {"clinics", NULL, "handpieces", NULL, "telemetry"};
+    static const char *const what[5] = {"level 1 is not \"clinics\"", "clinic_id",
+                                        "level 3 is not \"handpieces\"", "device_serial",
+                                        "level 5 is not \"telemetry\""};
+    static const char *const bad_id[5] = {
+        NULL, "clinic_id is not 1-64 characters of [A-Za-z0-9._-]", NULL,
+        "device_serial is not 1-64 characters of [A-Za-z0-9._-]", NULL};
+    if (topic == NULL || len == 0) {
+        return "topic is empty";
+    }
+    if (len > NT_MAX_TOPIC_LEN) {
+        return "topic is longer than 512 bytes";
+    }
+    const char *seg[5];
+    size_t seg_len[5];
+    size_t levels = 0, start = 0;
+    for (size_t i = 0; i <= len; i++) {
+        if (i == len || topic[i] == '/') {
+            if (levels < 5) {
+                seg[levels] = topic + start;
+                seg_len[levels] = i - start;
+            }
+            levels++;
+            start = i + 1;
+        }
+    }
+    if (levels != 5) {
+        return levels < 5 ? "topic has fewer than 5 levels" : "topic has more than 5 levels";
+    }
+    for (size_t k = 0; k < 5; k++) {
+        if (literal[k] != NULL) {
+            if (seg_len[k] != strlen(literal[k]) || memcmp(seg[k], literal[k], seg_len[k]) != 0) {
+                return what[k];
+            }
+        } else if (!nt_identifier_valid(seg[k], seg_len[k])) {
+            return bad_id[k];
+        }
+    }
+    if (out != NULL) {
+        memcpy(out->clinic_id, seg[1], seg_len[1]);
+        out->clinic_id[seg_len[1]] = '\0';
+        memcpy(out->device_serial, seg[3], seg_len[3]);
+        out->device_serial[seg_len[3]] = '\0';
+    }
+    return NULL;
+}
+
+/* Parses clinics/{clinic_id}/handpieces/{device_serial}/telemetry (topic need not be
+ * NUL-terminated). Returns 0 with out filled, or NT_EINVAL when the topic does not match
+ * (out is then left unchanged). */
+int nt_topic_parse(const char *topic, size_t len, nt_topic_t *out)
+{
+    return nt_dec__topic_parse(topic, len, out) == NULL ? 0 : NT_EINVAL;
+}
+
+/* ---- allocation with a size header -------------------------------------------------------------
+ */
+
+typedef struct {
+    nt_arena_t *arena;
+    bool over_limit;
+} nt_dec_alloc_t;
+
+static void *nt_dec__alloc(void *data, size_t size)
+{
+    nt_dec_alloc_t *da = data;
+    if (size > SIZE_MAX - NT_DEC_HDR) {
+        da->over_limit = true;
+        return NULL;
+    }
+    unsigned char *p = nt_arena_alloc(da->arena, size + NT_DEC_HDR);
+    if (p == NULL) {
+        da->over_limit = true;
+        return NULL;
+    }
+    memcpy(p, &size, sizeof(size));
+    return p + NT_DEC_HDR;
+}
+
+static void nt_dec__free(void *data, void *ptr)
+{
+    (void)data;
+    (void)ptr;
+}
+
+/* Wire length of a decoded string field: its allocation size - 1, or 0 for the shared
+ * empty default. Returns SIZE_MAX if the block does not look like a protobuf-c string. */
+static size_t nt_dec__wire_len(const char *s)
+{
+    if (s == NULL || s == protobuf_c_empty_string) {
+        return 0;
+    }
+    size_t size;
+    memcpy(&size, s - NT_DEC_HDR, sizeof(size));
+    if (size == 0 || s[size - 1] != '\0') {
+        return SIZE_MAX;
+    }
+    return size - 1;
+}
+
+/* ---- field numbers -----------------------------------------------------------------------------
+ */
+
+#define NT_DEC_MAX_FIELD_NUMBER 536870911u /* 2^29 - 1 */
+#define NT_DEC_MAX_DEPTH        8u
+
+/* 1 when every unknown field of m and of its submessages has a field number protobuf
+ * allows (1 to 2^29-1). protobuf-c accepts 0 or larger numbers from a non-minimal tag
+ * varint, keeps them as unknown fields and would re-pack them as different bytes (number 0
+ * is then rejected, a large number wraps into another field). */
+static bool nt_dec__field_numbers_valid(const ProtobufCMessage *m, unsigned depth)
+{
+    if (m == NULL) {
+        return true;
+    }
+    if (depth > NT_DEC_MAX_DEPTH) {
+        return false;
+    }
+    for (size_t i = 0; i < m->n_unknown_fields; i++) {
+        uint32_t tag = m->unknown_fields[i].tag;
+        if (tag == 0 || tag > NT_DEC_MAX_FIELD_NUMBER) {
+            return false;
+        }
+    }
+    const ProtobufCMessageDescriptor *desc = m->descriptor;
+    const char *base = (const char *)m;
+    for (unsigned f = 0; f < desc->n_fields; f++) {
+        const ProtobufCFieldDescriptor *fd = &desc->fields[f];
+        if (fd->type != PROTOBUF_C_TYPE_MESSAGE) {
+            continue;
+        }
+        if (fd->flags & PROTOBUF_C_FIELD_FLAG_ONEOF) {
+            uint32_t which;
+            memcpy(&which, base + fd->quantifier_offset, sizeof(which));
+            if (which != fd->id) {
+                continue;
+            }
+        }
+        if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
+            size_t n;
+            const ProtobufCMessage *const *arr;
+            memcpy(&n, base + fd->quantifier_offset, sizeof(n));
+            memcpy(&arr, base + fd->offset, sizeof(arr));
+            for (size_t i = 0; i < n && arr != NULL; i++) {
+                if (!nt_dec__field_numbers_valid(arr[i], depth + 1)) {
+                    return false;
+                }
+            }
+        } else {
+            const ProtobufCMessage *sub;
+            memcpy(&sub, base + fd->offset, sizeof(sub));
+            if (!nt_dec__field_numbers_valid(sub, depth + 1)) {
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
+/* ---- field checks ------------------------------------------------------------------------------
+ */
+
+typedef struct {
+    nt_dec_detail_t *d;
+    char path[96]; /* "events[12].session_started" */
+} nt_dec_ctx_t;
+
+/* Checks one string field for encoding: INVALID_UTF8, NUL_IN_STRING, or OK with *len set. */
+static nt_reason_t nt_dec__string(nt_dec_ctx_t *c, const char *field, const char *s, size_t *len)
+{
+    const char *dot = c->path[0] ? "." : "";
+    size_t n = nt_dec__wire_len(s);
+    if (n == SIZE_MAX) {
+        return nt_dec__fail(c->d, NT_REASON_NOT_PROTOBUF, "%s%s%s has an unexpected layout",
+                            c->path, dot, field);
+    }
+    size_t bad = nt_dec__utf8_invalid_at((const unsigned char *)s, n);
+    if (bad != n) {
+        return nt_dec__fail(c->d, NT_REASON_INVALID_UTF8,
+                            "%s%s%s is not valid utf-8 (byte 0x%02x at offset %zu)", c->path, dot,
+                            field, (unsigned char)s[bad], bad);
+    }
+    size_t visible = strlen(s);
+    if (visible != n) {
+        return nt_dec__fail(c->d, NT_REASON_NUL_IN_STRING,
+                            "%s%s%s contains a nul byte at offset %zu", c->path, dot, field,
+                            visible);
+    }
+    *len = n;
+    return NT_REASON_OK;
+}
+
+/* A free-text field: encoding, then at most max bytes. */
+static nt_reason_t nt_dec__text(nt_dec_ctx_t *c, const char *field, const char *s, size_t max)
+{
+    size_t n;
+    nt_reason_t r = nt_dec__string(c, field, s, &n);
+    if (r != NT_REASON_OK) {
+        return r;
+    }
+    if (n > max) {
+        return nt_dec__fail(c->d, NT_REASON_STRING_TOO_LONG, "%s%s%s is %zu bytes, more than %zu",
+                            c->path, c->path[0] ? "." : "", field, n, max);
+    }
+    return NT_REASON_OK;
+}
+
+/* A required session id: encoding, then 1-64 characters of [A-Za-z0-9._:-]. */
+static nt_reason_t nt_dec__session_id(nt_dec_ctx_t *c, const char *s)
+{
+    size_t n;
+    nt_reason_t r = nt_dec__string(c, "session_id", s, &n);
+    if (r != NT_REASON_OK) {
+        return r;
+    }
+    if (n == 0) {
+        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER, "%s.session_id is empty", c->path);
+    }
+    if (!nt_dec__session_id_valid(s, n)) {
+        char q[NT_QUOTE_MAX * 4 + 16];
+        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER,
+                            "%s.session_id %s is not 1-64 characters of [A-Za-z0-9._:-]", c->path,
+                            nt_dec__quote(s, n, q, sizeof(q)));
+    }
+    return NT_REASON_OK;
+}
+
+/* 1 when gtin is 14 digits whose last is the GS1 mod-10 check digit of the first 13. */
+static nt_reason_t nt_dec__gtin(nt_dec_ctx_t *c, const char *s)
+{
+    size_t n;
+    nt_reason_t r = nt_dec__string(c, "cartridge.gtin", s, &n);
+    if (r != NT_REASON_OK) {
+        return r;
+    }
+    char q[NT_QUOTE_MAX * 4 + 16];
+    bool digits = n == 14;
+    for (size_t i = 0; digits && i < n; i++) {
+        digits = s[i] >= '0' && s[i] <= '9';
+    }
+    if (!digits) {
+        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER, "%s.cartridge.gtin %s is not 14 digits",
+                            c->path, nt_dec__quote(s, n, q, sizeof(q)));
+    }
+    /* Weights 3, 1, 3, ... from the digit next to the check digit leftwards. */
+    unsigned sum = 0;
+    for (size_t i = 0; i < 13; i++) {
+        unsigned digit = (unsigned)(s[12 - i] - '0');
+        sum += (i % 2 == 0) ? digit * 3 : digit;
+    }
+    unsigned check = (10 - sum % 10) % 10;
+    if ((unsigned)(s[13] - '0') != check) {
+        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER,
+                            "%s.cartridge.gtin %s has check digit %c, expected %u", c->path,
+                            nt_dec__quote(s, n, q, sizeof(q)), s[13], check);
+    }
+    return NT_REASON_OK;
+}
+
+/* A GS1 lot or serial: 1-20 characters. The GS1 AI encodable set (GS1 General
+ * Specifications, figure 7.11-1) is approximated by printable ASCII 0x21-0x7E without
+ * space, which contains it. */
+static nt_reason_t nt_dec__gs1_text(nt_dec_ctx_t *c, const char *field, const char *s)
+{
+    size_t n;
+    nt_reason_t r = nt_dec__string(c, field, s, &n);
+    if (r != NT_REASON_OK) {
+        return r;
+    }
+    bool ok = n >= 1 && n <= NT_MAX_GS1_TEXT_LEN;
+    for (size_t i = 0; ok && i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        ok = ch >= 0x21 && ch <= 0x7E;
+    }
+    if (!ok) {
+        char q[NT_QUOTE_MAX * 4 + 16];
+        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER,
+                            "%s.%s %s is not 1-20 printable ascii characters (0x21-0x7e)", c->path,
+                            field, nt_dec__quote(s, n, q, sizeof(q)));
+    }
+    return NT_REASON_OK;
+}
+
+/* 1 when v is yyyymmdd in 2000-2099 with a real month and day; day 00 (GS1: the end of
+ * the month) is allowed. */
+static bool nt_dec__date_valid(uint32_t v)
+{
+    static const unsigned mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    unsigned y = v / 10000, m = v / 100 % 100, d = v % 100;
+    if (y < 2000 || y > 2099 || m < 1 || m > 12) {
+        return false;
+    }
+    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+    unsigned max = (m == 2 && !leap) ? 28 : mdays[m - 1];
+    return d <= max;
+}
+
+static nt_reason_t nt_dec__cartridge(nt_dec_ctx_t *c, const Needletrace__V1__Cartridge *cart,
+                                     bool mounted)
+{
+    if (cart == NULL) {
+        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER, "%s.cartridge is missing", c->path);
+    }
+    nt_reason_t r = nt_dec__gtin(c, cart->gtin);
+    if (r == NT_REASON_OK) {
+        r = nt_dec__gs1_text(c, "cartridge.lot", cart->lot);
+    }
+    if (r == NT_REASON_OK) {
+        r = nt_dec__gs1_text(c, "cartridge.serial", cart->serial);
+    }
+    if (r != NT_REASON_OK) {
+        return r;
+    }
+    if (cart->expiry_yyyymmdd == 0) {
+        if (mounted) {
+            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                "%s.cartridge.expiry_yyyymmdd is missing", c->path);
+        }
+    } else if (!nt_dec__date_valid(cart->expiry_yyyymmdd)) {
+        return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                            "%s.cartridge.expiry_yyyymmdd %" PRIu32
+                            " is not a calendar date in 2000-2099",
+                            c->path, cart->expiry_yyyymmdd);
+    }
+    if (cart->needle_count < 1 || cart->needle_count > NT_MAX_NEEDLES) {
+        return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                            "%s.cartridge.needle_count %" PRIu32 " is outside 1-%u", c->path,
+                            cart->needle_count, NT_MAX_NEEDLES);
+    }
+    return NT_REASON_OK;
+}
+
+/* depth_um, stroke_rate_hz and area, shared by needle_setting and needle_activity. */
+static nt_reason_t nt_dec__needle(nt_dec_ctx_t *c, uint32_t depth_um, uint32_t stroke_rate_hz,
+                                  int area)
+{
+    if (depth_um > NT_MAX_DEPTH_UM) {
+        return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE, "%s.depth_um %" PRIu32 " exceeds %u",
+                            c->path, depth_um, NT_MAX_DEPTH_UM);
+    }
+    if (stroke_rate_hz > NT_MAX_STROKE_RATE_HZ) {
+        return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                            "%s.stroke_rate_hz %" PRIu32 " exceeds %u", c->path, stroke_rate_hz,
+                            NT_MAX_STROKE_RATE_HZ);
+    }
+    if (area < NEEDLETRACE__V1__TREATMENT_AREA__AREA_UNSPECIFIED ||
+        area > NEEDLETRACE__V1__TREATMENT_AREA__BODY) {
+        return nt_dec__fail(c->d, NT_REASON_UNKNOWN_AREA,
+                            "%s.area %d is not a known treatment area (0-10)", c->path, area);
+    }
+    return NT_REASON_OK;
+}
+
+static nt_reason_t nt_dec__body(nt_dec_ctx_t *c, const Needletrace__V1__Event *ev)
+{
+    nt_reason_t r;
+    switch (ev->body_case) {
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED: {
+        const Needletrace__V1__SessionStarted *b = ev->session_started;
+        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK ||
+            (r = nt_dec__text(c, "operator_id", b->operator_id, NT_MAX_TEXT_LEN)) != NT_REASON_OK) {
+            return r;
+        }
+        return nt_dec__text(c, "patient_ref", b->patient_ref, NT_MAX_TEXT_LEN);
+    }
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
+        return nt_dec__session_id(c, ev->session_ended->session_id);
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED: {
+        const Needletrace__V1__CartridgeMounted *b = ev->cartridge_mounted;
+        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK) {
+            return r;
+        }
+        return nt_dec__cartridge(c, b->cartridge, true);
+    }
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED: {
+        const Needletrace__V1__CartridgeUnmounted *b = ev->cartridge_unmounted;
+        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK) {
+            return r;
+        }
+        return nt_dec__cartridge(c, b->cartridge, false);
+    }
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING: {
+        const Needletrace__V1__NeedleSetting *b = ev->needle_setting;
+        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK) {
+            return r;
+        }
+        return nt_dec__needle(c, b->depth_um, b->stroke_rate_hz, (int)b->area);
+    }
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY: {
+        const Needletrace__V1__NeedleActivity *b = ev->needle_activity;
+        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK ||
+            (r = nt_dec__needle(c, b->depth_um, b->stroke_rate_hz, (int)b->area)) != NT_REASON_OK) {
+            return r;
+        }
+        if (b->duration_ms > NT_MAX_DURATION_MS) {
+            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                "%s.duration_ms %" PRIu32 " exceeds %u", c->path, b->duration_ms,
+                                NT_MAX_DURATION_MS);
+        }
+        return NT_REASON_OK;
+    }
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS: {
+        const Needletrace__V1__DeviceStatus *b = ev->device_status;
+        if (b->battery_pct > 100) {
+            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                "%s.battery_pct %" PRIu32 " exceeds 100", c->path, b->battery_pct);
+        }
+        if (b->temperature_dc < NT_MIN_TEMP_DC || b->temperature_dc > NT_MAX_TEMP_DC) {
+            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                "%s.temperature_dc %" PRId32 " is outside [%d, %d]", c->path,
+                                b->temperature_dc, NT_MIN_TEMP_DC, NT_MAX_TEMP_DC);
+        }
+        if (b->motor_seconds_total > (uint64_t)INT64_MAX) {
+            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                "%s.motor_seconds_total %" PRIu64 " exceeds %" PRId64, c->path,
+                                b->motor_seconds_total, INT64_MAX);
+        }
+        return NT_REASON_OK;
+    }
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_FAULT:
+        return nt_dec__text(c, "message", ev->device_fault->message, NT_MAX_FAULT_MSG_LEN);
+    case NEEDLETRACE__V1__EVENT__BODY__NOT_SET:
+    default:
+        break;
+    }
+    return NT_REASON_OK;
+}
+
+/* The body pointer of a set oneof, NULL if unset. */
+static const void *nt_dec__body_ptr(const Needletrace__V1__Event *ev)
+{
+    switch (ev->body_case) {
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
+        return ev->session_started;
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
+        return ev->session_ended;
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED:
+        return ev->cartridge_mounted;
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
+        return ev->cartridge_unmounted;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
+        return ev->needle_setting;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
+        return ev->needle_activity;
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS:
+        return ev->device_status;
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_FAULT:
+        return ev->device_fault;
+    case NEEDLETRACE__V1__EVENT__BODY__NOT_SET:
+    default:
+        return NULL;
+    }
+}
+
+static nt_reason_t nt_dec__validate(nt_dec_detail_t *d, const Needletrace__V1__Telemetry *m)
+{
+    nt_dec_ctx_t c = {.d = d, .path = ""};
+    nt_reason_t r;
+
+    if (m->n_events == 0) {
+        return nt_dec__fail(d, NT_REASON_NO_EVENTS, "message has no events");
+    }
+    if (m->n_events > NT_MAX_EVENTS) {
+        return nt_dec__fail(d, NT_REASON_TOO_MANY_EVENTS, "message has %zu events, more than %u",
+                            m->n_events, NT_MAX_EVENTS);
+    }
+    if ((r = nt_dec__text(&c, "device_model", m->device_model, NT_MAX_TEXT_LEN)) != NT_REASON_OK ||
+        (r = nt_dec__text(&c, "firmware_version", m->firmware_version, NT_MAX_TEXT_LEN)) !=
+            NT_REASON_OK) {
+        return r;
+    }
+    if (m->boot_id > (uint64_t)INT64_MAX) {
+        return nt_dec__fail(d, NT_REASON_OUT_OF_RANGE, "boot_id %" PRIu64 " exceeds %" PRId64,
+                            m->boot_id, INT64_MAX);
+    }
+
+    uint64_t prev_seq = 0;
+    for (size_t i = 0; i < m->n_events; i++) {
+        const Needletrace__V1__Event *ev = m->events[i];
+        if (ev == NULL) {
+            return nt_dec__fail(d, NT_REASON_MISSING_BODY, "events[%zu] is missing", i);
+        }
+        if (ev->seq == 0) {
+            return nt_dec__fail(d, NT_REASON_SEQ_ORDER, "events[%zu].seq is 0, must be at least 1",
+                                i);
+        }
+        if (ev->seq > (uint64_t)INT64_MAX) {
+            return nt_dec__fail(d, NT_REASON_OUT_OF_RANGE,
+                                "events[%zu].seq %" PRIu64 " exceeds %" PRId64, i, ev->seq,
+                                INT64_MAX);
+        }
+        if (ev->seq <= prev_seq) {
+            return nt_dec__fail(d, NT_REASON_SEQ_ORDER,
+                                "events[%zu].seq %" PRIu64 " does not follow %" PRIu64, i, ev->seq,
+                                prev_seq);
+        }
+        prev_seq = ev->seq;
+        if (ev->device_time_ms < NT_MIN_DEVICE_TIME_MS ||
+            ev->device_time_ms >= NT_MAX_DEVICE_TIME_MS) {
+            return nt_dec__fail(d, NT_REASON_OUT_OF_RANGE,
+                                "events[%zu].device_time_ms %" PRId64 " is outside [%lld, %lld)", i,
+                                ev->device_time_ms, NT_MIN_DEVICE_TIME_MS, NT_MAX_DEVICE_TIME_MS);
+        }
+        if (nt_dec__body_ptr(ev) == NULL) {
+            return nt_dec__fail(d, NT_REASON_MISSING_BODY, "events[%zu] has no body", i);
+        }
+        snprintf(c.path, sizeof(c.path), "events[%zu].%s", i, nt_event_kind(ev));
+        if ((r = nt_dec__body(&c, ev)) != NT_REASON_OK) {
+            return r;
+        }
+    }
+    return NT_REASON_OK;
+}
+
+/* ---- entry point -------------------------------------------------------------------------------
+ */
+
+/* Decodes and validates one message; see decoder.h. payload may be NULL when payload_len
+ * is 0; out may be NULL to validate only. On rejection out->msg is NULL (out->topic is
+ * filled once the topic parsed). Memory comes from arena and stays there until its reset,
+ * accepted or not. */
+nt_reason_t nt_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
+                      const uint8_t *payload, size_t payload_len, nt_message_t *out, char *detail,
+                      size_t detail_len)
+{
+    nt_dec_detail_t d = {.buf = detail, .cap = detail_len};
+    nt_message_t scratch;
+    char q1[NT_QUOTE_MAX * 4 + 16], q2[NT_QUOTE_MAX * 4 + 16];
+
+    if (detail != NULL && detail_len > 0) {
+        detail[0] = '\0';
+    }
+    if (out == NULL) {
+        out = &scratch;
+    }
+    memset(out, 0, sizeof(*out));
+
+    const char *why = nt_dec__topic_parse(topic, topic_len, &out->topic);
+    if (why != NULL) {
+        size_t shown = (topic == NULL) ? 0 : topic_len;
+        return nt_dec__fail(&d, NT_REASON_BAD_TOPIC,
+                            "topic %s does not match "
+                            "clinics/{clinic_id}/handpieces/{device_serial}/telemetry: %s",
+                            nt_dec__quote(topic ? topic : "", shown, q1, sizeof(q1)), why);
+    }
+    if (payload_len > NT_MAX_PAYLOAD_BYTES) {
+        return nt_dec__fail(&d, NT_REASON_PAYLOAD_TOO_LARGE,
+                            "payload of %zu bytes exceeds %u bytes", payload_len,
+                            NT_MAX_PAYLOAD_BYTES);
+    }
+    if (arena == NULL || (payload == NULL && payload_len > 0)) {
+        return nt_dec__fail(&d, NT_REASON_NOT_PROTOBUF, "no payload or arena to decode into");
+    }
+
+    nt_dec_alloc_t da = {.arena = arena, .over_limit = false};
+    ProtobufCAllocator alloc = {
+        .alloc = nt_dec__alloc, .free = nt_dec__free, .allocator_data = &da};
+    static const uint8_t empty[1] = {0};
+    Needletrace__V1__Telemetry *m =
+        needletrace__v1__telemetry__unpack(&alloc, payload_len, payload ? payload : empty);
+    if (m == NULL) {
+        if (da.over_limit) {
+            return nt_dec__fail(&d, NT_REASON_NOT_PROTOBUF, "decoded message exceeds arena limit");
+        }
+        return nt_dec__fail(&d, NT_REASON_NOT_PROTOBUF,
+                            "payload is not a needletrace.v1.Telemetry protobuf message");
+    }
+
+    if (!nt_dec__field_numbers_valid(&m->base, 0)) {
+        return nt_dec__fail(&d, NT_REASON_NOT_PROTOBUF,
+                            "payload has a field number outside 1-536870911");
+    }
+
+    /* Compare the wire bytes: a NUL inside the payload serial must not shorten it. */
+    size_t serial_len = nt_dec__wire_len(m->device_serial);
+    size_t topic_serial_len = strlen(out->topic.device_serial);
+    if (serial_len == 0) {
+        return nt_dec__fail(&d, NT_REASON_SERIAL_MISMATCH,
+                            "payload device_serial is empty, topic device_serial is \"%s\"",
+                            out->topic.device_serial);
+    }
+    if (serial_len != topic_serial_len ||
+        memcmp(m->device_serial, out->topic.device_serial, serial_len) != 0) {
+        return nt_dec__fail(
+            &d, NT_REASON_SERIAL_MISMATCH,
+            "payload device_serial %s does not match topic device_serial %s",
+            serial_len == SIZE_MAX ? "(unreadable)"
+                                   : nt_dec__quote(m->device_serial, serial_len, q1, sizeof(q1)),
+            nt_dec__quote(out->topic.device_serial, topic_serial_len, q2, sizeof(q2)));
+    }
+
+    nt_reason_t r = nt_dec__validate(&d, m);
+    if (r != NT_REASON_OK) {
+        return r;
+    }
+    out->msg = m;
+    return NT_REASON_OK;
+}
