@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# test_puback_durability.sh -- DESIGN §2 regression: nothing is acknowledged before it is
+# durable. With NT_TEST_KILL_BEFORE_JOURNAL=50 the collector SIGKILLs itself after receiving
+# 50 messages, before journaling or acknowledging them; restarted without the hook, it must
+# end with exactly the simulator's counts, which is only possible if the broker redelivered
+# the messages, i.e. they had not been PUBACKed.
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+nt_setup "$@"
+
+EV='SELECT count(*) FROM needletrace.events'
+nt_start_pg
+nt_start_broker
+nt_migrate
+nt_start_collector c1 NT_TEST_KILL_BEFORE_JOURNAL=50
+nt_wait_collector_ready c1
+
+# A burst of 1,000 messages of 5 events, no rate limit.
+nt_simulate "$NT_TMP/sim.json" --clinics 1 --devices 5 --events 5000 --events-per-message 5 \
+    --seed 808
+expected=$(nt_json "$NT_TMP/sim.json" .expected.events)
+nt_wait_collector_exit c1 60
+nt_expect_eq "exit status (killed itself with SIGKILL)" 137 "$NT_EXIT_CODE"
+at_death=$(nt_sql "$EV")
+nt_log "collector died after 50 messages with $at_death of $expected events committed"
+nt_expect_true "events committed before the death ($at_death) < $expected" \
+    test "$at_death" -lt "$expected"
+
+nt_start_collector c1
+nt_wait_collector_ready c1
+nt_wait_counts "$NT_TMP/sim.json" -- 300
+nt_check_no_duplicate_keys
+nt_finish
