@@ -1,1 +1,516 @@
-/* http.c -- placeholder until the module lands. */
+/* http.c -- the metrics and health listener: a minimal HTTP/1.1 server on the libuv loop. */
+#include "needletrace/http.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "needletrace/common.h"
+#include "needletrace/log.h"
+#include "needletrace/metrics.h"
+
+#define HTTP__HEAD_MAX    4096 /* request line + headers */
+#define HTTP__TIMEOUT_MS  5000 /* whole connection, from accept to close */
+#define HTTP__MAX_CLIENTS 64   /* beyond this, accepted connections are closed at once */
+#define HTTP__METRICS_MAX (64 * 1024)
+#define HTTP__BACKLOG     128
+
+typedef struct http__client_s http__client_t;
+
+struct nt_http_s {
+    uv_loop_t *loop;
+    uv_tcp_t server;
+    nt_http_ready_cb ready;
+    void *data;
+    http__client_t *clients; /* doubly linked, every client not yet freed */
+    int nclients;
+    int stopping;
+    int server_closed;
+};
+
+typedef enum {
+    HTTP__READING,  /* collecting the request head */
+    HTTP__WRITING,  /* response queued */
+    HTTP__DRAINING, /* response sent and FIN queued: discard input until the peer closes */
+    HTTP__CLOSING,  /* handles closing; freed when both close callbacks ran */
+} http__state_t;
+
+struct http__client_s {
+    uv_tcp_t tcp;
+    uv_timer_t timer;
+    uv_write_t write_req;
+    uv_shutdown_t shutdown_req;
+    nt_http_t *h;
+    http__client_t *prev;
+    http__client_t *next;
+    http__state_t state;
+    int open_handles; /* 2 until the close callbacks ran */
+    int peer_done;    /* read EOF or error: the peer sends nothing more */
+    size_t len;       /* bytes of head[] filled */
+    char *response;   /* heap, owned until the client is freed */
+    char head[HTTP__HEAD_MAX];
+};
+
+static void http__maybe_free_server(nt_http_t *h)
+{
+    if (h->stopping && h->server_closed && h->clients == NULL) {
+        free(h);
+    }
+}
+
+static void http__client_closed(uv_handle_t *handle)
+{
+    http__client_t *c = handle->data;
+    if (--c->open_handles > 0) {
+        return;
+    }
+    nt_http_t *h = c->h;
+    if (c->prev != NULL) {
+        c->prev->next = c->next;
+    } else {
+        h->clients = c->next;
+    }
+    if (c->next != NULL) {
+        c->next->prev = c->prev;
+    }
+    h->nclients--;
+    free(c->response);
+    free(c);
+    http__maybe_free_server(h);
+}
+
+/* Closes both handles; pending write/shutdown callbacks run (cancelled) before the frees. */
+static void http__client_close(http__client_t *c)
+{
+    if (c->state == HTTP__CLOSING) {
+        return;
+    }
+    c->state = HTTP__CLOSING;
+    uv_close((uv_handle_t *)&c->timer, http__client_closed);
+    uv_close((uv_handle_t *)&c->tcp, http__client_closed);
+}
+
+static void http__on_timeout(uv_timer_t *timer)
+{
+    http__client_close(timer->data);
+}
+
+static void http__on_shutdown(uv_shutdown_t *req, int status)
+{
+    http__client_t *c = req->data;
+    if (status < 0 && c->state != HTTP__CLOSING) {
+        http__client_close(c);
+    }
+}
+
+static void http__on_write(uv_write_t *req, int status)
+{
+    http__client_t *c = req->data;
+    if (c->state == HTTP__CLOSING) {
+        return;
+    }
+    if (status < 0 || c->peer_done) {
+        http__client_close(c);
+        return;
+    }
+    /* Half-close and read until the peer's FIN, so unread input cannot turn our close
+     * into a reset that discards the response at the client (a "lingering close"). */
+    c->state = HTTP__DRAINING;
+    c->shutdown_req.data = c;
+    if (uv_shutdown(&c->shutdown_req, (uv_stream_t *)&c->tcp, http__on_shutdown) != 0) {
+        http__client_close(c);
+    }
+}
+
+static const char *http__reason(int status)
+{
+    switch (status) {
+    case 200:
+        return "OK";
+    case 400:
+        return "Bad Request";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 503:
+        return "Service Unavailable";
+    default:
+        return "Internal Server Error";
+    }
+}
+
+/* Queues one complete response (head + body) and stops reading the request. */
+static void http__respond(http__client_t *c, int status, const char *content_type, const char *body,
+                          size_t body_len)
+{
+    char head[256];
+    int n = snprintf(head, sizeof(head),
+                     "HTTP/1.1 %d %s\r\n"
+                     "Content-Type: %s\r\n"
+                     "Content-Length: %zu\r\n"
+                     "Cache-Control: no-store\r\n"
+                     "%s"
+                     "Connection: close\r\n"
+                     "\r\n",
+                     status, http__reason(status), content_type, body_len,
+                     status == 405 ? "Allow: GET\r\n" : "");
+    if (n < 0 || (size_t)n >= sizeof(head)) {
+        http__client_close(c);
+        return;
+    }
+    c->response = malloc((size_t)n + body_len);
+    if (c->response == NULL) {
+        nt_log(NT_LOG_WARN, "http", "could not answer a request: out of memory");
+        http__client_close(c);
+        return;
+    }
+    memcpy(c->response, head, (size_t)n);
+    memcpy(c->response + n, body, body_len);
+    uv_buf_t buf = uv_buf_init(c->response, (unsigned int)((size_t)n + body_len));
+    c->state = HTTP__WRITING;
+    c->write_req.data = c;
+    if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, http__on_write) != 0) {
+        http__client_close(c);
+    }
+}
+
+static void http__respond_text(http__client_t *c, int status, const char *text)
+{
+    http__respond(c, status, "text/plain; charset=utf-8", text, strlen(text));
+}
+
+static int http__is_tchar(char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
+/* Checks the head [head, head + len) (ending in an empty line) and answers it. */
+static void http__handle(http__client_t *c, char *head, size_t len)
+{
+    char *line_end = memchr(head, '\n', len);
+    char *p = head;
+    char *method;
+    char *target;
+    size_t method_len;
+    size_t target_len;
+
+    /* Request line: METHOD SP request-target SP HTTP/1.x */
+    if (line_end == NULL) {
+        http__respond_text(c, 400, "bad request\n");
+        return;
+    }
+    method = p;
+    while (p < line_end && http__is_tchar(*p)) {
+        p++;
+    }
+    method_len = (size_t)(p - method);
+    if (method_len == 0 || *p != ' ') {
+        http__respond_text(c, 400, "bad request\n");
+        return;
+    }
+    target = ++p;
+    while (p < line_end && *p != ' ' && (unsigned char)*p > 0x20 && *p != 0x7f) {
+        p++;
+    }
+    target_len = (size_t)(p - target);
+    if (target_len == 0 || target[0] != '/' || *p != ' ') {
+        http__respond_text(c, 400, "bad request\n");
+        return;
+    }
+    p++;
+    size_t rest = (size_t)(line_end - p);
+    if (rest > 0 && p[rest - 1] == '\r') {
+        rest--;
+    }
+    if (rest != 8 || (memcmp(p, "HTTP/1.1", 8) != 0 && memcmp(p, "HTTP/1.0", 8) != 0)) {
+        http__respond_text(c, 400, "bad request\n");
+        return;
+    }
+
+    /* Header fields: name ":" value, no whitespace before the colon, no obs-fold. */
+    for (p = line_end + 1; p < head + len;) {
+        char *end = memchr(p, '\n', (size_t)(head + len - p));
+        if (end == NULL) {
+            break;
+        }
+        size_t n = (size_t)(end - p);
+        if (n > 0 && p[n - 1] == '\r') {
+            n--;
+        }
+        if (n == 0) {
+            break; /* the empty line ending the head */
+        }
+        size_t name_len = 0;
+        while (name_len < n && http__is_tchar(p[name_len])) {
+            name_len++;
+        }
+        if (name_len == 0 || name_len == n || p[name_len] != ':') {
+            http__respond_text(c, 400, "bad request\n");
+            return;
+        }
+        p = end + 1;
+    }
+
+    if (method_len != 3 || memcmp(method, "GET", 3) != 0) {
+        http__respond_text(c, 405, "method not allowed\n");
+        return;
+    }
+    char *query = memchr(target, '?', target_len);
+    size_t path_len = query != NULL ? (size_t)(query - target) : target_len;
+
+    if (path_len == 8 && memcmp(target, "/metrics", 8) == 0) {
+        char *body = malloc(HTTP__METRICS_MAX);
+        if (body == NULL) {
+            nt_log(NT_LOG_WARN, "http", "could not render metrics: out of memory");
+            http__client_close(c);
+            return;
+        }
+        size_t n = nt_metrics_render(body, HTTP__METRICS_MAX);
+        http__respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", body, n);
+        free(body);
+    } else if (path_len == 8 && memcmp(target, "/healthz", 8) == 0) {
+        http__respond_text(c, 200, "ok\n");
+    } else if (path_len == 7 && memcmp(target, "/readyz", 7) == 0) {
+        char reason[200] = "";
+        if (c->h->ready == NULL || c->h->ready(c->h->data, reason, sizeof(reason))) {
+            http__respond_text(c, 200, "ready\n");
+        } else {
+            char body[256];
+            reason[sizeof(reason) - 1] = '\0';
+            snprintf(body, sizeof(body), "not ready: %s\n",
+                     reason[0] != '\0' ? reason : "unknown reason");
+            http__respond_text(c, 503, body);
+        }
+    } else {
+        http__respond_text(c, 404, "not found\n");
+    }
+}
+
+/* Returns the length of the head including its terminating empty line, or 0 if incomplete. */
+static size_t http__head_end(const char *buf, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        if (buf[i] != '\n') {
+            continue;
+        }
+        if (i + 1 < len && buf[i + 1] == '\n') {
+            return i + 2;
+        }
+        if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n') {
+            return i + 3;
+        }
+    }
+    return 0;
+}
+
+static void http__on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
+{
+    http__client_t *c = handle->data;
+    if (c->state != HTTP__READING) {
+        /* Draining: whatever arrives is discarded into the (no longer needed) head buffer. */
+        *buf = uv_buf_init(c->head, sizeof(c->head));
+        return;
+    }
+    *buf = uv_buf_init(c->head + c->len, (unsigned int)(sizeof(c->head) - c->len));
+}
+
+static void http__on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
+{
+    http__client_t *c = stream->data;
+    if (c->state == HTTP__CLOSING) {
+        return;
+    }
+    if (nread < 0) {
+        /* EOF or error: libuv reads no more. A peer that half-closes mid-request gets a
+         * 400 attempt; a response being written is finished first (on_write closes). */
+        c->peer_done = 1;
+        uv_read_stop(stream);
+        if (nread == UV_EOF && c->state == HTTP__READING && c->len > 0) {
+            http__respond_text(c, 400, "bad request\n");
+        } else if (c->state != HTTP__WRITING) {
+            http__client_close(c);
+        }
+        return;
+    }
+    if (c->state != HTTP__READING || nread == 0) {
+        return;
+    }
+    size_t before = c->len;
+    c->len += (size_t)nread;
+    /* Search from just before the new bytes: the terminator may straddle two reads. */
+    size_t from = before >= 3 ? before - 3 : 0;
+    size_t end = http__head_end(c->head + from, c->len - from);
+    /* After a response is queued, reading goes on (discarding) so that the peer's FIN or
+     * reset is seen. */
+    if (end != 0) {
+        http__handle(c, c->head, from + end);
+    } else if (c->len == sizeof(c->head)) {
+        http__respond_text(c, 431, "request header too large\n");
+    }
+}
+
+static void http__free_handle(uv_handle_t *handle)
+{
+    free(handle);
+}
+
+/* Accepts and immediately closes a connection beyond the client limit. */
+static void http__reject(nt_http_t *h)
+{
+    uv_tcp_t *t = malloc(sizeof(*t));
+    if (t == NULL) {
+        return;
+    }
+    if (uv_tcp_init(h->loop, t) != 0) {
+        free(t);
+        return;
+    }
+    uv_accept((uv_stream_t *)&h->server, (uv_stream_t *)t);
+    uv_close((uv_handle_t *)t, http__free_handle);
+}
+
+static void http__on_connection(uv_stream_t *server, int status)
+{
+    nt_http_t *h = server->data;
+    if (status < 0 || h->stopping) {
+        return;
+    }
+    if (h->nclients >= HTTP__MAX_CLIENTS) {
+        nt_log(NT_LOG_DEBUG, "http", "refused a connection: %d clients already", h->nclients);
+        http__reject(h);
+        return;
+    }
+    http__client_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        http__reject(h);
+        return;
+    }
+    if (uv_tcp_init(h->loop, &c->tcp) != 0) {
+        free(c);
+        http__reject(h);
+        return;
+    }
+    uv_timer_init(h->loop, &c->timer); /* cannot fail */
+    c->h = h;
+    c->tcp.data = c;
+    c->timer.data = c;
+    c->open_handles = 2;
+    c->state = HTTP__READING;
+    c->next = h->clients;
+    if (h->clients != NULL) {
+        h->clients->prev = c;
+    }
+    h->clients = c;
+    h->nclients++;
+    if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
+        uv_timer_start(&c->timer, http__on_timeout, HTTP__TIMEOUT_MS, 0) != 0 ||
+        uv_read_start((uv_stream_t *)&c->tcp, http__on_alloc, http__on_read) != 0) {
+        http__client_close(c);
+    }
+}
+
+/* Binds host:port and starts listening on loop. host is an IPv4 or IPv6 literal (no
+ * brackets), as nt_config_validate() leaves in cfg->http_host. Returns 0 with *out set;
+ * NT_EINVAL for an unusable address; NT_EIO if the socket cannot be bound or listened on,
+ * with errno telling why, and nothing left open; NT_ENOMEM. ready may be NULL (always
+ * ready). See also nt_http_stop(). */
+int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
+                  nt_http_ready_cb ready, void *data)
+{
+    struct sockaddr_storage addr;
+    socklen_t addrlen;
+    int one = 1;
+    int fd;
+    int saved;
+
+    memset(&addr, 0, sizeof(addr));
+    if (port < 1 || port > 65535) {
+        return NT_EINVAL;
+    }
+    if (strchr(host, ':') != NULL) {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)(void *)&addr;
+        if (uv_ip6_addr(host, port, a6) != 0) {
+            return NT_EINVAL;
+        }
+        addrlen = sizeof(*a6);
+    } else {
+        struct sockaddr_in *a4 = (struct sockaddr_in *)(void *)&addr;
+        if (uv_ip4_addr(host, port, a4) != 0) {
+            return NT_EINVAL;
+        }
+        addrlen = sizeof(*a4);
+    }
+
+    /* Bind and listen on a plain socket first, so that a failure leaves no handle to close. */
+    fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0) {
+        return NT_EIO;
+    }
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, (struct sockaddr *)&addr, addrlen) != 0 || listen(fd, HTTP__BACKLOG) != 0) {
+        saved = errno;
+        close(fd);
+        errno = saved;
+        return NT_EIO;
+    }
+
+    nt_http_t *h = calloc(1, sizeof(*h));
+    if (h == NULL) {
+        close(fd);
+        return NT_ENOMEM;
+    }
+    h->loop = loop;
+    h->ready = ready;
+    h->data = data;
+    if (uv_tcp_init(loop, &h->server) != 0) {
+        close(fd);
+        free(h);
+        return NT_EIO;
+    }
+    h->server.data = h;
+    int rc = uv_tcp_open(&h->server, fd);
+    if (rc != 0) {
+        close(fd); /* not adopted by the handle */
+    } else {
+        rc = uv_listen((uv_stream_t *)&h->server, HTTP__BACKLOG, http__on_connection);
+    }
+    if (rc != 0) {
+        /* h is freed by the close callback, when the loop runs next. */
+        nt_http_stop(h);
+        errno = -rc;
+        return NT_EIO;
+    }
+    *out = h;
+    return 0;
+}
+
+static void http__server_closed(uv_handle_t *handle)
+{
+    nt_http_t *h = handle->data;
+    h->server_closed = 1;
+    http__maybe_free_server(h);
+}
+
+/* Stops accepting, closes every client (responses in flight are cut short) and frees h
+ * once every handle's close callback has run on the loop. h must not be used after.
+ * NULL is a no-op. */
+void nt_http_stop(nt_http_t *h)
+{
+    if (h == NULL || h->stopping) {
+        return;
+    }
+    h->stopping = 1;
+    uv_close((uv_handle_t *)&h->server, http__server_closed);
+    for (http__client_t *c = h->clients; c != NULL; c = c->next) {
+        http__client_close(c);
+    }
+}
