@@ -18,9 +18,6 @@ DURATION=${DEMO_DURATION:-60}
 RATE=${DEMO_RATE:-200}
 SEED=${DEMO_SEED:-42}
 EPM=${DEMO_EVENTS_PER_MESSAGE:-10}
-PACKAGES=(build-essential cmake pkg-config libmosquitto-dev mosquitto mosquitto-clients
-    libuv1-dev libprotobuf-c-dev protobuf-c-compiler libpq-dev postgresql libcmocka-dev
-    libssl-dev jq curl procps iproute2)
 
 # The harness of the integration tests does the infrastructure work: .local/ is its
 # directory, kept on exit; PostgreSQL gets a clean (fast) shutdown.
@@ -35,28 +32,8 @@ step() {
     printf '==> %s\n' "$*"
 }
 
-install_missing() {
-    local missing=() p sudo=()
-    for p in "${PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$p")
-        fi
-    done
-    ((${#missing[@]} > 0)) || return 0
-    step "installing missing packages: ${missing[*]}"
-    if ((EUID != 0)); then
-        command -v sudo >/dev/null 2>&1 || {
-            echo "error: not root and no sudo; install as root: apt-get install ${missing[*]}" >&2
-            return 1
-        }
-        sudo=(sudo)
-        if [[ ${CI:-} == true || ! -t 0 ]]; then
-            sudo=(sudo -n)
-        fi
-    fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q || return 1
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-}
+# shellcheck source-path=SCRIPTDIR source=packages.sh
+source "$ROOT/deploy/packages.sh"
 
 build() {
     local cached
@@ -147,7 +124,7 @@ demo_infra_start() {
 main() {
     cd "$ROOT"
     step "checking dependencies"
-    install_missing
+    nt_install_missing "${NT_PACKAGES_RUN[@]}"
     step "building needletrace (gcc, build/)"
     build || {
         echo "error: the build failed" >&2

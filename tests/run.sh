@@ -13,9 +13,6 @@ set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 JOBS=${JOBS:-$(nproc 2>/dev/null || echo 2)}
-PACKAGES=(build-essential cmake pkg-config clang libmosquitto-dev mosquitto mosquitto-clients
-    libuv1-dev libprotobuf-c-dev protobuf-c-compiler libpq-dev postgresql libcmocka-dev
-    libssl-dev valgrind jq curl procps iproute2)
 
 if [[ -t 1 && ${CI:-} != true && -z ${NO_COLOR:-} ]]; then
     C_OK=$'\e[32m' C_BAD=$'\e[31m' C_HEAD=$'\e[1m' C_OFF=$'\e[0m'
@@ -28,32 +25,8 @@ say() {
 }
 
 # ---- dependencies ----------------------------------------------------------------------------
-install_missing() {
-    local missing=() p sudo=()
-    for p in "${PACKAGES[@]}"; do
-        if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-            missing+=("$p")
-        fi
-    done
-    if ((${#missing[@]} == 0)); then
-        say "all ${#PACKAGES[@]} required packages are installed"
-        return 0
-    fi
-    say "installing missing packages: ${missing[*]}"
-    if ((EUID != 0)); then
-        command -v sudo >/dev/null 2>&1 || {
-            echo "error: not root and no sudo; install as root: apt-get install ${missing[*]}" >&2
-            return 1
-        }
-        sudo=(sudo)
-        # no password prompt in CI or without a terminal
-        if [[ ${CI:-} == true || ! -t 0 ]]; then
-            sudo=(sudo -n)
-        fi
-    fi
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q || return 1
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
-}
+# shellcheck source-path=SCRIPTDIR source=../deploy/packages.sh
+source "$ROOT/deploy/packages.sh"
 
 # ---- steps -----------------------------------------------------------------------------------
 declare -a STEP_NAMES=() STEP_RESULTS=() STEP_TIMES=()
@@ -109,7 +82,7 @@ main() {
     local t0=$SECONDS failed=0 i
     cd "$ROOT"
     say "needletrace test suite in $ROOT (CI=${CI:-false}, $(id -un), $JOBS jobs)"
-    step "dependencies" install_missing || {
+    step "dependencies" nt_install_missing "${NT_PACKAGES_TEST[@]}" || {
         echo "cannot continue without the dependencies" >&2
         exit 1
     }

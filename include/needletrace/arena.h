@@ -8,10 +8,10 @@
 typedef struct nt_arena_chunk_s nt_arena_chunk_t;
 
 typedef struct {
-    nt_arena_chunk_t *head;    /* chunk being filled; older chunks behind it */
-    size_t chunk_bytes;        /* size of a normal chunk */
-    size_t used_bytes;         /* bytes handed out since the last reset */
-    size_t limit_bytes;        /* allocations past this fail (protobuf-c then fails cleanly) */
+    nt_arena_chunk_t *head;       /* chunk being filled; older chunks behind it */
+    size_t chunk_bytes;           /* size of a normal chunk */
+    size_t used_bytes;            /* bytes handed out since the last reset */
+    size_t limit_bytes;           /* allocations past this fail (protobuf-c then fails cleanly) */
     ProtobufCAllocator allocator; /* pass to protobuf_c_message_unpack() */
 } nt_arena_t;
 

@@ -25,12 +25,12 @@ typedef struct {
     nt_batch_table_t tables[NT_BATCH__TABLES];
     nt_arena_t arena;
     char collector_id[NT_MAX_ID_LEN + 1];
-    uint64_t first_pos;         /* journal position of the first record added */
-    uint64_t end_pos;           /* journal position just past the last record added */
-    uint32_t messages;          /* records added */
-    uint32_t accepted;          /* of which accepted */
-    uint32_t events;            /* events rows */
-    uint32_t rejected;          /* quarantine rows */
+    uint64_t first_pos; /* journal position of the first record added */
+    uint64_t end_pos;   /* journal position just past the last record added */
+    uint32_t messages;  /* records added */
+    uint32_t accepted;  /* of which accepted */
+    uint32_t events;    /* events rows */
+    uint32_t rejected;  /* quarantine rows */
     uint32_t rejected_by_reason[NT_REASON__COUNT];
     size_t bytes;               /* payload + topic bytes added */
     int64_t oldest_received_us; /* receive time of the first record (0 when empty) */

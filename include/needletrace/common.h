@@ -33,9 +33,9 @@ const char *nt_strerror(int err);
 
 /* Wire-contract limits (DESIGN.md section 1). */
 #define NT_MAX_PAYLOAD_BYTES (256u * 1024u)
-#define NT_MAX_EVENTS 1000u
-#define NT_MAX_ID_LEN 64u /* clinic_id, device_serial */
-#define NT_MAX_TOPIC_LEN 512u
+#define NT_MAX_EVENTS        1000u
+#define NT_MAX_ID_LEN        64u /* clinic_id, device_serial */
+#define NT_MAX_TOPIC_LEN     512u
 
 /* Wall clock, Unix microseconds. */
 int64_t nt_now_us(void);

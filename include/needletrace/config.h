@@ -16,37 +16,37 @@
 
 typedef struct {
     /* [mqtt] */
-    char *mqtt_url;              /* mqtt://host:port | mqtts://host:port; default mqtt://127.0.0.1:1883 */
-    char *mqtt_client_id;        /* default: collector id */
-    char *mqtt_share_group;      /* NULL = plain subscription */
-    char *mqtt_topic;            /* default clinics/+/handpieces/+/telemetry */
-    char *mqtt_username;         /* NULL = none */
-    char *mqtt_password_file;    /* secret read from this file (first line) */
-    char *mqtt_password;         /* env NEEDLETRACE_MQTT_PASSWORD only; never from a flag */
+    char *mqtt_url;       /* mqtt://host:port | mqtts://host:port; default mqtt://127.0.0.1:1883 */
+    char *mqtt_client_id; /* default: needletrace-<collector id> */
+    char *mqtt_share_group;   /* NULL = plain subscription */
+    char *mqtt_topic;         /* default clinics/+/handpieces/+/telemetry */
+    char *mqtt_username;      /* NULL = none */
+    char *mqtt_password_file; /* secret read from this file (first line) */
+    char *mqtt_password;      /* env NEEDLETRACE_MQTT_PASSWORD only; never from a flag */
     char *mqtt_ca_file;
     char *mqtt_cert_file;
     char *mqtt_key_file;
-    int64_t mqtt_keepalive_s;    /* default 30, 5..3600 */
+    int64_t mqtt_keepalive_s;      /* default 30, 5..3600 */
     int64_t mqtt_session_expiry_s; /* MQTT v5 session expiry; default 86400 */
     int64_t mqtt_reconnect_min_ms; /* default 250 */
     int64_t mqtt_reconnect_max_ms; /* default 30000 */
     /* [collector] */
-    char *collector_id;          /* default: host name; [A-Za-z0-9._-]{1,64} */
+    char *collector_id; /* default: host name; [A-Za-z0-9._-]{1,64} */
     /* [database] */
-    char *database_url;          /* libpq conninfo or URI; default postgresql:///needletrace */
+    char *database_url; /* libpq conninfo or URI; default postgresql:///needletrace */
     /* [journal] */
-    char *journal_dir;           /* default /var/lib/needletrace/journal */
-    int64_t journal_max_bytes;   /* default 1 GiB; accepts 512MiB, 1GiB, 1048576 */
+    char *journal_dir;             /* default /var/lib/needletrace/journal */
+    int64_t journal_max_bytes;     /* default 1 GiB; accepts 512MiB, 1GiB, 1048576 */
     int64_t journal_segment_bytes; /* default 64 MiB */
     /* [batch] */
-    int64_t batch_max_events;    /* default 5000 */
-    int64_t batch_max_bytes;     /* default 1 MiB */
-    int64_t batch_max_delay_ms;  /* default 50 */
+    int64_t batch_max_events;   /* default 5000 */
+    int64_t batch_max_bytes;    /* default 1 MiB */
+    int64_t batch_max_delay_ms; /* default 50 */
     /* [http] */
-    char *http_listen;           /* host:port, default 127.0.0.1:9464; "off" disables */
+    char *http_listen; /* host:port, default 127.0.0.1:9464; "off" disables */
     /* [log] */
-    char *log_level;             /* debug|info|warn|error, default info */
-    char *log_format;            /* json|text, default json */
+    char *log_level;  /* debug|info|warn|error, default info */
+    char *log_format; /* json|text, default json */
 
     /* Derived by nt_config_validate(): */
     char mqtt_host[256];

@@ -22,9 +22,9 @@
     XX(STRING_TOO_LONG, "string_too_long")                                                         \
     XX(NO_EVENTS, "no_events")                                                                     \
     XX(TOO_MANY_EVENTS, "too_many_events")                                                         \
-    XX(MISSING_BODY, "missing_body")   /* an event with no oneof body */                           \
-    XX(SEQ_ORDER, "seq_order")         /* seq 0, or not strictly increasing */                     \
-    XX(OUT_OF_RANGE, "out_of_range")   /* a number outside what any handpiece can report */        \
+    XX(MISSING_BODY, "missing_body") /* an event with no oneof body */                             \
+    XX(SEQ_ORDER, "seq_order")       /* seq 0, or not strictly increasing */                       \
+    XX(OUT_OF_RANGE, "out_of_range") /* a number outside what any handpiece can report */          \
     XX(UNKNOWN_AREA, "unknown_area")
 
 typedef enum {
@@ -39,11 +39,11 @@ const char *nt_reason_name(nt_reason_t r);
 
 /* Physical bounds applied by the validator (a value past them is garbage, not a
  * policy violation: policy violations are accepted and raise alerts). */
-#define NT_MAX_DEPTH_UM 5000u
+#define NT_MAX_DEPTH_UM       5000u
 #define NT_MAX_STROKE_RATE_HZ 1000u
 #define NT_MAX_SESSION_ID_LEN 64u
-#define NT_MAX_TEXT_LEN 256u      /* device_model, firmware_version, operator_id, patient_ref */
-#define NT_MAX_FAULT_MSG_LEN 1024u
+#define NT_MAX_TEXT_LEN       256u /* device_model, firmware_version, operator_id, patient_ref */
+#define NT_MAX_FAULT_MSG_LEN  1024u
 #define NT_MIN_DEVICE_TIME_MS 946684800000LL  /* 2000-01-01 */
 #define NT_MAX_DEVICE_TIME_MS 4102444800000LL /* 2100-01-01 */
 
@@ -72,8 +72,8 @@ int nt_utf8_valid(const char *s, size_t len);
  * the offending field into detail (e.g. "events[3].needle_setting.depth_um 9000 exceeds
  * 5000"), always NUL-terminated when detail_len > 0. Never crashes on any input. */
 nt_reason_t nt_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
-                      const uint8_t *payload, size_t payload_len, nt_message_t *out,
-                      char *detail, size_t detail_len);
+                      const uint8_t *payload, size_t payload_len, nt_message_t *out, char *detail,
+                      size_t detail_len);
 
 /* The oneof field name of an event's body ("needle_activity", ...), "" if not set. */
 const char *nt_event_kind(const Needletrace__V1__Event *ev);

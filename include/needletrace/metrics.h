@@ -20,8 +20,8 @@ typedef struct {
     uint64_t backpressure_episodes;
     /* journal */
     uint64_t journal_syncs;
-    uint64_t journal_bytes; /* gauge */
-    uint64_t journal_end;   /* gauge: durable end position */
+    uint64_t journal_bytes;      /* gauge */
+    uint64_t journal_end;        /* gauge: durable end position */
     uint64_t journal_checkpoint; /* gauge: position committed to the database */
     /* database sink */
     int db_connected;
@@ -33,7 +33,7 @@ typedef struct {
     uint64_t db_events;           /* event rows sent in committed batches (duplicates included) */
     uint64_t db_quarantined;
     uint64_t db_quarantined_by_reason[NT_REASON__COUNT];
-    uint64_t db_commit_us_sum;    /* time from batch start to commit */
+    uint64_t db_commit_us_sum; /* time from batch start to commit */
     uint64_t db_last_commit_unix_us;
 } nt_metrics_t;
 

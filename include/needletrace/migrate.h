@@ -5,7 +5,7 @@
 #include <stddef.h>
 
 typedef struct {
-    int version;     /* NNN of collector/sql/NNN_name.sql */
+    int version; /* NNN of collector/sql/NNN_name.sql */
     const char *name;
     const char *sql;
 } nt_migration_t;

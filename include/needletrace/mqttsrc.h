@@ -1,4 +1,5 @@
-/* mqttsrc.h -- the MQTT source: libmosquitto on a libuv loop, appending every message to the journal.
+/* mqttsrc.h -- the MQTT source: libmosquitto on a libuv loop, appending every message to the
+ * journal.
  *
  * Persistent session, fixed client id, QoS 1. mosquitto_threaded_set(true) makes the
  * PUBACKs queue instead of going out at once: the source reads a burst of messages,

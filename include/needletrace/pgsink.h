@@ -1,4 +1,5 @@
-/* pgsink.h -- the PostgreSQL sink: reads the journal from the checkpoint, one transaction per batch.
+/* pgsink.h -- the PostgreSQL sink: reads the journal from the checkpoint, one transaction per
+ * batch.
  *
  * Non-blocking libpq on the caller's libuv loop. Per batch: BEGIN; SAVEPOINT; binary COPY
  * straight into the target tables (fast path); on a unique violation ROLLBACK TO SAVEPOINT
@@ -20,9 +21,9 @@ typedef struct nt_pgsink_s nt_pgsink_t;
 typedef struct {
     const char *conninfo;
     const char *collector_id;
-    uint32_t max_events;     /* batch bound: events */
-    uint32_t max_bytes;      /* batch bound: payload bytes */
-    uint32_t max_delay_ms;   /* batch bound: wait for more records at most this long */
+    uint32_t max_events;   /* batch bound: events */
+    uint32_t max_bytes;    /* batch bound: payload bytes */
+    uint32_t max_delay_ms; /* batch bound: wait for more records at most this long */
     uint32_t reconnect_min_ms;
     uint32_t reconnect_max_ms;
 } nt_pgsink_options_t;
