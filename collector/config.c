@@ -131,7 +131,7 @@ static const config__key_t config__keys[] = {
                 "Commit a database transaction once it holds this many events."),
     CONFIG__NUM("batch", "max_bytes", CONFIG__SIZE, batch_max_bytes, "1MiB", 4 * CONFIG__KIB,
                 64 * CONFIG__MIB, "Commit a database transaction once it holds this many bytes."),
-    CONFIG__NUM("batch", "max_delay_ms", CONFIG__INT, batch_max_delay_ms, "50", 0, 10000,
+    CONFIG__NUM("batch", "max_delay_ms", CONFIG__INT, batch_max_delay_ms, "10", 0, 10000,
                 "Commit at the latest this many milliseconds after the oldest waiting message."),
     CONFIG__STR("http", "listen", http_listen, "127.0.0.1:9464", NULL, 0, config__check_listen,
                 "Address of the /metrics, /healthz and /readyz listener: IP:port, [IPv6]:port, "

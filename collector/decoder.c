@@ -406,7 +406,7 @@ static bool nt_dec__field_numbers_valid(const ProtobufCMessage *m, unsigned dept
             }
         }
         if (fd->label == PROTOBUF_C_LABEL_REPEATED) {
-            size_t n;
+            size_t n = 0;
             const ProtobufCMessage *const *arr;
             memcpy(&n, base + fd->quantifier_offset, sizeof(n));
             memcpy(&arr, base + fd->offset, sizeof(arr));
@@ -462,7 +462,7 @@ static nt_reason_t nt_dec__string(nt_dec_ctx_t *c, const char *field, const char
 /* A free-text field: encoding, then at most max bytes. */
 static nt_reason_t nt_dec__text(nt_dec_ctx_t *c, const char *field, const char *s, size_t max)
 {
-    size_t n;
+    size_t n = 0;
     nt_reason_t r = nt_dec__string(c, field, s, &n);
     if (r != NT_REASON_OK) {
         return r;
@@ -477,7 +477,7 @@ static nt_reason_t nt_dec__text(nt_dec_ctx_t *c, const char *field, const char *
 /* A required session id: encoding, then 1-64 characters of [A-Za-z0-9._:-]. */
 static nt_reason_t nt_dec__session_id(nt_dec_ctx_t *c, const char *s)
 {
-    size_t n;
+    size_t n = 0;
     nt_reason_t r = nt_dec__string(c, "session_id", s, &n);
     if (r != NT_REASON_OK) {
         return r;
@@ -497,7 +497,7 @@ static nt_reason_t nt_dec__session_id(nt_dec_ctx_t *c, const char *s)
 /* 1 when gtin is 14 digits whose last is the GS1 mod-10 check digit of the first 13. */
 static nt_reason_t nt_dec__gtin(nt_dec_ctx_t *c, const char *s)
 {
-    size_t n;
+    size_t n = 0;
     nt_reason_t r = nt_dec__string(c, "cartridge.gtin", s, &n);
     if (r != NT_REASON_OK) {
         return r;
@@ -531,7 +531,7 @@ static nt_reason_t nt_dec__gtin(nt_dec_ctx_t *c, const char *s)
  * space, which contains it. */
 static nt_reason_t nt_dec__gs1_text(nt_dec_ctx_t *c, const char *field, const char *s)
 {
-    size_t n;
+    size_t n = 0;
     nt_reason_t r = nt_dec__string(c, field, s, &n);
     if (r != NT_REASON_OK) {
         return r;
@@ -695,6 +695,30 @@ static nt_reason_t nt_dec__body(nt_dec_ctx_t *c, const Needletrace__V1__Event *e
     return NT_REASON_OK;
 }
 
+/* Writes "events[i].kind" into buf without printf: it runs for every event of every message. */
+static void nt_dec__event_path(char *buf, size_t len, size_t i, const char *kind)
+{
+    char digits[24];
+    size_t nd = 0, o = 0;
+    do {
+        digits[nd++] = (char)('0' + i % 10);
+        i /= 10;
+    } while (i > 0);
+    size_t klen = strlen(kind);
+    if (len < sizeof("events[].") + nd + klen) {
+        buf[0] = '\0';
+        return;
+    }
+    memcpy(buf, "events[", 7);
+    o = 7;
+    while (nd > 0) {
+        buf[o++] = digits[--nd];
+    }
+    buf[o++] = ']';
+    buf[o++] = '.';
+    memcpy(buf + o, kind, klen + 1);
+}
+
 /* The body pointer of a set oneof, NULL if unset. */
 static const void *nt_dec__body_ptr(const Needletrace__V1__Event *ev)
 {
@@ -773,7 +797,7 @@ static nt_reason_t nt_dec__validate(nt_dec_detail_t *d, const Needletrace__V1__T
         if (nt_dec__body_ptr(ev) == NULL) {
             return nt_dec__fail(d, NT_REASON_MISSING_BODY, "events[%zu] has no body", i);
         }
-        snprintf(c.path, sizeof(c.path), "events[%zu].%s", i, nt_event_kind(ev));
+        nt_dec__event_path(c.path, sizeof(c.path), i, nt_event_kind(ev));
         if ((r = nt_dec__body(&c, ev)) != NT_REASON_OK) {
             return r;
         }

@@ -19,6 +19,7 @@ static void usage(FILE *out)
                  "  migrate       create or upgrade the database schema\n"
                  "  simulate      publish telemetry from a simulated fleet\n"
                  "  check-config  validate the configuration and print it\n"
+            "  alerts        list and acknowledge compliance alerts\n"
                  "  version       print the version\n\n"
                  "Run 'needletrace COMMAND --help' for the options of a command.\n");
 }
@@ -41,6 +42,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "check-config") == 0) {
         return nt_cmd_check_config(argc - 1, argv + 1, environ);
+    }
+    if (strcmp(cmd, "alerts") == 0) {
+        return nt_cmd_alerts(argc - 1, argv + 1, environ);
     }
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("needletrace %s\n", NT_VERSION);

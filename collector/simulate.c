@@ -30,15 +30,41 @@
 #define SIM_FIRMWARE               "2.4.1"
 #define SIM_PATIENTS_PER_CLINIC    500u
 #define SIM_OPERATORS_PER_CLINIC   12u
+#define SIM_MODEL_MAX_DEPTH_UM     2500u      /* the NP-300's mechanical maximum */
+#define SIM_MAX_SETTINGS           3u         /* needle settings per session */
+#define SIM_GS1_TEXT_LEN           20u        /* GS1 AI (10) lot and (21) serial */
+#define SIM_REUSE_POOL             4096u      /* cartridges remembered for re-mounting */
+#define SIM_SKEW_MS                3600000LL  /* a skewed clock runs 1 h ahead */
+#define SIM_SKEW_BOUND_MS          300000LL   /* the collector's default clock-skew bound */
+#define SIM_DEFAULT_RECALLED_LOT   "RCL-0001" /* never produced by sim__new_cartridge */
+#define SIM_RULES                  8
 
 /* Event kinds in proto field order: body_case - 10 indexes this table. */
 static const char *const sim_kind_names[SIM_KINDS] = {
     "session_started", "session_ended",   "cartridge_mounted", "cartridge_unmounted",
     "needle_setting",  "needle_activity", "device_status",     "device_fault"};
 
-/* Conservative default maximum depth per treatment area (DESIGN.md section 3), in um. */
+/* Compliance rules in DESIGN.md section 3 order: sim_t.alerts_by_rule indexes this table. */
+enum {
+    SIM_RULE_CARTRIDGE_REUSED,
+    SIM_RULE_CARTRIDGE_EXPIRED,
+    SIM_RULE_STERILE_BARRIER_BROKEN,
+    SIM_RULE_CARTRIDGE_RECALLED,
+    SIM_RULE_DEPTH_OUT_OF_RANGE,
+    SIM_RULE_NEEDLING_WITHOUT_CARTRIDGE,
+    SIM_RULE_SEQUENCE_GAP,
+    SIM_RULE_CLOCK_SKEW,
+};
+
+static const char *const sim_rule_names[SIM_RULES] = {
+    "CARTRIDGE_REUSED",   "CARTRIDGE_EXPIRED",  "STERILE_BARRIER_BROKEN",
+    "CARTRIDGE_RECALLED", "DEPTH_OUT_OF_RANGE", "NEEDLING_WITHOUT_CARTRIDGE",
+    "SEQUENCE_GAP",       "CLOCK_SKEW"};
+
+/* Default maximum depth per treatment area as seeded by the migration (DESIGN.md section 3),
+ * in um. The simulator never uses clinic overrides; the model maximum applies on top. */
 static const uint32_t sim_area_max_um[11] = {
-    0,    /* AREA_UNSPECIFIED */
+    500,  /* AREA_UNSPECIFIED (never generated) */
     750,  /* FOREHEAD */
     500,  /* PERIORBITAL */
     750,  /* NOSE */
@@ -86,7 +112,31 @@ typedef struct {
     int qos;
     const char *dump_path;
     int64_t fixed_time_ms; /* 0 = wall clock */
+    /* Compliance violations, each a probability (see sim__usage). */
+    double reuse_rate;
+    double expired_rate;
+    double unsealed_rate;
+    double recalled_rate;
+    double too_deep_rate;
+    double no_cartridge_rate;
+    double gap_rate;
+    double skew_rate;
+    const char *recalled_gtin; /* NULL = the first GTIN of the catalogue */
+    const char *recalled_lot;
 } sim_options_t;
+
+/* A cartridge as mounted, with where it was first mounted in an accepted message. */
+typedef struct {
+    char gtin[16];
+    char lot[SIM_GS1_TEXT_LEN + 1];
+    char serial[24];
+    uint32_t expiry_yyyymmdd;
+    uint32_t needles;
+    int sealed;
+    int reused;             /* taken from the reuse pool, not fresh */
+    uint32_t first_device;  /* global index of the device of its first accepted mount */
+    uint32_t first_session; /* and that device's session number */
+} sim_cartridge_t;
 
 typedef enum {
     SIM_IDLE = 0,
@@ -116,12 +166,18 @@ typedef struct {
     uint64_t total_motor_ms;
     uint32_t battery_pct;
     int32_t temperature_dc;
-    uint32_t product; /* index in sim_catalogue of the mounted cartridge */
-    uint32_t expiry_yyyymmdd;
-    char lot[16];
-    char cartridge_serial[24];
-    char serial[48]; /* NP<seed>-<clinic>-<device>: at most 34 characters */
+    int no_cartridge;     /* this session mounts no cartridge (--no-cartridge-rate) */
+    int64_t base_ms;      /* device time of the event being generated, before any skew */
+    sim_cartridge_t cart; /* the mounted cartridge */
+    char serial[48];      /* NP<seed>-<clinic>-<device>: at most 34 characters */
     char session_id[NT_MAX_SESSION_ID_LEN + 1];
+    /* What a correct collector knows of this device, from accepted messages only. */
+    uint64_t x_high_seq; /* highest accepted seq of the boot */
+    int x_skewed;        /* CLOCK_SKEW already raised for the boot */
+    int x_mounted;       /* the session's latest accepted mount/unmount is a mount */
+    int x_nocart_raised; /* NEEDLING_WITHOUT_CARTRIDGE already raised for the session */
+    uint32_t x_deep_n;   /* (area, depth) pairs of the session already found too deep */
+    uint32_t x_deep[SIM_MAX_SETTINGS][2];
 } sim_device_t;
 
 /* One event of the message being built, with the storage its pointers refer to. */
@@ -142,7 +198,7 @@ typedef struct {
     char operator_id[16];
     char patient_ref[24];
     char gtin[16];
-    char lot[16];
+    char lot[SIM_GS1_TEXT_LEN + 1];
     char cartridge_serial[24];
 } sim_slot_t;
 
@@ -174,14 +230,21 @@ typedef struct {
     uint8_t *payload;
     size_t payload_cap;
     uint64_t rng;     /* scheduling and fault decisions */
+    uint64_t vrng;    /* violation decisions: a separate stream, so that with every violation
+                       * rate at 0 the traffic is exactly what it was without them */
     uint64_t key;     /* fleet key for cartridge serials and patient references */
     int64_t start_ms; /* device clock at start (wall clock or --fixed-time-ms) */
     char gtins[NT_ARRAY_SIZE(sim_catalogue)][16];
+    char recalled_gtin[16];
+    sim_cartridge_t *pool; /* cartridges mounted in accepted messages, for --reuse-rate */
+    uint32_t pool_len;
+    uint32_t pool_next; /* ring position of the next insertion once full */
     FILE *dump;
     /* counters */
     uint64_t messages_published;
     uint64_t duplicates_published;
     uint64_t messages_generated;
+    uint64_t messages_dropped;
     uint64_t events_generated;
     uint64_t expected_raw;
     uint64_t expected_events;
@@ -189,6 +252,8 @@ typedef struct {
     uint64_t expected_serial_mismatch;
     uint64_t *events_by_clinic;
     uint64_t events_by_kind[SIM_KINDS];
+    uint64_t alerts_by_rule[SIM_RULES];
+    int warned_clock_ahead;
 } sim_t;
 
 static volatile sig_atomic_t sim_interrupted;
@@ -256,6 +321,25 @@ static void sim__usage(FILE *out)
           "                           topic, u32 payload length, payload (big endian)\n"
           "  -h, --help               show this help\n"
           "\n"
+          "compliance violations, each a probability from 0 to 1 (default 0); the summary's\n"
+          "\"expected\".\"alerts_by_rule\" gives the alerts a correct collector raises,\n"
+          "including the gaps left by lost, malformed and spoofed messages and the needling\n"
+          "without a cartridge when such a message held the mount:\n"
+          "  --reuse-rate F           per mount: re-mount a cartridge already mounted in an\n"
+          "                           earlier session (of any handpiece) instead of a new one\n"
+          "  --expired-rate F         per new cartridge: expired 1..400 days ago\n"
+          "  --unsealed-rate F        per new cartridge: sterile barrier broken\n"
+          "  --recalled-rate F        per new cartridge: from the recalled lot\n"
+          "  --too-deep-rate F        per needle setting: deeper than the treatment area allows\n"
+          "  --no-cartridge-rate F    per session: needling with no cartridge mounted\n"
+          "  --gap-rate F             per message: lost by the handpiece (its seqs are skipped)\n"
+          "  --skew-rate F            per message: device clock 1 hour ahead for its events\n"
+          "                           (not with --fixed-time-ms)\n"
+          "  --recalled-gtin G        GTIN of the recalled lot (default 07612345000121)\n"
+          "  --recalled-lot L         recalled lot number, 1..20 printable characters\n"
+          "                           (default \"RCL-0001\"); insert (G, L) into\n"
+          "                           needletrace.recalled_lots before publishing\n"
+          "\n"
           "configuration flags (broker address, TLS, credentials; also NEEDLETRACE_* env):\n",
           out);
     nt_config_help(out);
@@ -318,6 +402,44 @@ static int sim__id_chars(const char *s)
     return 1;
 }
 
+/* The GS1 mod-10 check digit of 13 digits. */
+static char sim__gtin_check_digit(const char *base13)
+{
+    unsigned sum = 0;
+    for (int i = 0; i < 13; i++) {
+        unsigned digit = (unsigned)(base13[12 - i] - '0');
+        sum += digit * ((i % 2 == 0) ? 3u : 1u);
+    }
+    return (char)('0' + (10 - sum % 10) % 10);
+}
+
+/* 1 when s is 14 digits whose last is the GS1 check digit of the first 13 (what the
+ * validator accepts as a GTIN). */
+static int sim__gtin_valid(const char *s)
+{
+    for (int i = 0; i < 14; i++) {
+        if (s[i] < '0' || s[i] > '9') {
+            return 0;
+        }
+    }
+    return s[14] == '\0' && s[13] == sim__gtin_check_digit(s);
+}
+
+/* 1 when s is what the validator accepts as a GS1 lot: 1-20 characters 0x21-0x7e. */
+static int sim__gs1_text_valid(const char *s)
+{
+    size_t n = strlen(s);
+    if (n < 1 || n > SIM_GS1_TEXT_LEN) {
+        return 0;
+    }
+    for (size_t i = 0; i < n; i++) {
+        if ((unsigned char)s[i] < 0x21 || (unsigned char)s[i] > 0x7e) {
+            return 0;
+        }
+    }
+    return 1;
+}
+
 enum {
     SIM_OPT_CLINICS = 256,
     SIM_OPT_DEVICES,
@@ -333,6 +455,16 @@ enum {
     SIM_OPT_QOS,
     SIM_OPT_FIXED_TIME,
     SIM_OPT_DUMP,
+    SIM_OPT_REUSE,
+    SIM_OPT_EXPIRED,
+    SIM_OPT_UNSEALED,
+    SIM_OPT_RECALLED,
+    SIM_OPT_TOO_DEEP,
+    SIM_OPT_NO_CARTRIDGE,
+    SIM_OPT_GAP,
+    SIM_OPT_SKEW,
+    SIM_OPT_RECALLED_GTIN,
+    SIM_OPT_RECALLED_LOT,
 };
 
 static const struct option sim_long_options[] = {
@@ -350,6 +482,16 @@ static const struct option sim_long_options[] = {
     {"qos", required_argument, NULL, SIM_OPT_QOS},
     {"fixed-time-ms", required_argument, NULL, SIM_OPT_FIXED_TIME},
     {"dump", required_argument, NULL, SIM_OPT_DUMP},
+    {"reuse-rate", required_argument, NULL, SIM_OPT_REUSE},
+    {"expired-rate", required_argument, NULL, SIM_OPT_EXPIRED},
+    {"unsealed-rate", required_argument, NULL, SIM_OPT_UNSEALED},
+    {"recalled-rate", required_argument, NULL, SIM_OPT_RECALLED},
+    {"too-deep-rate", required_argument, NULL, SIM_OPT_TOO_DEEP},
+    {"no-cartridge-rate", required_argument, NULL, SIM_OPT_NO_CARTRIDGE},
+    {"gap-rate", required_argument, NULL, SIM_OPT_GAP},
+    {"skew-rate", required_argument, NULL, SIM_OPT_SKEW},
+    {"recalled-gtin", required_argument, NULL, SIM_OPT_RECALLED_GTIN},
+    {"recalled-lot", required_argument, NULL, SIM_OPT_RECALLED_LOT},
     {"help", no_argument, NULL, 'h'},
     {NULL, 0, NULL, 0},
 };
@@ -370,6 +512,7 @@ static int sim__parse_options(int argc, char **argv, sim_options_t *opt)
         .seed = 1,
         .clinic_prefix = "clinic",
         .qos = 1,
+        .recalled_lot = SIM_DEFAULT_RECALLED_LOT,
     };
 
     opterr = 0;
@@ -447,6 +590,38 @@ static int sim__parse_options(int argc, char **argv, sim_options_t *opt)
                 opt->spoof_rate = d;
             }
             break;
+        case SIM_OPT_REUSE:
+        case SIM_OPT_EXPIRED:
+        case SIM_OPT_UNSEALED:
+        case SIM_OPT_RECALLED:
+        case SIM_OPT_TOO_DEEP:
+        case SIM_OPT_NO_CARTRIDGE:
+        case SIM_OPT_GAP:
+        case SIM_OPT_SKEW: {
+            double *const rates[] = {
+                &opt->reuse_rate,    &opt->expired_rate,  &opt->unsealed_rate,
+                &opt->recalled_rate, &opt->too_deep_rate, &opt->no_cartridge_rate,
+                &opt->gap_rate,      &opt->skew_rate,
+            };
+            if (sim__parse_double(optarg, 0, 1, &d) != 0) {
+                return sim__bad_value(optarg, flag, "a fraction from 0 to 1");
+            }
+            *rates[c - SIM_OPT_REUSE] = d;
+            break;
+        }
+        case SIM_OPT_RECALLED_GTIN:
+            if (!sim__gtin_valid(optarg)) {
+                return sim__bad_value(optarg, flag, "a GTIN of 14 digits with a valid check digit");
+            }
+            opt->recalled_gtin = optarg;
+            break;
+        case SIM_OPT_RECALLED_LOT:
+            if (!sim__gs1_text_valid(optarg)) {
+                return sim__bad_value(optarg, flag,
+                                      "1 to 20 printable ASCII characters other than space");
+            }
+            opt->recalled_lot = optarg;
+            break;
         case SIM_OPT_PREFIX:
             if (!sim__id_chars(optarg)) {
                 return sim__bad_value(optarg, flag, "1 or more characters of [A-Za-z0-9._-]");
@@ -507,6 +682,12 @@ static int sim__parse_options(int argc, char **argv, sim_options_t *opt)
     if (opt->duration_s > 0 && !events_set) {
         opt->events = 0;
     }
+    if (opt->skew_rate > 0 && opt->fixed_time_ms != 0) {
+        fprintf(stderr, "needletrace simulate: --skew-rate cannot be used with --fixed-time-ms\n"
+                        "Clock skew is measured against the collector's receive time, which a "
+                        "fixed device clock does not follow.\n");
+        return 2;
+    }
     return 0;
 }
 
@@ -515,13 +696,8 @@ static int sim__parse_options(int argc, char **argv, sim_options_t *opt)
 /* Writes the 14-digit GTIN for a 13-digit base: appends the GS1 mod-10 check digit. */
 static void sim__gtin(const char *base13, char out[16])
 {
-    unsigned sum = 0;
-    for (int i = 0; i < 13; i++) {
-        unsigned digit = (unsigned)(base13[12 - i] - '0');
-        sum += digit * ((i % 2 == 0) ? 3u : 1u);
-    }
     memcpy(out, base13, 13);
-    out[13] = (char)('0' + (10 - sum % 10) % 10);
+    out[13] = sim__gtin_check_digit(base13);
     out[14] = '\0';
 }
 
@@ -545,8 +721,12 @@ static int sim__init(sim_t *s, const sim_options_t *opt)
     s->event_ptrs = calloc(opt->events_per_message, sizeof(*s->event_ptrs));
     s->payload_cap = NT_MAX_PAYLOAD_BYTES + 64;
     s->payload = malloc(s->payload_cap);
+    if (opt->reuse_rate > 0) {
+        s->pool = calloc(SIM_REUSE_POOL, sizeof(*s->pool));
+    }
     if (s->devices == NULL || s->clinic_ids == NULL || s->events_by_clinic == NULL ||
-        s->slots == NULL || s->event_ptrs == NULL || s->payload == NULL) {
+        s->slots == NULL || s->event_ptrs == NULL || s->payload == NULL ||
+        (opt->reuse_rate > 0 && s->pool == NULL)) {
         return NT_ENOMEM;
     }
 
@@ -558,10 +738,13 @@ static int sim__init(sim_t *s, const sim_options_t *opt)
     }
     s->rng = sim__mix64(fleet ^ 0x5851f42d4c957f2dULL);
     s->key = sim__mix64(fleet + 0x2545f4914f6cdd1dULL);
+    s->vrng = sim__mix64(fleet ^ 0x3c6ef372fe94f82bULL);
     s->start_ms = opt->fixed_time_ms != 0 ? opt->fixed_time_ms : nt_now_us() / 1000;
     for (size_t i = 0; i < NT_ARRAY_SIZE(sim_catalogue); i++) {
         sim__gtin(sim_catalogue[i].gtin13, s->gtins[i]);
     }
+    snprintf(s->recalled_gtin, sizeof(s->recalled_gtin), "%s",
+             opt->recalled_gtin != NULL ? opt->recalled_gtin : s->gtins[0]);
     for (uint32_t c = 0; c < opt->clinics; c++) {
         snprintf(s->clinic_ids[c], sizeof(s->clinic_ids[c]), "%s-%" PRIu64 "-%" PRIu32,
                  opt->clinic_prefix, opt->seed, c);
@@ -597,50 +780,208 @@ static void sim__free(sim_t *s)
     free(s->slots);
     free(s->event_ptrs);
     free(s->payload);
+    free(s->pool);
+}
+
+/* The UTC date, shifted by days, of a Unix time in ms, as yyyymmdd. */
+static uint32_t sim__yyyymmdd(int64_t unix_ms, int days)
+{
+    struct tm tm;
+    sim__calendar(unix_ms, days, &tm);
+    return (uint32_t)(tm.tm_year + 1900) * 10000u + (uint32_t)(tm.tm_mon + 1) * 100u +
+           (uint32_t)tm.tm_mday;
+}
+
+/* The deepest setting allowed in an area: its default policy, within the model's maximum. */
+static uint32_t sim__depth_limit(uint32_t area)
+{
+    uint32_t max = area < NT_ARRAY_SIZE(sim_area_max_um) ? sim_area_max_um[area] : 0;
+    return max < SIM_MODEL_MAX_DEPTH_UM ? max : SIM_MODEL_MAX_DEPTH_UM;
 }
 
 /* Fills slot's cartridge from the device's mounted cartridge. */
-static void sim__fill_cartridge(const sim_t *s, const sim_device_t *d, sim_slot_t *slot)
+static void sim__fill_cartridge(const sim_device_t *d, sim_slot_t *slot)
 {
     needletrace__v1__cartridge__init(&slot->cartridge);
-    memcpy(slot->gtin, s->gtins[d->product], sizeof(slot->gtin));
-    memcpy(slot->lot, d->lot, sizeof(slot->lot));
-    memcpy(slot->cartridge_serial, d->cartridge_serial, sizeof(slot->cartridge_serial));
+    memcpy(slot->gtin, d->cart.gtin, sizeof(slot->gtin));
+    memcpy(slot->lot, d->cart.lot, sizeof(slot->lot));
+    memcpy(slot->cartridge_serial, d->cart.serial, sizeof(slot->cartridge_serial));
     slot->cartridge.gtin = slot->gtin;
     slot->cartridge.lot = slot->lot;
     slot->cartridge.serial = slot->cartridge_serial;
-    slot->cartridge.expiry_yyyymmdd = d->expiry_yyyymmdd;
-    slot->cartridge.needle_count = sim_catalogue[d->product].needles;
-    slot->cartridge.sterile_barrier_intact = 1;
+    slot->cartridge.expiry_yyyymmdd = d->cart.expiry_yyyymmdd;
+    slot->cartridge.needle_count = d->cart.needles;
+    slot->cartridge.sterile_barrier_intact = d->cart.sealed;
 }
 
-/* Picks a new cartridge for the device: product, lot, unique serial, expiry. */
+/* Picks a new cartridge for the device: product, lot, unique serial, expiry; sealed. */
 static void sim__new_cartridge(const sim_t *s, sim_device_t *d)
 {
     struct tm tm;
-    d->product = sim__range(&d->rng, 0, (uint32_t)NT_ARRAY_SIZE(sim_catalogue) - 1);
+    sim_cartridge_t *c = &d->cart;
+    uint32_t product = sim__range(&d->rng, 0, (uint32_t)NT_ARRAY_SIZE(sim_catalogue) - 1);
+    memcpy(c->gtin, s->gtins[product], sizeof(c->gtin));
+    c->needles = sim_catalogue[product].needles;
     /* Made 2..30 weeks ago; lot L<yyww><n>. */
     sim__calendar(s->start_ms, -7 * (int)sim__range(&d->rng, 2, 30), &tm);
-    snprintf(d->lot, sizeof(d->lot), "L%02d%02d%" PRIu32, tm.tm_year % 100, tm.tm_yday / 7 + 1,
-             sim__range(&d->rng, 1, 3));
+    uint32_t n = sim__range(&d->rng, 1, 3);
+    snprintf(c->lot, sizeof(c->lot), "L%02d%02d%" PRIu32, tm.tm_year % 100, tm.tm_yday / 7 + 1, n);
+    if (strcmp(c->lot, s->opt.recalled_lot) == 0) {
+        /* Only --recalled-rate cartridges come from the recalled lot. */
+        snprintf(c->lot, sizeof(c->lot), "L%02d%02d%" PRIu32, tm.tm_year % 100, tm.tm_yday / 7 + 1,
+                 n + 3);
+    }
     /* Expires 1..2 years from now. */
-    sim__calendar(s->start_ms, (int)sim__range(&d->rng, 366, 730), &tm);
-    d->expiry_yyyymmdd = (uint32_t)(tm.tm_year + 1900) * 10000u + (uint32_t)(tm.tm_mon + 1) * 100u +
-                         (uint32_t)tm.tm_mday;
+    c->expiry_yyyymmdd = sim__yyyymmdd(s->start_ms, (int)sim__range(&d->rng, 366, 730));
     /* Unique per (device, cartridge) in the run: the mix is a bijection, and the input
      * differs for every device (< 2^24) and cartridge number (< 2^40). */
     uint64_t id = sim__mix64(s->key ^ (((uint64_t)d->global << 40) | d->cartridges));
-    snprintf(d->cartridge_serial, sizeof(d->cartridge_serial), "C%016" PRIx64, id);
+    snprintf(c->serial, sizeof(c->serial), "C%016" PRIx64, id);
     d->cartridges++;
+    c->sealed = 1;
+    c->reused = 0;
+    c->first_device = 0;
+    c->first_session = 0;
 }
 
-/* Picks a new needle setting: area, a depth within the area's default maximum, speed. */
-static void sim__new_setting(sim_device_t *d)
+/* Picks the cartridge the device mounts: one already used in an earlier session
+ * (--reuse-rate), else a new one, possibly expired, unsealed or from the recalled lot. */
+static void sim__mount_cartridge(sim_t *s, sim_device_t *d)
+{
+    const sim_options_t *o = &s->opt;
+    /* Always the same draws, whatever is injected. */
+    double u_reuse = sim__uniform(&s->vrng);
+    double u_expired = sim__uniform(&s->vrng);
+    double u_unsealed = sim__uniform(&s->vrng);
+    double u_recalled = sim__uniform(&s->vrng);
+    uint64_t pick = sim__next(&s->vrng);
+    int days_ago = (int)sim__range(&s->vrng, 1, 400);
+
+    /* Before the first accepted mount there is nothing to reuse: a new cartridge then. */
+    if (u_reuse < o->reuse_rate && s->pool_len > 0) {
+        d->cart = s->pool[pick % s->pool_len];
+        d->cart.reused = 1;
+        return;
+    }
+    sim__new_cartridge(s, d);
+    sim_cartridge_t *c = &d->cart;
+    if (u_recalled < o->recalled_rate) {
+        memcpy(c->gtin, s->recalled_gtin, sizeof(c->gtin));
+        snprintf(c->lot, sizeof(c->lot), "%s", o->recalled_lot);
+        for (size_t i = 0; i < NT_ARRAY_SIZE(sim_catalogue); i++) {
+            if (strcmp(s->gtins[i], c->gtin) == 0) {
+                c->needles = sim_catalogue[i].needles;
+            }
+        }
+    }
+    if (u_expired < o->expired_rate) {
+        /* Relative to the unskewed device clock; the validator wants 2000-2099. */
+        c->expiry_yyyymmdd = sim__yyyymmdd(d->base_ms, -days_ago);
+        if (c->expiry_yyyymmdd < 20000101u) {
+            c->expiry_yyyymmdd = 20000101u;
+        }
+    }
+    if (u_unsealed < o->unsealed_rate) {
+        c->sealed = 0;
+    }
+}
+
+/* Picks a new needle setting: area, a depth within the area's default maximum (or, at
+ * --too-deep-rate, 50..1000 um beyond it), speed. */
+static void sim__new_setting(sim_t *s, sim_device_t *d)
 {
     d->area = sim__range(&d->rng, 1, 10);
     uint32_t max = sim_area_max_um[d->area];
     d->depth_um = 50u * sim__range(&d->rng, 250 / 50, max / 50);
     d->stroke_hz = sim__range(&d->rng, 50, 150);
+
+    double u_deep = sim__uniform(&s->vrng);
+    uint32_t beyond = 50u * sim__range(&s->vrng, 1, 20);
+    if (u_deep < s->opt.too_deep_rate) {
+        uint32_t deep = sim__depth_limit(d->area) + beyond;
+        d->depth_um = deep < NT_MAX_DEPTH_UM ? deep : NT_MAX_DEPTH_UM;
+    }
+}
+
+/* Remembers a cartridge first mounted in an accepted message, for --reuse-rate. */
+static void sim__pool_add(sim_t *s, const sim_device_t *d)
+{
+    if (s->pool == NULL) {
+        return;
+    }
+    sim_cartridge_t *slot;
+    if (s->pool_len < SIM_REUSE_POOL) {
+        slot = &s->pool[s->pool_len++];
+    } else {
+        slot = &s->pool[s->pool_next];
+        s->pool_next = (s->pool_next + 1) % SIM_REUSE_POOL;
+    }
+    *slot = d->cart;
+    slot->first_device = d->global;
+    slot->first_session = d->sessions;
+}
+
+/* DEPTH_OUT_OF_RANGE: once per (session, area, depth) found too deep. */
+static void sim__expect_depth(sim_t *s, sim_device_t *d, uint32_t area, uint32_t depth_um)
+{
+    if (depth_um <= sim__depth_limit(area)) {
+        return;
+    }
+    for (uint32_t i = 0; i < d->x_deep_n; i++) {
+        if (d->x_deep[i][0] == area && d->x_deep[i][1] == depth_um) {
+            return;
+        }
+    }
+    /* A session shows at most one (area, depth) per setting. */
+    if (d->x_deep_n < SIM_MAX_SETTINGS) {
+        d->x_deep[d->x_deep_n][0] = area;
+        d->x_deep[d->x_deep_n][1] = depth_um;
+        d->x_deep_n++;
+    }
+    s->alerts_by_rule[SIM_RULE_DEPTH_OUT_OF_RANGE]++;
+}
+
+/* Applies the event rules of DESIGN.md section 3 to one event of an accepted message, as
+ * the collector does (accepted events in publish order, which is seq order per device),
+ * and counts the alerts raised. The message rules (gap, skew) are in sim__step. */
+static void sim__expect_event(sim_t *s, sim_device_t *d, const Needletrace__V1__Event *ev)
+{
+    switch (ev->body_case) {
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED: {
+        const Needletrace__V1__Cartridge *c = ev->cartridge_mounted->cartridge;
+        d->x_mounted = 1;
+        if (!d->cart.reused) {
+            sim__pool_add(s, d); /* its first accepted mount */
+        } else if (d->cart.first_device != d->global || d->cart.first_session != d->sessions) {
+            s->alerts_by_rule[SIM_RULE_CARTRIDGE_REUSED]++;
+        }
+        if (c->expiry_yyyymmdd < sim__yyyymmdd(ev->device_time_ms, 0)) {
+            s->alerts_by_rule[SIM_RULE_CARTRIDGE_EXPIRED]++;
+        }
+        if (!c->sterile_barrier_intact) {
+            s->alerts_by_rule[SIM_RULE_STERILE_BARRIER_BROKEN]++;
+        }
+        if (strcmp(c->gtin, s->recalled_gtin) == 0 && strcmp(c->lot, s->opt.recalled_lot) == 0) {
+            s->alerts_by_rule[SIM_RULE_CARTRIDGE_RECALLED]++;
+        }
+        break;
+    }
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
+        d->x_mounted = 0;
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
+        sim__expect_depth(s, d, (uint32_t)ev->needle_setting->area, ev->needle_setting->depth_um);
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
+        sim__expect_depth(s, d, (uint32_t)ev->needle_activity->area, ev->needle_activity->depth_um);
+        if (!d->x_mounted && !d->x_nocart_raised) {
+            d->x_nocart_raised = 1;
+            s->alerts_by_rule[SIM_RULE_NEEDLING_WITHOUT_CARTRIDGE]++;
+        }
+        break;
+    default:
+        break;
+    }
 }
 
 /* Generates the device's next event into slot (seq and time are set by the caller).
@@ -691,12 +1032,17 @@ static int sim__next_event(sim_t *s, sim_device_t *d, sim_slot_t *slot)
         slot->body.started.patient_ref = slot->patient_ref;
         ev->body_case = NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED;
         ev->session_started = &slot->body.started;
-        d->phase = SIM_MOUNT;
+        d->no_cartridge = sim__uniform(&s->vrng) < s->opt.no_cartridge_rate;
+        d->phase = d->no_cartridge ? SIM_SETTING : SIM_MOUNT;
+        /* A new session: nothing mounted, nothing raised yet. */
+        d->x_mounted = 0;
+        d->x_nocart_raised = 0;
+        d->x_deep_n = 0;
         break;
     }
     case SIM_MOUNT:
-        sim__new_cartridge(s, d);
-        sim__fill_cartridge(s, d, slot);
+        sim__mount_cartridge(s, d);
+        sim__fill_cartridge(d, slot);
         needletrace__v1__cartridge_mounted__init(&slot->body.mounted);
         slot->body.mounted.session_id = slot->session_id;
         slot->body.mounted.cartridge = &slot->cartridge;
@@ -705,7 +1051,7 @@ static int sim__next_event(sim_t *s, sim_device_t *d, sim_slot_t *slot)
         d->phase = SIM_SETTING;
         break;
     case SIM_SETTING:
-        sim__new_setting(d);
+        sim__new_setting(s, d);
         needletrace__v1__needle_setting__init(&slot->body.setting);
         slot->body.setting.session_id = slot->session_id;
         slot->body.setting.depth_um = d->depth_um;
@@ -730,12 +1076,12 @@ static int sim__next_event(sim_t *s, sim_device_t *d, sim_slot_t *slot)
         d->session_motor_ms += duration;
         d->total_motor_ms += duration;
         if (--d->activities_left == 0) {
-            d->phase = d->settings_left > 0 ? SIM_SETTING : SIM_UNMOUNT;
+            d->phase = d->settings_left > 0 ? SIM_SETTING : d->no_cartridge ? SIM_END : SIM_UNMOUNT;
         }
         break;
     }
     case SIM_UNMOUNT:
-        sim__fill_cartridge(s, d, slot);
+        sim__fill_cartridge(d, slot);
         needletrace__v1__cartridge_unmounted__init(&slot->body.unmounted);
         slot->body.unmounted.session_id = slot->session_id;
         slot->body.unmounted.cartridge = &slot->cartridge;
@@ -1097,22 +1443,61 @@ static int sim__step(sim_t *s, sim_mqtt_t *m, sim_bucket_t *bucket)
     int malformed = u_malformed < o->malformed_rate;
     int spoof = !malformed && u_spoof < o->spoof_rate;
     int duplicate = u_duplicate < o->duplicate_rate;
+    /* Violations draw from their own stream (see sim_t.vrng). */
+    int dropped = sim__uniform(&s->vrng) < o->gap_rate;
+    int skewed = sim__uniform(&s->vrng) < o->skew_rate;
+    /* What reaches the rules: not lost, decodable, and from the handpiece it claims. */
+    int accepted = !dropped && !malformed && !spoof;
 
     uint32_t n = o->events_per_message;
     if (o->events != 0 && o->events - s->events_generated < n) {
         n = (uint32_t)(o->events - s->events_generated);
     }
-    int64_t now_ms =
-        o->fixed_time_ms != 0 ? s->start_ms + (int64_t)s->events_generated : nt_now_us() / 1000;
+    int64_t wall_ms = nt_now_us() / 1000;
+    int64_t now_ms = o->fixed_time_ms != 0 ? s->start_ms + (int64_t)s->events_generated : wall_ms;
     uint64_t kinds[SIM_KINDS] = {0};
+    int ahead = 0;
     for (uint32_t i = 0; i < n; i++) {
         sim_slot_t *slot = &s->slots[i];
+        int64_t t = o->fixed_time_ms != 0 ? now_ms + i : now_ms;
+        /* Monotonic per device; a skewed message jumps ahead without moving the clock. */
+        d->last_ms = t > d->last_ms ? t : d->last_ms;
+        d->base_ms = d->last_ms;
         needletrace__v1__event__init(&slot->ev);
         kinds[sim__next_event(s, d, slot)]++;
         slot->ev.seq = ++d->seq;
-        int64_t t = o->fixed_time_ms != 0 ? now_ms + i : now_ms;
-        d->last_ms = t > d->last_ms ? t : d->last_ms;
-        slot->ev.device_time_ms = d->last_ms;
+        slot->ev.device_time_ms = d->base_ms + (skewed ? SIM_SKEW_MS : 0);
+        /* The collector receives the message at wall_ms at the earliest. */
+        ahead |= slot->ev.device_time_ms - wall_ms > SIM_SKEW_BOUND_MS;
+        if (accepted) {
+            sim__expect_event(s, d, &slot->ev);
+        }
+    }
+    if (accepted) {
+        /* SEQUENCE_GAP: seqs this message skips over were lost or rejected, and are never
+         * accepted later (publishes go in seq order per device): one gap. */
+        if (s->slots[0].ev.seq > d->x_high_seq + 1) {
+            s->alerts_by_rule[SIM_RULE_SEQUENCE_GAP]++;
+        }
+        d->x_high_seq = d->seq;
+        if (ahead && !d->x_skewed) {
+            d->x_skewed = 1;
+            s->alerts_by_rule[SIM_RULE_CLOCK_SKEW]++;
+        }
+    }
+    if (ahead && !skewed && !s->warned_clock_ahead) {
+        s->warned_clock_ahead = 1;
+        nt_log(NT_LOG_WARN, SIM_MODULE,
+               "device clock runs more than %lld s ahead of the wall clock: the expected "
+               "CLOCK_SKEW count assumes each message is received as soon as it is published",
+               SIM_SKEW_BOUND_MS / 1000);
+    }
+    if (dropped) {
+        /* Lost by the handpiece: its seqs are used up, nothing is published. */
+        s->messages_generated++;
+        s->messages_dropped++;
+        s->events_generated += n;
+        return 0;
     }
 
     Needletrace__V1__Telemetry msg = NEEDLETRACE__V1__TELEMETRY__INIT;
@@ -1179,6 +1564,34 @@ static int sim__step(sim_t *s, sim_mqtt_t *m, sim_bucket_t *bucket)
     return rc;
 }
 
+/* Writes s as a JSON string (quotes included). */
+static void sim__json_string(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            fputc('\\', out);
+            fputc(c, out);
+        } else if (c < 0x20) {
+            fprintf(out, "\\u%04x", c);
+        } else {
+            fputc(c, out);
+        }
+    }
+    fputc('"', out);
+}
+
+/* Total alerts a correct collector raises. */
+static uint64_t sim__expected_alerts(const sim_t *s)
+{
+    uint64_t total = 0;
+    for (int r = 0; r < SIM_RULES; r++) {
+        total += s->alerts_by_rule[r];
+    }
+    return total;
+}
+
 /* Prints the result object on stdout. */
 static void sim__print_json(const sim_t *s, double elapsed_s)
 {
@@ -1206,7 +1619,17 @@ static void sim__print_json(const sim_t *s, double elapsed_s)
         fprintf(out, "%s\"%s\":%" PRIu64, k > 0 ? "," : "", sim_kind_names[k],
                 s->events_by_kind[k]);
     }
-    fputs("}}}\n", out);
+    fprintf(out, "},\"alerts\":%" PRIu64 ",\"alerts_by_rule\":{", sim__expected_alerts(s));
+    for (int r = 0; r < SIM_RULES; r++) {
+        fprintf(out, "%s\"%s\":%" PRIu64, r > 0 ? "," : "", sim_rule_names[r],
+                s->alerts_by_rule[r]);
+    }
+    fprintf(out,
+            "}},\"messages_dropped\":%" PRIu64 ",\"recalled_lot\":{\"gtin\":", s->messages_dropped);
+    sim__json_string(out, s->recalled_gtin);
+    fputs(",\"lot\":", out);
+    sim__json_string(out, s->opt.recalled_lot);
+    fputs("}}\n", out);
     fflush(out);
 }
 
@@ -1282,10 +1705,11 @@ static int sim__run(sim_t *s, sim_mqtt_t *m)
     nt_log(NT_LOG_INFO, SIM_MODULE,
            "published %" PRIu64 " messages (%" PRIu64 " duplicates) with %" PRIu64
            " events in %.3f s (%.0f messages/s); expected %" PRIu64 " raw messages, %" PRIu64
-           " events, %" PRIu64 " quarantined",
+           " events, %" PRIu64 " quarantined, %" PRIu64 " alerts",
            s->messages_published, s->duplicates_published, s->events_generated, elapsed_s,
            elapsed_s > 0 ? (double)s->messages_published / elapsed_s : 0.0, s->expected_raw,
-           s->expected_events, s->expected_not_protobuf + s->expected_serial_mismatch);
+           s->expected_events, s->expected_not_protobuf + s->expected_serial_mismatch,
+           sim__expected_alerts(s));
     sim__print_json(s, elapsed_s);
     return 0;
 }

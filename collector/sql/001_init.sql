@@ -70,9 +70,10 @@ CREATE TABLE needletrace.events (
     inserted_at            timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (clinic_id, device_serial, boot_id, seq)
 );
--- Session lookups (the sessions view, per-session audits and rules).
+-- Session lookups (the sessions view, per-session audits). Partial: needle activity and
+-- settings, the bulk of the rows, would make it the most expensive index to maintain.
 CREATE INDEX events_session_idx ON needletrace.events (clinic_id, device_serial, session_id)
-    WHERE session_id IS NOT NULL;
+    WHERE kind IN ('session_started', 'session_ended');
 -- Cartridge history across devices and clinics: "was this cartridge used twice?".
 CREATE INDEX events_cartridge_idx ON needletrace.events (gtin, cartridge_serial)
     WHERE gtin IS NOT NULL;

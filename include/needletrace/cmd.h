@@ -7,5 +7,6 @@ int nt_cmd_run(int argc, char **argv, char *const *envp);
 int nt_cmd_migrate(int argc, char **argv, char *const *envp);
 int nt_cmd_simulate(int argc, char **argv, char *const *envp);
 int nt_cmd_check_config(int argc, char **argv, char *const *envp);
+int nt_cmd_alerts(int argc, char **argv, char *const *envp);
 
 #endif

@@ -41,7 +41,7 @@ typedef struct {
     /* [batch] */
     int64_t batch_max_events;   /* default 5000 */
     int64_t batch_max_bytes;    /* default 1 MiB */
-    int64_t batch_max_delay_ms; /* default 50 */
+    int64_t batch_max_delay_ms; /* default 10 */
     /* [http] */
     char *http_listen; /* host:port, default 127.0.0.1:9464; "off" disables */
     /* [log] */

@@ -140,7 +140,7 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.journal_segment_bytes, INT64_C(64) << 20);
     assert_int_equal(cfg.batch_max_events, 5000);
     assert_int_equal(cfg.batch_max_bytes, 1 << 20);
-    assert_int_equal(cfg.batch_max_delay_ms, 50);
+    assert_int_equal(cfg.batch_max_delay_ms, 10);
     assert_string_equal(cfg.http_listen, "127.0.0.1:9464");
     assert_string_equal(cfg.log_level, "info");
     assert_string_equal(cfg.log_format, "json");
