@@ -19,7 +19,7 @@ static void usage(FILE *out)
                  "  migrate       create or upgrade the database schema\n"
                  "  simulate      publish telemetry from a simulated fleet\n"
                  "  check-config  validate the configuration and print it\n"
-            "  alerts        list and acknowledge compliance alerts\n"
+                 "  alerts        list and acknowledge compliance alerts\n"
                  "  version       print the version\n\n"
                  "Run 'needletrace COMMAND --help' for the options of a command.\n");
 }

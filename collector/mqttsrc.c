@@ -19,6 +19,9 @@
 #define MQTTSRC_BURST_MESSAGES  4096
 #define MQTTSRC_BURST_BYTES     (8u * 1024u * 1024u)
 #define MQTTSRC_RECEIVE_MAXIMUM 65535
+/* Alerts awaiting their PUBACK, at most; the rest wait in the database (undelivered). */
+#define MQTTSRC_MAX_ALERTS_IN_FLIGHT 4096
+#define MQTTSRC_ALERT_SLOTS          8192 /* open addressing, twice the bound */
 
 typedef enum {
     MQTTSRC_IDLE = 0,   /* not started, or waiting for the reconnect timer */
@@ -53,6 +56,15 @@ struct nt_mqttsrc_s {
     uint64_t kill_before_journal; /* test hook: SIGKILL at this message number */
     uint64_t received;
     char topic[NT_MAX_TOPIC_LEN + 64];
+
+    /* alert publisher */
+    nt_mqttsrc_connected_cb on_connected;
+    nt_mqttsrc_published_cb on_published;
+    struct {
+        int64_t alert_id; /* 0 = free */
+        int mid;
+    } alerts[MQTTSRC_ALERT_SLOTS];
+    unsigned alerts_in_flight;
 };
 
 static void mqttsrc__schedule_reconnect(nt_mqttsrc_t *m);
@@ -216,6 +228,10 @@ static void mqttsrc__on_connect(struct mosquitto *mosq, void *data, int rc, int 
         nt_log(NT_LOG_ERROR, "mqtt", "could not subscribe to %s: %s", m->topic,
                mosquitto_strerror(src));
         mosquitto_disconnect(mosq);
+        return;
+    }
+    if (m->on_connected != NULL) {
+        m->on_connected(m, m->data);
     }
 }
 
@@ -401,6 +417,94 @@ static void mqttsrc__on_misc_timer(uv_timer_t *t)
     nt_mqttsrc_poke(m);
 }
 
+static unsigned mqttsrc__slot(int64_t alert_id)
+{
+    return (unsigned)(((uint64_t)alert_id * 0x9E3779B97F4A7C15ull) >> 51) % MQTTSRC_ALERT_SLOTS;
+}
+
+/* The slot holding alert_id, or the free slot where it would go. */
+static unsigned mqttsrc__find_alert(const nt_mqttsrc_t *m, int64_t alert_id)
+{
+    unsigned i = mqttsrc__slot(alert_id);
+    while (m->alerts[i].alert_id != 0 && m->alerts[i].alert_id != alert_id) {
+        i = (i + 1) % MQTTSRC_ALERT_SLOTS;
+    }
+    return i;
+}
+
+/* Removes the slot at i, re-inserting the cluster behind it (linear probing deletion). */
+static void mqttsrc__forget_alert(nt_mqttsrc_t *m, unsigned i)
+{
+    m->alerts[i].alert_id = 0;
+    m->alerts_in_flight--;
+    for (unsigned j = (i + 1) % MQTTSRC_ALERT_SLOTS; m->alerts[j].alert_id != 0;
+         j = (j + 1) % MQTTSRC_ALERT_SLOTS) {
+        int64_t id = m->alerts[j].alert_id;
+        int mid = m->alerts[j].mid;
+        m->alerts[j].alert_id = 0;
+        unsigned k = mqttsrc__find_alert(m, id);
+        m->alerts[k].alert_id = id;
+        m->alerts[k].mid = mid;
+    }
+}
+
+static void mqttsrc__on_publish(struct mosquitto *mosq, void *data, int mid, int reason,
+                                const mosquitto_property *props)
+{
+    nt_mqttsrc_t *m = data;
+    for (unsigned i = 0; i < MQTTSRC_ALERT_SLOTS; i++) {
+        if (m->alerts[i].alert_id != 0 && m->alerts[i].mid == mid) {
+            int64_t id = m->alerts[i].alert_id;
+            mqttsrc__forget_alert(m, i);
+            if (reason >= 128) {
+                /* Refused (e.g. not authorised): stays undelivered, retried later. */
+                nt_log(NT_LOG_WARN, "mqtt", "broker refused alert %lld: %s", (long long)id,
+                       mosquitto_reason_string(reason));
+            } else if (m->on_published != NULL) {
+                m->on_published(m, id, m->data);
+            }
+            return;
+        }
+    }
+}
+
+void nt_mqttsrc_set_alert_callbacks(nt_mqttsrc_t *m, nt_mqttsrc_connected_cb on_connected,
+                                    nt_mqttsrc_published_cb on_published)
+{
+    m->on_connected = on_connected;
+    m->on_published = on_published;
+}
+
+int nt_mqttsrc_publish_alert(nt_mqttsrc_t *m, int64_t alert_id, const char *topic,
+                             const char *payload, size_t payload_len)
+{
+    if (alert_id <= 0 || topic == NULL || payload_len > NT_MAX_PAYLOAD_BYTES) {
+        return NT_EINVAL;
+    }
+    unsigned i = mqttsrc__find_alert(m, alert_id);
+    if (m->alerts[i].alert_id == alert_id) {
+        return 1;
+    }
+    if (m->state != MQTTSRC_CONNECTED || m->poll == NULL ||
+        m->alerts_in_flight >= MQTTSRC_MAX_ALERTS_IN_FLIGHT) {
+        return NT_EAGAIN;
+    }
+    int mid = 0;
+    int rc = mosquitto_publish_v5(m->mosq, &mid, topic, (int)payload_len, payload, 1, false, NULL);
+    if (rc != MOSQ_ERR_SUCCESS) {
+        nt_log(NT_LOG_DEBUG, "mqtt", "could not publish alert %lld: %s", (long long)alert_id,
+               mosquitto_strerror(rc));
+        return NT_EAGAIN;
+    }
+    m->alerts[i].alert_id = alert_id;
+    m->alerts[i].mid = mid;
+    m->alerts_in_flight++;
+    if (mqttsrc__flush(m) == 0 && m->poll != NULL) {
+        mqttsrc__update_poll(m);
+    }
+    return 0;
+}
+
 int nt_mqttsrc_init(uv_loop_t *loop, nt_mqttsrc_t **out, const nt_config_t *cfg,
                     nt_journal_t *journal, nt_mqttsrc_synced_cb on_synced, void *data)
 {
@@ -437,6 +541,8 @@ int nt_mqttsrc_init(uv_loop_t *loop, nt_mqttsrc_t **out, const nt_config_t *cfg,
     mosquitto_message_v5_callback_set(m->mosq, mqttsrc__on_message);
     mosquitto_connect_v5_callback_set(m->mosq, mqttsrc__on_connect);
     mosquitto_subscribe_v5_callback_set(m->mosq, mqttsrc__on_subscribe);
+    mosquitto_publish_v5_callback_set(m->mosq, mqttsrc__on_publish);
+    mosquitto_int_option(m->mosq, MOSQ_OPT_SEND_MAXIMUM, MQTTSRC_MAX_ALERTS_IN_FLIGHT);
     mosquitto_log_callback_set(m->mosq, mqttsrc__on_log);
 
     int rc = MOSQ_ERR_SUCCESS;

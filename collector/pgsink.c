@@ -22,12 +22,16 @@ typedef enum {
 } sink_state_t;
 
 typedef enum {
-    STEP_BEGIN = 0,  /* BEGIN; SAVEPOINT */
-    STEP_COPY,       /* fast path: COPY into the target table */
-    STEP_FALLBACK,   /* ROLLBACK TO SAVEPOINT; create staging tables */
-    STEP_STAGE_COPY, /* COPY into a staging table */
-    STEP_MERGE,      /* INSERT ... SELECT ... ON CONFLICT DO NOTHING */
-    STEP_CHECKPOINT, /* upsert the checkpoint */
+    STEP_BEGIN = 0,   /* BEGIN; SAVEPOINT */
+    STEP_COPY,        /* fast path: COPY into the target table */
+    STEP_FALLBACK,    /* ROLLBACK TO SAVEPOINT; create staging tables */
+    STEP_STAGE_COPY,  /* COPY into a staging table */
+    STEP_MERGE,       /* INSERT ... SELECT ... ON CONFLICT DO NOTHING */
+    STEP_RULES,       /* evaluate_rules(): alerts for the events this transaction inserted */
+    STEP_DELIVERED,   /* record alerts the broker acknowledged */
+    STEP_GAPS,        /* check_sequence_gaps(): the time-based rule */
+    STEP_UNDELIVERED, /* alerts raised but not yet published */
+    STEP_CHECKPOINT,  /* upsert the checkpoint */
     STEP_COMMIT,
     STEP_ROLLBACK, /* after a statement error, before a retry */
 } sink_step_t;
@@ -65,6 +69,21 @@ struct nt_pgsink_s {
     int64_t txn_started_us;
     int corrupt_logged;
 
+    /* alerts */
+    nt_pgsink_alerts_cb on_alerts;
+    uv_timer_t tick_timer;   /* 1 s: sequence-gap checks and alert bookkeeping when idle */
+    int txn_has_batch;       /* 0: a maintenance transaction (no rows, no checkpoint) */
+    int64_t gaps_checked_us; /* monotonic time of the last gap check */
+    int gaps_due;
+    int undelivered_wanted;
+    int undelivered_in_txn;
+    int step_gaps_ran;
+    int64_t *delivered; /* alert ids acknowledged by the broker, not yet recorded */
+    size_t n_delivered, cap_delivered;
+    size_t delivered_in_txn; /* how many of them the current transaction records */
+    nt_alert_t *alerts;      /* raised by the current transaction, published after commit */
+    size_t n_alerts, cap_alerts;
+
     int draining;
     nt_pgsink_drain_cb drain_cb;
     void *drain_data;
@@ -75,6 +94,9 @@ struct nt_pgsink_s {
 static void sink__fail(nt_pgsink_t *s, const char *what);
 static void sink__maybe_dispatch(nt_pgsink_t *s);
 static void sink__on_poll(uv_poll_t *h, int status, int events);
+static int sink__send(nt_pgsink_t *s, sink_step_t step, const char *sql);
+static void sink__free_alerts(nt_pgsink_t *s);
+static void sink__alerts_aborted(nt_pgsink_t *s);
 
 /* ---- handles ---------------------------------------------------------------------------- */
 
@@ -89,6 +111,9 @@ static void sink__timer_closed(uv_handle_t *h)
     if (--s->handles_open == 0) {
         nt_batch_free(&s->batches[0]);
         nt_batch_free(&s->batches[1]);
+        sink__free_alerts(s);
+        free(s->alerts);
+        free(s->delivered);
         free(s->conninfo);
         free(s->collector_id);
         free(s);
@@ -192,6 +217,7 @@ static void sink__fail(nt_pgsink_t *s, const char *what)
     }
     nt_metrics.db_connected = 0;
     sink__discard_batches(s);
+    sink__alerts_aborted(s);
     s->state = SINK_WAITING;
     sink__schedule_retry(s);
 }
@@ -295,6 +321,196 @@ static void sink__checkpoint_result(nt_pgsink_t *s, PGresult *res)
            pos, end - pos);
 }
 
+/* ---- alerts ------------------------------------------------------------------------------ */
+
+#define SINK_GAP_CHECK_US      (5 * 1000000)
+#define SINK_UNDELIVERED_LIMIT "1000"
+
+static void sink__free_alerts(nt_pgsink_t *s)
+{
+    for (size_t i = 0; i < s->n_alerts; i++) {
+        free((char *)s->alerts[i].clinic_id);
+        free((char *)s->alerts[i].rule);
+        free((char *)s->alerts[i].payload);
+    }
+    s->n_alerts = 0;
+}
+
+/* Keeps the rows (alert_id, clinic_id, rule, payload) of res for after the commit. */
+static int sink__collect_alerts(nt_pgsink_t *s, PGresult *res)
+{
+    int rows = PQntuples(res);
+    if (PQnfields(res) != 4) {
+        return NT_EDB;
+    }
+    for (int r = 0; r < rows; r++) {
+        if (s->n_alerts == s->cap_alerts) {
+            size_t cap = s->cap_alerts ? s->cap_alerts * 2 : 64;
+            nt_alert_t *a = realloc(s->alerts, cap * sizeof(*a));
+            if (a == NULL) {
+                return NT_ENOMEM;
+            }
+            s->alerts = a;
+            s->cap_alerts = cap;
+        }
+        nt_alert_t *a = &s->alerts[s->n_alerts];
+        a->alert_id = strtoll(PQgetvalue(res, r, 0), NULL, 10);
+        a->clinic_id = strdup(PQgetvalue(res, r, 1));
+        a->rule = strdup(PQgetvalue(res, r, 2));
+        a->payload = strdup(PQgetvalue(res, r, 3));
+        if (a->clinic_id == NULL || a->rule == NULL || a->payload == NULL) {
+            free((char *)a->clinic_id);
+            free((char *)a->rule);
+            free((char *)a->payload);
+            return NT_ENOMEM;
+        }
+        s->n_alerts++;
+    }
+    return 0;
+}
+
+/* Sends a query with the collector id as $1 (and an optional $2) for the given step. */
+static void sink__send_params(nt_pgsink_t *s, sink_step_t step, const char *sql, const char *p2)
+{
+    const char *params[2] = {s->collector_id, p2};
+    s->step = step;
+    s->failed = 0;
+    if (!PQsendQueryParams(s->conn, sql, p2 != NULL ? 2 : 1, NULL, params, NULL, NULL, 0)) {
+        sink__fail(s, sink__pq_error(s));
+        return;
+    }
+    sink__watch(s, UV_READABLE | (PQflush(s->conn) == 1 ? UV_WRITABLE : 0));
+}
+
+/* Sends the first step after `after` that this transaction needs: the rules (batches only),
+ * the delivery records, the gap check, the undelivered alerts, the checkpoint (batches
+ * only), COMMIT. */
+static void sink__next_extra(nt_pgsink_t *s, sink_step_t after)
+{
+    if (after < STEP_RULES && s->txn_has_batch) {
+        sink__send_params(s, STEP_RULES,
+                          "SELECT alert_id, clinic_id, rule, payload "
+                          "FROM needletrace.evaluate_rules($1)",
+                          NULL);
+        return;
+    }
+    if (after < STEP_DELIVERED && s->n_delivered > 0) {
+        /* An int8 array literal built from integers only. */
+        size_t cap = s->n_delivered * 21 + 3, n = 0;
+        char *arr = malloc(cap);
+        if (arr != NULL) {
+            arr[n++] = '{';
+            for (size_t i = 0; i < s->n_delivered; i++) {
+                n +=
+                    (size_t)snprintf(arr + n, cap - n, "%s%" PRId64, i ? "," : "", s->delivered[i]);
+            }
+            arr[n++] = '}';
+            arr[n] = '\0';
+            s->delivered_in_txn = s->n_delivered;
+            sink__send_params(s, STEP_DELIVERED,
+                              "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])", arr);
+            free(arr);
+            return;
+        }
+    }
+    if (after < STEP_GAPS && s->gaps_due) {
+        sink__send_params(s, STEP_GAPS,
+                          "SELECT alert_id, clinic_id, rule, payload "
+                          "FROM needletrace.check_sequence_gaps($1)",
+                          NULL);
+        return;
+    }
+    if (after < STEP_UNDELIVERED && s->undelivered_wanted) {
+        s->undelivered_in_txn = 1;
+        sink__send_params(s, STEP_UNDELIVERED,
+                          "SELECT alert_id, clinic_id, rule, payload "
+                          "FROM needletrace.undelivered_alerts($1, " SINK_UNDELIVERED_LIMIT ")",
+                          NULL);
+        return;
+    }
+    if (after < STEP_CHECKPOINT && s->txn_has_batch) {
+        /* Checkpoint in the same transaction as the rows it covers. */
+        char jid[24], pos[24];
+        snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)nt_journal_id(s->journal));
+        snprintf(pos, sizeof(pos), "%" PRIu64, s->sending->end_pos);
+        const char *params[3] = {s->collector_id, jid, pos};
+        s->step = STEP_CHECKPOINT;
+        s->failed = 0;
+        if (!PQsendQueryParams(
+                s->conn,
+                "INSERT INTO needletrace.collector_checkpoints "
+                "(collector_id, journal_id, journal_pos, updated_at) "
+                "VALUES ($1, $2, $3, now()) ON CONFLICT (collector_id) DO UPDATE SET "
+                "journal_id = EXCLUDED.journal_id, journal_pos = EXCLUDED.journal_pos, "
+                "updated_at = EXCLUDED.updated_at",
+                3, NULL, params, NULL, NULL, 0)) {
+            sink__fail(s, sink__pq_error(s));
+            return;
+        }
+        sink__watch(s, UV_READABLE | (PQflush(s->conn) == 1 ? UV_WRITABLE : 0));
+        return;
+    }
+    sink__send(s, STEP_COMMIT, "COMMIT");
+}
+
+/* After a commit: forget what it recorded, hand its alerts over. */
+static void sink__alerts_committed(nt_pgsink_t *s)
+{
+    if (s->delivered_in_txn > 0) {
+        memmove(s->delivered, s->delivered + s->delivered_in_txn,
+                (s->n_delivered - s->delivered_in_txn) * sizeof(*s->delivered));
+        s->n_delivered -= s->delivered_in_txn;
+        s->delivered_in_txn = 0;
+    }
+    if (s->step_gaps_ran) {
+        s->gaps_due = 0;
+        s->gaps_checked_us = nt_mono_us();
+        s->step_gaps_ran = 0;
+    }
+    if (s->undelivered_in_txn) {
+        s->undelivered_wanted = 0;
+        s->undelivered_in_txn = 0;
+    }
+    if (s->n_alerts > 0 && s->on_alerts != NULL) {
+        s->on_alerts(s, s->alerts, s->n_alerts, s->data);
+    }
+    sink__free_alerts(s);
+}
+
+/* After a rollback or a lost connection: everything is done again later. */
+static void sink__alerts_aborted(nt_pgsink_t *s)
+{
+    s->delivered_in_txn = 0;
+    s->undelivered_in_txn = 0;
+    s->step_gaps_ran = 0;
+    sink__free_alerts(s);
+}
+
+/* Starts a maintenance transaction when idle and something is due. */
+static void sink__maybe_maintain(nt_pgsink_t *s)
+{
+    if (s->state != SINK_IDLE || s->building->messages > 0 ||
+        uv_is_active((uv_handle_t *)&s->retry_timer)) {
+        return;
+    }
+    if (!s->gaps_due && s->n_delivered == 0 && !s->undelivered_wanted) {
+        return;
+    }
+    s->state = SINK_BUSY;
+    s->txn_has_batch = 0;
+    s->txn_started_us = nt_mono_us();
+    sink__send(s, STEP_BEGIN, "BEGIN");
+}
+
+static void sink__on_tick(uv_timer_t *t)
+{
+    nt_pgsink_t *s = t->data;
+    if (nt_mono_us() - s->gaps_checked_us >= SINK_GAP_CHECK_US) {
+        s->gaps_due = 1;
+    }
+    sink__maybe_maintain(s);
+}
+
 /* ---- batches ------------------------------------------------------------------------------ */
 
 static int sink__full(const nt_pgsink_t *s, const nt_batch_t *b)
@@ -395,24 +611,7 @@ static void sink__next_copy(nt_pgsink_t *s, int staging)
         sink__send(s, STEP_MERGE, s->sql);
         return;
     }
-    /* Checkpoint in the same transaction as the rows it covers. */
-    char jid[24], pos[24];
-    snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)nt_journal_id(s->journal));
-    snprintf(pos, sizeof(pos), "%" PRIu64, s->sending->end_pos);
-    const char *params[3] = {s->collector_id, jid, pos};
-    s->step = STEP_CHECKPOINT;
-    s->failed = 0;
-    if (!PQsendQueryParams(s->conn,
-                           "INSERT INTO needletrace.collector_checkpoints "
-                           "(collector_id, journal_id, journal_pos, updated_at) "
-                           "VALUES ($1, $2, $3, now()) ON CONFLICT (collector_id) DO UPDATE SET "
-                           "journal_id = EXCLUDED.journal_id, journal_pos = EXCLUDED.journal_pos, "
-                           "updated_at = EXCLUDED.updated_at",
-                           3, NULL, params, NULL, NULL, 0)) {
-        sink__fail(s, sink__pq_error(s));
-        return;
-    }
-    sink__watch(s, UV_READABLE | (PQflush(s->conn) == 1 ? UV_WRITABLE : 0));
+    sink__next_extra(s, STEP_MERGE);
 }
 
 static void sink__start_fallback(nt_pgsink_t *s)
@@ -469,6 +668,12 @@ static void sink__statement_failed(nt_pgsink_t *s)
     }
     nt_metrics.db_errors++;
     int transient = strncmp(s->sqlstate, "40", 2) == 0; /* serialization failure, deadlock */
+    if (!s->txn_has_batch) {
+        nt_log(transient ? NT_LOG_INFO : NT_LOG_ERROR, "db",
+               "could not run the alert bookkeeping transaction: %s; retrying", s->error);
+        sink__send(s, STEP_ROLLBACK, "ROLLBACK");
+        return;
+    }
     nt_log(transient ? NT_LOG_INFO : NT_LOG_ERROR, "db",
            "could not commit a batch of %u messages (journal %" PRIu64 "..%" PRIu64 "): %s%s",
            s->sending->messages, s->sending->first_pos, s->sending->end_pos, s->error,
@@ -496,6 +701,7 @@ static void sink__step_done(nt_pgsink_t *s)
         return;
     }
     if (s->step == STEP_ROLLBACK) {
+        sink__alerts_aborted(s);
         /* Start over from the last commit after a pause. */
         s->read_pos = s->committed;
         sink__discard_batches(s);
@@ -510,7 +716,11 @@ static void sink__step_done(nt_pgsink_t *s)
     switch (s->step) {
     case STEP_BEGIN:
         s->table = 0;
-        sink__next_copy(s, 0);
+        if (s->txn_has_batch) {
+            sink__next_copy(s, 0);
+        } else {
+            sink__next_extra(s, STEP_MERGE);
+        }
         break;
     case STEP_COPY:
         s->table++;
@@ -525,16 +735,29 @@ static void sink__step_done(nt_pgsink_t *s)
         sink__next_copy(s, 1);
         break;
     case STEP_MERGE:
-        s->table = NT_BATCH__TABLES;
-        sink__next_copy(s, 0); /* goes on to the checkpoint */
+        sink__next_extra(s, STEP_MERGE);
         break;
+    case STEP_GAPS:
+        s->step_gaps_ran = 1;
+        sink__next_extra(s, STEP_GAPS);
+        break;
+    case STEP_RULES:
+    case STEP_DELIVERED:
+    case STEP_UNDELIVERED:
     case STEP_CHECKPOINT:
-        sink__send(s, STEP_COMMIT, "COMMIT");
+        sink__next_extra(s, s->step);
         break;
     case STEP_COMMIT:
-        sink__committed(s);
+        if (s->txn_has_batch) {
+            sink__committed(s);
+        } else {
+            s->state = SINK_IDLE;
+            s->attempts = 0;
+        }
+        sink__alerts_committed(s);
         sink__fill(s);
         sink__maybe_dispatch(s);
+        sink__maybe_maintain(s);
         break;
     case STEP_ROLLBACK:
         break;
@@ -554,6 +777,17 @@ static void sink__handle_result(nt_pgsink_t *s, PGresult *res)
     }
     if (st == PGRES_TUPLES_OK && s->state == SINK_CHECKPOINT) {
         sink__checkpoint_result(s, res);
+        return;
+    }
+    if (st == PGRES_TUPLES_OK &&
+        (s->step == STEP_RULES || s->step == STEP_GAPS || s->step == STEP_UNDELIVERED)) {
+        int rc = sink__collect_alerts(s, res);
+        if (rc != 0 && !s->failed) {
+            snprintf(s->sqlstate, sizeof(s->sqlstate), "XX000");
+            snprintf(s->error, sizeof(s->error), "could not keep the raised alerts: %s",
+                     nt_strerror(rc));
+            s->failed = 1;
+        }
         return;
     }
     if (st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK) {
@@ -642,6 +876,7 @@ static void sink__maybe_dispatch(nt_pgsink_t *s)
     s->building = s->sending;
     s->sending = b;
     s->state = SINK_BUSY;
+    s->txn_has_batch = 1;
     s->txn_started_us = nt_mono_us();
     if (sink__send(s, STEP_BEGIN, "BEGIN; SAVEPOINT nt_fast") != 0) {
         return;
@@ -685,9 +920,11 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     s->sending = &s->batches[1];
     uv_timer_init(loop, &s->retry_timer);
     uv_timer_init(loop, &s->linger_timer);
+    uv_timer_init(loop, &s->tick_timer);
     s->retry_timer.data = s;
     s->linger_timer.data = s;
-    s->handles_open = 2;
+    s->tick_timer.data = s;
+    s->handles_open = 3;
     s->state = SINK_WAITING;
     *out = s;
     return 0;
@@ -700,6 +937,8 @@ err:
 
 int nt_pgsink_start(nt_pgsink_t *s)
 {
+    s->gaps_checked_us = nt_mono_us() - SINK_GAP_CHECK_US;
+    uv_timer_start(&s->tick_timer, sink__on_tick, 1000, 1000);
     sink__connect(s);
     return 0;
 }
@@ -718,6 +957,34 @@ void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data)
     nt_pgsink_wakeup(s);
 }
 
+void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts)
+{
+    s->on_alerts = on_alerts;
+}
+
+void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id)
+{
+    if (s->n_delivered == s->cap_delivered) {
+        size_t cap = s->cap_delivered ? s->cap_delivered * 2 : 64;
+        int64_t *d = realloc(s->delivered, cap * sizeof(*d));
+        if (d == NULL) {
+            /* Not recorded: the alert is published again later (at least once). */
+            nt_log(NT_LOG_WARN, "db", "could not record the delivery of alert %" PRId64 ": %s",
+                   alert_id, nt_strerror(NT_ENOMEM));
+            return;
+        }
+        s->delivered = d;
+        s->cap_delivered = cap;
+    }
+    s->delivered[s->n_delivered++] = alert_id;
+}
+
+void nt_pgsink_request_undelivered(nt_pgsink_t *s)
+{
+    s->undelivered_wanted = 1;
+    sink__maybe_maintain(s);
+}
+
 int nt_pgsink_ready(const nt_pgsink_t *s)
 {
     return s->state == SINK_IDLE || s->state == SINK_BUSY;
@@ -734,6 +1001,8 @@ void nt_pgsink_close(nt_pgsink_t *s)
     nt_metrics.db_connected = 0;
     uv_timer_stop(&s->retry_timer);
     uv_timer_stop(&s->linger_timer);
+    uv_timer_stop(&s->tick_timer);
     uv_close((uv_handle_t *)&s->retry_timer, sink__timer_closed);
     uv_close((uv_handle_t *)&s->linger_timer, sink__timer_closed);
+    uv_close((uv_handle_t *)&s->tick_timer, sink__timer_closed);
 }

@@ -47,6 +47,45 @@ static void run__on_commit(nt_pgsink_t *s, uint64_t checkpoint, void *data)
     nt_mqttsrc_poke(r->src);
 }
 
+/* Publishes alerts after the transaction that raised them committed; an alert that cannot be
+ * handed to the broker now stays undelivered in the database and is published once the
+ * broker connection is back (nt_pgsink_request_undelivered on connect). */
+static void run__on_alerts(nt_pgsink_t *s, const nt_alert_t *alerts, size_t n, void *data)
+{
+    run_t *r = data;
+    char topic[NT_MAX_TOPIC_LEN];
+    size_t deferred = 0;
+    for (size_t i = 0; i < n; i++) {
+        const nt_alert_t *a = &alerts[i];
+        snprintf(topic, sizeof(topic), "clinics/%s/alerts/%s", a->clinic_id, a->rule);
+        int rc =
+            nt_mqttsrc_publish_alert(r->src, a->alert_id, topic, a->payload, strlen(a->payload));
+        if (rc == NT_EAGAIN) {
+            deferred++;
+        } else if (rc < 0) {
+            nt_log(NT_LOG_ERROR, "run", "could not publish alert %lld: %s", (long long)a->alert_id,
+                   nt_strerror(rc));
+        }
+    }
+    if (deferred > 0) {
+        nt_log(NT_LOG_WARN, "run",
+               "%zu alerts wait for the broker connection; they are published once it is back",
+               deferred);
+    }
+}
+
+static void run__on_mqtt_connected(nt_mqttsrc_t *m, void *data)
+{
+    run_t *r = data;
+    nt_pgsink_request_undelivered(r->sink);
+}
+
+static void run__on_alert_published(nt_mqttsrc_t *m, int64_t alert_id, void *data)
+{
+    run_t *r = data;
+    nt_pgsink_alert_delivered(r->sink, alert_id);
+}
+
 static int run__ready(void *data, char *reason, size_t len)
 {
     run_t *r = data;
@@ -194,6 +233,8 @@ int nt_cmd_run(int argc, char **argv, char *const *envp)
         uv_run(&r.loop, UV_RUN_DEFAULT);
         goto out;
     }
+    nt_pgsink_set_alerts_cb(r.sink, run__on_alerts);
+    nt_mqttsrc_set_alert_callbacks(r.src, run__on_mqtt_connected, run__on_alert_published);
     if (r.cfg.http_port > 0 &&
         nt_http_start(&r.loop, &r.http, r.cfg.http_host, r.cfg.http_port, run__ready, &r) != 0) {
         nt_log(NT_LOG_ERROR, "run", "could not listen on %s for metrics and health",

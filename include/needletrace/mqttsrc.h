@@ -21,6 +21,23 @@ typedef void (*nt_mqttsrc_synced_cb)(nt_mqttsrc_t *m, void *data);
 
 int nt_mqttsrc_init(uv_loop_t *loop, nt_mqttsrc_t **out, const nt_config_t *cfg,
                     nt_journal_t *journal, nt_mqttsrc_synced_cb on_synced, void *data);
+/* Called after every successful (re)connection, once the subscription is sent. */
+typedef void (*nt_mqttsrc_connected_cb)(nt_mqttsrc_t *m, void *data);
+/* Called when the broker acknowledged (PUBACK) the publication of an alert. */
+typedef void (*nt_mqttsrc_published_cb)(nt_mqttsrc_t *m, int64_t alert_id, void *data);
+
+/* Sets the callbacks of the alert publisher (before nt_mqttsrc_start). */
+void nt_mqttsrc_set_alert_callbacks(nt_mqttsrc_t *m, nt_mqttsrc_connected_cb on_connected,
+                                    nt_mqttsrc_published_cb on_published);
+
+/* Publishes one alert at QoS 1 on topic (payload: JSON). Returns 0 when it was handed to the
+ * broker connection (on_published follows the PUBACK; libmosquitto resends after a
+ * reconnect), 1 when the alert is already in flight, NT_EAGAIN when not connected or too
+ * many alerts are in flight (the caller publishes it again later), NT_EINVAL on a bad
+ * argument. */
+int nt_mqttsrc_publish_alert(nt_mqttsrc_t *m, int64_t alert_id, const char *topic,
+                             const char *payload, size_t payload_len);
+
 /* Connects (asynchronously, retrying with backoff) and subscribes. */
 int nt_mqttsrc_start(nt_mqttsrc_t *m);
 /* Re-checks the journal bound; resumes reading if it dropped below it. Call after release. */

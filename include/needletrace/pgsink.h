@@ -28,6 +28,18 @@ typedef struct {
     uint32_t reconnect_max_ms;
 } nt_pgsink_options_t;
 
+/* One alert raised (or found undelivered) by a committed transaction. */
+typedef struct {
+    int64_t alert_id;
+    const char *clinic_id;
+    const char *rule;
+    const char *payload; /* JSON, as specified in DESIGN section 7 */
+} nt_alert_t;
+
+/* Called after a commit with the alerts it raised, and with undelivered alerts found after
+ * nt_pgsink_request_undelivered(). The array is valid during the call only. */
+typedef void (*nt_pgsink_alerts_cb)(nt_pgsink_t *s, const nt_alert_t *alerts, size_t n, void *data);
+
 /* Called after each commit with the new checkpoint (the journal is already released). */
 typedef void (*nt_pgsink_commit_cb)(nt_pgsink_t *s, uint64_t checkpoint, void *data);
 /* Called once when a drain finished: status 0 = everything durable was committed. */
@@ -35,6 +47,14 @@ typedef void (*nt_pgsink_drain_cb)(nt_pgsink_t *s, int status, void *data);
 
 int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t *opts,
                    nt_journal_t *journal, nt_pgsink_commit_cb on_commit, void *data);
+/* Sets the alert callback (before nt_pgsink_start). */
+void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts);
+/* Records that an alert was published (PUBACK received); written to the database in the
+ * next transaction. */
+void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id);
+/* Asks for the alerts not yet published (after the broker connection came back). */
+void nt_pgsink_request_undelivered(nt_pgsink_t *s);
+
 /* Starts connecting; once connected and the checkpoint is read, consumes the journal. */
 int nt_pgsink_start(nt_pgsink_t *s);
 /* Tells the sink that the journal's durable end moved. Cheap; call after every sync. */
