@@ -3,9 +3,11 @@
 #
 # Installs what is missing, builds (gcc, build/), starts a private mosquitto and PostgreSQL
 # under ./.local/ on free loopback ports, migrates, runs the collector, and lets a simulated
-# fleet (3 clinics x 10 handpieces, with some malformed, duplicated and spoofed messages)
+# fleet (3 clinics x 10 handpieces, with some malformed, duplicated and spoofed messages and
+# a few compliance violations: reused, expired, unsealed, recalled cartridges, too-deep settings…)
 # publish for about a minute. Then it waits until the database holds exactly what the fleet
-# sent, prints a summary and the psql command to look at the data, and stops everything.
+# sent and every alert was raised and published, prints a summary (with the alerts by rule)
+# and the psql command to look at the data, and stops everything.
 # The data stays in ./.local/ (the next run starts afresh).
 #
 # Knobs: DEMO_DURATION (seconds of traffic, default 60), DEMO_RATE (messages/s, default 200),
@@ -18,6 +20,8 @@ DURATION=${DEMO_DURATION:-60}
 RATE=${DEMO_RATE:-200}
 SEED=${DEMO_SEED:-42}
 EPM=${DEMO_EVENTS_PER_MESSAGE:-10}
+RECALLED_GTIN=07612345000121
+RECALLED_LOT=RCL-DEMO-1
 
 # The harness of the integration tests does the infrastructure work: .local/ is its
 # directory, kept on exit; PostgreSQL gets a clean (fast) shutdown.
@@ -134,16 +138,29 @@ main() {
     demo_infra_start "$ROOT/build/needletrace"
     step "migrating"
     nt_migrate
+    # The demo fleet injects violations: its recalled cartridges' lot is recalled, and gaps
+    # are declared after 5 s instead of 10 minutes so that they show within the demo.
+    nt_sql "INSERT INTO needletrace.recalled_lots (gtin, lot, reason)
+            VALUES ('$RECALLED_GTIN', '$RECALLED_LOT', 'demo recall') ON CONFLICT DO NOTHING;
+            UPDATE needletrace.settings SET value = '5 seconds' WHERE key = 'sequence_gap_after'" \
+        >/dev/null
     step "starting the collector"
     nt_start_collector demo
     nt_wait_collector_ready demo
+    (mosquitto_sub -h 127.0.0.1 -p "$NT_BROKER_PORT" -q 1 -v -t 'clinics/+/alerts/#' \
+        >"$LOCAL/alerts.mqtt" 2>>"$LOCAL/alerts.mqtt.log" &
+        echo $! >"$LOCAL/alerts-sub.pid")
+    NT_BG_PIDS+=("$(cat "$LOCAL/alerts-sub.pid")")
 
     step "simulating 3 clinics x 10 handpieces for ${DURATION} s at $RATE messages/s"
     local t0 t1 last=0 now ev
     t0=$(nt_now_ms)
     nt_simulate_bg "$LOCAL/simulate.json" --clinics 3 --devices 10 --duration "$DURATION" \
         --events-per-message "$EPM" --rate "$RATE" --seed "$SEED" \
-        --malformed-rate 0.01 --duplicate-rate 0.02 --spoof-rate 0.01
+        --malformed-rate 0.01 --duplicate-rate 0.02 --spoof-rate 0.01 \
+        --reuse-rate 0.01 --expired-rate 0.005 --unsealed-rate 0.005 --recalled-rate 0.005 \
+        --too-deep-rate 0.01 --no-cartridge-rate 0.005 --gap-rate 0.002 --skew-rate 0.001 \
+        --recalled-gtin "$RECALLED_GTIN" --recalled-lot "$RECALLED_LOT"
     while nt_pid_alive "$NT_SIM_PID"; do
         now=$(nt_now_ms)
         if ((now - last >= 5000)); then
@@ -160,6 +177,10 @@ main() {
     step "waiting for the database to hold what the fleet sent"
     nt_wait_counts "$LOCAL/simulate.json" -- 180
     t1=$(nt_now_ms)
+    step "waiting for every alert (sequence gaps are declared 5 s after they appear)"
+    nt_wait_for "alerts raised" 60 nt_sql_ge "$(nt_json "$LOCAL/simulate.json" .expected.alerts)" \
+        'SELECT count(*) FROM needletrace.alerts'
+    nt_wait_for "alerts published on MQTT" 30 demo_alerts_published
 
     summary "$t0" "$t1"
     if ((NT_FAILS > 0)); then
@@ -198,6 +219,15 @@ demo_stop_all() {
     step "stopped the collector, mosquitto and PostgreSQL"
 }
 
+# Succeeds when the MQTT subscriber received as many alerts as the database holds.
+demo_alerts_published() {
+    local got want
+    got=$(wc -l <"$LOCAL/alerts.mqtt")
+    want=$(nt_sql 'SELECT count(*) FROM needletrace.alerts')
+    echo "$got of $want alerts received on clinics/+/alerts/#"
+    ((got >= want))
+}
+
 summary() {
     local t0=$1 t1=$2 sim="$LOCAL/simulate.json" events raw wall
     events=$(nt_json "$sim" .expected.events)
@@ -222,6 +252,17 @@ summary() {
     echo "quarantined by reason:"
     nt_sql "SELECT '  ' || rpad(reason, 22) || lpad(count(*)::text, 8)
             FROM needletrace.quarantine GROUP BY reason ORDER BY reason"
+    echo "alerts by rule (database / published on MQTT / the simulator's expectation):"
+    local rule
+    for rule in CARTRIDGE_REUSED CARTRIDGE_EXPIRED STERILE_BARRIER_BROKEN CARTRIDGE_RECALLED \
+        DEPTH_OUT_OF_RANGE NEEDLING_WITHOUT_CARTRIDGE SEQUENCE_GAP CLOCK_SKEW; do
+        printf '  %-28s %6s %6s %6s\n' "$rule" \
+            "$(nt_sql "SELECT count(*) FROM needletrace.alerts WHERE rule = '$rule'")" \
+            "$(grep -c "/alerts/$rule " "$LOCAL/alerts.mqtt" || true)" \
+            "$(nt_json "$sim" ".expected.alerts_by_rule.$rule")"
+    done
+    echo "a recent alert as published:"
+    tail -n 1 "$LOCAL/alerts.mqtt" | cut -c 1-400 | sed 's/^/  /'
     echo
     printf 'throughput: %s events in %ss from first publish to all committed = %s events/s\n' \
         "$events" "$wall" "$((events / (wall > 0 ? wall : 1)))"
@@ -239,6 +280,8 @@ summary() {
     echo "  e.g.  SELECT kind, count(*) FROM needletrace.events GROUP BY 1;"
     echo "        SELECT reason, topic, octet_length(payload) FROM needletrace.quarantine LIMIT 5;"
     echo "        SELECT * FROM needletrace.sessions LIMIT 5;"
+    echo "        SELECT rule, severity, clinic_id, details FROM needletrace.alerts_open LIMIT 5;"
+    echo "  alerts: build/needletrace alerts list --open  (with NEEDLETRACE_DATABASE_URL set as above)"
     echo "logs: $LOCAL/collector-demo.log, $LOCAL/broker.log, $NT_PG_DIR/postgres.log"
     echo "==========================================================="
 }
