@@ -18,6 +18,13 @@
  *       N times: write B bytes at the end of a scratch file in D and fdatasync it. Prints
  *       the latency percentiles of each write+fdatasync.
  *
+ *   bench_tool alerts --port P [--host H] [--topic T] [--timeout S]
+ *       Subscribes (MQTT v5, clean start, QoS 1) to T (default clinics/+/alerts/#), prints
+ *       "ready" once granted, then one JSON line per message received:
+ *       {"recv_us":<wall clock (CLOCK_REALTIME) in us when it arrived>,"alert":<payload>}
+ *       (the payload is the collector's alert JSON, copied verbatim). Runs until SIGTERM or
+ *       SIGINT (or S seconds, default 3600), then prints {"summary":{"messages":..,"cpu_s":..}}.
+ *
  * Every mode prints its result as one JSON object on stdout; errors go to stderr. */
 #include <errno.h>
 #include <fcntl.h>
@@ -27,6 +34,7 @@
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,7 +61,8 @@ static void bench__usage(FILE *out)
     fputs("usage: bench_tool count --port P [--host H] [--topic T] --count N [--timeout S]\n"
           "       bench_tool copy --conninfo S --dump FILE [--batch-events N] [--batch-bytes B]"
           " [--raw]\n"
-          "       bench_tool fsync --dir D [--count N] [--bytes B]\n",
+          "       bench_tool fsync --dir D [--count N] [--bytes B]\n"
+          "       bench_tool alerts --port P [--host H] [--topic T] [--timeout S]\n",
           out);
 }
 
@@ -686,6 +695,176 @@ out:
     return code;
 }
 
+/* ---- alerts --------------------------------------------------------------------------------- */
+
+static volatile sig_atomic_t alerts__stop;
+
+static void alerts__on_signal(int sig)
+{
+    alerts__stop = 1;
+}
+
+typedef struct {
+    count_t c; /* connect/subscribe state, message count */
+    int bad;   /* payloads that could not be written as JSON */
+} alerts_t;
+
+/* One line per alert, stamped with the wall clock right as the client hands it over (the
+ * same clock as simulate's device_time, on the same host). */
+static void alerts__on_message(struct mosquitto *mosq, void *data,
+                               const struct mosquitto_message *msg, const mosquitto_property *props)
+{
+    alerts_t *a = data;
+    int64_t recv_us = nt_now_us();
+    a->c.got++;
+    const char *p = msg->payload;
+    int len = msg->payloadlen;
+    /* The payload is one JSON object; anything else would break the line format. */
+    if (len < 2 || p[0] != '{' || p[len - 1] != '}' || memchr(p, '\n', (size_t)len) != NULL) {
+        a->bad++;
+        fprintf(stderr, "bench_tool: alert payload on %s is not a one-line JSON object\n",
+                msg->topic);
+        return;
+    }
+    printf("{\"recv_us\":%" PRId64 ",\"alert\":%.*s}\n", recv_us, len, p);
+}
+
+static int bench__alerts(int argc, char **argv)
+{
+    const char *host = "127.0.0.1";
+    const char *topic = "clinics/+/alerts/#";
+    int port = 0;
+    double timeout_s = 3600;
+    static const struct option opts[] = {
+        {"host", required_argument, NULL, 'H'},
+        {"port", required_argument, NULL, 'p'},
+        {"topic", required_argument, NULL, 't'},
+        {"timeout", required_argument, NULL, 'T'},
+        {NULL, 0, NULL, 0},
+    };
+    int ch;
+    while ((ch = getopt_long(argc, argv, "", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'H':
+            host = optarg;
+            break;
+        case 'p':
+            port = (int)bench__num(optarg, "--port", 1, 65535);
+            break;
+        case 't':
+            topic = optarg;
+            break;
+        case 'T':
+            timeout_s = (double)bench__num(optarg, "--timeout", 1, 86400);
+            break;
+        default:
+            bench__usage(stderr);
+            return 2;
+        }
+    }
+    if (port == 0) {
+        bench__usage(stderr);
+        return 2;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = alerts__on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+
+    mosquitto_lib_init();
+    alerts_t a;
+    memset(&a, 0, sizeof(a));
+    a.c.connect_rc = -1;
+    char client_id[64];
+    snprintf(client_id, sizeof(client_id), "nt-bench-alerts-%ld", (long)getpid());
+    struct mosquitto *mosq = mosquitto_new(client_id, true, &a);
+    if (mosq == NULL) {
+        fprintf(stderr, "bench_tool: could not create the mqtt client: %s\n", strerror(errno));
+        return 1;
+    }
+    mosquitto_int_option(mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
+    mosquitto_int_option(mosq, MOSQ_OPT_RECEIVE_MAXIMUM, 65535);
+    mosquitto_int_option(mosq, MOSQ_OPT_TCP_NODELAY, 1);
+    mosquitto_threaded_set(mosq, true);
+    /* count_t is the first member: the connect and subscribe callbacks are shared. */
+    mosquitto_connect_v5_callback_set(mosq, count__on_connect);
+    mosquitto_subscribe_v5_callback_set(mosq, count__on_subscribe);
+    mosquitto_message_v5_callback_set(mosq, alerts__on_message);
+
+    int code = 1;
+    int rc = mosquitto_connect_bind_v5(mosq, host, port, 60, NULL, NULL);
+    if (rc != MOSQ_ERR_SUCCESS) {
+        fprintf(stderr, "bench_tool: could not connect to broker %s:%d: %s\n", host, port,
+                rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
+        goto out;
+    }
+    double deadline = bench__mono_s() + 15;
+    while (a.c.connect_rc < 0 && bench__mono_s() < deadline) {
+        if (count__pump(mosq, 100) != 0) {
+            break;
+        }
+    }
+    if (a.c.connect_rc != 0) {
+        fprintf(stderr, "bench_tool: broker %s:%d did not accept the connection (%d)\n", host, port,
+                a.c.connect_rc);
+        goto out;
+    }
+    rc = mosquitto_subscribe_v5(mosq, NULL, topic, 1, 0, NULL);
+    if (rc != MOSQ_ERR_SUCCESS) {
+        fprintf(stderr, "bench_tool: could not subscribe to %s: %s\n", topic,
+                mosquitto_strerror(rc));
+        goto out;
+    }
+    while (a.c.subscribed == 0 && bench__mono_s() < deadline) {
+        if (count__pump(mosq, 100) != 0) {
+            break;
+        }
+    }
+    if (a.c.subscribed != 1) {
+        fprintf(stderr, "bench_tool: the broker did not grant the subscription to %s\n", topic);
+        goto out;
+    }
+    printf("ready\n");
+    fflush(stdout);
+
+    deadline = bench__mono_s() + timeout_s;
+    double misc_at = bench__mono_s() + 1;
+    while (!alerts__stop) {
+        if (count__pump(mosq, 100) != 0) {
+            fprintf(stderr, "bench_tool: lost the broker connection after %" PRIu64 " alerts\n",
+                    a.c.got);
+            goto out;
+        }
+        fflush(stdout);
+        double now = bench__mono_s();
+        if (now >= misc_at) {
+            mosquitto_loop_misc(mosq);
+            misc_at = now + 1;
+        }
+        if (now >= deadline) {
+            fprintf(stderr, "bench_tool: no SIGTERM within %.0f s; stopping\n", timeout_s);
+            break;
+        }
+    }
+    while (mosquitto_want_write(mosq) && mosquitto_loop_write(mosq, 1) == MOSQ_ERR_SUCCESS) {
+    }
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    double cpu = (double)ru.ru_utime.tv_sec + (double)ru.ru_utime.tv_usec / 1e6 +
+                 (double)ru.ru_stime.tv_sec + (double)ru.ru_stime.tv_usec / 1e6;
+    printf("{\"summary\":{\"messages\":%" PRIu64 ",\"not_json\":%d,\"cpu_s\":%.3f}}\n", a.c.got,
+           a.bad, cpu);
+    fflush(stdout);
+    code = a.bad > 0 ? 1 : 0;
+    mosquitto_disconnect(mosq);
+    mosquitto_loop_write(mosq, 1);
+out:
+    mosquitto_destroy(mosq);
+    mosquitto_lib_cleanup();
+    return code;
+}
+
 int main(int argc, char **argv)
 {
     if (argc < 2) {
@@ -702,6 +881,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(mode, "fsync") == 0) {
         return bench__fsync(argc - 1, argv + 1);
+    }
+    if (strcmp(mode, "alerts") == 0) {
+        return bench__alerts(argc - 1, argv + 1);
     }
     if (strcmp(mode, "-h") == 0 || strcmp(mode, "--help") == 0) {
         bench__usage(stdout);

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # run.sh -- the needletrace benchmark: broker drain rate, PostgreSQL COPY rate, the collector's
-# publish->committed rate, publish->commit latency and peak RSS, all in one run on loopback.
+# publish->committed rate, publish->commit latency, event->alert-on-MQTT latency and peak RSS,
+# all in one run on loopback.
 #
 # usage: tests/bench/run.sh [BUILD_DIR]        (default: ./build of the repository)
 #
 # Starts its own mosquitto and PostgreSQL (fsync on) in a temp dir, measures, prints the
-# figures, the ratios and PASS/MISS against the targets of issue 2, and stops everything.
+# figures, the ratios and PASS/MISS against the targets of issues 2 and 3, and stops everything.
 # Exit 0 whenever it could measure (a missed target is a figure, not a failure); non-zero only
 # when something broke. See tests/bench/README.md for what each figure means.
 #
@@ -13,10 +14,16 @@
 #   BENCH_EVENTS_1=400000    events (= messages) in each 1-event-message run
 #   BENCH_EVENTS_50=1500000  events in each 50-event-message run (and in the COPY runs)
 #   BENCH_LAT_S=15           duration of the latency run at half the maximum rate
+#   BENCH_ALERT_RATE=0.02    --too-deep-rate of the latency run: the share of needle settings
+#                            that violate the depth policy (each raises one alert, measured (f))
+#   BENCH_PGSS=1             load pg_stat_statements (track = all) and print the statements
+#                            that took the most time during the latency run (costs a little
+#                            throughput in every run, so off by default)
 #   BENCH_CLINICS=10 BENCH_DEVICES=20   the simulated fleet (clinics x handpieces each)
 #   BENCH_PERF=1             also sample the collector, its PostgreSQL backend and mosquitto
 #                            with `perf record` during each (c) run and print the top symbols
 #   BENCH_COLLECTOR_ENV="NEEDLETRACE_BATCH_MAX_DELAY_MS=10 ..."  extra collector settings
+#                            (NEEDLETRACE_LOG_LEVEL=debug logs one line per commit)
 #   NT_KEEP=1                keep the temp dir (logs, dumps, perf data)
 set -euo pipefail
 
@@ -31,6 +38,7 @@ BUILD=$(cd "$BUILD" 2>/dev/null && pwd) || {
 EVENTS_1=${BENCH_EVENTS_1:-400000}
 EVENTS_50=${BENCH_EVENTS_50:-1500000}
 LAT_S=${BENCH_LAT_S:-15}
+ALERT_RATE=${BENCH_ALERT_RATE:-0.02}
 CLINICS=${BENCH_CLINICS:-10}
 DEVICES=${BENCH_DEVICES:-20}
 
@@ -220,11 +228,22 @@ bench_start_pg() {
     # Room for the whole run's WAL (~2 GB) between the explicit CHECKPOINTs before each phase,
     # as an ingest server is tuned; with the 1 GB default a checkpoint lands inside a phase.
     nt_psql postgres "ALTER SYSTEM SET max_wal_size = '4GB'" >/dev/null
+    # Per-function call counts and times (pg_stat_user_functions): what evaluate_rules costs
+    # per batch in the latency run. Only PL/pgSQL functions are timed; negligible overhead.
+    nt_psql postgres "ALTER SYSTEM SET track_functions = 'pl'" >/dev/null
+    if [[ ${BENCH_PGSS:-0} == 1 ]]; then
+        nt_psql postgres "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" >/dev/null
+    fi
     nt_restart_pg fast
+    if [[ ${BENCH_PGSS:-0} == 1 ]]; then
+        # Known only once the module is loaded; a reload is enough.
+        nt_psql postgres "ALTER SYSTEM SET pg_stat_statements.track = 'all'" >/dev/null
+        nt_psql postgres "SELECT pg_reload_conf()" >/dev/null
+    fi
     nt_log "PostgreSQL settings: $(nt_psql postgres "SELECT string_agg(name || '=' ||
         current_setting(name), ' ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync',
         'synchronous_commit', 'full_page_writes', 'wal_sync_method', 'shared_buffers',
-        'max_wal_size', 'track_commit_timestamp')")"
+        'max_wal_size', 'track_commit_timestamp', 'track_functions', 'shared_preload_libraries')")"
 }
 
 # createdb + migrate DB
@@ -284,7 +303,8 @@ bench_drain() {
 
 # ---- (c) the collector -----------------------------------------------------------------------
 # bench_collect EVENTS EPM SEED PREFIX [RATE]: runs simulate against the running collector and
-# waits until all of its events are committed. Sets RUN_EVENTS RUN_MSGS RUN_S (simulate start to
+# waits until all of its events are committed. The words of the array SIM_EXTRA (if any) are
+# passed to simulate too (violation rates). Sets RUN_EVENTS RUN_MSGS RUN_S (simulate start to
 # the commit of the run's last event), RUN_PUB_S, RUN_SIM_RATE and RUN_CPU (per process).
 bench_collect() {
     local events=$1 epm=$2 seed=$3 prefix=$4 rate=${5:-0} sim=$NT_TMP/sim-$4.json
@@ -311,7 +331,7 @@ bench_collect() {
         rc=0
         "$NT_BIN" simulate --clinics "$CLINICS" --devices "$DEVICES" --events "$events" \
             --events-per-message "$epm" --rate "$rate" --seed "$seed" --clinic-prefix "$prefix" \
-            >"$sim" 2>>"$NT_TMP/simulate.log" || rc=$?
+            ${SIM_EXTRA[@]+"${SIM_EXTRA[@]}"} >"$sim" 2>>"$NT_TMP/simulate.log" || rc=$?
         times >"$sim.times"
         exit "$rc"
     ) &
@@ -359,6 +379,7 @@ bench_collect() {
 }
 
 # ---- run -------------------------------------------------------------------------------------
+BENCH_T0=$SECONDS
 IDLE0=$(machine_busy_s)
 sleep 1
 IDLE1=$(machine_busy_s)
@@ -411,12 +432,118 @@ bench_collect "$EVENTS_50" 50 202 bench50
 C50_EVENTS=$RUN_EVENTS C50_MSGS=$RUN_MSGS C50_S=$RUN_S C50_PUB_S=$RUN_PUB_S C50_CPU=$RUN_CPU
 C50_MSGS_S=$(f "$C50_MSGS / $C50_S") C50_EVENTS_S=$(f "$C50_EVENTS / $C50_S")
 
-# (d)
+# (d) + (f): one run at half the 1-event maximum; a small share of its needle settings is too
+# deep, and a subscriber on clinics/+/alerts/# stamps every alert the collector publishes.
 LAT_RATE=$(f "$C1_MSGS_S / 2")
 LAT_EVENTS=$((LAT_RATE * LAT_S))
-nt_log "(d) latency: $LAT_EVENTS 1-event messages at $LAT_RATE messages/s"
+if [[ ${BENCH_PGSS:-0} == 1 ]]; then
+    nt_sql "CREATE EXTENSION IF NOT EXISTS pg_stat_statements" >/dev/null
+    nt_sql "SELECT pg_stat_statements_reset()" >/dev/null
+fi
+ALERTS_OUT=$NT_TMP/alerts.jsonl
+"$TOOL" alerts --port "$NT_BROKER_PORT" --topic 'clinics/+/alerts/#' --timeout 900 \
+    >"$ALERTS_OUT" 2>"$NT_TMP/alerts.err" &
+ALERTS_PID=$!
+NT_BG_PIDS+=("$ALERTS_PID")
+nt_wait_for "alert subscriber ready" 30 grep -qx ready "$ALERTS_OUT"
+# evaluate_rules calls and time so far (pg_stat_user_functions, ms), to subtract afterwards.
+fn_stats() {
+    nt_sql "SELECT coalesce(sum(calls), 0) || '|' || coalesce(sum(total_time), 0) || '|' ||
+                   coalesce(sum(self_time), 0)
+              FROM pg_stat_user_functions
+             WHERE schemaname = 'needletrace' AND funcname = '$1'"
+}
+IFS='|' read -r ER_CALLS0 ER_TOTAL0 ER_SELF0 <<<"$(fn_stats evaluate_rules)"
+IFS='|' read -r SB_CALLS0 SB_TOTAL0 _ <<<"$(fn_stats settle_boots)"
+nt_log "(d)+(f) latency: $LAT_EVENTS 1-event messages at $LAT_RATE messages/s, --too-deep-rate $ALERT_RATE"
+SIM_EXTRA=(--too-deep-rate "$ALERT_RATE")
 bench_collect "$LAT_EVENTS" 1 203 benchlat "$LAT_RATE"
+SIM_EXTRA=()
 D_SIM_RATE=$RUN_SIM_RATE D_CPU=$RUN_CPU
+F_EXPECTED=$(jq -r '.expected.alerts' "$NT_TMP/sim-benchlat.json")
+# Every event is committed; the alerts leave right after each commit. Wait (at most 15 s) until
+# the subscriber has every alert the run raised, then stop it.
+F_RAISED=$(nt_sql "SELECT count(*) FROM needletrace.alerts WHERE clinic_id LIKE 'benchlat-%'")
+f_received() {
+    # Lines that are not (yet) whole JSON objects ("ready") are skipped.
+    jq -rR 'fromjson? | select(.alert.clinic_id? != null) | .alert.alert_id' "$ALERTS_OUT" |
+        sort -u | wc -l
+}
+deadline=$(f "$(now_s) + 15")
+while (($(f_received) < F_RAISED)) && cond "$(now_s) < $deadline"; do
+    sleep 0.2
+done
+kill -TERM "$ALERTS_PID" 2>/dev/null || true
+wait "$ALERTS_PID" || nt_fail "bench_tool alerts failed: $(cat "$NT_TMP/alerts.err")"
+IFS='|' read -r ER_CALLS1 ER_TOTAL1 ER_SELF1 <<<"$(fn_stats evaluate_rules)"
+IFS='|' read -r SB_CALLS1 SB_TOTAL1 _ <<<"$(fn_stats settle_boots)"
+ER_CALLS=$((ER_CALLS1 - ER_CALLS0))
+ER_MEAN=$(f "($ER_TOTAL1 - $ER_TOTAL0) / ($ER_CALLS > 0 ? $ER_CALLS : 1)" 2)
+ER_SELF_MEAN=$(f "($ER_SELF1 - $ER_SELF0) / ($ER_CALLS > 0 ? $ER_CALLS : 1)" 2)
+SB_MEAN=$(f "($SB_TOTAL1 - $SB_TOTAL0) / ($((SB_CALLS1 - SB_CALLS0)) > 0 ? $((SB_CALLS1 - SB_CALLS0)) : 1)" 2)
+# The lines go into PostgreSQL as they are and are parsed there: jq would round boot_id
+# (64 bits) to a double. CSV with a quote and a delimiter that never occur: one line, one field.
+grep '^{"recv_us":' "$ALERTS_OUT" >"$NT_TMP/alerts.lines" || true
+# Per alert (its first arrival): receive time minus the triggering event's device_time, and the
+# three legs: event -> start of its transaction (inserted_at = now()), transaction start ->
+# commit (pg_xact_commit_timestamp), commit -> arrival at the subscriber.
+F_ROW=$(psql -X -q -At -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$NT_PG_PORT" -U postgres \
+    -d needletrace -f - <<SQL
+CREATE TEMP TABLE rx_line (line text);
+\copy rx_line FROM '$NT_TMP/alerts.lines' WITH (FORMAT csv, QUOTE E'\\x01', DELIMITER E'\\x02')
+CREATE TEMP TABLE rx AS
+SELECT (j ->> 'recv_us')::bigint AS recv_us, (j -> 'alert' ->> 'alert_id')::bigint AS alert_id,
+       j -> 'alert' ->> 'rule' AS rule, j -> 'alert' ->> 'clinic_id' AS clinic_id,
+       j -> 'alert' ->> 'device_serial' AS device_serial,
+       (j -> 'alert' ->> 'boot_id')::bigint AS boot_id, (j -> 'alert' ->> 'seq')::bigint AS seq
+  FROM (SELECT line::jsonb AS j FROM rx_line) l;
+WITH first AS (
+    SELECT DISTINCT ON (alert_id) * FROM rx WHERE clinic_id LIKE 'benchlat-%'
+     ORDER BY alert_id, recv_us
+), j AS (
+    SELECT r.recv_us / 1000.0 - 1000 * extract(epoch FROM e.device_time) AS ms,
+           1000 * extract(epoch FROM e.inserted_at - e.device_time) AS wait_ms,
+           1000 * extract(epoch FROM pg_xact_commit_timestamp(e.xmin) - e.inserted_at) AS txn_ms,
+           r.recv_us / 1000.0 - 1000 * extract(epoch FROM pg_xact_commit_timestamp(e.xmin)) AS out_ms
+      FROM first r
+      JOIN needletrace.events e USING (clinic_id, device_serial, boot_id, seq)
+)
+SELECT (SELECT count(*) FROM rx WHERE clinic_id LIKE 'benchlat-%') || '|' ||
+       (SELECT count(*) FROM first) || '|' || count(*) || '|' ||
+       coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1)::text, '-') || '|' ||
+       coalesce(round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)::text, '-') || '|' ||
+       coalesce(round(max(ms)::numeric, 1)::text, '-') || '|' ||
+       coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY wait_ms)::numeric, 1)::text, '-') || '|' ||
+       coalesce(round(percentile_cont(0.99) WITHIN GROUP (ORDER BY wait_ms)::numeric, 1)::text, '-') || '|' ||
+       coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY txn_ms)::numeric, 1)::text, '-') || '|' ||
+       coalesce(round(percentile_cont(0.99) WITHIN GROUP (ORDER BY txn_ms)::numeric, 1)::text, '-') || '|' ||
+       coalesce(round(percentile_cont(0.5) WITHIN GROUP (ORDER BY out_ms)::numeric, 1)::text, '-') || '|' ||
+       coalesce(round(percentile_cont(0.99) WITHIN GROUP (ORDER BY out_ms)::numeric, 1)::text, '-')
+  FROM j;
+SQL
+) || nt_fail "could not join the received alerts with their events"
+IFS='|' read -r F_RX F_DISTINCT F_JOINED F_P50 F_P99 F_MAX F_W50 F_W99 F_T50 F_T99 F_O50 F_O99 \
+    <<<"$F_ROW"
+# The latency run's transactions: how many, how big, how long (start -> commit).
+F_TXN=$(nt_sql "SELECT count(*) || '|' || round(avg(n)::numeric, 1) || '|' ||
+                       round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || '|' ||
+                       round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) || '|' ||
+                       round(max(ms)::numeric, 1)
+                  FROM (SELECT count(*) AS n,
+                               1000 * extract(epoch FROM max(pg_xact_commit_timestamp(xmin))
+                                                         - min(inserted_at)) AS ms
+                          FROM needletrace.events WHERE clinic_id LIKE 'benchlat-%'
+                         GROUP BY tx) t")
+IFS='|' read -r F_NTXN F_EV_TXN F_TXN50 F_TXN99 F_TXNMAX <<<"$F_TXN"
+if [[ ${BENCH_PGSS:-0} == 1 ]]; then
+    nt_sql "SELECT lpad(calls::text, 7) || ' calls  mean ' || lpad(round(mean_exec_time::numeric, 2)::text, 8)
+                   || ' ms  max ' || lpad(round(max_exec_time::numeric, 1)::text, 7) || ' ms  total '
+                   || lpad(round(total_exec_time::numeric)::text, 6) || ' ms  '
+                   || left(regexp_replace(query, '\s+', ' ', 'g'), 90)
+              FROM pg_stat_statements
+             WHERE dbid = (SELECT oid FROM pg_database WHERE datname = 'needletrace')
+             ORDER BY total_exec_time DESC LIMIT 15" >"$NT_TMP/pgss.top" || true
+fi
 LAT=$(nt_sql "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1) || '|' ||
                      round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1) || '|' ||
                      round(percentile_cont(0.5) WITHIN GROUP (ORDER BY cms)::numeric, 1) || '|' ||
@@ -446,6 +573,14 @@ RATIO_CA=$(f "$C1_MSGS_S / $A1_MSGS_S" 2)
 RATIO_CB=$(f "$C50_EVENTS_S / $B_EVENTS_S" 2)
 RATIO_CB2=$(f "$C50_EVENTS_S / $(jq -r .events_per_s <<<"$B2")" 2)
 RSS_MIB=$(f "$RSS_KB / 1024" 1)
+# MISS as well when an alert the run raised never arrived (or could not be matched).
+alert_verdict() {
+    if [[ $F_P99 == - ]] || ((F_JOINED < F_RAISED)) || ((F_RAISED == 0)); then
+        printf 'MISS (%s of %s raised alerts measured)' "$F_JOINED" "$F_RAISED"
+    else
+        verdict "$F_P99 < 500"
+    fi
+}
 
 cat <<EOF
 
@@ -481,6 +616,15 @@ disk        write 4 KiB + fdatasync in the temp dir: p50 $(jq -r .p50_us <<<"$FS
     pg_xact_commit_timestamp(xmin), the real commit time (track_commit_timestamp = on).
     device_time is the wall clock in whole ms when simulate generated the event (just before publishing).
 
+(f) event->alert-on-MQTT latency, same run as (d) (--too-deep-rate $ALERT_RATE): a QoS 1 subscriber on clinics/+/alerts/#
+    alerts             $F_EXPECTED expected by simulate, $F_RAISED raised, $F_DISTINCT received ($F_RX deliveries), $F_JOINED joined with their event
+    event->alert       p50 $F_P50 ms, p99 $F_P99 ms, max $F_MAX ms   (alert receive time - triggering event's device_time)
+    legs p50 / p99     event->txn start $F_W50 / $F_W99 ms, txn start->commit $F_T50 / $F_T99 ms, commit->received $F_O50 / $F_O99 ms
+    transactions       $F_NTXN in the run, $F_EV_TXN events/txn, start->commit p50 $F_TXN50 ms, p99 $F_TXN99 ms, max $F_TXNMAX ms
+    evaluate_rules     $ER_CALLS calls, mean $ER_MEAN ms/call ($ER_SELF_MEAN ms outside the functions it calls; settle_boots mean $SB_MEAN ms)
+    The legs: inserted_at (now() = the start of the event's transaction), the commit timestamp,
+    the subscriber's wall clock on arrival. The alert is raised in the event's own transaction.
+
 (e) collector peak RSS (VmHWM at the end)  $RSS_MIB MiB   (VmRSS now $(f "$RSS_NOW_KB / 1024" 1) MiB)
 
 ratios and targets (issue 2, item 9)
@@ -489,8 +633,15 @@ ratios and targets (issue 2, item 9)
     c/b 50-event vs collector-shaped COPY $RATIO_CB2   (no target)
     50-event events/s committed           $C50_EVENTS_S   target >= 80000     $(verdict "$C50_EVENTS_S >= 80000")
     collector peak RSS                    $RSS_MIB MiB   target <= 64 MiB   $(verdict "$RSS_KB <= 65536")
+ratios and targets (issue 3, item 8)
+    event->alert-on-MQTT p99 at half load $F_P99 ms   target < 500 ms   $(alert_verdict)
 ===============================================================
 EOF
+printf 'whole benchmark: %s s\n' "$((SECONDS - BENCH_T0))"
+if [[ ${BENCH_PGSS:-0} == 1 ]]; then
+    printf '\npg_stat_statements during the latency run (d)+(f), by total time (track = all)\n'
+    sed 's/^/  /' "$NT_TMP/pgss.top" 2>/dev/null || true
+fi
 if [[ ${BENCH_PERF:-0} == 1 ]]; then
     for run in bench1 bench50 benchlat; do
         printf '\nperf: self time during the %s run (collector, its backend, mosquitto)\n' "$run"
