@@ -77,6 +77,9 @@ struct nt_pgsink_s {
     int gaps_due;
     int undelivered_wanted;
     int undelivered_in_txn;
+    size_t undelivered_first;  /* index in alerts[] where the undelivered rows start */
+    int undelivered_more;      /* the last fetch was a full page: fetch again at the next tick */
+    int64_t undelivered_at_us; /* monotonic time of the last fetch */
     int step_gaps_ran;
     int64_t *delivered; /* alert ids acknowledged by the broker, not yet recorded */
     size_t n_delivered, cap_delivered;
@@ -323,8 +326,12 @@ static void sink__checkpoint_result(nt_pgsink_t *s, PGresult *res)
 
 /* ---- alerts ------------------------------------------------------------------------------ */
 
-#define SINK_GAP_CHECK_US      (5 * 1000000)
-#define SINK_UNDELIVERED_LIMIT "1000"
+#define SINK_GAP_CHECK_US          (5 * 1000000)
+#define SINK_UNDELIVERED_LIMIT     1000
+#define SINK_UNDELIVERED_LIMIT_SQL "1000"
+/* Undelivered alerts are also fetched this often, for alerts a replica that stopped left
+ * behind and alerts the publisher had to defer. */
+#define SINK_UNDELIVERED_EVERY_US (30 * 1000000)
 
 static void sink__free_alerts(nt_pgsink_t *s)
 {
@@ -422,9 +429,10 @@ static void sink__next_extra(nt_pgsink_t *s, sink_step_t after)
     }
     if (after < STEP_UNDELIVERED && s->undelivered_wanted) {
         s->undelivered_in_txn = 1;
+        s->undelivered_first = s->n_alerts;
         sink__send_params(s, STEP_UNDELIVERED,
                           "SELECT alert_id, clinic_id, rule, payload "
-                          "FROM needletrace.undelivered_alerts($1, " SINK_UNDELIVERED_LIMIT ")",
+                          "FROM needletrace.undelivered_alerts($1, " SINK_UNDELIVERED_LIMIT_SQL ")",
                           NULL);
         return;
     }
@@ -470,6 +478,10 @@ static void sink__alerts_committed(nt_pgsink_t *s)
     if (s->undelivered_in_txn) {
         s->undelivered_wanted = 0;
         s->undelivered_in_txn = 0;
+        s->undelivered_at_us = nt_mono_us();
+        /* A full page: more are waiting; fetch the next page at the next tick, once the
+         * deliveries of this one are recorded. */
+        s->undelivered_more = s->n_alerts - s->undelivered_first >= SINK_UNDELIVERED_LIMIT;
     }
     if (s->n_alerts > 0 && s->on_alerts != NULL) {
         s->on_alerts(s, s->alerts, s->n_alerts, s->data);
@@ -505,8 +517,13 @@ static void sink__maybe_maintain(nt_pgsink_t *s)
 static void sink__on_tick(uv_timer_t *t)
 {
     nt_pgsink_t *s = t->data;
-    if (nt_mono_us() - s->gaps_checked_us >= SINK_GAP_CHECK_US) {
+    int64_t now = nt_mono_us();
+    if (now - s->gaps_checked_us >= SINK_GAP_CHECK_US) {
         s->gaps_due = 1;
+    }
+    if (s->undelivered_more || now - s->undelivered_at_us >= SINK_UNDELIVERED_EVERY_US) {
+        s->undelivered_more = 0;
+        s->undelivered_wanted = 1;
     }
     sink__maybe_maintain(s);
 }
@@ -938,6 +955,7 @@ err:
 int nt_pgsink_start(nt_pgsink_t *s)
 {
     s->gaps_checked_us = nt_mono_us() - SINK_GAP_CHECK_US;
+    s->undelivered_at_us = nt_mono_us();
     uv_timer_start(&s->tick_timer, sink__on_tick, 1000, 1000);
     sink__connect(s);
     return 0;

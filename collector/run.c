@@ -69,8 +69,13 @@ static void run__on_alerts(nt_pgsink_t *s, const nt_alert_t *alerts, size_t n, v
     }
     if (deferred > 0) {
         nt_log(NT_LOG_WARN, "run",
-               "%zu alerts wait for the broker connection; they are published once it is back",
+               "%zu alerts wait for the broker connection: they stay undelivered in the "
+               "database and are published as soon as they can be",
                deferred);
+        if (nt_mqttsrc_ready(r->src)) {
+            /* Connected but too many in flight: fetch them again at the next tick. */
+            nt_pgsink_request_undelivered(r->sink);
+        }
     }
 }
 

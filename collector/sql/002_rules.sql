@@ -34,6 +34,9 @@ ALTER TABLE needletrace.events ADD COLUMN tx bigint NOT NULL DEFAULT txid_curren
 -- block ranges), and BRIN gets worse as not-yet-summarised pages pile up between VACUUMs. tx only
 -- grows, so btree inserts always hit the rightmost leaf; the index stays small (dedup).
 CREATE INDEX events_tx_idx ON needletrace.events (tx);
+-- The batch's cartridge mounts (the per-mount rules), without reading the batch's other rows.
+-- Partial: only mounts (~6% of events) pay for it.
+CREATE INDEX events_tx_mounted_idx ON needletrace.events (tx) WHERE kind = 'cartridge_mounted';
 -- Cartridge mounts/unmounts per (boot, session): NEEDLING_WITHOUT_CARTRIDGE looks up the latest
 -- one before an activity sample. Partial, so only the (rare) mount/unmount rows pay for it.
 CREATE INDEX events_cartridge_change_idx
@@ -327,17 +330,45 @@ $$;
 -- the highest s such that every seq in 1..s is present or inside an alerted gap, and decides
 -- NEEDLING_WITHOUT_CARTRIDGE for the activity samples that became settled (plus, with p_tx,
 -- late samples of that transaction that fell into an alerted gap). Returns the new alert ids.
+--
+-- From evaluate_rules (p_tx), two shortcuts. p_b_min/p_b_max/p_b_n: the batch's first and last
+-- seq and row count per boot; a boot the batch alone moved forward -- already settled by
+-- evaluate_rules's upsert, to the batch's last seq, from just below its first seq, the batch's
+-- rows being all of that range: settled_seq = max_seq = p_b_max and p_b_n = p_b_max - p_b_min + 1
+-- (nothing else can leave a boot like that) -- is "fast" and is not re-read here. p_s_*:
+-- sessions with activity in the batch, each with its first and last activity sample of the
+-- batch; those of fast boots (or of boots not passed at all) are decided from these, since
+-- their samples are exactly the boot's activity rows in a_min..a_max of that session. Sessions
+-- whose samples all follow a mount of the batch, with no unmount of the batch in between, are
+-- left out by evaluate_rules: they cannot raise anything.
 CREATE FUNCTION needletrace.settle_boots(p_collector_id text, p_clinic text[], p_device text[],
-                                         p_boot bigint[], p_tx bigint)
+                                         p_boot bigint[], p_tx bigint,
+                                         p_b_min bigint[] DEFAULT NULL,
+                                         p_b_max bigint[] DEFAULT NULL,
+                                         p_b_n bigint[] DEFAULT NULL,
+                                         p_s_clinic text[] DEFAULT NULL,
+                                         p_s_device text[] DEFAULT NULL,
+                                         p_s_boot bigint[] DEFAULT NULL,
+                                         p_s_session text[] DEFAULT NULL,
+                                         p_s_amin bigint[] DEFAULT NULL,
+                                         p_s_amax bigint[] DEFAULT NULL)
     RETURNS bigint[]
     LANGUAGE plpgsql AS $$
 DECLARE
     v_ids bigint[];
 BEGIN
-    WITH k AS (
-        SELECT b.clinic_id, b.device_serial, b.boot_id, b.max_seq, b.n_events, b.settled_seq
-          FROM unnest(p_clinic, p_device, p_boot) AS u(clinic_id, device_serial, boot_id)
+    WITH kf AS MATERIALIZED (
+        SELECT b.clinic_id, b.device_serial, b.boot_id, b.max_seq, b.n_events, b.settled_seq,
+               coalesce(b.settled_seq = u.b_max AND b.max_seq = u.b_max
+                        AND u.b_n = u.b_max - u.b_min + 1, false) AS fast
+          FROM unnest(p_clinic, p_device, p_boot, p_b_min, p_b_max, p_b_n)
+               AS u(clinic_id, device_serial, boot_id, b_min, b_max, b_n)
           JOIN needletrace.boot_progress b USING (clinic_id, device_serial, boot_id)
+    ),
+    -- The boots to settle here.
+    k AS (
+        SELECT kf.clinic_id, kf.device_serial, kf.boot_id, kf.max_seq, kf.n_events, kf.settled_seq
+          FROM kf WHERE NOT kf.fast
     ),
     -- Boots with holes: present events and alerted gaps above settled_seq, as ranges.
     r AS (
@@ -394,12 +425,20 @@ BEGIN
            AND e.boot_id = g.boot_id AND e.seq BETWEEN g.gap_start AND least(g.gap_end, k.settled_seq)
          WHERE p_tx IS NOT NULL AND e.tx = p_tx AND e.kind = 'needle_activity'
     ),
-    -- Per (boot, session) of the samples to decide: first and last sample.
+    -- Per (boot, session) of the samples to decide: first and last sample; fast = the samples
+    -- are all the session's activity rows of the boot in a_min..a_max (p_s_*).
     agg AS MATERIALIZED (
         SELECT act.clinic_id, act.device_serial, act.boot_id, act.session_id,
-               min(act.seq) AS a_min, max(act.seq) AS a_max
+               min(act.seq) AS a_min, max(act.seq) AS a_max, false AS fast
           FROM act
          GROUP BY 1, 2, 3, 4
+        UNION ALL
+        SELECT f.clinic_id, f.device_serial, f.boot_id, f.session_id, f.a_min, f.a_max, true
+          FROM unnest(p_s_clinic, p_s_device, p_s_boot, p_s_session, p_s_amin, p_s_amax)
+               AS f(clinic_id, device_serial, boot_id, session_id, a_min, a_max)
+         WHERE NOT EXISTS (SELECT 1 FROM k
+                            WHERE k.clinic_id = f.clinic_id AND k.device_serial = f.device_serial
+                              AND k.boot_id = f.boot_id)
     ),
     agg2 AS (
         SELECT agg.* FROM agg
@@ -419,12 +458,13 @@ BEGIN
     ),
     cls AS (
         SELECT agg2.clinic_id, agg2.device_serial, agg2.boot_id, agg2.session_id, agg2.a_min,
+               agg2.a_max, agg2.fast,
                max(chg.code) FILTER (WHERE chg.seq < agg2.a_min) AS code_before,
                coalesce(bool_or(chg.seq > agg2.a_min), false) AS changes_within
           FROM agg2 LEFT JOIN chg
             ON chg.clinic_id = agg2.clinic_id AND chg.device_serial = agg2.device_serial
            AND chg.boot_id = agg2.boot_id AND chg.session_id = agg2.session_id
-         GROUP BY 1, 2, 3, 4, 5
+         GROUP BY 1, 2, 3, 4, 5, 6, 7
     ),
     -- Common case: no mount/unmount among the samples, so the first sample decides.
     bad_simple AS (
@@ -440,6 +480,15 @@ BEGIN
             ON cls.clinic_id = act.clinic_id AND cls.device_serial = act.device_serial
            AND cls.boot_id = act.boot_id AND cls.session_id IS NOT DISTINCT FROM act.session_id
          WHERE cls.changes_within
+        UNION ALL
+        -- (the same for the sessions from p_s_*: their samples are the activity rows in
+        -- a_min..a_max)
+        SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq, NULL::bigint
+          FROM cls JOIN needletrace.events e
+            ON e.clinic_id = cls.clinic_id AND e.device_serial = cls.device_serial
+           AND e.boot_id = cls.boot_id AND e.seq BETWEEN cls.a_min AND cls.a_max
+         WHERE cls.fast AND cls.changes_within AND e.kind = 'needle_activity'
+           AND e.session_id IS NOT DISTINCT FROM cls.session_id
         UNION ALL
         SELECT chg.clinic_id, chg.device_serial, chg.boot_id, chg.session_id, chg.seq, chg.code
           FROM chg JOIN cls
@@ -510,213 +559,336 @@ DECLARE
     v_min_model int;
     v_ids       bigint[] := '{}';
     v_new       bigint[];
-    v_clinic    text[];
+    v_n_boots   bigint;
+    v_all_fast  boolean;   -- the batch alone moved every one of its boots forward
+    v_clinic    text[];    -- the batch's boots, with its first and last seq and row count
     v_device    text[];
     v_boot      bigint[];
+    v_b_min     bigint[];
+    v_b_max     bigint[];
+    v_b_n       bigint[];
+    v_s_clinic  text[];    -- sessions with activity in the batch (see settle_boots)
+    v_s_device  text[];
+    v_s_boot    bigint[];
+    v_s_session text[];
+    v_s_amin    bigint[];
+    v_s_amax    bigint[];
+    v_mounts    boolean;   -- the batch has cartridge_mounted events
+    v_depth     boolean;   -- some setting/activity may be too deep
+    v_skewed    boolean;   -- some event may be ahead of its receive time by more than v_skew
 BEGIN
-    -- Per-boot progress, in key order (the first row locks every batch takes).
-    WITH b AS (
-        INSERT INTO needletrace.boot_progress AS p (clinic_id, device_serial, boot_id, max_seq, n_events)
-        SELECT e.clinic_id, e.device_serial, e.boot_id, max(e.seq), count(*)
+    SELECT min(d.max_depth_um) INTO v_min_model FROM needletrace.device_models d;
+
+    -- The one pass over the batch's rows (g: per boot, session and area, what every rule needs),
+    -- then per boot the progress upsert, in key order (the first row locks every batch takes).
+    -- When the batch alone moves a boot forward -- the boot was settled to its max_seq, all of
+    -- the batch's seqs lie above it (known when n_events = max_seq, i.e. every seq 1..max_seq is
+    -- present -- seqs are >= 1, the decoder refuses 0 -- else checked on the batch's first seq),
+    -- and the batch holds every seq from max_seq + 1 to its last (its row count says so) -- the
+    -- upsert settles the boot at once, to the batch's last seq (settle_boots would do exactly
+    -- that), and the rows that became settled are exactly the batch's rows, so g has all that
+    -- NEEDLING_WITHOUT_CARTRIDGE needs (settle_boots calls such a boot "fast"). Any other boot
+    -- keeps its settled_seq here and is settled by settle_boots as before.
+    WITH g AS MATERIALIZED (
+        SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id,
+               coalesce(e.area, 'unspecified') AS area,
+               count(*) AS n, min(e.seq) AS min_seq, max(e.seq) AS max_seq,
+               min(e.seq) FILTER (WHERE e.kind = 'needle_activity') AS a_min,
+               max(e.seq) FILTER (WHERE e.kind = 'needle_activity') AS a_max,
+               min(e.seq) FILTER (WHERE e.kind = 'cartridge_mounted') AS mount_min,
+               min(e.seq) FILTER (WHERE e.kind = 'cartridge_unmounted') AS unmount_min,
+               max(e.depth_um) AS max_depth, -- (only settings and activity have a depth)
+               -- CLOCK_SKEW's candidate test (below): some device_time > received_at + v_skew
+               max(e.device_time) AS max_device_time, min(e.received_at) AS min_received_at
           FROM needletrace.events e
          WHERE e.tx = v_tx
+         -- ... and a constant xid, a type that can be hashed but not sorted: so g is hashed.
+         -- (The planner expects one row for tx = v_tx -- statistics lag behind the newest tx --
+         -- and would sort the 5,000 rows on their text keys, which costs 2-3 times as much.)
+         GROUP BY 1, 2, 3, 4, 5, '0'::xid
+    ),
+    a AS MATERIALIZED (
+        SELECT g.clinic_id, g.device_serial, g.boot_id, sum(g.n)::bigint AS n,
+               min(g.min_seq) AS min_seq, max(g.max_seq) AS max_seq
+          FROM g
          GROUP BY 1, 2, 3
+    ),
+    b AS (
+        INSERT INTO needletrace.boot_progress AS p
+               (clinic_id, device_serial, boot_id, max_seq, n_events, settled_seq)
+        SELECT a.clinic_id, a.device_serial, a.boot_id, a.max_seq, a.n,
+               CASE WHEN a.min_seq = 1 AND a.n = a.max_seq THEN a.max_seq ELSE 0 END
+          FROM a
          ORDER BY 1, 2, 3
         ON CONFLICT (clinic_id, device_serial, boot_id) DO UPDATE
            SET max_seq = greatest(p.max_seq, EXCLUDED.max_seq),
                n_events = p.n_events + EXCLUDED.n_events,
+               settled_seq =
+                   CASE WHEN p.settled_seq = p.max_seq
+                         AND EXCLUDED.n_events = EXCLUDED.max_seq - p.max_seq
+                        THEN CASE WHEN p.n_events = p.max_seq
+                                    OR (SELECT a.min_seq FROM a
+                                         WHERE a.clinic_id = EXCLUDED.clinic_id
+                                           AND a.device_serial = EXCLUDED.device_serial
+                                           AND a.boot_id = EXCLUDED.boot_id) = p.max_seq + 1
+                                  THEN EXCLUDED.max_seq ELSE p.settled_seq END
+                        ELSE p.settled_seq END,
                updated_at = now()
-        RETURNING p.clinic_id, p.device_serial, p.boot_id
+        RETURNING p.max_seq, p.settled_seq
+    ),
+    -- Sessions with activity, except those whose samples all follow a mount of the batch with no
+    -- unmount of the batch before the last sample (of a fast boot, they cannot raise anything).
+    ses AS (
+        SELECT g.clinic_id, g.device_serial, g.boot_id, g.session_id,
+               min(g.a_min) AS a_min, max(g.a_max) AS a_max
+          FROM g
+         GROUP BY 1, 2, 3, 4
+        HAVING min(g.a_min) IS NOT NULL
+           AND NOT coalesce(g.session_id IS NOT NULL
+                            AND min(g.mount_min) < min(g.a_min)
+                            AND (min(g.unmount_min) IS NULL OR min(g.unmount_min) > max(g.a_max)),
+                            false)
     )
-    SELECT array_agg(b.clinic_id), array_agg(b.device_serial), array_agg(b.boot_id)
-      INTO v_clinic, v_device, v_boot
-      FROM b;
-    IF v_clinic IS NULL THEN
+    -- Every boot is fast iff each was settled to its max_seq, each max_seq is the batch's last
+    -- seq for the boot (max_seq >= it always, hence the sums) and each batch is contiguous.
+    SELECT ab.n_boots, ab.c, ab.d, ab.b, ab.mn, ab.mx, ab.n,
+           coalesce(bb.all_settled AND bb.sum_max = ab.sum_max AND ab.contiguous, false),
+           s.c, s.d, s.b, s.s, s.amin, s.amax,
+           dp.any, sk.mounts, sk.skewed
+      INTO v_n_boots, v_clinic, v_device, v_boot, v_b_min, v_b_max, v_b_n, v_all_fast,
+           v_s_clinic, v_s_device, v_s_boot, v_s_session, v_s_amin, v_s_amax,
+           v_depth, v_mounts, v_skewed
+      FROM (SELECT count(*) AS n_boots, array_agg(a.clinic_id) AS c,
+                   array_agg(a.device_serial) AS d, array_agg(a.boot_id) AS b,
+                   array_agg(a.min_seq) AS mn, array_agg(a.max_seq) AS mx, array_agg(a.n) AS n,
+                   sum(a.max_seq) AS sum_max,
+                   bool_and(a.n = a.max_seq - a.min_seq + 1) AS contiguous
+              FROM a) ab,
+           (SELECT bool_and(b.settled_seq = b.max_seq) AS all_settled, sum(b.max_seq) AS sum_max
+              FROM b) bb,
+           (SELECT array_agg(ses.clinic_id) AS c, array_agg(ses.device_serial) AS d,
+                   array_agg(ses.boot_id) AS b, array_agg(ses.session_id) AS s,
+                   array_agg(ses.a_min) AS amin, array_agg(ses.a_max) AS amax
+              FROM ses) s,
+           -- DEPTH_OUT_OF_RANGE's candidate test (below), on each group's deepest sample
+           (SELECT EXISTS (
+                SELECT 1
+                  FROM g
+                  LEFT JOIN needletrace.depth_policy_clinic c
+                    ON c.clinic_id = g.clinic_id AND c.area = g.area
+                  LEFT JOIN needletrace.depth_policy d ON d.area = g.area
+                 WHERE g.max_depth > coalesce(c.max_depth_um, d.max_depth_um, 2500)
+                    OR g.max_depth > v_min_model) AS any) dp,
+           (SELECT coalesce(bool_or(g.mount_min IS NOT NULL), false) AS mounts,
+                   coalesce(bool_or(g.max_device_time > g.min_received_at + v_skew), false)
+                       AS skewed
+              FROM g) sk;
+    IF v_n_boots = 0 THEN
         RETURN; -- this transaction inserted no events
     END IF;
 
-    -- CARTRIDGE_REUSED, step 1: record the batch's earliest mount of each cartridge as its first
-    -- use unless one is recorded already (a concurrent insert of the same key waits for the
-    -- other transaction; ON CONFLICT then keeps the committed row). Key order: no deadlocks.
-    INSERT INTO needletrace.cartridge_first_use AS f
-           (gtin, cartridge_serial, clinic_id, device_serial, session_id, boot_id, seq, device_time)
-    SELECT m.gtin, m.cartridge_serial, m.clinic_id, m.device_serial, m.session_id, m.boot_id,
-           m.seq, m.device_time
-      FROM (SELECT DISTINCT ON (e.gtin, e.cartridge_serial) e.*
-              FROM needletrace.events e
-             WHERE e.tx = v_tx AND e.kind = 'cartridge_mounted'
-               AND e.gtin IS NOT NULL AND e.cartridge_serial IS NOT NULL
-             ORDER BY e.gtin, e.cartridge_serial, e.device_time, e.clinic_id, e.device_serial,
-                      e.boot_id, e.seq) m
-     ORDER BY m.gtin, m.cartridge_serial
-    ON CONFLICT DO NOTHING;
+    IF v_mounts THEN
+        -- CARTRIDGE_REUSED, step 1: record the batch's earliest mount of each cartridge as its first
+        -- use unless one is recorded already (a concurrent insert of the same key waits for the
+        -- other transaction; ON CONFLICT then keeps the committed row). Key order: no deadlocks.
+        INSERT INTO needletrace.cartridge_first_use AS f
+               (gtin, cartridge_serial, clinic_id, device_serial, session_id, boot_id, seq, device_time)
+        SELECT m.gtin, m.cartridge_serial, m.clinic_id, m.device_serial, m.session_id, m.boot_id,
+               m.seq, m.device_time
+          FROM (SELECT DISTINCT ON (e.gtin, e.cartridge_serial) e.*
+                  FROM needletrace.events e
+                 WHERE e.tx = v_tx AND e.kind = 'cartridge_mounted'
+                   AND e.gtin IS NOT NULL AND e.cartridge_serial IS NOT NULL
+                 ORDER BY e.gtin, e.cartridge_serial, e.device_time, e.clinic_id, e.device_serial,
+                          e.boot_id, e.seq) m
+         ORDER BY m.gtin, m.cartridge_serial
+        ON CONFLICT DO NOTHING;
 
-    -- Step 2 (a new statement: under READ COMMITTED it sees a first use that another replica
-    -- committed meanwhile), and the per-mount rules.
-    WITH m AS (
-        SELECT e.*, f.clinic_id AS f_clinic, f.device_serial AS f_device,
-               f.session_id AS f_session, f.device_time AS f_time,
-               (r.gtin IS NOT NULL) AS recalled, r.reason AS recall_reason,
-               r.recalled_at
-          FROM needletrace.events e
-          LEFT JOIN needletrace.cartridge_first_use f
-            ON f.gtin = e.gtin AND f.cartridge_serial = e.cartridge_serial
-          LEFT JOIN needletrace.recalled_lots r ON r.gtin = e.gtin AND r.lot = e.lot
-         WHERE e.tx = v_tx AND e.kind = 'cartridge_mounted'
-    ),
-    cand AS (
-        SELECT 'CARTRIDGE_REUSED' AS rule, m.*,
-               jsonb_build_object('first_use', jsonb_build_object(
-                   'clinic_id', m.f_clinic, 'device_serial', m.f_device,
-                   'session_id', m.f_session, 'device_time', needletrace.rfc3339(m.f_time)))
-                   AS extra
-          FROM m
-         WHERE m.f_clinic IS NOT NULL
-           AND (m.f_clinic, m.f_device, m.f_session)
-               IS DISTINCT FROM (m.clinic_id, m.device_serial, m.session_id)
-        UNION ALL
-        SELECT 'CARTRIDGE_EXPIRED', m.*,
-               jsonb_build_object('mounted_on', to_char(m.device_time AT TIME ZONE 'UTC', 'YYYY-MM-DD'))
-          FROM m
-         WHERE m.expiry < (m.device_time AT TIME ZONE 'UTC')::date
-        UNION ALL
-        SELECT 'STERILE_BARRIER_BROKEN', m.*, '{}'::jsonb
-          FROM m
-         WHERE m.sterile_barrier_intact = false
-        UNION ALL
-        SELECT 'CARTRIDGE_RECALLED', m.*,
-               jsonb_build_object('recall_reason', m.recall_reason,
-                                  'recalled_at', needletrace.rfc3339(m.recalled_at))
-          FROM m
-         WHERE m.recalled
-    ),
-    ins AS (
-        INSERT INTO needletrace.alerts (rule, severity, clinic_id, device_serial, session_id,
-                                        boot_id, seq, details, collector_id)
-        SELECT c.rule, 'critical', c.clinic_id, c.device_serial, c.session_id, c.boot_id, c.seq,
-               jsonb_build_object('gtin', c.gtin, 'lot', c.lot, 'cartridge_serial', c.cartridge_serial,
-                                  'expiry', to_char(c.expiry, 'YYYY-MM-DD'),
-                                  'sterile_barrier_intact', c.sterile_barrier_intact,
-                                  'device_time', needletrace.rfc3339(c.device_time)) || c.extra,
-               p_collector_id
-          FROM cand c
-         ORDER BY c.rule, c.clinic_id, c.device_serial, c.boot_id, c.seq
-        ON CONFLICT DO NOTHING
-        RETURNING alerts.alert_id
-    )
-    SELECT coalesce(array_agg(ins.alert_id), '{}') INTO v_new FROM ins;
-    v_ids := v_ids || v_new;
+        -- Step 2 (a new statement: under READ COMMITTED it sees a first use that another replica
+        -- committed meanwhile), and the per-mount rules.
+        WITH m AS (
+            SELECT e.*, f.clinic_id AS f_clinic, f.device_serial AS f_device,
+                   f.session_id AS f_session, f.device_time AS f_time,
+                   (r.gtin IS NOT NULL) AS recalled, r.reason AS recall_reason,
+                   r.recalled_at
+              FROM needletrace.events e
+              LEFT JOIN needletrace.cartridge_first_use f
+                ON f.gtin = e.gtin AND f.cartridge_serial = e.cartridge_serial
+              LEFT JOIN needletrace.recalled_lots r ON r.gtin = e.gtin AND r.lot = e.lot
+             WHERE e.tx = v_tx AND e.kind = 'cartridge_mounted'
+        ),
+        cand AS (
+            SELECT 'CARTRIDGE_REUSED' AS rule, m.*,
+                   jsonb_build_object('first_use', jsonb_build_object(
+                       'clinic_id', m.f_clinic, 'device_serial', m.f_device,
+                       'session_id', m.f_session, 'device_time', needletrace.rfc3339(m.f_time)))
+                       AS extra
+              FROM m
+             WHERE m.f_clinic IS NOT NULL
+               AND (m.f_clinic, m.f_device, m.f_session)
+                   IS DISTINCT FROM (m.clinic_id, m.device_serial, m.session_id)
+            UNION ALL
+            SELECT 'CARTRIDGE_EXPIRED', m.*,
+                   jsonb_build_object('mounted_on', to_char(m.device_time AT TIME ZONE 'UTC', 'YYYY-MM-DD'))
+              FROM m
+             WHERE m.expiry < (m.device_time AT TIME ZONE 'UTC')::date
+            UNION ALL
+            SELECT 'STERILE_BARRIER_BROKEN', m.*, '{}'::jsonb
+              FROM m
+             WHERE m.sterile_barrier_intact = false
+            UNION ALL
+            SELECT 'CARTRIDGE_RECALLED', m.*,
+                   jsonb_build_object('recall_reason', m.recall_reason,
+                                      'recalled_at', needletrace.rfc3339(m.recalled_at))
+              FROM m
+             WHERE m.recalled
+        ),
+        ins AS (
+            INSERT INTO needletrace.alerts (rule, severity, clinic_id, device_serial, session_id,
+                                            boot_id, seq, details, collector_id)
+            SELECT c.rule, 'critical', c.clinic_id, c.device_serial, c.session_id, c.boot_id, c.seq,
+                   jsonb_build_object('gtin', c.gtin, 'lot', c.lot, 'cartridge_serial', c.cartridge_serial,
+                                      'expiry', to_char(c.expiry, 'YYYY-MM-DD'),
+                                      'sterile_barrier_intact', c.sterile_barrier_intact,
+                                      'device_time', needletrace.rfc3339(c.device_time)) || c.extra,
+                   p_collector_id
+              FROM cand c
+             ORDER BY c.rule, c.clinic_id, c.device_serial, c.boot_id, c.seq
+            ON CONFLICT DO NOTHING
+            RETURNING alerts.alert_id
+        )
+        SELECT coalesce(array_agg(ins.alert_id), '{}') INTO v_new FROM ins;
+        v_ids := v_ids || v_new;
+    END IF;
 
     -- DEPTH_OUT_OF_RANGE. Limit = least(area limit (clinic override, else default), model max).
-    SELECT min(d.max_depth_um) INTO v_min_model FROM needletrace.device_models d;
-    WITH cand AS MATERIALIZED (
-        SELECT e.clinic_id, e.device_serial, e.session_id, e.boot_id, e.seq, e.kind,
-               e.device_time, e.payload_sha256, e.depth_um,
-               coalesce(e.area, 'unspecified') AS area,
-               coalesce(c.max_depth_um, d.max_depth_um, 2500) AS area_limit,
-               CASE WHEN c.max_depth_um IS NOT NULL THEN 'clinic' ELSE 'default' END AS area_source
-          FROM needletrace.events e
-          LEFT JOIN needletrace.depth_policy_clinic c
-            ON c.clinic_id = e.clinic_id AND c.area = coalesce(e.area, 'unspecified')
-          LEFT JOIN needletrace.depth_policy d ON d.area = coalesce(e.area, 'unspecified')
-         WHERE e.tx = v_tx AND e.kind IN ('needle_setting', 'needle_activity')
-           AND (e.depth_um > coalesce(c.max_depth_um, d.max_depth_um, 2500)
-                OR e.depth_um > v_min_model)
-    ),
-    lim AS (
-        SELECT cand.*, r.device_model, dm.max_depth_um AS model_limit
-          FROM cand
-          LEFT JOIN needletrace.raw_messages r
-            ON r.clinic_id = cand.clinic_id AND r.device_serial = cand.device_serial
-           AND r.payload_sha256 = cand.payload_sha256
-          LEFT JOIN needletrace.device_models dm ON dm.device_model = r.device_model
-    ),
-    viol AS (
-        SELECT lim.*,
-               CASE WHEN lim.model_limit < lim.area_limit THEN lim.model_limit ELSE lim.area_limit END
-                   AS limit_um,
-               CASE WHEN lim.model_limit < lim.area_limit THEN 'model' ELSE lim.area_source END
-                   AS limit_source
-          FROM lim
-    ),
-    first AS (
-        SELECT DISTINCT ON (v.clinic_id, v.device_serial, coalesce(v.session_id, ''), v.area, v.depth_um) v.*
-          FROM viol v
-         WHERE v.depth_um > v.limit_um
-         ORDER BY v.clinic_id, v.device_serial, coalesce(v.session_id, ''), v.area, v.depth_um,
-                  v.device_time, v.seq, v.boot_id
-    ),
-    st AS (
-        INSERT INTO needletrace.depth_violations_seen
-               (clinic_id, device_serial, session_id, area, depth_um, boot_id, seq)
-        SELECT f.clinic_id, f.device_serial, coalesce(f.session_id, ''), f.area, f.depth_um,
-               f.boot_id, f.seq
-          FROM first f ORDER BY 1, 2, 3, 4, 5
-        ON CONFLICT DO NOTHING
-        RETURNING depth_violations_seen.clinic_id, depth_violations_seen.device_serial,
-                  depth_violations_seen.boot_id, depth_violations_seen.seq
-    ),
-    ins AS (
-        INSERT INTO needletrace.alerts (rule, severity, clinic_id, device_serial, session_id,
-                                        boot_id, seq, details, collector_id)
-        SELECT 'DEPTH_OUT_OF_RANGE',
-               CASE WHEN f.depth_um > f.limit_um + 250 OR f.depth_um > 2500
-                    THEN 'critical' ELSE 'warning' END,
-               f.clinic_id, f.device_serial, f.session_id, f.boot_id, f.seq,
-               jsonb_build_object('kind', f.kind, 'area', f.area, 'depth_um', f.depth_um,
-                                  'limit_um', f.limit_um, 'limit_source', f.limit_source,
-                                  'area_limit_um', f.area_limit, 'area_limit_source', f.area_source,
-                                  'model_limit_um', f.model_limit, 'device_model', f.device_model,
-                                  'device_time', needletrace.rfc3339(f.device_time)),
-               p_collector_id
-          FROM first f
-          JOIN st ON st.clinic_id = f.clinic_id AND st.device_serial = f.device_serial
-                 AND st.boot_id = f.boot_id AND st.seq = f.seq
-         ORDER BY f.clinic_id, f.device_serial, f.boot_id, f.seq
-        ON CONFLICT DO NOTHING
-        RETURNING alerts.alert_id
-    )
-    SELECT coalesce(array_agg(ins.alert_id), '{}') INTO v_new FROM ins;
-    v_ids := v_ids || v_new;
+    -- Only when the first pass saw a candidate (a clean batch has none).
+    IF v_depth THEN
+        SELECT min(d.max_depth_um) INTO v_min_model FROM needletrace.device_models d;
+        WITH cand AS MATERIALIZED (
+            SELECT e.clinic_id, e.device_serial, e.session_id, e.boot_id, e.seq, e.kind,
+                   e.device_time, e.payload_sha256, e.depth_um,
+                   coalesce(e.area, 'unspecified') AS area,
+                   coalesce(c.max_depth_um, d.max_depth_um, 2500) AS area_limit,
+                   CASE WHEN c.max_depth_um IS NOT NULL THEN 'clinic' ELSE 'default' END AS area_source
+              FROM needletrace.events e
+              LEFT JOIN needletrace.depth_policy_clinic c
+                ON c.clinic_id = e.clinic_id AND c.area = coalesce(e.area, 'unspecified')
+              LEFT JOIN needletrace.depth_policy d ON d.area = coalesce(e.area, 'unspecified')
+             WHERE e.tx = v_tx AND e.kind IN ('needle_setting', 'needle_activity')
+               AND (e.depth_um > coalesce(c.max_depth_um, d.max_depth_um, 2500)
+                    OR e.depth_um > v_min_model)
+        ),
+        lim AS (
+            SELECT cand.*, r.device_model, dm.max_depth_um AS model_limit
+              FROM cand
+              LEFT JOIN needletrace.raw_messages r
+                ON r.clinic_id = cand.clinic_id AND r.device_serial = cand.device_serial
+               AND r.payload_sha256 = cand.payload_sha256
+              LEFT JOIN needletrace.device_models dm ON dm.device_model = r.device_model
+        ),
+        viol AS (
+            SELECT lim.*,
+                   CASE WHEN lim.model_limit < lim.area_limit THEN lim.model_limit ELSE lim.area_limit END
+                       AS limit_um,
+                   CASE WHEN lim.model_limit < lim.area_limit THEN 'model' ELSE lim.area_source END
+                       AS limit_source
+              FROM lim
+        ),
+        first AS (
+            SELECT DISTINCT ON (v.clinic_id, v.device_serial, coalesce(v.session_id, ''), v.area, v.depth_um) v.*
+              FROM viol v
+             WHERE v.depth_um > v.limit_um
+             ORDER BY v.clinic_id, v.device_serial, coalesce(v.session_id, ''), v.area, v.depth_um,
+                      v.device_time, v.seq, v.boot_id
+        ),
+        st AS (
+            INSERT INTO needletrace.depth_violations_seen
+                   (clinic_id, device_serial, session_id, area, depth_um, boot_id, seq)
+            SELECT f.clinic_id, f.device_serial, coalesce(f.session_id, ''), f.area, f.depth_um,
+                   f.boot_id, f.seq
+              FROM first f ORDER BY 1, 2, 3, 4, 5
+            ON CONFLICT DO NOTHING
+            RETURNING depth_violations_seen.clinic_id, depth_violations_seen.device_serial,
+                      depth_violations_seen.boot_id, depth_violations_seen.seq
+        ),
+        ins AS (
+            INSERT INTO needletrace.alerts (rule, severity, clinic_id, device_serial, session_id,
+                                            boot_id, seq, details, collector_id)
+            SELECT 'DEPTH_OUT_OF_RANGE',
+                   CASE WHEN f.depth_um > f.limit_um + 250 OR f.depth_um > 2500
+                        THEN 'critical' ELSE 'warning' END,
+                   f.clinic_id, f.device_serial, f.session_id, f.boot_id, f.seq,
+                   jsonb_build_object('kind', f.kind, 'area', f.area, 'depth_um', f.depth_um,
+                                      'limit_um', f.limit_um, 'limit_source', f.limit_source,
+                                      'area_limit_um', f.area_limit, 'area_limit_source', f.area_source,
+                                      'model_limit_um', f.model_limit, 'device_model', f.device_model,
+                                      'device_time', needletrace.rfc3339(f.device_time)),
+                   p_collector_id
+              FROM first f
+              JOIN st ON st.clinic_id = f.clinic_id AND st.device_serial = f.device_serial
+                     AND st.boot_id = f.boot_id AND st.seq = f.seq
+             ORDER BY f.clinic_id, f.device_serial, f.boot_id, f.seq
+            ON CONFLICT DO NOTHING
+            RETURNING alerts.alert_id
+        )
+        SELECT coalesce(array_agg(ins.alert_id), '{}') INTO v_new FROM ins;
+        v_ids := v_ids || v_new;
+    END IF;
 
     -- CLOCK_SKEW: once per (clinic, device, boot), on the first (lowest seq) such event.
-    WITH first AS (
-        SELECT DISTINCT ON (e.clinic_id, e.device_serial, e.boot_id)
-               e.clinic_id, e.device_serial, e.boot_id, e.seq, e.session_id, e.device_time,
-               e.received_at
-          FROM needletrace.events e
-         WHERE e.tx = v_tx AND e.device_time > e.received_at + v_skew
-         ORDER BY e.clinic_id, e.device_serial, e.boot_id, e.seq
-    ),
-    st AS (
-        INSERT INTO needletrace.clock_skew_alerted (clinic_id, device_serial, boot_id, seq)
-        SELECT f.clinic_id, f.device_serial, f.boot_id, f.seq FROM first f ORDER BY 1, 2, 3
-        ON CONFLICT DO NOTHING
-        RETURNING clock_skew_alerted.clinic_id, clock_skew_alerted.device_serial,
-                  clock_skew_alerted.boot_id
-    ),
-    ins AS (
-        INSERT INTO needletrace.alerts (rule, severity, clinic_id, device_serial, session_id,
-                                        boot_id, seq, details, collector_id)
-        SELECT 'CLOCK_SKEW', 'warning', f.clinic_id, f.device_serial, f.session_id, f.boot_id, f.seq,
-               jsonb_build_object('device_time', needletrace.rfc3339(f.device_time),
-                                  'received_at', needletrace.rfc3339(f.received_at),
-                                  'ahead_ms', floor(extract(epoch FROM f.device_time - f.received_at)
-                                                    * 1000)::bigint,
-                                  'bound', v_skew::text,
-                                  'bound_ms', floor(extract(epoch FROM v_skew) * 1000)::bigint),
-               p_collector_id
-          FROM first f
-          JOIN st USING (clinic_id, device_serial, boot_id)
-         ORDER BY f.clinic_id, f.device_serial, f.boot_id
-        ON CONFLICT DO NOTHING
-        RETURNING alerts.alert_id
-    )
-    SELECT coalesce(array_agg(ins.alert_id), '{}') INTO v_new FROM ins;
-    v_ids := v_ids || v_new;
+    IF v_skewed THEN
+        WITH first AS (
+            SELECT DISTINCT ON (e.clinic_id, e.device_serial, e.boot_id)
+                   e.clinic_id, e.device_serial, e.boot_id, e.seq, e.session_id, e.device_time,
+                   e.received_at
+              FROM needletrace.events e
+             WHERE e.tx = v_tx AND e.device_time > e.received_at + v_skew
+             ORDER BY e.clinic_id, e.device_serial, e.boot_id, e.seq
+        ),
+        st AS (
+            INSERT INTO needletrace.clock_skew_alerted (clinic_id, device_serial, boot_id, seq)
+            SELECT f.clinic_id, f.device_serial, f.boot_id, f.seq FROM first f ORDER BY 1, 2, 3
+            ON CONFLICT DO NOTHING
+            RETURNING clock_skew_alerted.clinic_id, clock_skew_alerted.device_serial,
+                      clock_skew_alerted.boot_id
+        ),
+        ins AS (
+            INSERT INTO needletrace.alerts (rule, severity, clinic_id, device_serial, session_id,
+                                            boot_id, seq, details, collector_id)
+            SELECT 'CLOCK_SKEW', 'warning', f.clinic_id, f.device_serial, f.session_id, f.boot_id, f.seq,
+                   jsonb_build_object('device_time', needletrace.rfc3339(f.device_time),
+                                      'received_at', needletrace.rfc3339(f.received_at),
+                                      'ahead_ms', floor(extract(epoch FROM f.device_time - f.received_at)
+                                                        * 1000)::bigint,
+                                      'bound', v_skew::text,
+                                      'bound_ms', floor(extract(epoch FROM v_skew) * 1000)::bigint),
+                   p_collector_id
+              FROM first f
+              JOIN st USING (clinic_id, device_serial, boot_id)
+             ORDER BY f.clinic_id, f.device_serial, f.boot_id
+            ON CONFLICT DO NOTHING
+            RETURNING alerts.alert_id
+        )
+        SELECT coalesce(array_agg(ins.alert_id), '{}') INTO v_new FROM ins;
+        v_ids := v_ids || v_new;
+    END IF;
 
-    -- NEEDLING_WITHOUT_CARTRIDGE, decided as the batch settles its boots.
-    v_ids := v_ids || needletrace.settle_boots(p_collector_id, v_clinic, v_device, v_boot, v_tx);
+    -- NEEDLING_WITHOUT_CARTRIDGE, decided as the batch settles its boots. When the batch alone
+    -- moved every boot forward, only its sessions that need a look are left to decide.
+    IF v_all_fast THEN
+        IF v_s_clinic IS NOT NULL THEN
+            v_ids := v_ids || needletrace.settle_boots(p_collector_id, NULL, NULL, NULL, v_tx,
+                                                       NULL, NULL, NULL,
+                                                       v_s_clinic, v_s_device, v_s_boot,
+                                                       v_s_session, v_s_amin, v_s_amax);
+        END IF;
+    ELSE
+        v_ids := v_ids || needletrace.settle_boots(p_collector_id, v_clinic, v_device, v_boot, v_tx,
+                                                   v_b_min, v_b_max, v_b_n,
+                                                   v_s_clinic, v_s_device, v_s_boot,
+                                                   v_s_session, v_s_amin, v_s_amax);
+    END IF;
 
     RETURN QUERY SELECT * FROM needletrace.publish_alerts(v_ids);
 END
@@ -879,13 +1051,15 @@ $$;
 REVOKE EXECUTE ON FUNCTION
     needletrace.evaluate_rules(text), needletrace.check_sequence_gaps(text),
     needletrace.mark_alerts_delivered(text, bigint[]), needletrace.undelivered_alerts(text, int),
-    needletrace.settle_boots(text, text[], text[], bigint[], bigint),
+    needletrace.settle_boots(text, text[], text[], bigint[], bigint, bigint[], bigint[], bigint[],
+                             text[], text[], bigint[], text[], bigint[], bigint[]),
     needletrace.publish_alerts(bigint[])
     FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION
     needletrace.evaluate_rules(text), needletrace.check_sequence_gaps(text),
     needletrace.mark_alerts_delivered(text, bigint[]), needletrace.undelivered_alerts(text, int),
-    needletrace.settle_boots(text, text[], text[], bigint[], bigint),
+    needletrace.settle_boots(text, text[], text[], bigint[], bigint, bigint[], bigint[], bigint[],
+                             text[], text[], bigint[], text[], bigint[], bigint[]),
     needletrace.publish_alerts(bigint[])
     TO needletrace_collector;
 
