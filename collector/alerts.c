@@ -853,15 +853,7 @@ int nt_cmd_alerts(int argc, char **argv, char *const *envp)
         fprintf(stderr, "needletrace: %s\n", err); /* nt_config_load freed cfg */
         return 2;
     }
-    nt_log_level_t level = NT_LOG_INFO;
-    nt_log_format_t format = NT_LOG_JSON;
-    if (cfg.log_level != NULL) {
-        nt_log_level_parse(cfg.log_level, &level);
-    }
-    if (cfg.log_format != NULL) {
-        nt_log_format_parse(cfg.log_format, &format);
-    }
-    nt_log_setup(level, format);
+    nt_config_setup_log(&cfg);
 
     /* argv[0] is "alerts"; a "--" before the subcommand is skipped */
     int first = 1;

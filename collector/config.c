@@ -1028,6 +1028,19 @@ static int config__scan_argv(nt_config_t *cfg, int *argc, char **argv, const cha
     return 0;
 }
 
+void nt_config_setup_log(const nt_config_t *cfg)
+{
+    nt_log_level_t level = NT_LOG_INFO;
+    nt_log_format_t format = NT_LOG_JSON;
+    if (cfg->log_level != NULL) {
+        nt_log_level_parse(cfg->log_level, &level);
+    }
+    if (cfg->log_format != NULL) {
+        nt_log_format_parse(cfg->log_format, &format);
+    }
+    nt_log_setup(level, format);
+}
+
 /* See config.h. Flags are --<section>-<key> VALUE or --<section>-<key>=VALUE, and --config
  * FILE (which wins over NEEDLETRACE_CONFIG). Scanning stops at "--". A flag naming a known
  * section but no known key ("--journal-dir-x") is an unknown key; other flags ("--seed")

@@ -280,15 +280,7 @@ int nt_cmd_migrate(int argc, char **argv, char *const *envp)
         nt_config_free(&cfg);
         return 2;
     }
-    nt_log_level_t level = NT_LOG_INFO;
-    nt_log_format_t format = NT_LOG_JSON;
-    if (cfg.log_level != NULL) {
-        nt_log_level_parse(cfg.log_level, &level);
-    }
-    if (cfg.log_format != NULL) {
-        nt_log_format_parse(cfg.log_format, &format);
-    }
-    nt_log_setup(level, format);
+    nt_config_setup_log(&cfg);
 
     int rc = nt_migrate_apply(cfg.database_url);
     nt_config_free(&cfg);

@@ -199,11 +199,7 @@ int nt_cmd_run(int argc, char **argv, char *const *envp)
         nt_config_free(&r.cfg);
         return 2;
     }
-    nt_log_level_t level = NT_LOG_INFO;
-    nt_log_format_t format = NT_LOG_JSON;
-    nt_log_level_parse(r.cfg.log_level, &level);
-    nt_log_format_parse(r.cfg.log_format, &format);
-    nt_log_setup(level, format);
+    nt_config_setup_log(&r.cfg);
     signal(SIGPIPE, SIG_IGN);
     srandom((unsigned)(nt_now_us() ^ getpid()));
 

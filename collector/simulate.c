@@ -1747,12 +1747,7 @@ int nt_cmd_simulate(int argc, char **argv, char *const *envp)
         nt_config_free(&cfg);
         return 2;
     }
-    nt_log_level_t level;
-    nt_log_format_t format;
-    if (cfg.log_level != NULL && nt_log_level_parse(cfg.log_level, &level) == 0 &&
-        cfg.log_format != NULL && nt_log_format_parse(cfg.log_format, &format) == 0) {
-        nt_log_setup(level, format);
-    }
+    nt_config_setup_log(&cfg);
 
     sim_options_t opt;
     int code = sim__parse_options(argc, argv, &opt);

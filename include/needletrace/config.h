@@ -86,6 +86,9 @@ int nt_config_load(nt_config_t *cfg, int *argc, char **argv, char *const *envp, 
  * host/port, client id default). Reads the password file if set (error names it). */
 int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen);
 
+/* Applies log.level and log.format (validated by nt_config_set) to the process logger. */
+void nt_config_setup_log(const nt_config_t *cfg);
+
 /* Prints the effective configuration as INI (secrets shown as "<redacted>"). */
 void nt_config_dump(const nt_config_t *cfg, FILE *out);
 
