@@ -284,7 +284,7 @@ static void mqttsrc__read_burst(nt_mqttsrc_t *m)
         }
     } while (m->poll != NULL && !m->journal_failed &&
              m->received - start < MQTTSRC_BURST_MESSAGES && m->burst_bytes < MQTTSRC_BURST_BYTES &&
-             mqttsrc__pending(m) > 0);
+             !nt_journal_full(m->journal) && mqttsrc__pending(m) > 0);
     if (m->poll == NULL) {
         return;
     }

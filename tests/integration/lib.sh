@@ -306,6 +306,8 @@ nt__cleanup() {
     fi
     if ((rc == 0)); then
         nt_log "PASS"
+    elif ((rc == 77)); then
+        nt_log "SKIPPED"
     else
         nt_log "FAILED (exit $rc)"
     fi
