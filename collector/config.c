@@ -1190,6 +1190,17 @@ int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
         return config__bad(err, errlen, config__key("mqtt.reconnect_min_ms"), value, with,
                            "must not exceed mqtt.reconnect_max_ms");
     }
+    /* The newest segment is never deleted: with less than two segments of room, a full
+     * journal could stay full after everything was committed. */
+    if (cfg->journal_max_bytes < 2 * cfg->journal_segment_bytes) {
+        char value[32];
+        char with[64];
+        snprintf(value, sizeof(value), "%" PRId64, cfg->journal_max_bytes);
+        snprintf(with, sizeof(with), "journal.segment_bytes is %" PRId64,
+                 cfg->journal_segment_bytes);
+        return config__bad(err, errlen, config__key("journal.max_bytes"), value, with,
+                           "must be at least twice journal.segment_bytes");
+    }
 
     why = config__parse_listen(cfg->http_listen, cfg->http_host, sizeof(cfg->http_host),
                                &cfg->http_port);

@@ -60,6 +60,7 @@ struct nt_mqttsrc_s {
     /* alert publisher */
     nt_mqttsrc_connected_cb on_connected;
     nt_mqttsrc_published_cb on_published;
+    nt_mqttsrc_failed_cb on_failed;
     struct {
         int64_t alert_id; /* 0 = free */
         int mid;
@@ -302,9 +303,25 @@ static void mqttsrc__read_burst(nt_mqttsrc_t *m)
     }
 }
 
+/* The journal refused a write: nothing read since the last sync is acknowledged; drop the
+ * connection (the broker redelivers) and let the owner stop the process. */
+static void mqttsrc__journal_failed(nt_mqttsrc_t *m)
+{
+    mqttsrc__lost(m, "the journal cannot be written");
+    if (m->on_failed != NULL) {
+        nt_mqttsrc_failed_cb cb = m->on_failed;
+        m->on_failed = NULL;
+        cb(m, m->data);
+    }
+}
+
 static void mqttsrc__on_poll(uv_poll_t *h, int status, int events)
 {
     nt_mqttsrc_t *m = h->data;
+    if (m->journal_failed) {
+        mqttsrc__journal_failed(m);
+        return;
+    }
     if (status < 0) {
         /* Let libmosquitto find out what happened on the socket. */
         events = UV_READABLE;
@@ -334,10 +351,10 @@ static void mqttsrc__update_poll(nt_mqttsrc_t *m)
         mqttsrc__drop_poll(m);
         m->poll = malloc(sizeof(*m->poll));
         if (m->poll == NULL || uv_poll_init_socket(m->loop, m->poll, fd) != 0) {
-            nt_log(NT_LOG_ERROR, "mqtt", "could not watch the broker socket");
             free(m->poll);
             m->poll = NULL;
             mosquitto_disconnect(m->mosq);
+            mqttsrc__lost(m, "could not watch the broker socket");
             return;
         }
         m->poll->data = m;
@@ -347,7 +364,7 @@ static void mqttsrc__update_poll(nt_mqttsrc_t *m)
     if (!m->paused && !m->full) {
         events |= UV_READABLE;
     }
-    if (mosquitto_want_write(m->mosq) || m->state == MQTTSRC_CONNECTING) {
+    if (mosquitto_want_write(m->mosq)) {
         events |= UV_WRITABLE;
     }
     if (events == 0) {
@@ -359,7 +376,9 @@ static void mqttsrc__update_poll(nt_mqttsrc_t *m)
 
 static void mqttsrc__connect(nt_mqttsrc_t *m)
 {
-    m->journal_failed = 0;
+    if (m->journal_failed) {
+        return; /* the journal refuses appends until it is reopened: the owner stops */
+    }
     m->state = MQTTSRC_CONNECTING;
     int rc;
     if (!m->configured) {
@@ -468,11 +487,12 @@ static void mqttsrc__on_publish(struct mosquitto *mosq, void *data, int mid, int
     }
 }
 
-void nt_mqttsrc_set_alert_callbacks(nt_mqttsrc_t *m, nt_mqttsrc_connected_cb on_connected,
-                                    nt_mqttsrc_published_cb on_published)
+void nt_mqttsrc_set_callbacks(nt_mqttsrc_t *m, nt_mqttsrc_connected_cb on_connected,
+                              nt_mqttsrc_published_cb on_published, nt_mqttsrc_failed_cb on_failed)
 {
     m->on_connected = on_connected;
     m->on_published = on_published;
+    m->on_failed = on_failed;
 }
 
 int nt_mqttsrc_publish_alert(nt_mqttsrc_t *m, int64_t alert_id, const char *topic,

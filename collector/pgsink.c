@@ -72,6 +72,7 @@ struct nt_pgsink_s {
     /* alerts */
     nt_pgsink_alerts_cb on_alerts;
     uv_timer_t tick_timer;   /* 1 s: sequence-gap checks and alert bookkeeping when idle */
+    uv_timer_t watchdog;     /* a database that stops answering is a lost connection */
     int txn_has_batch;       /* 0: a maintenance transaction (no rows, no checkpoint) */
     int64_t gaps_checked_us; /* monotonic time of the last gap check */
     int gaps_due;
@@ -214,6 +215,7 @@ static void sink__fail(nt_pgsink_t *s, const char *what)
                what);
     }
     sink__drop_poll(s);
+    uv_timer_stop(&s->watchdog);
     if (s->conn != NULL) {
         PQfinish(s->conn);
         s->conn = NULL;
@@ -225,10 +227,41 @@ static void sink__fail(nt_pgsink_t *s, const char *what)
     sink__schedule_retry(s);
 }
 
+/* How long the database may take: to accept a connection and answer the checkpoint query,
+ * and to finish one transaction (which may wait on another replica's locks). libpq's
+ * connect_timeout does not apply to PQconnectPoll driven by the caller. */
+#define SINK_CONNECT_TIMEOUT_MS 15000
+#define SINK_TXN_TIMEOUT_MS     120000
+
+static void sink__on_watchdog(uv_timer_t *t)
+{
+    nt_pgsink_t *s = t->data;
+    char why[96];
+    snprintf(why, sizeof(why), "no answer from the database within %d s",
+             (s->state == SINK_BUSY ? SINK_TXN_TIMEOUT_MS : SINK_CONNECT_TIMEOUT_MS) / 1000);
+    sink__fail(s, why);
+}
+
+static void sink__arm_watchdog(nt_pgsink_t *s, uint64_t ms)
+{
+    uv_timer_start(&s->watchdog, sink__on_watchdog, ms, 0);
+}
+
 static void sink__connect(nt_pgsink_t *s)
 {
+    /* TCP keepalives and a user timeout notice a peer that vanished; they come first so
+     * that the same keys in the configured connection string win. */
+    static const char *const keys[] = {"keepalives",
+                                       "keepalives_idle",
+                                       "keepalives_interval",
+                                       "keepalives_count",
+                                       "tcp_user_timeout",
+                                       "dbname",
+                                       NULL};
+    const char *values[] = {"1", "10", "5", "3", "30000", s->conninfo, NULL};
     s->state = SINK_CONNECTING;
-    s->conn = PQconnectStart(s->conninfo);
+    sink__arm_watchdog(s, SINK_CONNECT_TIMEOUT_MS);
+    s->conn = PQconnectStartParams(keys, values, 1);
     if (s->conn == NULL || PQstatus(s->conn) == CONNECTION_BAD) {
         sink__fail(s, sink__pq_error(s));
         return;
@@ -242,7 +275,7 @@ static void sink__on_retry_timer(uv_timer_t *t)
     nt_pgsink_t *s = t->data;
     if (s->state == SINK_WAITING) {
         sink__connect(s);
-    } else if (s->state == SINK_IDLE) {
+    } else if (s->state == SINK_IDLE || s->state == SINK_BUSY) {
         nt_pgsink_wakeup(s);
     }
 }
@@ -509,6 +542,7 @@ static void sink__maybe_maintain(nt_pgsink_t *s)
         return;
     }
     s->state = SINK_BUSY;
+    sink__arm_watchdog(s, SINK_TXN_TIMEOUT_MS);
     s->txn_has_batch = 0;
     s->txn_started_us = nt_mono_us();
     sink__send(s, STEP_BEGIN, "BEGIN");
@@ -544,6 +578,15 @@ static void sink__on_linger(uv_timer_t *t)
 }
 
 /* Moves durable journal records into the building batch, up to its bounds. */
+/* Nothing else wakes the sink when reading paused because the journal is full: try again
+ * after a backoff (the retry timer calls nt_pgsink_wakeup when idle). */
+static void sink__retry_fill(nt_pgsink_t *s)
+{
+    if (!uv_is_active((uv_handle_t *)&s->retry_timer)) {
+        sink__schedule_retry(s);
+    }
+}
+
 static void sink__fill(nt_pgsink_t *s)
 {
     if (s->state != SINK_IDLE && s->state != SINK_BUSY) {
@@ -562,12 +605,14 @@ static void sink__fill(nt_pgsink_t *s)
                        s->read_pos, nt_strerror(rc));
                 s->corrupt_logged = 1;
             }
+            sink__retry_fill(s);
             return;
         }
         s->corrupt_logged = 0;
         if (nt_batch_add(s->building, &rec) != 0) {
             nt_log(NT_LOG_ERROR, "db", "could not add journal record %" PRIu64 " to a batch: %s",
                    s->read_pos, nt_strerror(NT_ENOMEM));
+            sink__retry_fill(s);
             return;
         }
         s->read_pos = rec.next_pos;
@@ -625,6 +670,10 @@ static void sink__next_copy(nt_pgsink_t *s, int staging)
                                       t->table, t->columns, t->columns, t->table);
             }
         }
+        if (n >= sizeof(s->sql)) {
+            sink__fail(s, "internal error: merge statement too long");
+            return;
+        }
         sink__send(s, STEP_MERGE, s->sql);
         return;
     }
@@ -643,6 +692,10 @@ static void sink__start_fallback(nt_pgsink_t *s)
                                  "INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;",
                                  t->table, t->table);
         }
+    }
+    if (n >= sizeof(s->sql)) {
+        sink__fail(s, "internal error: staging statement too long");
+        return;
     }
     nt_metrics.db_batches_fallback++;
     nt_log(NT_LOG_DEBUG, "db", "batch holds rows already stored; taking the staging path");
@@ -713,11 +766,13 @@ static void sink__step_done(nt_pgsink_t *s)
             return;
         }
         s->state = SINK_IDLE;
+        uv_timer_stop(&s->watchdog);
         sink__fill(s);
         sink__maybe_dispatch(s);
         return;
     }
     if (s->step == STEP_ROLLBACK) {
+        uv_timer_stop(&s->watchdog);
         sink__alerts_aborted(s);
         /* Start over from the last commit after a pause. */
         s->read_pos = s->committed;
@@ -765,6 +820,7 @@ static void sink__step_done(nt_pgsink_t *s)
         sink__next_extra(s, s->step);
         break;
     case STEP_COMMIT:
+        uv_timer_stop(&s->watchdog);
         if (s->txn_has_batch) {
             sink__committed(s);
         } else {
@@ -893,6 +949,7 @@ static void sink__maybe_dispatch(nt_pgsink_t *s)
     s->building = s->sending;
     s->sending = b;
     s->state = SINK_BUSY;
+    sink__arm_watchdog(s, SINK_TXN_TIMEOUT_MS);
     s->txn_has_batch = 1;
     s->txn_started_us = nt_mono_us();
     if (sink__send(s, STEP_BEGIN, "BEGIN; SAVEPOINT nt_fast") != 0) {
@@ -938,10 +995,12 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     uv_timer_init(loop, &s->retry_timer);
     uv_timer_init(loop, &s->linger_timer);
     uv_timer_init(loop, &s->tick_timer);
+    uv_timer_init(loop, &s->watchdog);
     s->retry_timer.data = s;
     s->linger_timer.data = s;
     s->tick_timer.data = s;
-    s->handles_open = 3;
+    s->watchdog.data = s;
+    s->handles_open = 4;
     s->state = SINK_WAITING;
     *out = s;
     return 0;
@@ -1020,6 +1079,8 @@ void nt_pgsink_close(nt_pgsink_t *s)
     uv_timer_stop(&s->retry_timer);
     uv_timer_stop(&s->linger_timer);
     uv_timer_stop(&s->tick_timer);
+    uv_timer_stop(&s->watchdog);
+    uv_close((uv_handle_t *)&s->watchdog, sink__timer_closed);
     uv_close((uv_handle_t *)&s->retry_timer, sink__timer_closed);
     uv_close((uv_handle_t *)&s->linger_timer, sink__timer_closed);
     uv_close((uv_handle_t *)&s->tick_timer, sink__timer_closed);

@@ -33,6 +33,7 @@ typedef struct {
     uv_timer_t deadline;
     int stopping;
     int stopped;
+    int exit_code; /* 0, or 1 after a runtime failure */
 } run_t;
 
 static void run__on_synced(nt_mqttsrc_t *m, void *data)
@@ -149,6 +150,25 @@ static void run__on_deadline(uv_timer_t *t)
     run__finish(r);
 }
 
+/* The journal cannot be written (disk full, I/O error): commit what is durable, then exit 1
+ * so that the supervisor restarts the collector, which reopens and recovers the journal.
+ * Nothing that was not durable was acknowledged: the broker redelivers it. */
+static void run__on_journal_failed(nt_mqttsrc_t *m, void *data)
+{
+    run_t *r = data;
+    r->exit_code = 1;
+    if (r->stopping) {
+        return;
+    }
+    r->stopping = 1;
+    nt_log(NT_LOG_ERROR, "run",
+           "stopping: the journal in \"%s\" cannot be written; committing what is durable, then "
+           "exiting so that a restart recovers it",
+           r->cfg.journal_dir);
+    uv_timer_start(&r->deadline, run__on_deadline, RUN_DRAIN_DEADLINE_MS, 0);
+    nt_pgsink_drain(r->sink, run__on_drained, r);
+}
+
 static void run__on_signal(uv_signal_t *h, int signum)
 {
     run_t *r = h->data;
@@ -235,7 +255,8 @@ int nt_cmd_run(int argc, char **argv, char *const *envp)
         goto out;
     }
     nt_pgsink_set_alerts_cb(r.sink, run__on_alerts);
-    nt_mqttsrc_set_alert_callbacks(r.src, run__on_mqtt_connected, run__on_alert_published);
+    nt_mqttsrc_set_callbacks(r.src, run__on_mqtt_connected, run__on_alert_published,
+                             run__on_journal_failed);
     if (r.cfg.http_port > 0 &&
         nt_http_start(&r.loop, &r.http, r.cfg.http_host, r.cfg.http_port, run__ready, &r) != 0) {
         nt_log(NT_LOG_ERROR, "run", "could not listen on %s for metrics and health",
@@ -262,7 +283,7 @@ int nt_cmd_run(int argc, char **argv, char *const *envp)
     nt_pgsink_start(r.sink);
     nt_mqttsrc_start(r.src);
     uv_run(&r.loop, UV_RUN_DEFAULT);
-    code = 0;
+    code = r.exit_code;
 out:
     uv_loop_close(&r.loop);
     nt_journal_close(r.journal);

@@ -26,9 +26,13 @@ typedef void (*nt_mqttsrc_connected_cb)(nt_mqttsrc_t *m, void *data);
 /* Called when the broker acknowledged (PUBACK) the publication of an alert. */
 typedef void (*nt_mqttsrc_published_cb)(nt_mqttsrc_t *m, int64_t alert_id, void *data);
 
-/* Sets the callbacks of the alert publisher (before nt_mqttsrc_start). */
-void nt_mqttsrc_set_alert_callbacks(nt_mqttsrc_t *m, nt_mqttsrc_connected_cb on_connected,
-                                    nt_mqttsrc_published_cb on_published);
+/* Called once when the journal refused a write: nothing unsynced was acknowledged and the
+ * connection is dropped; the owner should stop (a restart reopens and recovers the journal). */
+typedef void (*nt_mqttsrc_failed_cb)(nt_mqttsrc_t *m, void *data);
+
+/* Sets the alert publisher's callbacks and the failure callback (before nt_mqttsrc_start). */
+void nt_mqttsrc_set_callbacks(nt_mqttsrc_t *m, nt_mqttsrc_connected_cb on_connected,
+                              nt_mqttsrc_published_cb on_published, nt_mqttsrc_failed_cb on_failed);
 
 /* Publishes one alert at QoS 1 on topic (payload: JSON). Returns 0 when it was handed to the
  * broker connection (on_published follows the PUBACK; libmosquitto resends after a

@@ -623,6 +623,16 @@ static void test_cross_field(void **state)
     assert_int_equal(load(&cfg, 5, backoff, NULL), NT_ECONFIG);
     assert_contains(errbuf, "mqtt.reconnect_min_ms");
 
+    /* The journal bound needs room for two segments (the newest is never deleted). */
+    char *small_journal[] = {"run", "--journal-max-bytes", "32MiB", NULL};
+    assert_int_equal(load(&cfg, 3, small_journal, NULL), NT_ECONFIG);
+    assert_contains(errbuf, "journal.max_bytes");
+    assert_contains(errbuf, "twice journal.segment_bytes");
+    char *journal_ok[] = {"run", "--journal-max-bytes", "32MiB", "--journal-segment-bytes", "16MiB",
+                          NULL};
+    assert_int_equal(load(&cfg, 5, journal_ok, NULL), 0);
+    nt_config_free(&cfg);
+
     char *listen[] = {"run", "--http-listen", "[::]:9100", NULL};
     assert_int_equal(load(&cfg, 3, listen, NULL), 0);
     assert_string_equal(cfg.http_host, "::");
@@ -788,7 +798,7 @@ static void test_dump_round_trip(void **state)
                     "--journal-dir",
                     " /padded ",
                     "--journal-max-bytes",
-                    "3000000",
+                    "300000000",
                     "--database-url",
                     "postgresql://audit:hunter2@db.example:5432/needletrace?sslmode=require",
                     NULL};
@@ -797,7 +807,7 @@ static void test_dump_round_trip(void **state)
     char *dump = dump_to_string(&cfg);
     assert_contains(dump, "[mqtt]\n");
     assert_contains(dump, "url = mqtts://broker:8884\n");
-    assert_contains(dump, "max_bytes = 3000000\n");
+    assert_contains(dump, "max_bytes = 300000000\n");
     assert_contains(dump, "segment_bytes = 64MiB\n");
     assert_contains(dump,
                     "postgresql://audit:<redacted>@db.example:5432/needletrace?sslmode=require");
@@ -814,7 +824,7 @@ static void test_dump_round_trip(void **state)
     assert_string_equal(again.mqtt_client_id, cfg.mqtt_client_id);
     assert_string_equal(again.collector_id, cfg.collector_id);
     assert_string_equal(again.journal_dir, " /padded ");
-    assert_int_equal(again.journal_max_bytes, 3000000);
+    assert_int_equal(again.journal_max_bytes, 300000000);
     assert_int_equal(again.journal_segment_bytes, cfg.journal_segment_bytes);
     assert_null(again.mqtt_username);
     nt_config_free(&again);
