@@ -35,8 +35,11 @@ nt_expect_refused() {
 
 # ---- configuration ---------------------------------------------------------------------------
 good="$NT_TMP/good.conf"
-printf '[mqtt]\nurl = mqtt://127.0.0.1:1883\n[journal]\nmax_bytes = 64MiB\n' >"$good"
+printf '[mqtt]\nurl = mqtt://127.0.0.1:1883\n[journal]\nmax_bytes = 256MiB\n' >"$good"
 nt_expect_exit "check-config, good file" 0 "" "$NT_BIN" check-config --config "$good"
+printf '[journal]\nmax_bytes = 64MiB\n' >"$NT_TMP/small-journal.conf"
+nt_expect_exit "check-config, journal bound below two segments" 2 'twice journal.segment_bytes' \
+    "$NT_BIN" check-config --config "$NT_TMP/small-journal.conf"
 nt_expect_exit "check-config, defaults" 0 "" "$NT_BIN" check-config
 
 printf '[mqtt]\nurl = mqtt://127.0.0.1:1883\nbogus_option = 1\n' >"$NT_TMP/unknown.conf"
