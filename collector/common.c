@@ -1,6 +1,7 @@
 /* common.c -- error strings and clocks shared by every module. */
 #include "needletrace/common.h"
 
+#include <stdlib.h>
 #include <time.h>
 
 const char *nt_strerror(int err)
@@ -29,4 +30,16 @@ int64_t nt_mono_us(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+uint64_t nt_backoff_ms(uint64_t min_ms, uint64_t max_ms, unsigned attempt)
+{
+    uint64_t delay = min_ms > 0 ? min_ms : 1;
+    for (unsigned i = 0; i < attempt && delay < max_ms; i++) {
+        delay *= 2;
+    }
+    if (delay > max_ms) {
+        delay = max_ms;
+    }
+    return delay / 2 + (uint64_t)random() % (delay / 2 + 1);
 }

@@ -405,16 +405,8 @@ static void mqttsrc__on_reconnect_timer(uv_timer_t *t)
 
 static void mqttsrc__schedule_reconnect(nt_mqttsrc_t *m)
 {
-    uint64_t delay = (uint64_t)m->cfg->mqtt_reconnect_min_ms;
-    for (unsigned i = 0; i < m->attempts && delay < (uint64_t)m->cfg->mqtt_reconnect_max_ms; i++) {
-        delay *= 2;
-    }
-    if (delay > (uint64_t)m->cfg->mqtt_reconnect_max_ms) {
-        delay = (uint64_t)m->cfg->mqtt_reconnect_max_ms;
-    }
-    /* Equal jitter: half fixed, half random, so that replicas do not reconnect in step. */
-    delay = delay / 2 + (uint64_t)(random() % (long)(delay / 2 + 1));
-    m->attempts++;
+    uint64_t delay = nt_backoff_ms((uint64_t)m->cfg->mqtt_reconnect_min_ms,
+                                   (uint64_t)m->cfg->mqtt_reconnect_max_ms, m->attempts++);
     uv_timer_start(&m->reconnect_timer, mqttsrc__on_reconnect_timer, delay, 0);
 }
 

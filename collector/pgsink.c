@@ -178,15 +178,8 @@ static void sink__on_retry_timer(uv_timer_t *t);
 
 static void sink__schedule_retry(nt_pgsink_t *s)
 {
-    uint64_t delay = s->opts.reconnect_min_ms;
-    for (unsigned i = 0; i < s->attempts && delay < s->opts.reconnect_max_ms; i++) {
-        delay *= 2;
-    }
-    if (delay > s->opts.reconnect_max_ms) {
-        delay = s->opts.reconnect_max_ms;
-    }
-    delay = delay / 2 + (uint64_t)(random() % (long)(delay / 2 + 1));
-    s->attempts++;
+    uint64_t delay =
+        nt_backoff_ms(s->opts.reconnect_min_ms, s->opts.reconnect_max_ms, s->attempts++);
     uv_timer_start(&s->retry_timer, sink__on_retry_timer, delay, 0);
 }
 
@@ -410,12 +403,16 @@ static int sink__collect_alerts(nt_pgsink_t *s, PGresult *res)
 }
 
 /* Sends a query with the collector id as $1 (and an optional $2) for the given step. */
-static void sink__send_params(nt_pgsink_t *s, sink_step_t step, const char *sql, const char *p2)
+/* Sends one statement with the collector id as $1 and up to two more parameters ($2, $3;
+ * NULL ends the list) for the given step. */
+static void sink__send_params(nt_pgsink_t *s, sink_step_t step, const char *sql, const char *p2,
+                              const char *p3)
 {
-    const char *params[2] = {s->collector_id, p2};
+    const char *params[3] = {s->collector_id, p2, p3};
+    int n = p2 == NULL ? 1 : p3 == NULL ? 2 : 3;
     s->step = step;
     s->failed = 0;
-    if (!PQsendQueryParams(s->conn, sql, p2 != NULL ? 2 : 1, NULL, params, NULL, NULL, 0)) {
+    if (!PQsendQueryParams(s->conn, sql, n, NULL, params, NULL, NULL, 0)) {
         sink__fail(s, sink__pq_error(s));
         return;
     }
@@ -431,7 +428,7 @@ static void sink__next_extra(nt_pgsink_t *s, sink_step_t after)
         sink__send_params(s, STEP_RULES,
                           "SELECT alert_id, clinic_id, rule, payload "
                           "FROM needletrace.evaluate_rules($1)",
-                          NULL);
+                          NULL, NULL);
         return;
     }
     if (after < STEP_DELIVERED && s->n_delivered > 0) {
@@ -448,7 +445,8 @@ static void sink__next_extra(nt_pgsink_t *s, sink_step_t after)
             arr[n] = '\0';
             s->delivered_in_txn = s->n_delivered;
             sink__send_params(s, STEP_DELIVERED,
-                              "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])", arr);
+                              "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])", arr,
+                              NULL);
             free(arr);
             return;
         }
@@ -457,7 +455,7 @@ static void sink__next_extra(nt_pgsink_t *s, sink_step_t after)
         sink__send_params(s, STEP_GAPS,
                           "SELECT alert_id, clinic_id, rule, payload "
                           "FROM needletrace.check_sequence_gaps($1)",
-                          NULL);
+                          NULL, NULL);
         return;
     }
     if (after < STEP_UNDELIVERED && s->undelivered_wanted) {
@@ -466,7 +464,7 @@ static void sink__next_extra(nt_pgsink_t *s, sink_step_t after)
         sink__send_params(s, STEP_UNDELIVERED,
                           "SELECT alert_id, clinic_id, rule, payload "
                           "FROM needletrace.undelivered_alerts($1, " SINK_UNDELIVERED_LIMIT_SQL ")",
-                          NULL);
+                          NULL, NULL);
         return;
     }
     if (after < STEP_CHECKPOINT && s->txn_has_batch) {
@@ -474,21 +472,13 @@ static void sink__next_extra(nt_pgsink_t *s, sink_step_t after)
         char jid[24], pos[24];
         snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)nt_journal_id(s->journal));
         snprintf(pos, sizeof(pos), "%" PRIu64, s->sending->end_pos);
-        const char *params[3] = {s->collector_id, jid, pos};
-        s->step = STEP_CHECKPOINT;
-        s->failed = 0;
-        if (!PQsendQueryParams(
-                s->conn,
-                "INSERT INTO needletrace.collector_checkpoints "
-                "(collector_id, journal_id, journal_pos, updated_at) "
-                "VALUES ($1, $2, $3, now()) ON CONFLICT (collector_id) DO UPDATE SET "
-                "journal_id = EXCLUDED.journal_id, journal_pos = EXCLUDED.journal_pos, "
-                "updated_at = EXCLUDED.updated_at",
-                3, NULL, params, NULL, NULL, 0)) {
-            sink__fail(s, sink__pq_error(s));
-            return;
-        }
-        sink__watch(s, UV_READABLE | (PQflush(s->conn) == 1 ? UV_WRITABLE : 0));
+        sink__send_params(s, STEP_CHECKPOINT,
+                          "INSERT INTO needletrace.collector_checkpoints "
+                          "(collector_id, journal_id, journal_pos, updated_at) "
+                          "VALUES ($1, $2, $3, now()) ON CONFLICT (collector_id) DO UPDATE SET "
+                          "journal_id = EXCLUDED.journal_id, journal_pos = EXCLUDED.journal_pos, "
+                          "updated_at = EXCLUDED.updated_at",
+                          jid, pos);
         return;
     }
     sink__send(s, STEP_COMMIT, "COMMIT");

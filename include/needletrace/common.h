@@ -42,6 +42,10 @@ int64_t nt_now_us(void);
 /* Monotonic clock, microseconds. */
 int64_t nt_mono_us(void);
 
+/* Delay before retry number `attempt` (0 first): min_ms doubled per attempt, capped at max_ms,
+ * with equal jitter (half fixed, half random) so that replicas do not retry in step. */
+uint64_t nt_backoff_ms(uint64_t min_ms, uint64_t max_ms, unsigned attempt);
+
 #define NT_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif
