@@ -43,7 +43,8 @@ void nt_batch_reset(nt_batch_t *b);
 void nt_batch_free(nt_batch_t *b);
 
 /* Decodes rec and appends its rows. The record is copied; rec may be reused after.
- * Returns 0 (accepted or quarantined: both are rows), or NT_ENOMEM. */
+ * Returns 0 (accepted or quarantined: both are rows), NT_ENOMEM, or NT_ECORRUPT when a row
+ * writer produced a row of the wrong width (a bug; the record is not added). */
 int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec);
 
 /* Terminates the COPY streams. Call once, after the last add. 0 or NT_ENOMEM. */

@@ -10,7 +10,9 @@ typedef struct {
     size_t len;
     size_t cap;
     uint32_t rows;
-    int oom; /* set when a growth failed; every later call is a no-op */
+    int oom;             /* set when a growth failed; every later call is a no-op */
+    uint16_t fields_due; /* fields the current row still needs */
+    int miscounted;      /* a row got more or fewer fields than nt_copybuf_row announced */
 } nt_copybuf_t;
 
 /* Empty buffer, no allocation yet. */
@@ -19,7 +21,9 @@ void nt_copybuf_init(nt_copybuf_t *b);
 void nt_copybuf_reset(nt_copybuf_t *b);
 void nt_copybuf_free(nt_copybuf_t *b);
 
-/* Starts a tuple of ncols fields; then exactly ncols field calls must follow. */
+/* Starts a tuple of ncols fields; then exactly ncols field calls must follow. The buffer
+ * counts them: a row with more or fewer makes nt_copybuf_finish() fail with NT_ECORRUPT
+ * (a writer's bug never reaches the database as a shifted column). */
 void nt_copybuf_row(nt_copybuf_t *b, uint16_t ncols);
 void nt_copybuf_null(nt_copybuf_t *b);
 void nt_copybuf_bool(nt_copybuf_t *b, int v);
@@ -34,8 +38,9 @@ void nt_copybuf_timestamptz(nt_copybuf_t *b, int64_t unix_us);
 /* date from a yyyymmdd integer (day 00 = last day of the month, as GS1 expiry dates). */
 void nt_copybuf_date_yyyymmdd(nt_copybuf_t *b, uint32_t yyyymmdd);
 
-/* Appends the trailer (-1). After it the buffer is a complete COPY stream. Returns 0, or
- * NT_ENOMEM if any growth failed since the reset. */
+/* Appends the trailer (-1). After it the buffer is a complete COPY stream. Returns 0,
+ * NT_ENOMEM if any growth failed since the reset, or NT_ECORRUPT if a row's field count did
+ * not match what nt_copybuf_row() announced. */
 int nt_copybuf_finish(nt_copybuf_t *b);
 
 #endif

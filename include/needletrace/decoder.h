@@ -35,7 +35,7 @@ typedef enum {
 } nt_reason_t;
 
 /* Stable snake_case name of a reason ("not_protobuf"), "unknown" if out of range. */
-const char *nt_reason_name(nt_reason_t r);
+const char *nt_decoder_reason_name(nt_reason_t r);
 
 /* Physical bounds applied by the validator (a value past them is garbage, not a
  * policy violation: policy violations are accepted and raise alerts). */
@@ -59,23 +59,17 @@ typedef struct {
 
 /* Parses clinics/{clinic_id}/handpieces/{device_serial}/telemetry. Ids are 1-64 chars
  * of [A-Za-z0-9._-]. Returns 0, or NT_EINVAL when the topic does not match. */
-int nt_topic_parse(const char *topic, size_t len, nt_topic_t *out);
-
-/* 1 when s[0..len) is 1-64 chars of [A-Za-z0-9._-]. */
-int nt_identifier_valid(const char *s, size_t len);
-
-/* 1 when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-int nt_utf8_valid(const char *s, size_t len);
+int nt_decoder_topic_parse(const char *topic, size_t len, nt_topic_t *out);
 
 /* Decodes and validates one message. On NT_REASON_OK, *out is filled (decoded into the
  * arena). Otherwise returns the reason and writes a one-line human explanation naming
  * the offending field into detail (e.g. "events[3].needle_setting.depth_um 9000 exceeds
  * 5000"), always NUL-terminated when detail_len > 0. Never crashes on any input. */
-nt_reason_t nt_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
-                      const uint8_t *payload, size_t payload_len, nt_message_t *out, char *detail,
-                      size_t detail_len);
+nt_reason_t nt_decoder_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
+                              const uint8_t *payload, size_t payload_len, nt_message_t *out,
+                              char *detail, size_t detail_len);
 
 /* The oneof field name of an event's body ("needle_activity", ...), "" if not set. */
-const char *nt_event_kind(const Needletrace__V1__Event *ev);
+const char *nt_decoder_event_kind(const Needletrace__V1__Event *ev);
 
 #endif

@@ -1,4 +1,4 @@
-/* fuzz_decoder.c -- libFuzzer target for nt_decode(): no input may crash it, every detail is
+/* fuzz_decoder.c -- libFuzzer target for nt_decoder_decode(): no input may crash it, every detail is
  * a valid UTF-8 line, and an accepted message re-packs into one that is accepted again.
  *
  * Input: byte 0 is the topic length L, the next L bytes the topic, the rest the payload.
@@ -10,6 +10,7 @@
 
 #include "needletrace/arena.h"
 #include "needletrace/decoder.h"
+#include "needletrace/ident.h"
 
 #define FIXED_TOPIC "clinics/c1/handpieces/SN1/telemetry"
 
@@ -26,7 +27,7 @@ static void check_detail(nt_reason_t r, const char *detail, size_t cap)
         abort();
     }
     size_t len = (size_t)(end - detail);
-    if (!nt_utf8_valid(detail, len) || memchr(detail, '\n', len) != NULL) {
+    if (!nt_ident_utf8_valid(detail, len) || memchr(detail, '\n', len) != NULL) {
         abort();
     }
     if ((r == NT_REASON_OK) != (len == 0)) {
@@ -83,15 +84,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char detail[256];
     nt_message_t out;
-    nt_reason_t r = nt_decode(&arena, topic, tlen, pbuf, plen, &out, detail, sizeof(detail));
+    nt_reason_t r = nt_decoder_decode(&arena, topic, tlen, pbuf, plen, &out, detail, sizeof(detail));
     check_detail(r, detail, sizeof(detail));
-    (void)nt_reason_name(r);
+    (void)nt_decoder_reason_name(r);
 
     if (r == NT_REASON_OK) {
         /* Round trip: what was accepted, packed again, is accepted again, and packing
          * that gives the same bytes. */
         for (size_t i = 0; i < out.msg->n_events; i++) {
-            if (nt_event_kind(out.msg->events[i])[0] == '\0') {
+            if (nt_decoder_event_kind(out.msg->events[i])[0] == '\0') {
                 abort();
             }
         }
@@ -108,7 +109,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             }
             nt_message_t again;
             nt_reason_t r2 =
-                nt_decode(&arena, topic, tlen, buf1, len1, &again, detail, sizeof(detail));
+                nt_decoder_decode(&arena, topic, tlen, buf1, len1, &again, detail, sizeof(detail));
             if (r2 != NT_REASON_OK || again.msg->n_events != out.msg->n_events ||
                 strcmp(again.topic.device_serial, out.topic.device_serial) != 0 ||
                 strcmp(again.topic.clinic_id, out.topic.clinic_id) != 0) {

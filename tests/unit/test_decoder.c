@@ -11,6 +11,7 @@
 
 #include "needletrace/arena.h"
 #include "needletrace/decoder.h"
+#include "needletrace/ident.h"
 
 #define TOPIC  "clinics/clinic-1/handpieces/SN-0001/telemetry"
 #define SERIAL "SN-0001"
@@ -178,10 +179,10 @@ static nt_reason_t decode_bytes(const char *topic, const uint8_t *buf, size_t le
     nt_arena_reset(&g_arena);
     memset(g_detail, 0x55, sizeof(g_detail));
     nt_reason_t r =
-        nt_decode(&g_arena, topic, strlen(topic), buf, len, &g_out, g_detail, sizeof(g_detail));
+        nt_decoder_decode(&g_arena, topic, strlen(topic), buf, len, &g_out, g_detail, sizeof(g_detail));
     /* Every detail is a NUL-terminated, valid UTF-8 line. */
     assert_non_null(memchr(g_detail, '\0', sizeof(g_detail)));
-    assert_true(nt_utf8_valid(g_detail, strlen(g_detail)));
+    assert_true(nt_ident_utf8_valid(g_detail, strlen(g_detail)));
     assert_null(strchr(g_detail, '\n'));
     if (r == NT_REASON_OK) {
         assert_string_equal(g_detail, "");
@@ -222,8 +223,8 @@ static nt_reason_t decode_patched(const tmsg_t *m, const char *needle, size_t of
     do {                                                                                           \
         nt_reason_t got_ = (expr);                                                                 \
         if (got_ != (want)) {                                                                      \
-            fail_msg("got %s (%s), want %s", nt_reason_name(got_), g_detail,                       \
-                     nt_reason_name(want));                                                        \
+            fail_msg("got %s (%s), want %s", nt_decoder_reason_name(got_), g_detail,                       \
+                     nt_decoder_reason_name(want));                                                        \
         }                                                                                          \
     } while (0)
 
@@ -323,12 +324,12 @@ static void test_arena_steady_state(void **state)
     nt_arena_t a;
     nt_arena_init(&a, 64 * 1024, 0);
     nt_message_t out;
-    assert_int_equal(nt_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, NULL, 0), NT_REASON_OK);
+    assert_int_equal(nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, NULL, 0), NT_REASON_OK);
     nt_arena_chunk_t *head = a.head;
     size_t used = a.used_bytes;
     for (int i = 0; i < 100; i++) {
         nt_arena_reset(&a);
-        assert_int_equal(nt_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, NULL, 0),
+        assert_int_equal(nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, NULL, 0),
                          NT_REASON_OK);
         assert_ptr_equal(a.head, head); /* no new chunk, so no malloc */
         assert_int_equal(a.used_bytes, used);
@@ -336,7 +337,7 @@ static void test_arena_steady_state(void **state)
     /* Many messages per reset share the chunks. */
     nt_arena_reset(&a);
     for (int i = 0; i < 50; i++) {
-        assert_int_equal(nt_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, NULL, 0),
+        assert_int_equal(nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, NULL, 0),
                          NT_REASON_OK);
         assert_string_equal(out.msg->device_serial, SERIAL);
     }
@@ -355,7 +356,7 @@ static void test_arena_limit_in_decode(void **state)
     nt_arena_init(&a, 1024, 2048);
     char detail[128];
     nt_message_t out;
-    assert_int_equal(nt_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, detail, sizeof(detail)),
+    assert_int_equal(nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, detail, sizeof(detail)),
                      NT_REASON_NOT_PROTOBUF);
     assert_string_equal(detail, "decoded message exceeds arena limit");
     assert_null(out.msg);
@@ -370,23 +371,23 @@ static void test_arena_limit_in_decode(void **state)
 static void test_reason_names(void **state)
 {
     (void)state;
-    assert_string_equal(nt_reason_name(NT_REASON_OK), "ok");
-    assert_string_equal(nt_reason_name(NT_REASON_BAD_TOPIC), "bad_topic");
-    assert_string_equal(nt_reason_name(NT_REASON_PAYLOAD_TOO_LARGE), "payload_too_large");
-    assert_string_equal(nt_reason_name(NT_REASON_NOT_PROTOBUF), "not_protobuf");
-    assert_string_equal(nt_reason_name(NT_REASON_SERIAL_MISMATCH), "serial_mismatch");
-    assert_string_equal(nt_reason_name(NT_REASON_BAD_IDENTIFIER), "bad_identifier");
-    assert_string_equal(nt_reason_name(NT_REASON_INVALID_UTF8), "invalid_utf8");
-    assert_string_equal(nt_reason_name(NT_REASON_NUL_IN_STRING), "nul_in_string");
-    assert_string_equal(nt_reason_name(NT_REASON_STRING_TOO_LONG), "string_too_long");
-    assert_string_equal(nt_reason_name(NT_REASON_NO_EVENTS), "no_events");
-    assert_string_equal(nt_reason_name(NT_REASON_TOO_MANY_EVENTS), "too_many_events");
-    assert_string_equal(nt_reason_name(NT_REASON_MISSING_BODY), "missing_body");
-    assert_string_equal(nt_reason_name(NT_REASON_SEQ_ORDER), "seq_order");
-    assert_string_equal(nt_reason_name(NT_REASON_OUT_OF_RANGE), "out_of_range");
-    assert_string_equal(nt_reason_name(NT_REASON_UNKNOWN_AREA), "unknown_area");
-    assert_string_equal(nt_reason_name(NT_REASON__COUNT), "unknown");
-    assert_string_equal(nt_reason_name((nt_reason_t)-1), "unknown");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_OK), "ok");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_BAD_TOPIC), "bad_topic");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_PAYLOAD_TOO_LARGE), "payload_too_large");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_NOT_PROTOBUF), "not_protobuf");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_SERIAL_MISMATCH), "serial_mismatch");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_BAD_IDENTIFIER), "bad_identifier");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_INVALID_UTF8), "invalid_utf8");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_NUL_IN_STRING), "nul_in_string");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_STRING_TOO_LONG), "string_too_long");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_NO_EVENTS), "no_events");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_TOO_MANY_EVENTS), "too_many_events");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_MISSING_BODY), "missing_body");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_SEQ_ORDER), "seq_order");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_OUT_OF_RANGE), "out_of_range");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON_UNKNOWN_AREA), "unknown_area");
+    assert_string_equal(nt_decoder_reason_name(NT_REASON__COUNT), "unknown");
+    assert_string_equal(nt_decoder_reason_name((nt_reason_t)-1), "unknown");
 }
 
 static void test_event_kinds(void **state)
@@ -399,11 +400,11 @@ static void test_event_kinds(void **state)
     assert_reason(decode_msg(m), NT_REASON_OK);
     assert_int_equal(g_out.msg->n_events, 8);
     for (size_t i = 0; i < 8; i++) {
-        assert_string_equal(nt_event_kind(g_out.msg->events[i]), names[i]);
+        assert_string_equal(nt_decoder_event_kind(g_out.msg->events[i]), names[i]);
     }
     Needletrace__V1__Event unset = NEEDLETRACE__V1__EVENT__INIT;
-    assert_string_equal(nt_event_kind(&unset), "");
-    assert_string_equal(nt_event_kind(NULL), "");
+    assert_string_equal(nt_decoder_event_kind(&unset), "");
+    assert_string_equal(nt_decoder_event_kind(NULL), "");
     msg_free(m);
 }
 
@@ -413,7 +414,7 @@ static void test_event_kinds(void **state)
 static int topic_ok(const char *t)
 {
     nt_topic_t out;
-    return nt_topic_parse(t, strlen(t), &out) == 0;
+    return nt_decoder_topic_parse(t, strlen(t), &out) == 0;
 }
 
 static void test_topic_parse(void **state)
@@ -426,13 +427,13 @@ static void test_topic_parse(void **state)
     id65[65] = '\0';
 
     nt_topic_t out;
-    assert_int_equal(nt_topic_parse(TOPIC, strlen(TOPIC), &out), 0);
+    assert_int_equal(nt_decoder_topic_parse(TOPIC, strlen(TOPIC), &out), 0);
     assert_string_equal(out.clinic_id, "clinic-1");
     assert_string_equal(out.device_serial, SERIAL);
     assert_true(topic_ok("clinics/A.b_c-9/handpieces/x/telemetry"));
 
     snprintf(t, sizeof(t), "clinics/%s/handpieces/%s/telemetry", id64, id64);
-    assert_int_equal(nt_topic_parse(t, strlen(t), &out), 0);
+    assert_int_equal(nt_decoder_topic_parse(t, strlen(t), &out), 0);
     assert_string_equal(out.clinic_id, id64);
     assert_string_equal(out.device_serial, id64);
     snprintf(t, sizeof(t), "clinics/%s/handpieces/x/telemetry", id65);
@@ -460,11 +461,11 @@ static void test_topic_parse(void **state)
     assert_false(topic_ok("$share/g/clinics/c/handpieces/d/telemetry"));
     /* The length is authoritative: a NUL inside the id is a bad character. */
     static const char nul_topic[] = "clinics/c\0x/handpieces/d/telemetry";
-    assert_int_equal(nt_topic_parse(nul_topic, sizeof(nul_topic) - 1, &out), NT_EINVAL);
+    assert_int_equal(nt_decoder_topic_parse(nul_topic, sizeof(nul_topic) - 1, &out), NT_EINVAL);
     /* Not NUL-terminated: only len bytes are read. */
-    assert_int_equal(nt_topic_parse(TOPIC "/more", strlen(TOPIC), &out), 0);
-    assert_int_equal(nt_topic_parse(NULL, 0, &out), NT_EINVAL);
-    assert_int_equal(nt_topic_parse(TOPIC, strlen(TOPIC), NULL), 0);
+    assert_int_equal(nt_decoder_topic_parse(TOPIC "/more", strlen(TOPIC), &out), 0);
+    assert_int_equal(nt_decoder_topic_parse(NULL, 0, &out), NT_EINVAL);
+    assert_int_equal(nt_decoder_topic_parse(TOPIC, strlen(TOPIC), NULL), 0);
 }
 
 static void test_identifier_valid(void **state)
@@ -472,17 +473,17 @@ static void test_identifier_valid(void **state)
     (void)state;
     char id[66];
     memset(id, 'Z', sizeof(id));
-    assert_true(nt_identifier_valid(id, 1));
-    assert_true(nt_identifier_valid(id, 64));
-    assert_false(nt_identifier_valid(id, 65));
-    assert_false(nt_identifier_valid(id, 0));
-    assert_false(nt_identifier_valid(NULL, 0));
-    assert_true(nt_identifier_valid("aZ09._-", 7));
-    assert_false(nt_identifier_valid("a/b", 3));
-    assert_false(nt_identifier_valid("a b", 3));
-    assert_false(nt_identifier_valid("a:b", 3));
-    assert_false(nt_identifier_valid("a\0b", 3));
-    assert_false(nt_identifier_valid("\xc3\xa9", 2));
+    assert_true(nt_ident_id_valid(id, 1));
+    assert_true(nt_ident_id_valid(id, 64));
+    assert_false(nt_ident_id_valid(id, 65));
+    assert_false(nt_ident_id_valid(id, 0));
+    assert_false(nt_ident_id_valid(NULL, 0));
+    assert_true(nt_ident_id_valid("aZ09._-", 7));
+    assert_false(nt_ident_id_valid("a/b", 3));
+    assert_false(nt_ident_id_valid("a b", 3));
+    assert_false(nt_ident_id_valid("a:b", 3));
+    assert_false(nt_ident_id_valid("a\0b", 3));
+    assert_false(nt_ident_id_valid("\xc3\xa9", 2));
 }
 
 static void test_bad_topic_decode(void **state)
@@ -510,7 +511,7 @@ static void test_bad_topic_decode(void **state)
     /* The topic is checked before anything else. */
     assert_reason(decode_bytes("nope", (const uint8_t *)"\xff", 1), NT_REASON_BAD_TOPIC);
     nt_arena_reset(&g_arena);
-    assert_int_equal(nt_decode(&g_arena, NULL, 5, buf, len, NULL, NULL, 0), NT_REASON_BAD_TOPIC);
+    assert_int_equal(nt_decoder_decode(&g_arena, NULL, 5, buf, len, NULL, NULL, 0), NT_REASON_BAD_TOPIC);
     free(buf);
     msg_free(m);
 }
@@ -708,51 +709,51 @@ static void test_event_count(void **state)
 static void test_utf8_valid(void **state)
 {
     (void)state;
-    assert_true(nt_utf8_valid("", 0));
-    assert_true(nt_utf8_valid(NULL, 0));
-    assert_false(nt_utf8_valid(NULL, 1));
-    assert_true(nt_utf8_valid("plain ascii text, longer than eight bytes", 41));
-    assert_true(nt_utf8_valid("\xc3\xa9", 2));          /* U+00E9 */
-    assert_true(nt_utf8_valid("\xc2\x80", 2));          /* U+0080 */
-    assert_true(nt_utf8_valid("\xdf\xbf", 2));          /* U+07FF */
-    assert_true(nt_utf8_valid("\xe0\xa0\x80", 3));      /* U+0800 */
-    assert_true(nt_utf8_valid("\xe2\x82\xac", 3));      /* U+20AC */
-    assert_true(nt_utf8_valid("\xed\x9f\xbf", 3));      /* U+D7FF */
-    assert_true(nt_utf8_valid("\xee\x80\x80", 3));      /* U+E000 */
-    assert_true(nt_utf8_valid("\xef\xbf\xbf", 3));      /* U+FFFF */
-    assert_true(nt_utf8_valid("\xf0\x90\x80\x80", 4));  /* U+10000 */
-    assert_true(nt_utf8_valid("\xf0\x9f\x98\x80", 4));  /* U+1F600 */
-    assert_true(nt_utf8_valid("\xf4\x8f\xbf\xbf", 4));  /* U+10FFFF */
-    assert_true(nt_utf8_valid("a\0b", 3));              /* NUL is UTF-8 */
-    assert_false(nt_utf8_valid("\xc0\x80", 2));         /* overlong NUL */
-    assert_false(nt_utf8_valid("\xc1\xbf", 2));         /* overlong */
-    assert_false(nt_utf8_valid("\xe0\x80\xaf", 3));     /* overlong '/' */
-    assert_false(nt_utf8_valid("\xe0\x9f\xbf", 3));     /* overlong U+07FF */
-    assert_false(nt_utf8_valid("\xf0\x8f\xbf\xbf", 4)); /* overlong U+FFFF */
-    assert_false(nt_utf8_valid("\xed\xa0\x80", 3));     /* surrogate U+D800 */
-    assert_false(nt_utf8_valid("\xed\xbf\xbf", 3));     /* surrogate U+DFFF */
-    assert_false(nt_utf8_valid("\xf4\x90\x80\x80", 4)); /* U+110000 */
-    assert_false(nt_utf8_valid("\xf5\x80\x80\x80", 4)); /* beyond */
-    assert_false(nt_utf8_valid("\xff", 1));
-    assert_false(nt_utf8_valid("\xfe", 1));
-    assert_false(nt_utf8_valid("\x80", 1));         /* lone continuation */
-    assert_false(nt_utf8_valid("\xe2\x82", 2));     /* truncated */
-    assert_false(nt_utf8_valid("\xf0\x9f\x98", 3)); /* truncated */
-    assert_false(nt_utf8_valid("\xc3", 1));         /* truncated */
-    assert_false(nt_utf8_valid("\xe2\x28\xa1", 3)); /* bad continuation */
-    assert_false(nt_utf8_valid("\xc3\xa9\xc3", 3)); /* truncated after a good one */
+    assert_true(nt_ident_utf8_valid("", 0));
+    assert_true(nt_ident_utf8_valid(NULL, 0));
+    assert_false(nt_ident_utf8_valid(NULL, 1));
+    assert_true(nt_ident_utf8_valid("plain ascii text, longer than eight bytes", 41));
+    assert_true(nt_ident_utf8_valid("\xc3\xa9", 2));          /* U+00E9 */
+    assert_true(nt_ident_utf8_valid("\xc2\x80", 2));          /* U+0080 */
+    assert_true(nt_ident_utf8_valid("\xdf\xbf", 2));          /* U+07FF */
+    assert_true(nt_ident_utf8_valid("\xe0\xa0\x80", 3));      /* U+0800 */
+    assert_true(nt_ident_utf8_valid("\xe2\x82\xac", 3));      /* U+20AC */
+    assert_true(nt_ident_utf8_valid("\xed\x9f\xbf", 3));      /* U+D7FF */
+    assert_true(nt_ident_utf8_valid("\xee\x80\x80", 3));      /* U+E000 */
+    assert_true(nt_ident_utf8_valid("\xef\xbf\xbf", 3));      /* U+FFFF */
+    assert_true(nt_ident_utf8_valid("\xf0\x90\x80\x80", 4));  /* U+10000 */
+    assert_true(nt_ident_utf8_valid("\xf0\x9f\x98\x80", 4));  /* U+1F600 */
+    assert_true(nt_ident_utf8_valid("\xf4\x8f\xbf\xbf", 4));  /* U+10FFFF */
+    assert_true(nt_ident_utf8_valid("a\0b", 3));              /* NUL is UTF-8 */
+    assert_false(nt_ident_utf8_valid("\xc0\x80", 2));         /* overlong NUL */
+    assert_false(nt_ident_utf8_valid("\xc1\xbf", 2));         /* overlong */
+    assert_false(nt_ident_utf8_valid("\xe0\x80\xaf", 3));     /* overlong '/' */
+    assert_false(nt_ident_utf8_valid("\xe0\x9f\xbf", 3));     /* overlong U+07FF */
+    assert_false(nt_ident_utf8_valid("\xf0\x8f\xbf\xbf", 4)); /* overlong U+FFFF */
+    assert_false(nt_ident_utf8_valid("\xed\xa0\x80", 3));     /* surrogate U+D800 */
+    assert_false(nt_ident_utf8_valid("\xed\xbf\xbf", 3));     /* surrogate U+DFFF */
+    assert_false(nt_ident_utf8_valid("\xf4\x90\x80\x80", 4)); /* U+110000 */
+    assert_false(nt_ident_utf8_valid("\xf5\x80\x80\x80", 4)); /* beyond */
+    assert_false(nt_ident_utf8_valid("\xff", 1));
+    assert_false(nt_ident_utf8_valid("\xfe", 1));
+    assert_false(nt_ident_utf8_valid("\x80", 1));         /* lone continuation */
+    assert_false(nt_ident_utf8_valid("\xe2\x82", 2));     /* truncated */
+    assert_false(nt_ident_utf8_valid("\xf0\x9f\x98", 3)); /* truncated */
+    assert_false(nt_ident_utf8_valid("\xc3", 1));         /* truncated */
+    assert_false(nt_ident_utf8_valid("\xe2\x28\xa1", 3)); /* bad continuation */
+    assert_false(nt_ident_utf8_valid("\xc3\xa9\xc3", 3)); /* truncated after a good one */
     /* Errors on either side of the 8-byte fast path. */
-    assert_false(nt_utf8_valid("abcdefgh\xff", 9));
-    assert_false(nt_utf8_valid("abcdefg\xc3", 8));
-    assert_true(nt_utf8_valid("abcdefg\xc3\xa9", 9));
-    assert_true(nt_utf8_valid("abcdefgh\xc3\xa9ijklmnopq", 18));
-    assert_false(nt_utf8_valid("abcdefgh\xc3\xa9ijklmnop\x80q", 19));
+    assert_false(nt_ident_utf8_valid("abcdefgh\xff", 9));
+    assert_false(nt_ident_utf8_valid("abcdefg\xc3", 8));
+    assert_true(nt_ident_utf8_valid("abcdefg\xc3\xa9", 9));
+    assert_true(nt_ident_utf8_valid("abcdefgh\xc3\xa9ijklmnopq", 18));
+    assert_false(nt_ident_utf8_valid("abcdefgh\xc3\xa9ijklmnop\x80q", 19));
     /* Only len bytes are read: a sequence cut by len is truncated even if the bytes after
      * len would complete it. */
-    assert_true(nt_utf8_valid("ok\xff", 2));
-    assert_false(nt_utf8_valid("\xe2\x82\xac", 2));
-    assert_false(nt_utf8_valid("\xf0\x9f\x98\x80", 3));
-    assert_false(nt_utf8_valid("\xc3\xa9", 1));
+    assert_true(nt_ident_utf8_valid("ok\xff", 2));
+    assert_false(nt_ident_utf8_valid("\xe2\x82\xac", 2));
+    assert_false(nt_ident_utf8_valid("\xf0\x9f\x98\x80", 3));
+    assert_false(nt_ident_utf8_valid("\xc3\xa9", 1));
 }
 
 static void test_invalid_utf8(void **state)
@@ -1222,16 +1223,16 @@ static void test_accepted_message_contents(void **state)
     /* out and detail are optional. */
     buf = msg_pack(m, &len);
     nt_arena_reset(&g_arena);
-    assert_int_equal(nt_decode(&g_arena, TOPIC, strlen(TOPIC), buf, len, NULL, NULL, 0),
+    assert_int_equal(nt_decoder_decode(&g_arena, TOPIC, strlen(TOPIC), buf, len, NULL, NULL, 0),
                      NT_REASON_OK);
     m->t.device_serial = "other";
     free(buf);
     buf = msg_pack(m, &len);
     char one[1] = {'x'};
-    assert_int_equal(nt_decode(&g_arena, TOPIC, strlen(TOPIC), buf, len, NULL, one, 1),
+    assert_int_equal(nt_decoder_decode(&g_arena, TOPIC, strlen(TOPIC), buf, len, NULL, one, 1),
                      NT_REASON_SERIAL_MISMATCH);
     assert_int_equal(one[0], '\0');
-    assert_int_equal(nt_decode(NULL, TOPIC, strlen(TOPIC), buf, len, NULL, NULL, 0),
+    assert_int_equal(nt_decoder_decode(NULL, TOPIC, strlen(TOPIC), buf, len, NULL, NULL, 0),
                      NT_REASON_NOT_PROTOBUF);
     free(buf);
     msg_free(m);
@@ -1253,10 +1254,10 @@ static void test_detail_truncation(void **state)
     for (size_t cap = 1; cap < 200; cap++) {
         char detail[200];
         nt_arena_reset(&g_arena);
-        assert_int_equal(nt_decode(&g_arena, TOPIC, strlen(TOPIC), buf, len, NULL, detail, cap),
+        assert_int_equal(nt_decoder_decode(&g_arena, TOPIC, strlen(TOPIC), buf, len, NULL, detail, cap),
                          NT_REASON_BAD_IDENTIFIER);
         assert_true(strlen(detail) < cap);
-        assert_true(nt_utf8_valid(detail, strlen(detail)));
+        assert_true(nt_ident_utf8_valid(detail, strlen(detail)));
     }
     /* In full, the quote is cut at a character boundary with "...". */
     assert_reason(decode_bytes(TOPIC, buf, len), NT_REASON_BAD_IDENTIFIER);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "needletrace/common.h"
+#include "needletrace/ident.h"
 
 /* Column lists in COPY order. Each must match, one for one, the fields that the row
  * writers below emit (RAW_NCOLS, EVENT_NCOLS, QUARANTINE_NCOLS). */
@@ -16,13 +17,53 @@ static const char raw_columns[] =
     "event_count, first_seq, last_seq, device_model, firmware_version, collector_id, "
     "journal_pos";
 
-#define EVENT_NCOLS 29
-static const char event_columns[] =
-    "clinic_id, device_serial, boot_id, seq, kind, device_time, received_at, session_id, "
-    "payload_sha256, collector_id, operator_id, patient_ref, motor_seconds, gtin, lot, "
-    "cartridge_serial, expiry, needle_count, sterile_barrier_intact, motor_ms, depth_um, "
-    "stroke_rate_hz, area, duration_ms, battery_pct, temperature_dc, motor_seconds_total, "
-    "fault_code, fault_message";
+/* The events columns in COPY order: one list makes both the enum of column positions that
+ * the per-kind writers below name and the column list sent with COPY. */
+#define EVENT_COLUMN_MAP(XX)                                                                       \
+    XX(CLINIC_ID, clinic_id)                                                                       \
+    XX(DEVICE_SERIAL, device_serial)                                                               \
+    XX(BOOT_ID, boot_id)                                                                           \
+    XX(SEQ, seq)                                                                                   \
+    XX(KIND, kind)                                                                                 \
+    XX(DEVICE_TIME, device_time)                                                                   \
+    XX(RECEIVED_AT, received_at)                                                                   \
+    XX(SESSION_ID, session_id)                                                                     \
+    XX(PAYLOAD_SHA256, payload_sha256)                                                             \
+    XX(COLLECTOR_ID, collector_id)                                                                 \
+    XX(OPERATOR_ID, operator_id)                                                                   \
+    XX(PATIENT_REF, patient_ref)                                                                   \
+    XX(MOTOR_SECONDS, motor_seconds)                                                               \
+    XX(GTIN, gtin)                                                                                 \
+    XX(LOT, lot)                                                                                   \
+    XX(CARTRIDGE_SERIAL, cartridge_serial)                                                         \
+    XX(EXPIRY, expiry)                                                                             \
+    XX(NEEDLE_COUNT, needle_count)                                                                 \
+    XX(STERILE_BARRIER_INTACT, sterile_barrier_intact)                                             \
+    XX(MOTOR_MS, motor_ms)                                                                         \
+    XX(DEPTH_UM, depth_um)                                                                         \
+    XX(STROKE_RATE_HZ, stroke_rate_hz)                                                             \
+    XX(AREA, area)                                                                                 \
+    XX(DURATION_MS, duration_ms)                                                                   \
+    XX(BATTERY_PCT, battery_pct)                                                                   \
+    XX(TEMPERATURE_DC, temperature_dc)                                                             \
+    XX(MOTOR_SECONDS_TOTAL, motor_seconds_total)                                                   \
+    XX(FAULT_CODE, fault_code)                                                                     \
+    XX(FAULT_MESSAGE, fault_message)
+
+enum {
+#define BATCH__EVENT_COL_ENUM(name, column) EV_##name,
+    EVENT_COLUMN_MAP(BATCH__EVENT_COL_ENUM)
+#undef BATCH__EVENT_COL_ENUM
+        EVENT_NCOLS
+};
+
+/* ", clinic_id, device_serial, ...": the list starts at event_columns_list + 2. */
+static const char event_columns_list[] =
+#define BATCH__EVENT_COL_NAME(name, column) ", " #column
+    EVENT_COLUMN_MAP(BATCH__EVENT_COL_NAME)
+#undef BATCH__EVENT_COL_NAME
+    ;
+#define event_columns (event_columns_list + 2)
 
 #define QUARANTINE_NCOLS 11
 static const char quarantine_columns[] =
@@ -62,7 +103,7 @@ typedef struct {
 } msg_ctx_t;
 
 /* Writes n SQL NULL fields at once. */
-static void put_nulls(nt_copybuf_t *c, unsigned n)
+static void batch__nulls(nt_copybuf_t *c, unsigned n)
 {
     for (unsigned i = 0; i < n; i++) {
         nt_copybuf_null(c);
@@ -70,7 +111,7 @@ static void put_nulls(nt_copybuf_t *c, unsigned n)
 }
 
 /* A protobuf string as text; protobuf-c never leaves strings NULL, but be safe. */
-static void put_str(nt_copybuf_t *c, const char *s)
+static void batch__str(nt_copybuf_t *c, const char *s)
 {
     if (s == NULL) {
         nt_copybuf_bytes(c, "", 0);
@@ -80,7 +121,7 @@ static void put_str(nt_copybuf_t *c, const char *s)
 }
 
 /* An optional id (proto3: empty = not set) as text or NULL. */
-static void put_opt_str(nt_copybuf_t *c, const char *s)
+static void batch__opt_str(nt_copybuf_t *c, const char *s)
 {
     if (s == NULL || s[0] == '\0') {
         nt_copybuf_null(c);
@@ -89,7 +130,7 @@ static void put_opt_str(nt_copybuf_t *c, const char *s)
     nt_copybuf_bytes(c, s, strlen(s));
 }
 
-static void put_area(nt_copybuf_t *c, Needletrace__V1__TreatmentArea area)
+static void batch__area(nt_copybuf_t *c, Needletrace__V1__TreatmentArea area)
 {
     if ((unsigned)area >= NT_ARRAY_SIZE(area_names)) {
         nt_copybuf_null(c);
@@ -98,134 +139,159 @@ static void put_area(nt_copybuf_t *c, Needletrace__V1__TreatmentArea area)
     nt_copybuf_bytes(c, area_names[area].s, area_names[area].len);
 }
 
-/* The six cartridge columns: gtin, lot, cartridge_serial, expiry, needle_count,
- * sterile_barrier_intact. An absent cartridge (or an unset expiry) is NULL. */
-static void put_cartridge(nt_copybuf_t *c, const Needletrace__V1__Cartridge *ca)
+/* ---- events rows: the common columns, then one writer per kind --------------------------------
+ */
+
+/* An events row being written: the writer names the column it fills next (batch__at pads
+ * the columns before it with NULL) and batch__end pads the rest, so no NULL is counted by
+ * hand; copybuf checks that the row ends up with exactly EVENT_NCOLS fields. */
+typedef struct {
+    nt_copybuf_t *c;
+    unsigned col; /* next column to write */
+} batch__row_t;
+
+static void batch__at(batch__row_t *r, unsigned col)
 {
-    if (ca == NULL) {
-        put_nulls(c, 6);
-        return;
+    if (col > r->col) {
+        batch__nulls(r->c, col - r->col);
+        r->col = col;
     }
-    put_str(c, ca->gtin);
-    put_str(c, ca->lot);
-    put_str(c, ca->serial);
-    if (ca->expiry_yyyymmdd == 0) {
-        nt_copybuf_null(c);
-    } else {
-        nt_copybuf_date_yyyymmdd(c, ca->expiry_yyyymmdd);
-    }
-    nt_copybuf_int4(c, (int32_t)ca->needle_count);
-    nt_copybuf_bool(c, ca->sterile_barrier_intact);
 }
 
-/* Writes one events row: the 10 common columns, then the 19 typed body columns
- * (operator_id ... fault_message) filled for the event's kind, NULL otherwise. */
-static void put_event(nt_copybuf_t *c, const msg_ctx_t *m, const Needletrace__V1__Event *ev)
+static void batch__end(batch__row_t *r)
 {
-    static const name_t kinds[] = {
-        NAME("session_started"),     NAME("session_ended"),  NAME("cartridge_mounted"),
-        NAME("cartridge_unmounted"), NAME("needle_setting"), NAME("needle_activity"),
-        NAME("device_status"),       NAME("device_fault"),
-    };
-    const char *session_id = NULL;
-    name_t kind = NAME("");
-    unsigned k = (unsigned)ev->body_case - NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED;
-    if (ev->body_case != NEEDLETRACE__V1__EVENT__BODY__NOT_SET && k < NT_ARRAY_SIZE(kinds)) {
-        kind = kinds[k];
+    batch__at(r, EVENT_NCOLS);
+}
+
+/* The six cartridge columns: gtin, lot, cartridge_serial, expiry, needle_count,
+ * sterile_barrier_intact. An absent cartridge (or an unset expiry) is NULL. */
+static void batch__cartridge(batch__row_t *r, const Needletrace__V1__Cartridge *ca)
+{
+    if (ca == NULL) {
+        return; /* batch__at / batch__end pad them */
     }
+    batch__at(r, EV_GTIN);
+    batch__str(r->c, ca->gtin);
+    batch__str(r->c, ca->lot);
+    batch__str(r->c, ca->serial);
+    if (ca->expiry_yyyymmdd == 0) {
+        nt_copybuf_null(r->c);
+    } else {
+        nt_copybuf_date_yyyymmdd(r->c, ca->expiry_yyyymmdd);
+    }
+    nt_copybuf_int4(r->c, (int32_t)ca->needle_count);
+    nt_copybuf_bool(r->c, ca->sterile_barrier_intact);
+    r->col = EV_STERILE_BARRIER_INTACT + 1;
+}
+
+static void batch__needle(batch__row_t *r, uint32_t depth_um, uint32_t stroke_rate_hz,
+                          Needletrace__V1__TreatmentArea area)
+{
+    batch__at(r, EV_DEPTH_UM);
+    nt_copybuf_int4(r->c, (int32_t)depth_um);
+    nt_copybuf_int4(r->c, (int32_t)stroke_rate_hz);
+    batch__area(r->c, area);
+    r->col = EV_AREA + 1;
+}
+
+/* The typed body columns (operator_id ... fault_message) of ev's kind. */
+static void batch__event_body(batch__row_t *r, const Needletrace__V1__Event *ev)
+{
     switch (ev->body_case) {
     case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
-        session_id = ev->session_started->session_id;
+        batch__at(r, EV_OPERATOR_ID);
+        batch__str(r->c, ev->session_started->operator_id);
+        batch__str(r->c, ev->session_started->patient_ref);
+        r->col = EV_PATIENT_REF + 1;
         break;
     case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
-        session_id = ev->session_ended->session_id;
+        batch__at(r, EV_MOTOR_SECONDS);
+        nt_copybuf_int8(r->c, ev->session_ended->motor_seconds);
+        r->col = EV_MOTOR_SECONDS + 1;
         break;
     case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED:
-        session_id = ev->cartridge_mounted->session_id;
+        batch__cartridge(r, ev->cartridge_mounted->cartridge);
         break;
     case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
-        session_id = ev->cartridge_unmounted->session_id;
+        batch__cartridge(r, ev->cartridge_unmounted->cartridge);
+        batch__at(r, EV_MOTOR_MS);
+        nt_copybuf_int8(r->c, ev->cartridge_unmounted->motor_ms);
+        r->col = EV_MOTOR_MS + 1;
         break;
     case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
-        session_id = ev->needle_setting->session_id;
+        batch__needle(r, ev->needle_setting->depth_um, ev->needle_setting->stroke_rate_hz,
+                      ev->needle_setting->area);
         break;
     case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
-        session_id = ev->needle_activity->session_id;
+        batch__needle(r, ev->needle_activity->depth_um, ev->needle_activity->stroke_rate_hz,
+                      ev->needle_activity->area);
+        nt_copybuf_int8(r->c, ev->needle_activity->duration_ms);
+        r->col = EV_DURATION_MS + 1;
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS:
+        batch__at(r, EV_BATTERY_PCT);
+        nt_copybuf_int2(r->c, (int16_t)ev->device_status->battery_pct);
+        nt_copybuf_int4(r->c, ev->device_status->temperature_dc);
+        nt_copybuf_int8(r->c, (int64_t)ev->device_status->motor_seconds_total);
+        r->col = EV_MOTOR_SECONDS_TOTAL + 1;
+        break;
+    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_FAULT:
+        batch__at(r, EV_FAULT_CODE);
+        nt_copybuf_int8(r->c, ev->device_fault->code);
+        batch__str(r->c, ev->device_fault->message);
+        r->col = EV_FAULT_MESSAGE + 1;
         break;
     default:
         break;
     }
+}
 
+/* The session id of an event whose kind has one, else NULL. */
+static const char *batch__session_id(const Needletrace__V1__Event *ev)
+{
+    switch (ev->body_case) {
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
+        return ev->session_started->session_id;
+    case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
+        return ev->session_ended->session_id;
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED:
+        return ev->cartridge_mounted->session_id;
+    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
+        return ev->cartridge_unmounted->session_id;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
+        return ev->needle_setting->session_id;
+    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
+        return ev->needle_activity->session_id;
+    default:
+        return NULL;
+    }
+}
+
+/* Writes one events row: the ten common columns, then the body columns of its kind. */
+static void batch__event(nt_copybuf_t *c, const msg_ctx_t *m, const Needletrace__V1__Event *ev)
+{
+    const char *kind = nt_decoder_event_kind(ev);
+    batch__row_t r = {c, 0};
     nt_copybuf_row(c, EVENT_NCOLS);
     nt_copybuf_bytes(c, m->clinic_id, m->clinic_len);
     nt_copybuf_bytes(c, m->serial, m->serial_len);
     nt_copybuf_int8(c, m->boot_id);
     nt_copybuf_int8(c, (int64_t)ev->seq);
-    nt_copybuf_bytes(c, kind.s, kind.len);
+    nt_copybuf_bytes(c, kind, strlen(kind));
     nt_copybuf_timestamptz(c, (int64_t)((uint64_t)ev->device_time_ms * 1000u));
     nt_copybuf_timestamptz(c, m->received_us);
-    put_opt_str(c, session_id);
+    batch__opt_str(c, batch__session_id(ev));
     nt_copybuf_bytes(c, m->sha, sizeof(m->sha));
     nt_copybuf_bytes(c, m->collector_id, m->collector_len);
-
-    switch (ev->body_case) {
-    case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
-        put_str(c, ev->session_started->operator_id);
-        put_str(c, ev->session_started->patient_ref);
-        put_nulls(c, 17);
-        break;
-    case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
-        put_nulls(c, 2);
-        nt_copybuf_int8(c, ev->session_ended->motor_seconds);
-        put_nulls(c, 16);
-        break;
-    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED:
-        put_nulls(c, 3);
-        put_cartridge(c, ev->cartridge_mounted->cartridge);
-        put_nulls(c, 10);
-        break;
-    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
-        put_nulls(c, 3);
-        put_cartridge(c, ev->cartridge_unmounted->cartridge);
-        nt_copybuf_int8(c, ev->cartridge_unmounted->motor_ms);
-        put_nulls(c, 9);
-        break;
-    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
-        put_nulls(c, 10);
-        nt_copybuf_int4(c, (int32_t)ev->needle_setting->depth_um);
-        nt_copybuf_int4(c, (int32_t)ev->needle_setting->stroke_rate_hz);
-        put_area(c, ev->needle_setting->area);
-        put_nulls(c, 6);
-        break;
-    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
-        put_nulls(c, 10);
-        nt_copybuf_int4(c, (int32_t)ev->needle_activity->depth_um);
-        nt_copybuf_int4(c, (int32_t)ev->needle_activity->stroke_rate_hz);
-        put_area(c, ev->needle_activity->area);
-        nt_copybuf_int8(c, ev->needle_activity->duration_ms);
-        put_nulls(c, 5);
-        break;
-    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS:
-        put_nulls(c, 14);
-        nt_copybuf_int2(c, (int16_t)ev->device_status->battery_pct);
-        nt_copybuf_int4(c, ev->device_status->temperature_dc);
-        nt_copybuf_int8(c, (int64_t)ev->device_status->motor_seconds_total);
-        put_nulls(c, 2);
-        break;
-    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_FAULT:
-        put_nulls(c, 17);
-        nt_copybuf_int8(c, ev->device_fault->code);
-        put_str(c, ev->device_fault->message);
-        break;
-    default:
-        put_nulls(c, 19);
-        break;
-    }
+    r.col = EV_COLLECTOR_ID + 1;
+    batch__event_body(&r, ev);
+    batch__end(&r);
 }
 
 /* Rows of an accepted message: one raw_messages row, one events row per event.
  * Returns the number of event rows written. */
-static uint32_t add_accepted(nt_batch_t *b, const nt_journal_record_t *rec, const nt_message_t *msg)
+static uint32_t batch__add_accepted(nt_batch_t *b, const nt_journal_record_t *rec,
+                                    const nt_message_t *msg)
 {
     const Needletrace__V1__Telemetry *t = msg->msg;
     msg_ctx_t m;
@@ -253,42 +319,26 @@ static uint32_t add_accepted(nt_batch_t *b, const nt_journal_record_t *rec, cons
         nt_copybuf_int8(raw, (int64_t)t->events[0]->seq);
         nt_copybuf_int8(raw, (int64_t)t->events[t->n_events - 1]->seq);
     } else {
-        put_nulls(raw, 2);
+        batch__nulls(raw, 2);
     }
-    put_str(raw, t->device_model);
-    put_str(raw, t->firmware_version);
+    batch__str(raw, t->device_model);
+    batch__str(raw, t->firmware_version);
     nt_copybuf_bytes(raw, m.collector_id, m.collector_len);
     nt_copybuf_int8(raw, (int64_t)rec->pos);
 
     nt_copybuf_t *evbuf = &b->tables[NT_BATCH_EVENTS].buf;
     for (size_t i = 0; i < t->n_events; i++) {
-        put_event(evbuf, &m, t->events[i]);
+        batch__event(evbuf, &m, t->events[i]);
     }
     return (uint32_t)t->n_events;
-}
-
-/* Length of the UTF-8 sequence that the lead byte c announces (1 for a byte that can
- * lead none, which the caller then finds invalid). */
-static size_t utf8_seq_len(uint8_t c)
-{
-    if (c < 0xc0) {
-        return 1;
-    }
-    if (c < 0xe0) {
-        return 2;
-    }
-    if (c < 0xf0) {
-        return 3;
-    }
-    return 4;
 }
 
 /* Writes s[0..len) as a text field. When it is not valid UTF-8 or holds a NUL, writes an
  * escaped form instead: valid sequences as they are, every other byte, every NUL and
  * every backslash as \xNN. Returns 0 or NT_ENOMEM (arena exhausted). */
-static int put_safe_text(nt_batch_t *b, nt_copybuf_t *c, const char *s, size_t len)
+static int batch__safe_text(nt_batch_t *b, nt_copybuf_t *c, const char *s, size_t len)
 {
-    if (memchr(s, '\0', len) == NULL && nt_utf8_valid(s, len)) {
+    if (memchr(s, '\0', len) == NULL && nt_ident_utf8_valid(s, len)) {
         nt_copybuf_bytes(c, s, len);
         return 0;
     }
@@ -300,8 +350,9 @@ static int put_safe_text(nt_batch_t *b, nt_copybuf_t *c, const char *s, size_t l
     size_t o = 0;
     for (size_t i = 0; i < len;) {
         uint8_t ch = (uint8_t)s[i];
-        size_t n = utf8_seq_len(ch);
-        if (ch != '\0' && ch != '\\' && i + n <= len && nt_utf8_valid(s + i, n)) {
+        uint32_t cp;
+        size_t n = nt_ident_utf8_decode(s + i, len - i, &cp);
+        if (ch != '\0' && ch != '\\' && n > 0) {
             memcpy(out + o, s + i, n);
             o += n;
             i += n;
@@ -318,7 +369,7 @@ static int put_safe_text(nt_batch_t *b, nt_copybuf_t *c, const char *s, size_t l
 }
 
 /* SHA-256 over topic || 0x00 || payload: the quarantine key of a message. */
-static int message_key(const nt_journal_record_t *rec, uint8_t out[SHA256_DIGEST_LENGTH])
+static int batch__message_key(const nt_journal_record_t *rec, uint8_t out[SHA256_DIGEST_LENGTH])
 {
     static const uint8_t zero = 0;
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -334,14 +385,14 @@ static int message_key(const nt_journal_record_t *rec, uint8_t out[SHA256_DIGEST
 }
 
 /* The quarantine row of a rejected message. Returns 0 or NT_ENOMEM. */
-static int add_rejected(nt_batch_t *b, const nt_journal_record_t *rec, nt_reason_t reason,
-                        const char *detail)
+static int batch__add_rejected(nt_batch_t *b, const nt_journal_record_t *rec, nt_reason_t reason,
+                               const char *detail)
 {
     nt_topic_t topic;
-    int parsed = nt_topic_parse(rec->topic, rec->topic_len, &topic) == 0;
+    int parsed = nt_decoder_topic_parse(rec->topic, rec->topic_len, &topic) == 0;
     uint8_t key[SHA256_DIGEST_LENGTH];
     uint8_t sha[SHA256_DIGEST_LENGTH];
-    if (message_key(rec, key) != 0) {
+    if (batch__message_key(rec, key) != 0) {
         return NT_ENOMEM;
     }
     SHA256(rec->payload, rec->payload_len, sha);
@@ -351,13 +402,13 @@ static int add_rejected(nt_batch_t *b, const nt_journal_record_t *rec, nt_reason
     nt_copybuf_text(q, parsed ? topic.clinic_id : "");
     nt_copybuf_bytes(q, key, sizeof(key));
     nt_copybuf_timestamptz(q, rec->received_us);
-    if (put_safe_text(b, q, rec->topic, rec->topic_len) != 0) {
+    if (batch__safe_text(b, q, rec->topic, rec->topic_len) != 0) {
         return NT_ENOMEM;
     }
     nt_copybuf_bytes(q, rec->payload, rec->payload_len);
     nt_copybuf_bytes(q, sha, sizeof(sha));
-    nt_copybuf_text(q, nt_reason_name(reason));
-    if (put_safe_text(b, q, detail, strlen(detail)) != 0) {
+    nt_copybuf_text(q, nt_decoder_reason_name(reason));
+    if (batch__safe_text(b, q, detail, strlen(detail)) != 0) {
         return NT_ENOMEM;
     }
     nt_copybuf_text(q, parsed ? topic.device_serial : NULL);
@@ -447,19 +498,22 @@ int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
     nt_message_t msg;
     char detail[DETAIL_LEN];
     detail[0] = '\0';
-    nt_reason_t reason = nt_decode(&b->arena, rec->topic, rec->topic_len, rec->payload,
-                                   rec->payload_len, &msg, detail, sizeof(detail));
+    nt_reason_t reason = nt_decoder_decode(&b->arena, rec->topic, rec->topic_len, rec->payload,
+                                           rec->payload_len, &msg, detail, sizeof(detail));
     detail[sizeof(detail) - 1] = '\0';
     uint32_t events = 0;
     int rc = 0;
     if (reason == NT_REASON_OK) {
-        events = add_accepted(b, rec, &msg);
+        events = batch__add_accepted(b, rec, &msg);
     } else {
-        rc = add_rejected(b, rec, reason, detail);
+        rc = batch__add_rejected(b, rec, reason, detail);
     }
     for (int i = 0; i < NT_BATCH__TABLES; i++) {
-        if (b->tables[i].buf.oom) {
+        const nt_copybuf_t *c = &b->tables[i].buf;
+        if (c->oom) {
             rc = NT_ENOMEM;
+        } else if (c->miscounted || c->fields_due != 0) {
+            rc = NT_ECORRUPT; /* a row writer's bug: never send a shifted row */
         }
     }
     if (rc != 0) {
@@ -467,6 +521,8 @@ int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
             b->tables[i].buf.len = len0[i];
             b->tables[i].buf.rows = rows0[i];
             b->tables[i].buf.oom = 0;
+            b->tables[i].buf.fields_due = 0;
+            b->tables[i].buf.miscounted = 0;
         }
         return rc;
     }

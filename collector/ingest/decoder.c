@@ -18,39 +18,40 @@
  * survive re-encoding. */
 #include "needletrace/decoder.h"
 
+#include "needletrace/ident.h"
+
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
-#define NT_DEC_HDR          16u /* size header in front of every decoder allocation */
-#define NT_MAX_GS1_TEXT_LEN 20u /* GS1 AI (10) lot and (21) serial */
-#define NT_MAX_NEEDLES      256u
-#define NT_MAX_DURATION_MS  600000u
-#define NT_MIN_TEMP_DC      (-400)
-#define NT_MAX_TEMP_DC      1500
-#define NT_QUOTE_MAX        64u /* bytes of a device string quoted in a detail */
+#define DECODER_HDR        16u /* size header in front of every decoder allocation */
+#define NT_MAX_NEEDLES     256u
+#define NT_MAX_DURATION_MS 600000u
+#define NT_MIN_TEMP_DC     (-400)
+#define NT_MAX_TEMP_DC     1500
+#define NT_QUOTE_MAX       64u /* bytes of a device string quoted in a detail */
 
 /* ---- names --------------------------------------------------------------------------------- */
 
-static const char *const nt_reason_names[] = {
+static const char *const decoder__reason_names[] = {
 #define NT__REASON_NAME(name, text) text,
     NT_REASON_MAP(NT__REASON_NAME)
 #undef NT__REASON_NAME
 };
 
 /* Stable snake_case name of a reason ("not_protobuf"), "unknown" if r is out of range. */
-const char *nt_reason_name(nt_reason_t r)
+const char *nt_decoder_reason_name(nt_reason_t r)
 {
-    if ((unsigned)r >= NT_ARRAY_SIZE(nt_reason_names)) {
+    if ((unsigned)r >= NT_ARRAY_SIZE(decoder__reason_names)) {
         return "unknown";
     }
-    return nt_reason_names[r];
+    return decoder__reason_names[r];
 }
 
 /* The oneof field name of ev's body ("needle_activity", ...), "" if ev is NULL or unset. */
-const char *nt_event_kind(const Needletrace__V1__Event *ev)
+const char *nt_decoder_event_kind(const Needletrace__V1__Event *ev)
 {
     if (ev == NULL) {
         return "";
@@ -78,127 +79,22 @@ const char *nt_event_kind(const Needletrace__V1__Event *ev)
     }
 }
 
-/* ---- character classes ----------------------------------------------------------------------- */
-
-static bool nt_dec__is_alnum(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9');
-}
-
-/* 1 when s[0..len) is 1-64 chars of [A-Za-z0-9._-]. */
-int nt_identifier_valid(const char *s, size_t len)
-{
-    if (s == NULL || len == 0 || len > NT_MAX_ID_LEN) {
-        return 0;
-    }
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!nt_dec__is_alnum(c) && c != '.' && c != '_' && c != '-') {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* 1 when s[0..len) is 1-64 chars of [A-Za-z0-9._:-] (a session id). */
-static int nt_dec__session_id_valid(const char *s, size_t len)
-{
-    if (len == 0 || len > NT_MAX_SESSION_ID_LEN) {
-        return 0;
-    }
-    for (size_t i = 0; i < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!nt_dec__is_alnum(c) && c != '.' && c != '_' && c != ':' && c != '-') {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* Offset of the first byte of s[0..len) that does not start a well-formed UTF-8 sequence
- * (Unicode table 3-7: no overlongs, no surrogates, nothing above U+10FFFF, no truncated
- * sequence), or len when all of it is well-formed. ASCII is skipped 8 bytes at a time. */
-static size_t nt_dec__utf8_invalid_at(const unsigned char *s, size_t len)
-{
-    size_t i = 0;
-    while (i < len) {
-        if (len - i >= 8) {
-            uint64_t w;
-            memcpy(&w, s + i, sizeof(w));
-            if ((w & UINT64_C(0x8080808080808080)) == 0) {
-                i += 8;
-                continue;
-            }
-        }
-        unsigned char c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;                           /* continuation bytes */
-        unsigned char lo = 0x80, hi = 0xBF; /* allowed range of the second byte */
-        if (c >= 0xC2 && c <= 0xDF) {
-            n = 1;
-        } else if (c == 0xE0) {
-            n = 2;
-            lo = 0xA0;
-        } else if ((c >= 0xE1 && c <= 0xEC) || c == 0xEE || c == 0xEF) {
-            n = 2;
-        } else if (c == 0xED) {
-            n = 2;
-            hi = 0x9F;
-        } else if (c == 0xF0) {
-            n = 3;
-            lo = 0x90;
-        } else if (c >= 0xF1 && c <= 0xF3) {
-            n = 3;
-        } else if (c == 0xF4) {
-            n = 3;
-            hi = 0x8F;
-        } else {
-            return i;
-        }
-        if (len - i <= n) {
-            return i;
-        }
-        if (s[i + 1] < lo || s[i + 1] > hi) {
-            return i;
-        }
-        for (size_t k = 2; k <= n; k++) {
-            if ((s[i + k] & 0xC0) != 0x80) {
-                return i;
-            }
-        }
-        i += n + 1;
-    }
-    return len;
-}
-
-/* 1 when s[0..len) is well-formed UTF-8 (no overlongs, no surrogates, <= U+10FFFF). */
-int nt_utf8_valid(const char *s, size_t len)
-{
-    if (s == NULL) {
-        return len == 0;
-    }
-    return nt_dec__utf8_invalid_at((const unsigned char *)s, len) == len;
-}
-
 /* ---- details ----------------------------------------------------------------------------------
  */
 
 typedef struct {
     char *buf;
     size_t cap;
-} nt_dec_detail_t;
+} decoder__detail_t;
 
 /* Writes a device string for a detail message into out (cap >= 24): when s[0..len) is
  * valid UTF-8, quoted, with control characters, '"' and '\\' escaped and at most
  * NT_QUOTE_MAX bytes kept (cut at a character boundary, "..." appended); otherwise a
  * description without any of its bytes. The result is always ASCII or valid UTF-8. */
-static const char *nt_dec__quote(const char *s, size_t len, char *out, size_t cap)
+static const char *decoder__quote(const char *s, size_t len, char *out, size_t cap)
 {
     const unsigned char *u = (const unsigned char *)s;
-    if (s == NULL || !nt_utf8_valid(s, len)) {
+    if (s == NULL || !nt_ident_utf8_valid(s, len)) {
         snprintf(out, cap, "(%zu bytes, not valid utf-8)", len);
         return out;
     }
@@ -233,19 +129,19 @@ static const char *nt_dec__quote(const char *s, size_t len, char *out, size_t ca
 }
 
 /* Cuts a truncated detail back to a whole UTF-8 character. */
-static void nt_dec__trim_utf8(char *buf)
+static void decoder__trim_utf8(char *buf)
 {
     size_t len = strlen(buf);
-    while (len > 0 && !nt_utf8_valid(buf, len)) {
+    while (len > 0 && !nt_ident_utf8_valid(buf, len)) {
         buf[--len] = '\0';
     }
 }
 
 /* Writes the detail (cut to a whole UTF-8 character if it does not fit) and returns r. */
-static nt_reason_t nt_dec__fail(nt_dec_detail_t *d, nt_reason_t r, const char *fmt, ...)
+static nt_reason_t decoder__fail(decoder__detail_t *d, nt_reason_t r, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-static nt_reason_t nt_dec__fail(nt_dec_detail_t *d, nt_reason_t r, const char *fmt, ...)
+static nt_reason_t decoder__fail(decoder__detail_t *d, nt_reason_t r, const char *fmt, ...)
 {
     if (d->buf != NULL && d->cap > 0) {
         va_list ap;
@@ -255,7 +151,7 @@ static nt_reason_t nt_dec__fail(nt_dec_detail_t *d, nt_reason_t r, const char *f
         if (n < 0) {
             d->buf[0] = '\0';
         } else if ((size_t)n >= d->cap) {
-            nt_dec__trim_utf8(d->buf);
+            decoder__trim_utf8(d->buf);
         }
     }
     return r;
@@ -265,7 +161,7 @@ static nt_reason_t nt_dec__fail(nt_dec_detail_t *d, nt_reason_t r, const char *f
  */
 
 /* Parses the topic into out; returns NULL, or why it does not match. */
-static const char *nt_dec__topic_parse(const char *topic, size_t len, nt_topic_t *out)
+static const char *decoder__topic_parse(const char *topic, size_t len, nt_topic_t *out)
 {
     static const char *const literal[5] = {"clinics", NULL, "handpieces", NULL, "telemetry"};
     static const char *const what[5] = {"level 1 is not \"clinics\"", "clinic_id",
@@ -301,7 +197,7 @@ static const char *nt_dec__topic_parse(const char *topic, size_t len, nt_topic_t
             if (seg_len[k] != strlen(literal[k]) || memcmp(seg[k], literal[k], seg_len[k]) != 0) {
                 return what[k];
             }
-        } else if (!nt_identifier_valid(seg[k], seg_len[k])) {
+        } else if (!nt_ident_id_valid(seg[k], seg_len[k])) {
             return bad_id[k];
         }
     }
@@ -317,9 +213,9 @@ static const char *nt_dec__topic_parse(const char *topic, size_t len, nt_topic_t
 /* Parses clinics/{clinic_id}/handpieces/{device_serial}/telemetry (topic need not be
  * NUL-terminated). Returns 0 with out filled, or NT_EINVAL when the topic does not match
  * (out is then left unchanged). */
-int nt_topic_parse(const char *topic, size_t len, nt_topic_t *out)
+int nt_decoder_topic_parse(const char *topic, size_t len, nt_topic_t *out)
 {
-    return nt_dec__topic_parse(topic, len, out) == NULL ? 0 : NT_EINVAL;
+    return decoder__topic_parse(topic, len, out) == NULL ? 0 : NT_EINVAL;
 }
 
 /* ---- allocation with a size header -------------------------------------------------------------
@@ -330,23 +226,23 @@ typedef struct {
     bool over_limit;
 } nt_dec_alloc_t;
 
-static void *nt_dec__alloc(void *data, size_t size)
+static void *decoder__alloc(void *data, size_t size)
 {
     nt_dec_alloc_t *da = data;
-    if (size > SIZE_MAX - NT_DEC_HDR) {
+    if (size > SIZE_MAX - DECODER_HDR) {
         da->over_limit = true;
         return NULL;
     }
-    unsigned char *p = nt_arena_alloc(da->arena, size + NT_DEC_HDR);
+    unsigned char *p = nt_arena_alloc(da->arena, size + DECODER_HDR);
     if (p == NULL) {
         da->over_limit = true;
         return NULL;
     }
     memcpy(p, &size, sizeof(size));
-    return p + NT_DEC_HDR;
+    return p + DECODER_HDR;
 }
 
-static void nt_dec__free(void *data, void *ptr)
+static void decoder__free(void *data, void *ptr)
 {
     (void)data;
     (void)ptr;
@@ -354,13 +250,13 @@ static void nt_dec__free(void *data, void *ptr)
 
 /* Wire length of a decoded string field: its allocation size - 1, or 0 for the shared
  * empty default. Returns SIZE_MAX if the block does not look like a protobuf-c string. */
-static size_t nt_dec__wire_len(const char *s)
+static size_t decoder__wire_len(const char *s)
 {
     if (s == NULL || s == protobuf_c_empty_string) {
         return 0;
     }
     size_t size;
-    memcpy(&size, s - NT_DEC_HDR, sizeof(size));
+    memcpy(&size, s - DECODER_HDR, sizeof(size));
     if (size == 0 || s[size - 1] != '\0') {
         return SIZE_MAX;
     }
@@ -377,7 +273,7 @@ static size_t nt_dec__wire_len(const char *s)
  * allows (1 to 2^29-1). protobuf-c accepts 0 or larger numbers from a non-minimal tag
  * varint, keeps them as unknown fields and would re-pack them as different bytes (number 0
  * is then rejected, a large number wraps into another field). */
-static bool nt_dec__field_numbers_valid(const ProtobufCMessage *m, unsigned depth)
+static bool decoder__field_numbers_valid(const ProtobufCMessage *m, unsigned depth)
 {
     if (m == NULL) {
         return true;
@@ -411,14 +307,14 @@ static bool nt_dec__field_numbers_valid(const ProtobufCMessage *m, unsigned dept
             memcpy(&n, base + fd->quantifier_offset, sizeof(n));
             memcpy(&arr, base + fd->offset, sizeof(arr));
             for (size_t i = 0; i < n && arr != NULL; i++) {
-                if (!nt_dec__field_numbers_valid(arr[i], depth + 1)) {
+                if (!decoder__field_numbers_valid(arr[i], depth + 1)) {
                     return false;
                 }
             }
         } else {
             const ProtobufCMessage *sub;
             memcpy(&sub, base + fd->offset, sizeof(sub));
-            if (!nt_dec__field_numbers_valid(sub, depth + 1)) {
+            if (!decoder__field_numbers_valid(sub, depth + 1)) {
                 return false;
             }
         }
@@ -430,98 +326,92 @@ static bool nt_dec__field_numbers_valid(const ProtobufCMessage *m, unsigned dept
  */
 
 typedef struct {
-    nt_dec_detail_t *d;
+    decoder__detail_t *d;
     char path[96]; /* "events[12].session_started" */
-} nt_dec_ctx_t;
+} decoder__ctx_t;
 
 /* Checks one string field for encoding: INVALID_UTF8, NUL_IN_STRING, or OK with *len set. */
-static nt_reason_t nt_dec__string(nt_dec_ctx_t *c, const char *field, const char *s, size_t *len)
+static nt_reason_t decoder__string(decoder__ctx_t *c, const char *field, const char *s, size_t *len)
 {
     const char *dot = c->path[0] ? "." : "";
-    size_t n = nt_dec__wire_len(s);
+    size_t n = decoder__wire_len(s);
     if (n == SIZE_MAX) {
-        return nt_dec__fail(c->d, NT_REASON_NOT_PROTOBUF, "%s%s%s has an unexpected layout",
-                            c->path, dot, field);
+        return decoder__fail(c->d, NT_REASON_NOT_PROTOBUF, "%s%s%s has an unexpected layout",
+                             c->path, dot, field);
     }
-    size_t bad = nt_dec__utf8_invalid_at((const unsigned char *)s, n);
+    size_t bad = nt_ident_utf8_invalid_at(s, n);
     if (bad != n) {
-        return nt_dec__fail(c->d, NT_REASON_INVALID_UTF8,
-                            "%s%s%s is not valid utf-8 (byte 0x%02x at offset %zu)", c->path, dot,
-                            field, (unsigned char)s[bad], bad);
+        return decoder__fail(c->d, NT_REASON_INVALID_UTF8,
+                             "%s%s%s is not valid utf-8 (byte 0x%02x at offset %zu)", c->path, dot,
+                             field, (unsigned char)s[bad], bad);
     }
     size_t visible = strlen(s);
     if (visible != n) {
-        return nt_dec__fail(c->d, NT_REASON_NUL_IN_STRING,
-                            "%s%s%s contains a nul byte at offset %zu", c->path, dot, field,
-                            visible);
+        return decoder__fail(c->d, NT_REASON_NUL_IN_STRING,
+                             "%s%s%s contains a nul byte at offset %zu", c->path, dot, field,
+                             visible);
     }
     *len = n;
     return NT_REASON_OK;
 }
 
 /* A free-text field: encoding, then at most max bytes. */
-static nt_reason_t nt_dec__text(nt_dec_ctx_t *c, const char *field, const char *s, size_t max)
+static nt_reason_t decoder__text(decoder__ctx_t *c, const char *field, const char *s, size_t max)
 {
     size_t n = 0;
-    nt_reason_t r = nt_dec__string(c, field, s, &n);
+    nt_reason_t r = decoder__string(c, field, s, &n);
     if (r != NT_REASON_OK) {
         return r;
     }
     if (n > max) {
-        return nt_dec__fail(c->d, NT_REASON_STRING_TOO_LONG, "%s%s%s is %zu bytes, more than %zu",
-                            c->path, c->path[0] ? "." : "", field, n, max);
+        return decoder__fail(c->d, NT_REASON_STRING_TOO_LONG, "%s%s%s is %zu bytes, more than %zu",
+                             c->path, c->path[0] ? "." : "", field, n, max);
     }
     return NT_REASON_OK;
 }
 
 /* A required session id: encoding, then 1-64 characters of [A-Za-z0-9._:-]. */
-static nt_reason_t nt_dec__session_id(nt_dec_ctx_t *c, const char *s)
+static nt_reason_t decoder__session_id(decoder__ctx_t *c, const char *s)
 {
     size_t n = 0;
-    nt_reason_t r = nt_dec__string(c, "session_id", s, &n);
+    nt_reason_t r = decoder__string(c, "session_id", s, &n);
     if (r != NT_REASON_OK) {
         return r;
     }
     if (n == 0) {
-        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER, "%s.session_id is empty", c->path);
+        return decoder__fail(c->d, NT_REASON_BAD_IDENTIFIER, "%s.session_id is empty", c->path);
     }
-    if (!nt_dec__session_id_valid(s, n)) {
+    if (!nt_ident_session_id_valid(s, n)) {
         char q[NT_QUOTE_MAX * 4 + 16];
-        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER,
-                            "%s.session_id %s is not 1-64 characters of [A-Za-z0-9._:-]", c->path,
-                            nt_dec__quote(s, n, q, sizeof(q)));
+        return decoder__fail(c->d, NT_REASON_BAD_IDENTIFIER,
+                             "%s.session_id %s is not 1-64 characters of [A-Za-z0-9._:-]", c->path,
+                             decoder__quote(s, n, q, sizeof(q)));
     }
     return NT_REASON_OK;
 }
 
 /* 1 when gtin is 14 digits whose last is the GS1 mod-10 check digit of the first 13. */
-static nt_reason_t nt_dec__gtin(nt_dec_ctx_t *c, const char *s)
+static nt_reason_t decoder__gtin(decoder__ctx_t *c, const char *s)
 {
     size_t n = 0;
-    nt_reason_t r = nt_dec__string(c, "cartridge.gtin", s, &n);
+    nt_reason_t r = decoder__string(c, "cartridge.gtin", s, &n);
     if (r != NT_REASON_OK) {
         return r;
     }
     char q[NT_QUOTE_MAX * 4 + 16];
-    bool digits = n == 14;
+    bool digits = n == NT_IDENT_GTIN_LEN;
     for (size_t i = 0; digits && i < n; i++) {
         digits = s[i] >= '0' && s[i] <= '9';
     }
     if (!digits) {
-        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER, "%s.cartridge.gtin %s is not 14 digits",
-                            c->path, nt_dec__quote(s, n, q, sizeof(q)));
+        return decoder__fail(c->d, NT_REASON_BAD_IDENTIFIER,
+                             "%s.cartridge.gtin %s is not 14 digits", c->path,
+                             decoder__quote(s, n, q, sizeof(q)));
     }
-    /* Weights 3, 1, 3, ... from the digit next to the check digit leftwards. */
-    unsigned sum = 0;
-    for (size_t i = 0; i < 13; i++) {
-        unsigned digit = (unsigned)(s[12 - i] - '0');
-        sum += (i % 2 == 0) ? digit * 3 : digit;
-    }
-    unsigned check = (10 - sum % 10) % 10;
-    if ((unsigned)(s[13] - '0') != check) {
-        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER,
-                            "%s.cartridge.gtin %s has check digit %c, expected %u", c->path,
-                            nt_dec__quote(s, n, q, sizeof(q)), s[13], check);
+    if (!nt_ident_gtin_valid(s, n)) {
+        return decoder__fail(
+            c->d, NT_REASON_BAD_IDENTIFIER, "%s.cartridge.gtin %s has check digit %c, expected %c",
+            c->path, decoder__quote(s, n, q, sizeof(q)), s[13], nt_ident_gtin_check_digit(s));
     }
     return NT_REASON_OK;
 }
@@ -529,165 +419,149 @@ static nt_reason_t nt_dec__gtin(nt_dec_ctx_t *c, const char *s)
 /* A GS1 lot or serial: 1-20 characters. The GS1 AI encodable set (GS1 General
  * Specifications, figure 7.11-1) is approximated by printable ASCII 0x21-0x7E without
  * space, which contains it. */
-static nt_reason_t nt_dec__gs1_text(nt_dec_ctx_t *c, const char *field, const char *s)
+static nt_reason_t decoder__gs1_text(decoder__ctx_t *c, const char *field, const char *s)
 {
     size_t n = 0;
-    nt_reason_t r = nt_dec__string(c, field, s, &n);
+    nt_reason_t r = decoder__string(c, field, s, &n);
     if (r != NT_REASON_OK) {
         return r;
     }
-    bool ok = n >= 1 && n <= NT_MAX_GS1_TEXT_LEN;
-    for (size_t i = 0; ok && i < n; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        ok = ch >= 0x21 && ch <= 0x7E;
-    }
+    bool ok = nt_ident_gs1_text_valid(s, n);
     if (!ok) {
         char q[NT_QUOTE_MAX * 4 + 16];
-        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER,
-                            "%s.%s %s is not 1-20 printable ascii characters (0x21-0x7e)", c->path,
-                            field, nt_dec__quote(s, n, q, sizeof(q)));
+        return decoder__fail(c->d, NT_REASON_BAD_IDENTIFIER,
+                             "%s.%s %s is not 1-20 printable ascii characters (0x21-0x7e)", c->path,
+                             field, decoder__quote(s, n, q, sizeof(q)));
     }
     return NT_REASON_OK;
 }
 
-/* 1 when v is yyyymmdd in 2000-2099 with a real month and day; day 00 (GS1: the end of
- * the month) is allowed. */
-static bool nt_dec__date_valid(uint32_t v)
-{
-    static const unsigned mdays[12] = {31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    unsigned y = v / 10000, m = v / 100 % 100, d = v % 100;
-    if (y < 2000 || y > 2099 || m < 1 || m > 12) {
-        return false;
-    }
-    bool leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    unsigned max = (m == 2 && !leap) ? 28 : mdays[m - 1];
-    return d <= max;
-}
-
-static nt_reason_t nt_dec__cartridge(nt_dec_ctx_t *c, const Needletrace__V1__Cartridge *cart,
-                                     bool mounted)
+static nt_reason_t decoder__cartridge(decoder__ctx_t *c, const Needletrace__V1__Cartridge *cart,
+                                      bool mounted)
 {
     if (cart == NULL) {
-        return nt_dec__fail(c->d, NT_REASON_BAD_IDENTIFIER, "%s.cartridge is missing", c->path);
+        return decoder__fail(c->d, NT_REASON_BAD_IDENTIFIER, "%s.cartridge is missing", c->path);
     }
-    nt_reason_t r = nt_dec__gtin(c, cart->gtin);
+    nt_reason_t r = decoder__gtin(c, cart->gtin);
     if (r == NT_REASON_OK) {
-        r = nt_dec__gs1_text(c, "cartridge.lot", cart->lot);
+        r = decoder__gs1_text(c, "cartridge.lot", cart->lot);
     }
     if (r == NT_REASON_OK) {
-        r = nt_dec__gs1_text(c, "cartridge.serial", cart->serial);
+        r = decoder__gs1_text(c, "cartridge.serial", cart->serial);
     }
     if (r != NT_REASON_OK) {
         return r;
     }
     if (cart->expiry_yyyymmdd == 0) {
         if (mounted) {
-            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                                "%s.cartridge.expiry_yyyymmdd is missing", c->path);
+            return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                 "%s.cartridge.expiry_yyyymmdd is missing", c->path);
         }
-    } else if (!nt_dec__date_valid(cart->expiry_yyyymmdd)) {
-        return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                            "%s.cartridge.expiry_yyyymmdd %" PRIu32
-                            " is not a calendar date in 2000-2099",
-                            c->path, cart->expiry_yyyymmdd);
+    } else if (!nt_ident_gs1_date_valid(cart->expiry_yyyymmdd)) {
+        return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                             "%s.cartridge.expiry_yyyymmdd %" PRIu32
+                             " is not a calendar date in 2000-2099",
+                             c->path, cart->expiry_yyyymmdd);
     }
     if (cart->needle_count < 1 || cart->needle_count > NT_MAX_NEEDLES) {
-        return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                            "%s.cartridge.needle_count %" PRIu32 " is outside 1-%u", c->path,
-                            cart->needle_count, NT_MAX_NEEDLES);
+        return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                             "%s.cartridge.needle_count %" PRIu32 " is outside 1-%u", c->path,
+                             cart->needle_count, NT_MAX_NEEDLES);
     }
     return NT_REASON_OK;
 }
 
 /* depth_um, stroke_rate_hz and area, shared by needle_setting and needle_activity. */
-static nt_reason_t nt_dec__needle(nt_dec_ctx_t *c, uint32_t depth_um, uint32_t stroke_rate_hz,
-                                  int area)
+static nt_reason_t decoder__needle(decoder__ctx_t *c, uint32_t depth_um, uint32_t stroke_rate_hz,
+                                   int area)
 {
     if (depth_um > NT_MAX_DEPTH_UM) {
-        return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE, "%s.depth_um %" PRIu32 " exceeds %u",
-                            c->path, depth_um, NT_MAX_DEPTH_UM);
+        return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE, "%s.depth_um %" PRIu32 " exceeds %u",
+                             c->path, depth_um, NT_MAX_DEPTH_UM);
     }
     if (stroke_rate_hz > NT_MAX_STROKE_RATE_HZ) {
-        return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                            "%s.stroke_rate_hz %" PRIu32 " exceeds %u", c->path, stroke_rate_hz,
-                            NT_MAX_STROKE_RATE_HZ);
+        return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                             "%s.stroke_rate_hz %" PRIu32 " exceeds %u", c->path, stroke_rate_hz,
+                             NT_MAX_STROKE_RATE_HZ);
     }
     if (area < NEEDLETRACE__V1__TREATMENT_AREA__AREA_UNSPECIFIED ||
         area > NEEDLETRACE__V1__TREATMENT_AREA__BODY) {
-        return nt_dec__fail(c->d, NT_REASON_UNKNOWN_AREA,
-                            "%s.area %d is not a known treatment area (0-10)", c->path, area);
+        return decoder__fail(c->d, NT_REASON_UNKNOWN_AREA,
+                             "%s.area %d is not a known treatment area (0-10)", c->path, area);
     }
     return NT_REASON_OK;
 }
 
-static nt_reason_t nt_dec__body(nt_dec_ctx_t *c, const Needletrace__V1__Event *ev)
+static nt_reason_t decoder__body(decoder__ctx_t *c, const Needletrace__V1__Event *ev)
 {
     nt_reason_t r;
     switch (ev->body_case) {
     case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED: {
         const Needletrace__V1__SessionStarted *b = ev->session_started;
-        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK ||
-            (r = nt_dec__text(c, "operator_id", b->operator_id, NT_MAX_TEXT_LEN)) != NT_REASON_OK) {
+        if ((r = decoder__session_id(c, b->session_id)) != NT_REASON_OK ||
+            (r = decoder__text(c, "operator_id", b->operator_id, NT_MAX_TEXT_LEN)) !=
+                NT_REASON_OK) {
             return r;
         }
-        return nt_dec__text(c, "patient_ref", b->patient_ref, NT_MAX_TEXT_LEN);
+        return decoder__text(c, "patient_ref", b->patient_ref, NT_MAX_TEXT_LEN);
     }
     case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
-        return nt_dec__session_id(c, ev->session_ended->session_id);
+        return decoder__session_id(c, ev->session_ended->session_id);
     case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED: {
         const Needletrace__V1__CartridgeMounted *b = ev->cartridge_mounted;
-        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK) {
+        if ((r = decoder__session_id(c, b->session_id)) != NT_REASON_OK) {
             return r;
         }
-        return nt_dec__cartridge(c, b->cartridge, true);
+        return decoder__cartridge(c, b->cartridge, true);
     }
     case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED: {
         const Needletrace__V1__CartridgeUnmounted *b = ev->cartridge_unmounted;
-        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK) {
+        if ((r = decoder__session_id(c, b->session_id)) != NT_REASON_OK) {
             return r;
         }
-        return nt_dec__cartridge(c, b->cartridge, false);
+        return decoder__cartridge(c, b->cartridge, false);
     }
     case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING: {
         const Needletrace__V1__NeedleSetting *b = ev->needle_setting;
-        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK) {
+        if ((r = decoder__session_id(c, b->session_id)) != NT_REASON_OK) {
             return r;
         }
-        return nt_dec__needle(c, b->depth_um, b->stroke_rate_hz, (int)b->area);
+        return decoder__needle(c, b->depth_um, b->stroke_rate_hz, (int)b->area);
     }
     case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY: {
         const Needletrace__V1__NeedleActivity *b = ev->needle_activity;
-        if ((r = nt_dec__session_id(c, b->session_id)) != NT_REASON_OK ||
-            (r = nt_dec__needle(c, b->depth_um, b->stroke_rate_hz, (int)b->area)) != NT_REASON_OK) {
+        if ((r = decoder__session_id(c, b->session_id)) != NT_REASON_OK ||
+            (r = decoder__needle(c, b->depth_um, b->stroke_rate_hz, (int)b->area)) !=
+                NT_REASON_OK) {
             return r;
         }
         if (b->duration_ms > NT_MAX_DURATION_MS) {
-            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                                "%s.duration_ms %" PRIu32 " exceeds %u", c->path, b->duration_ms,
-                                NT_MAX_DURATION_MS);
+            return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                 "%s.duration_ms %" PRIu32 " exceeds %u", c->path, b->duration_ms,
+                                 NT_MAX_DURATION_MS);
         }
         return NT_REASON_OK;
     }
     case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS: {
         const Needletrace__V1__DeviceStatus *b = ev->device_status;
         if (b->battery_pct > 100) {
-            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                                "%s.battery_pct %" PRIu32 " exceeds 100", c->path, b->battery_pct);
+            return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                 "%s.battery_pct %" PRIu32 " exceeds 100", c->path, b->battery_pct);
         }
         if (b->temperature_dc < NT_MIN_TEMP_DC || b->temperature_dc > NT_MAX_TEMP_DC) {
-            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                                "%s.temperature_dc %" PRId32 " is outside [%d, %d]", c->path,
-                                b->temperature_dc, NT_MIN_TEMP_DC, NT_MAX_TEMP_DC);
+            return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                 "%s.temperature_dc %" PRId32 " is outside [%d, %d]", c->path,
+                                 b->temperature_dc, NT_MIN_TEMP_DC, NT_MAX_TEMP_DC);
         }
         if (b->motor_seconds_total > (uint64_t)INT64_MAX) {
-            return nt_dec__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                                "%s.motor_seconds_total %" PRIu64 " exceeds %" PRId64, c->path,
-                                b->motor_seconds_total, INT64_MAX);
+            return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
+                                 "%s.motor_seconds_total %" PRIu64 " exceeds %" PRId64, c->path,
+                                 b->motor_seconds_total, INT64_MAX);
         }
         return NT_REASON_OK;
     }
     case NEEDLETRACE__V1__EVENT__BODY_DEVICE_FAULT:
-        return nt_dec__text(c, "message", ev->device_fault->message, NT_MAX_FAULT_MSG_LEN);
+        return decoder__text(c, "message", ev->device_fault->message, NT_MAX_FAULT_MSG_LEN);
     case NEEDLETRACE__V1__EVENT__BODY__NOT_SET:
     default:
         break;
@@ -696,7 +570,7 @@ static nt_reason_t nt_dec__body(nt_dec_ctx_t *c, const Needletrace__V1__Event *e
 }
 
 /* Writes "events[i].kind" into buf without printf: it runs for every event of every message. */
-static void nt_dec__event_path(char *buf, size_t len, size_t i, const char *kind)
+static void decoder__event_path(char *buf, size_t len, size_t i, const char *kind)
 {
     char digits[24];
     size_t nd = 0, o = 0;
@@ -720,7 +594,7 @@ static void nt_dec__event_path(char *buf, size_t len, size_t i, const char *kind
 }
 
 /* The body pointer of a set oneof, NULL if unset. */
-static const void *nt_dec__body_ptr(const Needletrace__V1__Event *ev)
+static const void *decoder__body_ptr(const Needletrace__V1__Event *ev)
 {
     switch (ev->body_case) {
     case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
@@ -745,60 +619,61 @@ static const void *nt_dec__body_ptr(const Needletrace__V1__Event *ev)
     }
 }
 
-static nt_reason_t nt_dec__validate(nt_dec_detail_t *d, const Needletrace__V1__Telemetry *m)
+static nt_reason_t decoder__validate(decoder__detail_t *d, const Needletrace__V1__Telemetry *m)
 {
-    nt_dec_ctx_t c = {.d = d, .path = ""};
+    decoder__ctx_t c = {.d = d, .path = ""};
     nt_reason_t r;
 
     if (m->n_events == 0) {
-        return nt_dec__fail(d, NT_REASON_NO_EVENTS, "message has no events");
+        return decoder__fail(d, NT_REASON_NO_EVENTS, "message has no events");
     }
     if (m->n_events > NT_MAX_EVENTS) {
-        return nt_dec__fail(d, NT_REASON_TOO_MANY_EVENTS, "message has %zu events, more than %u",
-                            m->n_events, NT_MAX_EVENTS);
+        return decoder__fail(d, NT_REASON_TOO_MANY_EVENTS, "message has %zu events, more than %u",
+                             m->n_events, NT_MAX_EVENTS);
     }
-    if ((r = nt_dec__text(&c, "device_model", m->device_model, NT_MAX_TEXT_LEN)) != NT_REASON_OK ||
-        (r = nt_dec__text(&c, "firmware_version", m->firmware_version, NT_MAX_TEXT_LEN)) !=
+    if ((r = decoder__text(&c, "device_model", m->device_model, NT_MAX_TEXT_LEN)) != NT_REASON_OK ||
+        (r = decoder__text(&c, "firmware_version", m->firmware_version, NT_MAX_TEXT_LEN)) !=
             NT_REASON_OK) {
         return r;
     }
     if (m->boot_id > (uint64_t)INT64_MAX) {
-        return nt_dec__fail(d, NT_REASON_OUT_OF_RANGE, "boot_id %" PRIu64 " exceeds %" PRId64,
-                            m->boot_id, INT64_MAX);
+        return decoder__fail(d, NT_REASON_OUT_OF_RANGE, "boot_id %" PRIu64 " exceeds %" PRId64,
+                             m->boot_id, INT64_MAX);
     }
 
     uint64_t prev_seq = 0;
     for (size_t i = 0; i < m->n_events; i++) {
         const Needletrace__V1__Event *ev = m->events[i];
         if (ev == NULL) {
-            return nt_dec__fail(d, NT_REASON_MISSING_BODY, "events[%zu] is missing", i);
+            return decoder__fail(d, NT_REASON_MISSING_BODY, "events[%zu] is missing", i);
         }
         if (ev->seq == 0) {
-            return nt_dec__fail(d, NT_REASON_SEQ_ORDER, "events[%zu].seq is 0, must be at least 1",
-                                i);
+            return decoder__fail(d, NT_REASON_SEQ_ORDER, "events[%zu].seq is 0, must be at least 1",
+                                 i);
         }
         if (ev->seq > (uint64_t)INT64_MAX) {
-            return nt_dec__fail(d, NT_REASON_OUT_OF_RANGE,
-                                "events[%zu].seq %" PRIu64 " exceeds %" PRId64, i, ev->seq,
-                                INT64_MAX);
+            return decoder__fail(d, NT_REASON_OUT_OF_RANGE,
+                                 "events[%zu].seq %" PRIu64 " exceeds %" PRId64, i, ev->seq,
+                                 INT64_MAX);
         }
         if (ev->seq <= prev_seq) {
-            return nt_dec__fail(d, NT_REASON_SEQ_ORDER,
-                                "events[%zu].seq %" PRIu64 " does not follow %" PRIu64, i, ev->seq,
-                                prev_seq);
+            return decoder__fail(d, NT_REASON_SEQ_ORDER,
+                                 "events[%zu].seq %" PRIu64 " does not follow %" PRIu64, i, ev->seq,
+                                 prev_seq);
         }
         prev_seq = ev->seq;
         if (ev->device_time_ms < NT_MIN_DEVICE_TIME_MS ||
             ev->device_time_ms >= NT_MAX_DEVICE_TIME_MS) {
-            return nt_dec__fail(d, NT_REASON_OUT_OF_RANGE,
-                                "events[%zu].device_time_ms %" PRId64 " is outside [%lld, %lld)", i,
-                                ev->device_time_ms, NT_MIN_DEVICE_TIME_MS, NT_MAX_DEVICE_TIME_MS);
+            return decoder__fail(d, NT_REASON_OUT_OF_RANGE,
+                                 "events[%zu].device_time_ms %" PRId64 " is outside [%lld, %lld)",
+                                 i, ev->device_time_ms, NT_MIN_DEVICE_TIME_MS,
+                                 NT_MAX_DEVICE_TIME_MS);
         }
-        if (nt_dec__body_ptr(ev) == NULL) {
-            return nt_dec__fail(d, NT_REASON_MISSING_BODY, "events[%zu] has no body", i);
+        if (decoder__body_ptr(ev) == NULL) {
+            return decoder__fail(d, NT_REASON_MISSING_BODY, "events[%zu] has no body", i);
         }
-        nt_dec__event_path(c.path, sizeof(c.path), i, nt_event_kind(ev));
-        if ((r = nt_dec__body(&c, ev)) != NT_REASON_OK) {
+        decoder__event_path(c.path, sizeof(c.path), i, nt_decoder_event_kind(ev));
+        if ((r = decoder__body(&c, ev)) != NT_REASON_OK) {
             return r;
         }
     }
@@ -812,11 +687,11 @@ static nt_reason_t nt_dec__validate(nt_dec_detail_t *d, const Needletrace__V1__T
  * is 0; out may be NULL to validate only. On rejection out->msg is NULL (out->topic is
  * filled once the topic parsed). Memory comes from arena and stays there until its reset,
  * accepted or not. */
-nt_reason_t nt_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
-                      const uint8_t *payload, size_t payload_len, nt_message_t *out, char *detail,
-                      size_t detail_len)
+nt_reason_t nt_decoder_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
+                              const uint8_t *payload, size_t payload_len, nt_message_t *out,
+                              char *detail, size_t detail_len)
 {
-    nt_dec_detail_t d = {.buf = detail, .cap = detail_len};
+    decoder__detail_t d = {.buf = detail, .cap = detail_len};
     nt_message_t scratch;
     char q1[NT_QUOTE_MAX * 4 + 16], q2[NT_QUOTE_MAX * 4 + 16];
 
@@ -828,61 +703,61 @@ nt_reason_t nt_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
     }
     memset(out, 0, sizeof(*out));
 
-    const char *why = nt_dec__topic_parse(topic, topic_len, &out->topic);
+    const char *why = decoder__topic_parse(topic, topic_len, &out->topic);
     if (why != NULL) {
         size_t shown = (topic == NULL) ? 0 : topic_len;
-        return nt_dec__fail(&d, NT_REASON_BAD_TOPIC,
-                            "topic %s does not match "
-                            "clinics/{clinic_id}/handpieces/{device_serial}/telemetry: %s",
-                            nt_dec__quote(topic ? topic : "", shown, q1, sizeof(q1)), why);
+        return decoder__fail(&d, NT_REASON_BAD_TOPIC,
+                             "topic %s does not match "
+                             "clinics/{clinic_id}/handpieces/{device_serial}/telemetry: %s",
+                             decoder__quote(topic ? topic : "", shown, q1, sizeof(q1)), why);
     }
     if (payload_len > NT_MAX_PAYLOAD_BYTES) {
-        return nt_dec__fail(&d, NT_REASON_PAYLOAD_TOO_LARGE,
-                            "payload of %zu bytes exceeds %u bytes", payload_len,
-                            NT_MAX_PAYLOAD_BYTES);
+        return decoder__fail(&d, NT_REASON_PAYLOAD_TOO_LARGE,
+                             "payload of %zu bytes exceeds %u bytes", payload_len,
+                             NT_MAX_PAYLOAD_BYTES);
     }
     if (arena == NULL || (payload == NULL && payload_len > 0)) {
-        return nt_dec__fail(&d, NT_REASON_NOT_PROTOBUF, "no payload or arena to decode into");
+        return decoder__fail(&d, NT_REASON_NOT_PROTOBUF, "no payload or arena to decode into");
     }
 
     nt_dec_alloc_t da = {.arena = arena, .over_limit = false};
     ProtobufCAllocator alloc = {
-        .alloc = nt_dec__alloc, .free = nt_dec__free, .allocator_data = &da};
+        .alloc = decoder__alloc, .free = decoder__free, .allocator_data = &da};
     static const uint8_t empty[1] = {0};
     Needletrace__V1__Telemetry *m =
         needletrace__v1__telemetry__unpack(&alloc, payload_len, payload ? payload : empty);
     if (m == NULL) {
         if (da.over_limit) {
-            return nt_dec__fail(&d, NT_REASON_NOT_PROTOBUF, "decoded message exceeds arena limit");
+            return decoder__fail(&d, NT_REASON_NOT_PROTOBUF, "decoded message exceeds arena limit");
         }
-        return nt_dec__fail(&d, NT_REASON_NOT_PROTOBUF,
-                            "payload is not a needletrace.v1.Telemetry protobuf message");
+        return decoder__fail(&d, NT_REASON_NOT_PROTOBUF,
+                             "payload is not a needletrace.v1.Telemetry protobuf message");
     }
 
-    if (!nt_dec__field_numbers_valid(&m->base, 0)) {
-        return nt_dec__fail(&d, NT_REASON_NOT_PROTOBUF,
-                            "payload has a field number outside 1-536870911");
+    if (!decoder__field_numbers_valid(&m->base, 0)) {
+        return decoder__fail(&d, NT_REASON_NOT_PROTOBUF,
+                             "payload has a field number outside 1-536870911");
     }
 
     /* Compare the wire bytes: a NUL inside the payload serial must not shorten it. */
-    size_t serial_len = nt_dec__wire_len(m->device_serial);
+    size_t serial_len = decoder__wire_len(m->device_serial);
     size_t topic_serial_len = strlen(out->topic.device_serial);
     if (serial_len == 0) {
-        return nt_dec__fail(&d, NT_REASON_SERIAL_MISMATCH,
-                            "payload device_serial is empty, topic device_serial is \"%s\"",
-                            out->topic.device_serial);
+        return decoder__fail(&d, NT_REASON_SERIAL_MISMATCH,
+                             "payload device_serial is empty, topic device_serial is \"%s\"",
+                             out->topic.device_serial);
     }
     if (serial_len != topic_serial_len ||
         memcmp(m->device_serial, out->topic.device_serial, serial_len) != 0) {
-        return nt_dec__fail(
+        return decoder__fail(
             &d, NT_REASON_SERIAL_MISMATCH,
             "payload device_serial %s does not match topic device_serial %s",
             serial_len == SIZE_MAX ? "(unreadable)"
-                                   : nt_dec__quote(m->device_serial, serial_len, q1, sizeof(q1)),
-            nt_dec__quote(out->topic.device_serial, topic_serial_len, q2, sizeof(q2)));
+                                   : decoder__quote(m->device_serial, serial_len, q1, sizeof(q1)),
+            decoder__quote(out->topic.device_serial, topic_serial_len, q2, sizeof(q2)));
     }
 
-    nt_reason_t r = nt_dec__validate(&d, m);
+    nt_reason_t r = decoder__validate(&d, m);
     if (r != NT_REASON_OK) {
         return r;
     }

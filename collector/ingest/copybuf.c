@@ -1,6 +1,8 @@
 /* copybuf.c -- builds a PostgreSQL binary COPY stream (header, tuples, trailer) in memory. */
 #include "needletrace/copybuf.h"
 
+#include "needletrace/ident.h"
+
 #include <stdlib.h>
 #include <string.h>
 
@@ -48,13 +50,13 @@ static uint8_t *copybuf__reserve(nt_copybuf_t *b, size_t n)
     return at;
 }
 
-static inline void put16(uint8_t *p, uint16_t v)
+static inline void copybuf__put16(uint8_t *p, uint16_t v)
 {
     p[0] = (uint8_t)(v >> 8);
     p[1] = (uint8_t)v;
 }
 
-static inline void put32(uint8_t *p, uint32_t v)
+static inline void copybuf__put32(uint8_t *p, uint32_t v)
 {
     p[0] = (uint8_t)(v >> 24);
     p[1] = (uint8_t)(v >> 16);
@@ -62,10 +64,10 @@ static inline void put32(uint8_t *p, uint32_t v)
     p[3] = (uint8_t)v;
 }
 
-static inline void put64(uint8_t *p, uint64_t v)
+static inline void copybuf__put64(uint8_t *p, uint64_t v)
 {
-    put32(p, (uint32_t)(v >> 32));
-    put32(p + 4, (uint32_t)v);
+    copybuf__put32(p, (uint32_t)(v >> 32));
+    copybuf__put32(p + 4, (uint32_t)v);
 }
 
 /* Empty buffer; nothing is allocated until the first write. */
@@ -80,6 +82,8 @@ void nt_copybuf_reset(nt_copybuf_t *b)
     b->len = 0;
     b->rows = 0;
     b->oom = 0;
+    b->fields_due = 0;
+    b->miscounted = 0;
     uint8_t *p = copybuf__reserve(b, sizeof(copy_header));
     if (p != NULL) {
         memcpy(p, copy_header, sizeof(copy_header));
@@ -93,12 +97,26 @@ void nt_copybuf_free(nt_copybuf_t *b)
     nt_copybuf_init(b);
 }
 
+/* Counts one field of the current row. */
+static inline void copybuf__field(nt_copybuf_t *b)
+{
+    if (b->fields_due == 0) {
+        b->miscounted = 1;
+    } else {
+        b->fields_due--;
+    }
+}
+
 /* Writes the field count; counts the row. */
 void nt_copybuf_row(nt_copybuf_t *b, uint16_t ncols)
 {
+    if (b->fields_due != 0) {
+        b->miscounted = 1;
+    }
+    b->fields_due = ncols;
     uint8_t *p = copybuf__reserve(b, 2);
     if (p != NULL) {
-        put16(p, ncols);
+        copybuf__put16(p, ncols);
         b->rows++;
     }
 }
@@ -106,18 +124,20 @@ void nt_copybuf_row(nt_copybuf_t *b, uint16_t ncols)
 /* A NULL field is a length of -1 with no data. */
 void nt_copybuf_null(nt_copybuf_t *b)
 {
+    copybuf__field(b);
     uint8_t *p = copybuf__reserve(b, 4);
     if (p != NULL) {
-        put32(p, UINT32_MAX);
+        copybuf__put32(p, UINT32_MAX);
     }
 }
 
 /* bool: one byte, 0 or 1. */
 void nt_copybuf_bool(nt_copybuf_t *b, int v)
 {
+    copybuf__field(b);
     uint8_t *p = copybuf__reserve(b, 5);
     if (p != NULL) {
-        put32(p, 1);
+        copybuf__put32(p, 1);
         p[4] = v ? 1 : 0;
     }
 }
@@ -125,41 +145,45 @@ void nt_copybuf_bool(nt_copybuf_t *b, int v)
 /* Integers: length, then the value in network byte order. */
 void nt_copybuf_int2(nt_copybuf_t *b, int16_t v)
 {
+    copybuf__field(b);
     uint8_t *p = copybuf__reserve(b, 6);
     if (p != NULL) {
-        put32(p, 2);
-        put16(p + 4, (uint16_t)v);
+        copybuf__put32(p, 2);
+        copybuf__put16(p + 4, (uint16_t)v);
     }
 }
 
 void nt_copybuf_int4(nt_copybuf_t *b, int32_t v)
 {
+    copybuf__field(b);
     uint8_t *p = copybuf__reserve(b, 8);
     if (p != NULL) {
-        put32(p, 4);
-        put32(p + 4, (uint32_t)v);
+        copybuf__put32(p, 4);
+        copybuf__put32(p + 4, (uint32_t)v);
     }
 }
 
 void nt_copybuf_int8(nt_copybuf_t *b, int64_t v)
 {
+    copybuf__field(b);
     uint8_t *p = copybuf__reserve(b, 12);
     if (p != NULL) {
-        put32(p, 8);
-        put64(p + 4, (uint64_t)v);
+        copybuf__put32(p, 8);
+        copybuf__put64(p + 4, (uint64_t)v);
     }
 }
 
 /* A field longer than 1 GiB cannot be sent (PostgreSQL's limit): it marks the buffer oom. */
 void nt_copybuf_bytes(nt_copybuf_t *b, const void *data, size_t len)
 {
+    copybuf__field(b);
     if (len > 0x3fffffffu) {
         b->oom = 1;
         return;
     }
     uint8_t *p = copybuf__reserve(b, 4 + len);
     if (p != NULL) {
-        put32(p, (uint32_t)len);
+        copybuf__put32(p, (uint32_t)len);
         if (len > 0) {
             memcpy(p + 4, data, len);
         }
@@ -181,20 +205,9 @@ void nt_copybuf_timestamptz(nt_copybuf_t *b, int64_t unix_us)
     nt_copybuf_int8(b, (int64_t)((uint64_t)unix_us - (uint64_t)PG_EPOCH_UNIX_US));
 }
 
-static int is_leap(int64_t y)
-{
-    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-}
-
-static int days_in_month(int64_t y, unsigned m)
-{
-    static const int days[12] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
-    return m == 2 && is_leap(y) ? 29 : days[m - 1];
-}
-
 /* Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar (H. Hinnant's
  * days_from_civil). */
-static int64_t days_from_civil(int64_t y, unsigned m, unsigned d)
+static int64_t copybuf__days_from_civil(int64_t y, unsigned m, unsigned d)
 {
     y -= m <= 2;
     int64_t era = (y >= 0 ? y : y - 399) / 400;
@@ -211,14 +224,14 @@ void nt_copybuf_date_yyyymmdd(nt_copybuf_t *b, uint32_t yyyymmdd)
     int64_t y = yyyymmdd / 10000;
     unsigned m = (yyyymmdd / 100) % 100;
     unsigned d = yyyymmdd % 100;
-    if (y == 0 || m < 1 || m > 12 || (int)d > days_in_month(y, m)) {
+    if (y == 0 || m < 1 || m > 12 || d > nt_ident_days_in_month(y, m)) {
         nt_copybuf_null(b);
         return;
     }
     if (d == 0) {
-        d = (unsigned)days_in_month(y, m);
+        d = nt_ident_days_in_month(y, m);
     }
-    nt_copybuf_int4(b, (int32_t)(days_from_civil(y, m, d) - PG_EPOCH_UNIX_DAYS));
+    nt_copybuf_int4(b, (int32_t)(copybuf__days_from_civil(y, m, d) - PG_EPOCH_UNIX_DAYS));
 }
 
 /* Appends the trailer; NT_ENOMEM if any growth failed since the reset. */
@@ -226,7 +239,10 @@ int nt_copybuf_finish(nt_copybuf_t *b)
 {
     uint8_t *p = copybuf__reserve(b, 2);
     if (p != NULL) {
-        put16(p, UINT16_MAX);
+        copybuf__put16(p, UINT16_MAX);
     }
-    return b->oom ? NT_ENOMEM : 0;
+    if (b->fields_due != 0) {
+        b->miscounted = 1;
+    }
+    return b->oom ? NT_ENOMEM : b->miscounted ? NT_ECORRUPT : 0;
 }

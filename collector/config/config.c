@@ -2,6 +2,8 @@
  * flags. */
 #include "needletrace/config.h"
 
+#include "needletrace/ident.h"
+
 #include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
@@ -180,10 +182,10 @@ static int config__bad(char *err, size_t errlen, const config__key_t *k, const c
     return NT_ECONFIG;
 }
 
+/* A character of a host name or an identifier: [A-Za-z0-9._-]. */
 static int config__is_id_char(char c)
 {
-    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
-           c == '_' || c == '-';
+    return nt_ident_is_alnum((unsigned char)c) || c == '.' || c == '_' || c == '-';
 }
 
 static char **config__str(nt_config_t *cfg, const config__key_t *k)
@@ -563,16 +565,7 @@ static const char *config__check_url(const char *v)
 
 static const char *config__check_id(const char *v)
 {
-    size_t n = strlen(v);
-    if (n == 0 || n > NT_MAX_ID_LEN) {
-        return "expected 1-64 characters of [A-Za-z0-9._-]";
-    }
-    for (size_t i = 0; i < n; i++) {
-        if (!config__is_id_char(v[i])) {
-            return "expected 1-64 characters of [A-Za-z0-9._-]";
-        }
-    }
-    return NULL;
+    return nt_ident_id_valid_str(v) ? NULL : "expected 1-64 characters of [A-Za-z0-9._-]";
 }
 
 static const char *config__check_topic(const char *v)

@@ -4,7 +4,6 @@
  * acknowledgement is a row of needletrace.alert_acks (who, when, note), and acknowledging
  * again adds another row, so the history shows every one. Every value reaches the server
  * as a bound parameter; no SQL is built from user input. */
-#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <libpq-fe.h>
@@ -17,6 +16,7 @@
 #include "needletrace/cmd.h"
 #include "needletrace/common.h"
 #include "needletrace/config.h"
+#include "needletrace/ident.h"
 #include "needletrace/log.h"
 
 #define ALERTS__DEFAULT_LIMIT 100
@@ -185,59 +185,10 @@ static int alerts__flag(const char *cmd, const char *a, const char *name, int *s
     return 1;
 }
 
-/* A clinic_id of the wire contract: 1-64 characters of [A-Za-z0-9._-]. */
-static int alerts__valid_clinic(const char *s)
-{
-    size_t n = strlen(s);
-    if (n == 0 || n > NT_MAX_ID_LEN) {
-        return 0;
-    }
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (!isalnum(c) && c != '.' && c != '_' && c != '-') {
-            return 0;
-        }
-    }
-    return 1;
-}
-
-/* Decodes one UTF-8 sequence at s (strict: no overlong forms, surrogates or values above
- * U+10FFFF). Returns its length and sets *cp, or 0 when s does not start a valid one. */
+/* Decodes the UTF-8 sequence at the NUL-terminated s (see nt_ident_utf8_decode). */
 static size_t alerts__utf8_decode(const unsigned char *s, uint32_t *cp)
 {
-    if (s[0] < 0x80) {
-        *cp = s[0];
-        return 1;
-    }
-    if (s[0] >= 0xC2 && s[0] <= 0xDF) {
-        if ((s[1] & 0xC0) != 0x80) {
-            return 0;
-        }
-        *cp = ((uint32_t)(s[0] & 0x1F) << 6) | (s[1] & 0x3F);
-        return 2;
-    }
-    if (s[0] >= 0xE0 && s[0] <= 0xEF) {
-        if ((s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) {
-            return 0;
-        }
-        *cp = ((uint32_t)(s[0] & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
-        if (*cp < 0x800 || (*cp >= 0xD800 && *cp <= 0xDFFF)) {
-            return 0;
-        }
-        return 3;
-    }
-    if (s[0] >= 0xF0 && s[0] <= 0xF4) {
-        if ((s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80) {
-            return 0;
-        }
-        *cp = ((uint32_t)(s[0] & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) |
-              ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
-        if (*cp < 0x10000 || *cp > 0x10FFFF) {
-            return 0;
-        }
-        return 4;
-    }
-    return 0;
+    return nt_ident_utf8_decode((const char *)s, strnlen((const char *)s, 4), cp);
 }
 
 /* Unicode category Cc: C0 controls, DEL and C1 controls. */
@@ -346,7 +297,7 @@ static int alerts__parse_list(int argc, char **argv, alerts__list_opts_t *o)
         }
         return alerts__bad_arg("list", a);
     }
-    if (o->clinic != NULL && !alerts__valid_clinic(o->clinic)) {
+    if (o->clinic != NULL && !nt_ident_id_valid_str(o->clinic)) {
         fprintf(stderr,
                 "needletrace: alerts list: invalid value \"%s\" for --clinic: expected 1 to 64 "
                 "characters of A-Z, a-z, 0-9, '.', '_' and '-'\n",
@@ -441,7 +392,7 @@ static int alerts__parse_ack(int argc, char **argv, alerts__ack_opts_t *o)
         alerts__check_text("--note", o->note, ALERTS__MAX_NOTE) != 0) {
         return 2;
     }
-    if (o->clinic != NULL && !alerts__valid_clinic(o->clinic)) {
+    if (o->clinic != NULL && !nt_ident_id_valid_str(o->clinic)) {
         fprintf(stderr,
                 "needletrace: alerts ack: invalid value \"%s\" for --clinic: expected 1 to 64 "
                 "characters of A-Z, a-z, 0-9, '.', '_' and '-'\n",
