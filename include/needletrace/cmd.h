@@ -1,12 +1,37 @@
-/* cmd.h -- the subcommands of the needletrace binary. Each returns the process exit code:
- * 0 success, 2 bad usage or configuration (the message names the key), 1 runtime failure. */
+/* cmd.h -- the subcommands of the needletrace binary, and the preamble they share.
+ *
+ * Each nt_cmd_* returns the process exit code: 0 success, 2 bad usage or configuration (the
+ * message names the key or option), 1 runtime failure. */
 #ifndef NEEDLETRACE_CMD_H
 #define NEEDLETRACE_CMD_H
+
+#include <stdio.h>
+
+#include "needletrace/config.h"
 
 int nt_cmd_run(int argc, char **argv, char *const *envp);
 int nt_cmd_migrate(int argc, char **argv, char *const *envp);
 int nt_cmd_simulate(int argc, char **argv, char *const *envp);
 int nt_cmd_check_config(int argc, char **argv, char *const *envp);
 int nt_cmd_alerts(int argc, char **argv, char *const *envp);
+
+/* Prints a command's usage (--help to stdout, after a usage error to stderr). */
+typedef void (*nt_cmd_usage_fn)(FILE *out);
+
+/* nt_cmd_begin() returns this when the command should go on. */
+#define NT_CMD_CONTINUE (-1)
+
+/* 1 when argv[1..argc) asks for help (--help or -h) before any "--". */
+int nt_cmd_wants_help(int argc, char **argv);
+
+/* The preamble every command that reads the configuration shares: answers --help / -h by
+ * printing usage(stdout) and the configuration keys; loads the configuration (defaults <
+ * file < NEEDLETRACE_* environment < --section-key flags, which are removed from argv and
+ * *argc) and applies its log settings. Returns NT_CMD_CONTINUE with *cfg loaded (the caller
+ * calls nt_config_free), or the exit code to return at once: 0 after --help, 2 after a
+ * configuration error, printed as "needletrace: <message naming the key>" (cfg is then
+ * already freed). See also nt_config_load(). */
+int nt_cmd_begin(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn usage,
+                 nt_config_t *cfg);
 
 #endif
