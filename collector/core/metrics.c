@@ -88,7 +88,7 @@ size_t nt_metrics_render(char *buf, size_t buflen)
                         "# TYPE needletrace_db_quarantined_total counter\n");
     for (int r = 1; r < NT_REASON__COUNT; r++) {
         metrics__printf(&o, "needletrace_db_quarantined_total{reason=\"%s\"} %" PRIu64 "\n",
-                        nt_decoder_reason_name((nt_reason_t)r), m->db_quarantined_by_reason[r]);
+                        nt_reason_name((nt_reason_t)r), m->db_quarantined_by_reason[r]);
     }
     metrics__one(&o, "db_last_commit_timestamp_seconds", "gauge", "Time of the last commit.",
                  m->db_last_commit_unix_us / 1000000);

@@ -407,7 +407,7 @@ static int batch__add_rejected(nt_batch_t *b, const nt_journal_record_t *rec, nt
     }
     nt_copybuf_bytes(q, rec->payload, rec->payload_len);
     nt_copybuf_bytes(q, sha, sizeof(sha));
-    nt_copybuf_text(q, nt_decoder_reason_name(reason));
+    nt_copybuf_text(q, nt_reason_name(reason));
     if (batch__safe_text(b, q, detail, strlen(detail)) != 0) {
         return NT_ENOMEM;
     }

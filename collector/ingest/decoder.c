@@ -35,21 +35,6 @@
 
 /* ---- names --------------------------------------------------------------------------------- */
 
-static const char *const decoder__reason_names[] = {
-#define NT__REASON_NAME(name, text) text,
-    NT_REASON_MAP(NT__REASON_NAME)
-#undef NT__REASON_NAME
-};
-
-/* Stable snake_case name of a reason ("not_protobuf"), "unknown" if r is out of range. */
-const char *nt_decoder_reason_name(nt_reason_t r)
-{
-    if ((unsigned)r >= NT_ARRAY_SIZE(decoder__reason_names)) {
-        return "unknown";
-    }
-    return decoder__reason_names[r];
-}
-
 /* The oneof field name of ev's body ("needle_activity", ...), "" if ev is NULL or unset. */
 const char *nt_decoder_event_kind(const Needletrace__V1__Event *ev)
 {

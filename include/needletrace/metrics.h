@@ -7,7 +7,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
-#include "needletrace/decoder.h"
+#include "needletrace/reason.h"
 
 typedef struct {
     /* mqtt source */

@@ -86,7 +86,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     nt_message_t out;
     nt_reason_t r = nt_decoder_decode(&arena, topic, tlen, pbuf, plen, &out, detail, sizeof(detail));
     check_detail(r, detail, sizeof(detail));
-    (void)nt_decoder_reason_name(r);
+    (void)nt_reason_name(r);
 
     if (r == NT_REASON_OK) {
         /* Round trip: what was accepted, packed again, is accepted again, and packing

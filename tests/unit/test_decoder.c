@@ -223,8 +223,8 @@ static nt_reason_t decode_patched(const tmsg_t *m, const char *needle, size_t of
     do {                                                                                           \
         nt_reason_t got_ = (expr);                                                                 \
         if (got_ != (want)) {                                                                      \
-            fail_msg("got %s (%s), want %s", nt_decoder_reason_name(got_), g_detail,                       \
-                     nt_decoder_reason_name(want));                                                        \
+            fail_msg("got %s (%s), want %s", nt_reason_name(got_), g_detail,                       \
+                     nt_reason_name(want));                                                        \
         }                                                                                          \
     } while (0)
 
@@ -371,23 +371,23 @@ static void test_arena_limit_in_decode(void **state)
 static void test_reason_names(void **state)
 {
     (void)state;
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_OK), "ok");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_BAD_TOPIC), "bad_topic");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_PAYLOAD_TOO_LARGE), "payload_too_large");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_NOT_PROTOBUF), "not_protobuf");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_SERIAL_MISMATCH), "serial_mismatch");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_BAD_IDENTIFIER), "bad_identifier");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_INVALID_UTF8), "invalid_utf8");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_NUL_IN_STRING), "nul_in_string");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_STRING_TOO_LONG), "string_too_long");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_NO_EVENTS), "no_events");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_TOO_MANY_EVENTS), "too_many_events");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_MISSING_BODY), "missing_body");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_SEQ_ORDER), "seq_order");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_OUT_OF_RANGE), "out_of_range");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON_UNKNOWN_AREA), "unknown_area");
-    assert_string_equal(nt_decoder_reason_name(NT_REASON__COUNT), "unknown");
-    assert_string_equal(nt_decoder_reason_name((nt_reason_t)-1), "unknown");
+    assert_string_equal(nt_reason_name(NT_REASON_OK), "ok");
+    assert_string_equal(nt_reason_name(NT_REASON_BAD_TOPIC), "bad_topic");
+    assert_string_equal(nt_reason_name(NT_REASON_PAYLOAD_TOO_LARGE), "payload_too_large");
+    assert_string_equal(nt_reason_name(NT_REASON_NOT_PROTOBUF), "not_protobuf");
+    assert_string_equal(nt_reason_name(NT_REASON_SERIAL_MISMATCH), "serial_mismatch");
+    assert_string_equal(nt_reason_name(NT_REASON_BAD_IDENTIFIER), "bad_identifier");
+    assert_string_equal(nt_reason_name(NT_REASON_INVALID_UTF8), "invalid_utf8");
+    assert_string_equal(nt_reason_name(NT_REASON_NUL_IN_STRING), "nul_in_string");
+    assert_string_equal(nt_reason_name(NT_REASON_STRING_TOO_LONG), "string_too_long");
+    assert_string_equal(nt_reason_name(NT_REASON_NO_EVENTS), "no_events");
+    assert_string_equal(nt_reason_name(NT_REASON_TOO_MANY_EVENTS), "too_many_events");
+    assert_string_equal(nt_reason_name(NT_REASON_MISSING_BODY), "missing_body");
+    assert_string_equal(nt_reason_name(NT_REASON_SEQ_ORDER), "seq_order");
+    assert_string_equal(nt_reason_name(NT_REASON_OUT_OF_RANGE), "out_of_range");
+    assert_string_equal(nt_reason_name(NT_REASON_UNKNOWN_AREA), "unknown_area");
+    assert_string_equal(nt_reason_name(NT_REASON__COUNT), "unknown");
+    assert_string_equal(nt_reason_name((nt_reason_t)-1), "unknown");
 }
 
 static void test_event_kinds(void **state)
