@@ -16,8 +16,7 @@ int nt_cmd_wants_help(int argc, char **argv)
     return 0;
 }
 
-int nt_cmd_begin(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn usage,
-                 nt_config_t *cfg)
+int nt_cmd_begin(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn usage, nt_config_t *cfg)
 {
     char err[1024];
     if (nt_cmd_wants_help(*argc, argv)) {

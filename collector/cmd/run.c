@@ -1,10 +1,9 @@
-/* run.c -- `needletrace run`: wires the journal, the MQTT source, the database sink and HTTP on one
- * loop. */
+/* run.c -- `needletrace run`: wires the journal, the MQTT source, the database sink, the alert
+ * publisher and the HTTP listener on one loop, and stops them cleanly. */
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 #include <uv.h>
 
@@ -17,6 +16,7 @@
 #include "needletrace/metrics.h"
 #include "needletrace/mqttsrc.h"
 #include "needletrace/pgsink.h"
+#include "needletrace/publisher.h"
 
 /* SIGTERM must end the process within 10 s; keep a margin for closing. */
 #define RUN_DRAIN_DEADLINE_MS 8000
@@ -27,14 +27,19 @@ typedef struct {
     nt_journal_t *journal;
     nt_mqttsrc_t *src;
     nt_pgsink_t *sink;
+    nt_publisher_t *publisher;
     nt_http_t *http;
     uv_signal_t sigterm;
     uv_signal_t sigint;
     uv_timer_t deadline;
+    int handles; /* signals and deadline initialised */
     int stopping;
     int stopped;
     int exit_code; /* 0, or 1 after a runtime failure */
 } run_t;
+
+/* ---- the pipeline's wiring --------------------------------------------------------------------
+ */
 
 static void run__on_synced(nt_mqttsrc_t *m, void *data)
 {
@@ -54,20 +59,7 @@ static void run__on_commit(nt_pgsink_t *s, uint64_t checkpoint, void *data)
 static void run__on_alerts(nt_pgsink_t *s, const nt_alert_t *alerts, size_t n, void *data)
 {
     run_t *r = data;
-    char topic[NT_MAX_TOPIC_LEN];
-    size_t deferred = 0;
-    for (size_t i = 0; i < n; i++) {
-        const nt_alert_t *a = &alerts[i];
-        snprintf(topic, sizeof(topic), "clinics/%s/alerts/%s", a->clinic_id, a->rule);
-        int rc =
-            nt_mqttsrc_publish_alert(r->src, a->alert_id, topic, a->payload, strlen(a->payload));
-        if (rc == NT_EAGAIN) {
-            deferred++;
-        } else if (rc < 0) {
-            nt_log(NT_LOG_ERROR, "run", "could not publish alert %lld: %s", (long long)a->alert_id,
-                   nt_strerror(rc));
-        }
-    }
+    size_t deferred = nt_publisher_publish_all(r->publisher, alerts, n);
     if (deferred > 0) {
         nt_log(NT_LOG_WARN, "run",
                "%zu alerts wait for the broker connection: they stay undelivered in the "
@@ -86,7 +78,7 @@ static void run__on_mqtt_connected(nt_mqttsrc_t *m, void *data)
     nt_pgsink_request_undelivered(r->sink);
 }
 
-static void run__on_alert_published(nt_mqttsrc_t *m, int64_t alert_id, void *data)
+static void run__on_alert_delivered(int64_t alert_id, void *data)
 {
     run_t *r = data;
     nt_pgsink_alert_delivered(r->sink, alert_id);
@@ -114,21 +106,37 @@ static int run__ready(void *data, char *reason, size_t len)
     return 1;
 }
 
+/* ---- stopping ---------------------------------------------------------------------------------
+ */
+
+/* Closes everything that is open; the loop then ends once the handles are closed. The one
+ * teardown, for every way out. */
 static void run__finish(run_t *r)
 {
     if (r->stopped) {
         return;
     }
     r->stopped = 1;
-    nt_mqttsrc_close(r->src);
-    nt_pgsink_close(r->sink);
+    nt_publisher_close(r->publisher);
+    r->publisher = NULL;
+    if (r->src != NULL) {
+        nt_mqttsrc_close(r->src);
+        r->src = NULL;
+    }
+    if (r->sink != NULL) {
+        nt_pgsink_close(r->sink);
+        r->sink = NULL;
+    }
     if (r->http != NULL) {
         nt_http_stop(r->http);
+        r->http = NULL;
     }
-    uv_timer_stop(&r->deadline);
-    uv_close((uv_handle_t *)&r->deadline, NULL);
-    uv_close((uv_handle_t *)&r->sigterm, NULL);
-    uv_close((uv_handle_t *)&r->sigint, NULL);
+    if (r->handles) {
+        uv_timer_stop(&r->deadline);
+        uv_close((uv_handle_t *)&r->deadline, NULL);
+        uv_close((uv_handle_t *)&r->sigterm, NULL);
+        uv_close((uv_handle_t *)&r->sigint, NULL);
+    }
 }
 
 static void run__on_drained(nt_pgsink_t *s, int status, void *data)
@@ -150,6 +158,13 @@ static void run__on_deadline(uv_timer_t *t)
     run__finish(r);
 }
 
+/* Commits what is durable (within the deadline), then finishes. */
+static void run__drain(run_t *r)
+{
+    uv_timer_start(&r->deadline, run__on_deadline, RUN_DRAIN_DEADLINE_MS, 0);
+    nt_pgsink_drain(r->sink, run__on_drained, r);
+}
+
 /* The journal cannot be written (disk full, I/O error): commit what is durable, then exit 1
  * so that the supervisor restarts the collector, which reopens and recovers the journal.
  * Nothing that was not durable was acknowledged: the broker redelivers it. */
@@ -165,8 +180,7 @@ static void run__on_journal_failed(nt_mqttsrc_t *m, void *data)
            "stopping: the journal in \"%s\" cannot be written; committing what is durable, then "
            "exiting so that a restart recovers it",
            r->cfg.journal_dir);
-    uv_timer_start(&r->deadline, run__on_deadline, RUN_DRAIN_DEADLINE_MS, 0);
-    nt_pgsink_drain(r->sink, run__on_drained, r);
+    run__drain(r);
 }
 
 static void run__on_signal(uv_signal_t *h, int signum)
@@ -182,35 +196,102 @@ static void run__on_signal(uv_signal_t *h, int signum)
     nt_log(NT_LOG_INFO, "run", "received %s: stopping reads, committing what is journaled",
            strsignal(signum));
     nt_mqttsrc_pause(r->src);
-    uv_timer_start(&r->deadline, run__on_deadline, RUN_DRAIN_DEADLINE_MS, 0);
-    nt_pgsink_drain(r->sink, run__on_drained, r);
+    run__drain(r);
+}
+
+/* ---- starting ---------------------------------------------------------------------------------
+ */
+
+/* Creates the stages on the loop. 0, or 1 after logging what failed (run__finish then closes
+ * what was made). */
+static int run__open(run_t *r)
+{
+    nt_pgsink_options_t sopts = {
+        .conninfo = r->cfg.database_url,
+        .collector_id = r->cfg.collector_id,
+        .max_events = (uint32_t)r->cfg.batch_max_events,
+        .max_bytes = (uint32_t)r->cfg.batch_max_bytes,
+        .max_delay_ms = (uint32_t)r->cfg.batch_max_delay_ms,
+        .reconnect_min_ms = (uint32_t)r->cfg.mqtt_reconnect_min_ms,
+        .reconnect_max_ms = (uint32_t)r->cfg.mqtt_reconnect_max_ms,
+    };
+    if (nt_pgsink_init(&r->loop, &r->sink, &sopts, r->journal, run__on_commit, r) != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not start the database sink: out of memory");
+        return 1;
+    }
+    nt_pgsink_set_alerts_cb(r->sink, run__on_alerts);
+    if (nt_mqttsrc_init(&r->loop, &r->src, &r->cfg, r->journal, run__on_synced, r) != 0) {
+        return 1; /* logged by the source */
+    }
+    nt_mqttsrc_set_callbacks(r->src, run__on_mqtt_connected, run__on_journal_failed);
+    if (nt_publisher_init(&r->publisher, r->src, run__on_alert_delivered, r) != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not start the alert publisher: out of memory");
+        return 1;
+    }
+    if (r->cfg.http_port > 0 &&
+        nt_http_start(&r->loop, &r->http, r->cfg.http_host, r->cfg.http_port, run__ready, r) != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not listen on %s for metrics and health",
+               r->cfg.http_listen);
+        return 1;
+    }
+    uv_signal_init(&r->loop, &r->sigterm);
+    uv_signal_init(&r->loop, &r->sigint);
+    uv_timer_init(&r->loop, &r->deadline);
+    r->handles = 1;
+    r->sigterm.data = r->sigint.data = r->deadline.data = r;
+    uv_signal_start(&r->sigterm, run__on_signal, SIGTERM);
+    uv_signal_start(&r->sigint, run__on_signal, SIGINT);
+    return 0;
 }
 
 static void run__usage(FILE *out)
 {
     fprintf(out, "usage: needletrace run [--config FILE] [--SECTION-KEY VALUE]...\n\n"
                  "Runs the collector: subscribes to the broker, journals every message, writes\n"
-                 "it to PostgreSQL. Stops cleanly on SIGTERM or SIGINT.\n\nConfiguration keys:\n");
-    nt_config_help(out);
+                 "it to PostgreSQL. Stops cleanly on SIGTERM or SIGINT.\n");
+}
+
+/* Runs the pipeline until it is stopped; returns the exit code. */
+static int run__serve(run_t *r)
+{
+    nt_journal_options_t jopts = {r->cfg.journal_dir, (uint64_t)r->cfg.journal_max_bytes,
+                                  (uint64_t)r->cfg.journal_segment_bytes};
+    int rc = nt_journal_open(&r->journal, &jopts);
+    if (rc != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not open the journal in \"%s\": %s", r->cfg.journal_dir,
+               nt_strerror(rc));
+        return 1;
+    }
+    nt_metrics.journal_end = nt_journal_end(r->journal);
+    nt_metrics.journal_bytes = nt_journal_bytes(r->journal);
+    uv_loop_init(&r->loop);
+    int code = 1;
+    if (run__open(r) != 0) {
+        run__finish(r);
+    } else {
+        nt_log(NT_LOG_INFO, "run",
+               "needletrace collector \"%s\" starting: broker %s, journal \"%s\" (%llu bytes to "
+               "replay at most), http %s",
+               r->cfg.collector_id, r->cfg.mqtt_url, r->cfg.journal_dir,
+               (unsigned long long)(nt_journal_end(r->journal) - nt_journal_start(r->journal)),
+               r->cfg.http_port > 0 ? r->cfg.http_listen : "off");
+        nt_pgsink_start(r->sink);
+        nt_mqttsrc_start(r->src);
+        code = -1;
+    }
+    uv_run(&r->loop, UV_RUN_DEFAULT);
+    uv_loop_close(&r->loop);
+    nt_journal_close(r->journal);
+    return code < 0 ? r->exit_code : code;
 }
 
 int nt_cmd_run(int argc, char **argv, char *const *envp)
 {
     run_t r;
-    char err[1024];
-    int code = 1;
     memset(&r, 0, sizeof(r));
-
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            run__usage(stdout);
-            return 0;
-        }
-    }
-    if (nt_config_load(&r.cfg, &argc, argv, envp, err, sizeof(err)) != 0) {
-        fprintf(stderr, "needletrace: %s\n", err);
-        nt_config_free(&r.cfg);
-        return 2;
+    int code = nt_cmd_begin(&argc, argv, envp, run__usage, &r.cfg);
+    if (code != NT_CMD_CONTINUE) {
+        return code;
     }
     if (argc > 1) {
         fprintf(stderr,
@@ -219,74 +300,9 @@ int nt_cmd_run(int argc, char **argv, char *const *envp)
         nt_config_free(&r.cfg);
         return 2;
     }
-    nt_config_setup_log(&r.cfg);
     signal(SIGPIPE, SIG_IGN);
     srandom((unsigned)(nt_now_us() ^ getpid()));
-
-    nt_journal_options_t jopts = {r.cfg.journal_dir, (uint64_t)r.cfg.journal_max_bytes,
-                                  (uint64_t)r.cfg.journal_segment_bytes};
-    int rc = nt_journal_open(&r.journal, &jopts);
-    if (rc != 0) {
-        nt_log(NT_LOG_ERROR, "run", "could not open the journal in \"%s\": %s", r.cfg.journal_dir,
-               nt_strerror(rc));
-        nt_config_free(&r.cfg);
-        return 1;
-    }
-    nt_metrics.journal_end = nt_journal_end(r.journal);
-    nt_metrics.journal_bytes = nt_journal_bytes(r.journal);
-
-    uv_loop_init(&r.loop);
-    nt_pgsink_options_t sopts = {
-        .conninfo = r.cfg.database_url,
-        .collector_id = r.cfg.collector_id,
-        .max_events = (uint32_t)r.cfg.batch_max_events,
-        .max_bytes = (uint32_t)r.cfg.batch_max_bytes,
-        .max_delay_ms = (uint32_t)r.cfg.batch_max_delay_ms,
-        .reconnect_min_ms = (uint32_t)r.cfg.mqtt_reconnect_min_ms,
-        .reconnect_max_ms = (uint32_t)r.cfg.mqtt_reconnect_max_ms,
-    };
-    if (nt_pgsink_init(&r.loop, &r.sink, &sopts, r.journal, run__on_commit, &r) != 0) {
-        nt_log(NT_LOG_ERROR, "run", "could not start the database sink: out of memory");
-        goto out;
-    }
-    if (nt_mqttsrc_init(&r.loop, &r.src, &r.cfg, r.journal, run__on_synced, &r) != 0) {
-        nt_pgsink_close(r.sink);
-        uv_run(&r.loop, UV_RUN_DEFAULT);
-        goto out;
-    }
-    nt_pgsink_set_alerts_cb(r.sink, run__on_alerts);
-    nt_mqttsrc_set_callbacks(r.src, run__on_mqtt_connected, run__on_alert_published,
-                             run__on_journal_failed);
-    if (r.cfg.http_port > 0 &&
-        nt_http_start(&r.loop, &r.http, r.cfg.http_host, r.cfg.http_port, run__ready, &r) != 0) {
-        nt_log(NT_LOG_ERROR, "run", "could not listen on %s for metrics and health",
-               r.cfg.http_listen);
-        nt_mqttsrc_close(r.src);
-        nt_pgsink_close(r.sink);
-        uv_run(&r.loop, UV_RUN_DEFAULT);
-        goto out;
-    }
-    uv_signal_init(&r.loop, &r.sigterm);
-    uv_signal_init(&r.loop, &r.sigint);
-    uv_timer_init(&r.loop, &r.deadline);
-    r.sigterm.data = r.sigint.data = r.deadline.data = &r;
-    uv_signal_start(&r.sigterm, run__on_signal, SIGTERM);
-    uv_signal_start(&r.sigint, run__on_signal, SIGINT);
-
-    nt_log(
-        NT_LOG_INFO, "run",
-        "needletrace collector \"%s\" starting: broker %s, journal \"%s\" (%llu bytes to replay at "
-        "most), http %s",
-        r.cfg.collector_id, r.cfg.mqtt_url, r.cfg.journal_dir,
-        (unsigned long long)(nt_journal_end(r.journal) - nt_journal_start(r.journal)),
-        r.cfg.http_port > 0 ? r.cfg.http_listen : "off");
-    nt_pgsink_start(r.sink);
-    nt_mqttsrc_start(r.src);
-    uv_run(&r.loop, UV_RUN_DEFAULT);
-    code = r.exit_code;
-out:
-    uv_loop_close(&r.loop);
-    nt_journal_close(r.journal);
+    code = run__serve(&r);
     nt_config_free(&r.cfg);
     return code;
 }

@@ -1,19 +1,21 @@
 /* pgsink.h -- the PostgreSQL sink: reads the journal from the checkpoint, one transaction per
  * batch.
  *
- * Non-blocking libpq on the caller's libuv loop. Per batch: BEGIN; SAVEPOINT; binary COPY
- * straight into the target tables (fast path); on a unique violation ROLLBACK TO SAVEPOINT
- * and COPY into temp staging tables then INSERT ... SELECT ... ON CONFLICT DO NOTHING;
- * upsert the checkpoint (collector_id, journal id, position); COMMIT. After a commit the
- * journal is released up to the checkpoint. On any connection error the batch is kept,
- * the connection re-made with capped exponential backoff plus jitter, the checkpoint
- * re-read, and reading resumes from it, so nothing is lost or doubled. */
+ * The sink ties the database stage together: it reads durable journal records into a batch
+ * (batch.h) up to its bounds (events, bytes, max delay), runs one transaction per batch over
+ * its connection (txn.h over pgconn.h: COPY, rules, alert bookkeeping, checkpoint, COMMIT),
+ * releases the journal up to each commit's checkpoint, and hands the alerts each commit
+ * raised to its owner for publishing. When idle it runs maintenance transactions for the
+ * alert outbox (outbox.h). On any connection error the batches are dropped, the connection
+ * re-made with capped exponential backoff plus jitter, the checkpoint re-read, and reading
+ * resumes from it, so nothing is lost or doubled. */
 #ifndef NEEDLETRACE_PGSINK_H
 #define NEEDLETRACE_PGSINK_H
 
 #include <stdint.h>
 #include <uv.h>
 
+#include "needletrace/alert.h"
 #include "needletrace/journal.h"
 
 typedef struct nt_pgsink_s nt_pgsink_t;
@@ -28,14 +30,6 @@ typedef struct {
     uint32_t reconnect_max_ms;
 } nt_pgsink_options_t;
 
-/* One alert raised (or found undelivered) by a committed transaction. */
-typedef struct {
-    int64_t alert_id;
-    const char *clinic_id;
-    const char *rule;
-    const char *payload; /* JSON, as specified in DESIGN section 7 */
-} nt_alert_t;
-
 /* Called after a commit with the alerts it raised, and with undelivered alerts found after
  * nt_pgsink_request_undelivered(). The array is valid during the call only. */
 typedef void (*nt_pgsink_alerts_cb)(nt_pgsink_t *s, const nt_alert_t *alerts, size_t n, void *data);
@@ -45,6 +39,8 @@ typedef void (*nt_pgsink_commit_cb)(nt_pgsink_t *s, uint64_t checkpoint, void *d
 /* Called once when a drain finished: status 0 = everything durable was committed. */
 typedef void (*nt_pgsink_drain_cb)(nt_pgsink_t *s, int status, void *data);
 
+/* Creates the sink over journal (which must outlive it); on_commit follows every batch commit.
+ * Nothing is connected before nt_pgsink_start. Returns 0 or NT_ENOMEM. */
 int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t *opts,
                    nt_journal_t *journal, nt_pgsink_commit_cb on_commit, void *data);
 /* Sets the alert callback (before nt_pgsink_start). */
@@ -55,12 +51,13 @@ void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id);
 /* Asks for the alerts not yet published (after the broker connection came back). */
 void nt_pgsink_request_undelivered(nt_pgsink_t *s);
 
-/* Starts connecting; once connected and the checkpoint is read, consumes the journal. */
+/* Starts connecting; once connected and the checkpoint is read, consumes the journal. 0. */
 int nt_pgsink_start(nt_pgsink_t *s);
 /* Tells the sink that the journal's durable end moved. Cheap; call after every sync. */
 void nt_pgsink_wakeup(nt_pgsink_t *s);
 /* Commits everything durable now, then calls cb (also on failure / when stopped). */
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
+/* 1 when connected and the checkpoint is read. */
 int nt_pgsink_ready(const nt_pgsink_t *s);
 /* Closes the connection and handles; frees itself when they are closed. */
 void nt_pgsink_close(nt_pgsink_t *s);

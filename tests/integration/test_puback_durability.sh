@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # test_puback_durability.sh -- DESIGN §2 regression: nothing is acknowledged before it is
-# durable. With NT_TEST_KILL_BEFORE_JOURNAL=50 the collector SIGKILLs itself after receiving
-# 50 messages, before journaling or acknowledging them; restarted without the hook, it must
-# end with exactly the simulator's counts, which is only possible if the broker redelivered
-# the messages, i.e. they had not been PUBACKed.
+# durable. The fault library tests/fault/ntfault.c, preloaded from outside the process (no
+# hook in the collector), SIGKILLs the collector just before its first journal write: the
+# first burst of messages was received but neither journaled nor acknowledged. Restarted
+# without it, the collector must end with exactly the simulator's counts, which is only
+# possible if the broker redelivered the messages, i.e. they had not been PUBACKed.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -13,7 +14,9 @@ EV='SELECT count(*) FROM needletrace.events'
 nt_start_pg
 nt_start_broker
 nt_migrate
-nt_start_collector c1 NT_TEST_KILL_BEFORE_JOURNAL=50
+FAULT_LIB=$(dirname "$NT_BIN")/libntfault.so
+[[ -f $FAULT_LIB ]] || nt_fail "fault library not built: $FAULT_LIB"
+nt_start_collector c1 LD_PRELOAD="$FAULT_LIB" NTFAULT_KILL_AT_JOURNAL_WRITE=1
 nt_wait_collector_ready c1
 
 # A burst of 1,000 messages of 5 events, no rate limit.
@@ -23,7 +26,7 @@ expected=$(nt_json "$NT_TMP/sim.json" .expected.events)
 nt_wait_collector_exit c1 60
 nt_expect_eq "exit status (killed itself with SIGKILL)" 137 "$NT_EXIT_CODE"
 at_death=$(nt_sql "$EV")
-nt_log "collector died after 50 messages with $at_death of $expected events committed"
+nt_log "collector died before its first journal write with $at_death of $expected events committed"
 nt_expect_true "events committed before the death ($at_death) < $expected" \
     test "$at_death" -lt "$expected"
 

@@ -1,0 +1,360 @@
+/* pgconn.c -- one non-blocking libpq connection on the loop: connect, watchdog, reconnect. */
+#include "needletrace/pgconn.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "needletrace/common.h"
+#include "needletrace/fdwatch.h"
+#include "needletrace/log.h"
+#include "needletrace/metrics.h"
+
+typedef enum {
+    PGCONN_WAITING = 0, /* disconnected; the retry timer will connect */
+    PGCONN_CONNECTING,  /* PQconnectPoll in progress */
+    PGCONN_READY,       /* connected */
+    PGCONN_CLOSED,
+} pgconn_state_t;
+
+struct nt_pgconn_s {
+    uv_loop_t *loop;
+    char *conninfo;
+    uint32_t reconnect_min_ms;
+    uint32_t reconnect_max_ms;
+    nt_pgconn_cbs_t cbs;
+    void *data;
+
+    PGconn *conn;
+    nt_fdwatch_t watch;
+    uv_timer_t retry_timer;
+    uv_timer_t watchdog;
+    uint64_t watchdog_ms;
+    int handles_open;
+    pgconn_state_t state;
+    int in_flight;     /* a command was sent and has not finished */
+    unsigned attempts; /* consecutive failures, for the backoff */
+    char error[512];
+};
+
+static void pgconn__on_io(nt_fdwatch_t *w, int status, int events, void *data);
+
+static void pgconn__timer_closed(uv_handle_t *h)
+{
+    nt_pgconn_t *c = h->data;
+    if (--c->handles_open == 0) {
+        free(c->conninfo);
+        free(c);
+    }
+}
+
+/* Trimmed first line of libpq's last error. */
+static const char *pgconn__pq_error(nt_pgconn_t *c)
+{
+    const char *e = c->conn != NULL ? PQerrorMessage(c->conn) : "out of memory";
+    snprintf(c->error, sizeof(c->error), "%.*s", (int)strcspn(e, "\n"), e);
+    return c->error;
+}
+
+/* Watches libpq's current socket; re-reads PQsocket every time, as it may change while
+ * connecting. Returns 0, or NT_EDB after the connection was dropped. */
+static int pgconn__watch(nt_pgconn_t *c, int events)
+{
+    int fd = PQsocket(c->conn);
+    if (fd < 0) {
+        nt_pgconn_fail(c, "connection has no socket");
+        return NT_EDB;
+    }
+    if (nt_fdwatch_set(&c->watch, fd, events) != 0) {
+        nt_pgconn_fail(c, "could not watch the database socket");
+        return NT_EDB;
+    }
+    return 0;
+}
+
+static void pgconn__notice(void *arg, const char *message)
+{
+    nt_log(NT_LOG_DEBUG, "db", "server notice: %.*s", (int)strcspn(message, "\n"), message);
+}
+
+static void pgconn__on_retry_timer(uv_timer_t *t)
+{
+    nt_pgconn_t *c = t->data;
+    if (c->state == PGCONN_WAITING) {
+        nt_pgconn_connect(c);
+    } else if (c->state == PGCONN_READY && c->cbs.on_retry != NULL) {
+        c->cbs.on_retry(c, c->data);
+    }
+}
+
+static void pgconn__schedule_retry(nt_pgconn_t *c)
+{
+    uint64_t delay = nt_backoff_ms(c->reconnect_min_ms, c->reconnect_max_ms, c->attempts++);
+    uv_timer_start(&c->retry_timer, pgconn__on_retry_timer, delay, 0);
+}
+
+static void pgconn__on_watchdog(uv_timer_t *t)
+{
+    nt_pgconn_t *c = t->data;
+    char why[96];
+    snprintf(why, sizeof(why), "no answer from the database within %llu s",
+             (unsigned long long)(c->watchdog_ms / 1000));
+    nt_pgconn_fail(c, why);
+}
+
+void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
+{
+    if (c->state == PGCONN_CLOSED || c->state == PGCONN_WAITING) {
+        return;
+    }
+    nt_metrics.db_errors++;
+    if (c->state == PGCONN_CONNECTING && c->attempts > 0) {
+        nt_log(NT_LOG_DEBUG, "db", "could not connect to the database: %s", why);
+    } else if (c->state == PGCONN_CONNECTING) {
+        nt_log(NT_LOG_WARN, "db", "could not connect to the database: %s; retrying", why);
+    } else {
+        nt_log(NT_LOG_WARN, "db", "lost the database connection: %s; retrying from the checkpoint",
+               why);
+    }
+    nt_fdwatch_drop(&c->watch);
+    uv_timer_stop(&c->watchdog);
+    if (c->conn != NULL) {
+        PQfinish(c->conn);
+        c->conn = NULL;
+    }
+    nt_metrics.db_connected = 0;
+    c->in_flight = 0;
+    c->state = PGCONN_WAITING;
+    pgconn__schedule_retry(c);
+    if (c->cbs.on_lost != NULL) {
+        c->cbs.on_lost(c, c->data);
+    }
+}
+
+void nt_pgconn_connect(nt_pgconn_t *c)
+{
+    /* TCP keepalives and a user timeout notice a peer that vanished; they come first so
+     * that the same keys in the configured connection string win. */
+    static const char *const keys[] = {"keepalives",
+                                       "keepalives_idle",
+                                       "keepalives_interval",
+                                       "keepalives_count",
+                                       "tcp_user_timeout",
+                                       "dbname",
+                                       NULL};
+    const char *values[] = {"1", "10", "5", "3", "30000", c->conninfo, NULL};
+    uv_timer_stop(&c->retry_timer);
+    c->state = PGCONN_CONNECTING;
+    nt_pgconn_arm_watchdog(c, NT_PGCONN_CONNECT_TIMEOUT_MS);
+    c->conn = PQconnectStartParams(keys, values, 1);
+    if (c->conn == NULL || PQstatus(c->conn) == CONNECTION_BAD) {
+        nt_pgconn_fail(c, pgconn__pq_error(c));
+        return;
+    }
+    PQsetNoticeProcessor(c->conn, pgconn__notice, c);
+    pgconn__watch(c, UV_WRITABLE);
+}
+
+/* One step of the asynchronous connect; on_connected once it is done. */
+static void pgconn__connect_poll(nt_pgconn_t *c)
+{
+    switch (PQconnectPoll(c->conn)) {
+    case PGRES_POLLING_READING:
+        pgconn__watch(c, UV_READABLE);
+        return;
+    case PGRES_POLLING_WRITING:
+        pgconn__watch(c, UV_WRITABLE);
+        return;
+    case PGRES_POLLING_FAILED:
+        nt_pgconn_fail(c, pgconn__pq_error(c));
+        return;
+    default:
+        break;
+    }
+    if (PQsetnonblocking(c->conn, 1) != 0) {
+        nt_pgconn_fail(c, pgconn__pq_error(c));
+        return;
+    }
+    nt_metrics.db_connects++;
+    c->state = PGCONN_READY;
+    if (pgconn__watch(c, UV_READABLE) == 0 && c->cbs.on_connected != NULL) {
+        c->cbs.on_connected(c, c->data);
+    }
+}
+
+/* Hands one result of the command in flight to the owner. */
+static void pgconn__result(nt_pgconn_t *c, const PGresult *res)
+{
+    ExecStatusType st = PQresultStatus(res);
+    switch (st) {
+    case PGRES_COPY_IN:
+        c->cbs.on_copy_in(c, c->data);
+        return;
+    case PGRES_TUPLES_OK:
+        c->cbs.on_rows(c, res, c->data);
+        return;
+    case PGRES_COMMAND_OK:
+    case PGRES_EMPTY_QUERY:
+        return;
+    default: {
+        const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+        const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        c->cbs.on_error(c, code != NULL ? code : "XX000", msg != NULL ? msg : PQresStatus(st),
+                        c->data);
+        return;
+    }
+    }
+}
+
+/* Reads what arrived and hands over every complete result; on_done when a command ends. */
+static void pgconn__read(nt_pgconn_t *c)
+{
+    if (!PQconsumeInput(c->conn)) {
+        nt_pgconn_fail(c, pgconn__pq_error(c));
+        return;
+    }
+    while (c->conn != NULL && c->in_flight && !PQisBusy(c->conn)) {
+        PGresult *res = PQgetResult(c->conn);
+        if (res == NULL) {
+            c->in_flight = 0;
+            c->cbs.on_done(c, c->data); /* may send the next command */
+            continue;
+        }
+        pgconn__result(c, res);
+        PQclear(res);
+        if (c->conn != NULL && PQflush(c->conn) == 1) {
+            pgconn__watch(c, UV_READABLE | UV_WRITABLE);
+        }
+    }
+    if (c->conn != NULL && PQstatus(c->conn) == CONNECTION_BAD) {
+        nt_pgconn_fail(c, pgconn__pq_error(c));
+    }
+}
+
+static void pgconn__on_io(nt_fdwatch_t *w, int status, int events, void *data)
+{
+    nt_pgconn_t *c = data;
+    if (c->state == PGCONN_CONNECTING) {
+        pgconn__connect_poll(c);
+        return;
+    }
+    if (c->state != PGCONN_READY) {
+        return;
+    }
+    if (status < 0) {
+        events = UV_READABLE; /* let libpq report the error */
+    }
+    if (events & UV_WRITABLE) {
+        int rc = PQflush(c->conn);
+        if (rc < 0) {
+            nt_pgconn_fail(c, pgconn__pq_error(c));
+            return;
+        }
+        if (rc == 0 && pgconn__watch(c, UV_READABLE) != 0) {
+            return;
+        }
+    }
+    if (events & UV_READABLE) {
+        pgconn__read(c);
+    }
+}
+
+/* ---- public ---------------------------------------------------------------------------------- */
+
+int nt_pgconn_init(uv_loop_t *loop, nt_pgconn_t **out, const nt_pgconn_options_t *opts,
+                   const nt_pgconn_cbs_t *cbs, void *data)
+{
+    nt_pgconn_t *c = calloc(1, sizeof(*c));
+    if (c == NULL) {
+        return NT_ENOMEM;
+    }
+    c->conninfo = strdup(opts->conninfo);
+    if (c->conninfo == NULL) {
+        free(c);
+        return NT_ENOMEM;
+    }
+    c->loop = loop;
+    c->cbs = *cbs;
+    c->data = data;
+    c->reconnect_min_ms = opts->reconnect_min_ms != 0 ? opts->reconnect_min_ms : 250;
+    c->reconnect_max_ms =
+        opts->reconnect_max_ms < c->reconnect_min_ms ? c->reconnect_min_ms : opts->reconnect_max_ms;
+    nt_fdwatch_init(&c->watch, loop, pgconn__on_io, c);
+    uv_timer_init(loop, &c->retry_timer);
+    uv_timer_init(loop, &c->watchdog);
+    c->retry_timer.data = c;
+    c->watchdog.data = c;
+    c->handles_open = 2;
+    c->state = PGCONN_WAITING;
+    *out = c;
+    return 0;
+}
+
+int nt_pgconn_send(nt_pgconn_t *c, const char *sql, int nparams, const char *const *params)
+{
+    int ok = nparams == 0 ? PQsendQuery(c->conn, sql)
+                          : PQsendQueryParams(c->conn, sql, nparams, NULL, params, NULL, NULL, 0);
+    if (!ok) {
+        nt_pgconn_fail(c, pgconn__pq_error(c));
+        return NT_EDB;
+    }
+    c->in_flight = 1;
+    return pgconn__watch(c, UV_READABLE | (PQflush(c->conn) == 1 ? UV_WRITABLE : 0));
+}
+
+int nt_pgconn_put_copy(nt_pgconn_t *c, const void *data, size_t len)
+{
+    if (PQputCopyData(c->conn, data, (int)len) != 1 || PQputCopyEnd(c->conn, NULL) != 1) {
+        nt_pgconn_fail(c, pgconn__pq_error(c));
+        return NT_EDB;
+    }
+    return 0;
+}
+
+void nt_pgconn_arm_watchdog(nt_pgconn_t *c, uint64_t ms)
+{
+    c->watchdog_ms = ms;
+    uv_timer_start(&c->watchdog, pgconn__on_watchdog, ms, 0);
+}
+
+void nt_pgconn_disarm_watchdog(nt_pgconn_t *c)
+{
+    uv_timer_stop(&c->watchdog);
+}
+
+void nt_pgconn_backoff(nt_pgconn_t *c)
+{
+    if (!uv_is_active((uv_handle_t *)&c->retry_timer)) {
+        pgconn__schedule_retry(c);
+    }
+}
+
+int nt_pgconn_backing_off(const nt_pgconn_t *c)
+{
+    return uv_is_active((const uv_handle_t *)&c->retry_timer);
+}
+
+void nt_pgconn_backoff_reset(nt_pgconn_t *c)
+{
+    c->attempts = 0;
+}
+
+int nt_pgconn_connected(const nt_pgconn_t *c)
+{
+    return c->state == PGCONN_READY;
+}
+
+void nt_pgconn_close(nt_pgconn_t *c)
+{
+    c->state = PGCONN_CLOSED;
+    nt_fdwatch_drop(&c->watch);
+    if (c->conn != NULL) {
+        PQfinish(c->conn);
+        c->conn = NULL;
+    }
+    nt_metrics.db_connected = 0;
+    uv_timer_stop(&c->retry_timer);
+    uv_timer_stop(&c->watchdog);
+    uv_close((uv_handle_t *)&c->watchdog, pgconn__timer_closed);
+    uv_close((uv_handle_t *)&c->retry_timer, pgconn__timer_closed);
+}

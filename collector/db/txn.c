@@ -1,0 +1,363 @@
+/* txn.c -- the sink's transaction as a table of steps (see txn.h for the steps and why). */
+#include "needletrace/txn.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "needletrace/common.h"
+#include "needletrace/log.h"
+#include "needletrace/metrics.h"
+
+#define TXN__SKIP 1 /* a step's send found nothing to send: go on to the next step */
+
+#define TXN__ALERT_COLUMNS "SELECT alert_id, clinic_id, rule, payload FROM "
+
+typedef struct {
+    const char *name;
+    int (*applies)(const nt_txn_t *t); /* NULL: always */
+    int (*send)(nt_txn_t *t);          /* 0 sent, TXN__SKIP, or NT_E* */
+    int (*again)(nt_txn_t *t);         /* after its statement: 1 = run the step again */
+    int (*on_error)(nt_txn_t *t);      /* 1 when it handled the failure itself */
+    int alerts;                        /* its rows are alerts */
+} txn__step_t;
+
+/* ---- when a step applies ----------------------------------------------------------------------
+ */
+
+static int txn__fast_path(const nt_txn_t *t)
+{
+    return t->batch != NULL && !t->staging;
+}
+
+static int txn__staging_path(const nt_txn_t *t)
+{
+    return t->batch != NULL && t->staging;
+}
+
+static int txn__has_batch(const nt_txn_t *t)
+{
+    return t->batch != NULL;
+}
+
+static int txn__has_deliveries(const nt_txn_t *t)
+{
+    return t->outbox->n_delivered > 0;
+}
+
+static int txn__gaps_due(const nt_txn_t *t)
+{
+    return t->outbox->gaps_due;
+}
+
+static int txn__undelivered_wanted(const nt_txn_t *t)
+{
+    return t->outbox->undelivered_wanted;
+}
+
+/* ---- what a step sends ------------------------------------------------------------------------
+ */
+
+/* Sends a function call with the collector id as $1 and the given further parameters. */
+static int txn__call(nt_txn_t *t, const char *sql, const char *p2, const char *p3)
+{
+    const char *params[3] = {t->collector_id, p2, p3};
+    int n = p2 == NULL ? 1 : p3 == NULL ? 2 : 3;
+    return t->ops->send(t->conn, sql, n, params);
+}
+
+static int txn__send_begin(nt_txn_t *t)
+{
+    return t->ops->send(t->conn, t->batch != NULL ? "BEGIN; SAVEPOINT nt_fast" : "BEGIN", 0, NULL);
+}
+
+/* Moves t->table to the next table with rows; 0 when none is left. */
+static int txn__next_table(nt_txn_t *t)
+{
+    while (t->table < NT_BATCH__TABLES && t->batch->tables[t->table].buf.rows == 0) {
+        t->table++;
+    }
+    return t->table < NT_BATCH__TABLES;
+}
+
+static int txn__copy(nt_txn_t *t, const char *prefix)
+{
+    if (!txn__next_table(t)) {
+        return TXN__SKIP;
+    }
+    const nt_batch_table_t *tb = &t->batch->tables[t->table];
+    snprintf(t->sql, sizeof(t->sql), "COPY %s%s (%s) FROM STDIN (FORMAT binary)", prefix, tb->table,
+             tb->columns);
+    return t->ops->send(t->conn, t->sql, 0, NULL);
+}
+
+static int txn__send_copy(nt_txn_t *t)
+{
+    return txn__copy(t, "needletrace.");
+}
+
+static int txn__send_stage_copy(nt_txn_t *t)
+{
+    return txn__copy(t, "nt_stage_");
+}
+
+static int txn__copy_again(nt_txn_t *t)
+{
+    t->table++;
+    return txn__next_table(t);
+}
+
+static int txn__send_stage(nt_txn_t *t)
+{
+    size_t n = (size_t)snprintf(t->sql, sizeof(t->sql), "ROLLBACK TO SAVEPOINT nt_fast;");
+    for (int i = 0; i < NT_BATCH__TABLES && n < sizeof(t->sql); i++) {
+        const nt_batch_table_t *tb = &t->batch->tables[i];
+        if (tb->buf.rows > 0) {
+            n += (size_t)snprintf(t->sql + n, sizeof(t->sql) - n,
+                                  "CREATE TEMP TABLE IF NOT EXISTS nt_stage_%s (LIKE "
+                                  "needletrace.%s INCLUDING DEFAULTS) ON COMMIT DELETE ROWS;",
+                                  tb->table, tb->table);
+        }
+    }
+    if (n >= sizeof(t->sql)) {
+        return NT_ETOOBIG;
+    }
+    nt_metrics.db_batches_fallback++;
+    nt_log(NT_LOG_DEBUG, "db", "batch holds rows already stored; taking the staging path");
+    return t->ops->send(t->conn, t->sql, 0, NULL);
+}
+
+static int txn__send_merge(nt_txn_t *t)
+{
+    size_t n = 0;
+    for (int i = 0; i < NT_BATCH__TABLES && n < sizeof(t->sql); i++) {
+        const nt_batch_table_t *tb = &t->batch->tables[i];
+        if (tb->buf.rows > 0) {
+            n += (size_t)snprintf(t->sql + n, sizeof(t->sql) - n,
+                                  "INSERT INTO needletrace.%s (%s) SELECT %s FROM nt_stage_%s "
+                                  "ON CONFLICT DO NOTHING;",
+                                  tb->table, tb->columns, tb->columns, tb->table);
+        }
+    }
+    if (n >= sizeof(t->sql)) {
+        return NT_ETOOBIG;
+    }
+    return t->ops->send(t->conn, t->sql, 0, NULL);
+}
+
+static int txn__send_rules(nt_txn_t *t)
+{
+    return txn__call(t, TXN__ALERT_COLUMNS "needletrace.evaluate_rules($1)", NULL, NULL);
+}
+
+static int txn__send_delivered(nt_txn_t *t)
+{
+    /* An int8 array literal built from integers only. */
+    size_t cap = t->outbox->n_delivered * 21 + 3, len = 0;
+    char *arr = malloc(cap);
+    if (arr == NULL) {
+        return TXN__SKIP; /* recorded by a later transaction */
+    }
+    const int64_t *ids;
+    size_t n = nt_outbox_take_delivered(t->outbox, &ids);
+    arr[len++] = '{';
+    for (size_t i = 0; i < n; i++) {
+        len += (size_t)snprintf(arr + len, cap - len, "%s%" PRId64, i ? "," : "", ids[i]);
+    }
+    arr[len++] = '}';
+    arr[len] = '\0';
+    int rc = txn__call(t, "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])", arr, NULL);
+    free(arr);
+    return rc;
+}
+
+static int txn__send_gaps(nt_txn_t *t)
+{
+    nt_outbox_take_gaps(t->outbox);
+    return txn__call(t, TXN__ALERT_COLUMNS "needletrace.check_sequence_gaps($1)", NULL, NULL);
+}
+
+static int txn__send_undelivered(nt_txn_t *t)
+{
+    char limit[16];
+    snprintf(limit, sizeof(limit), "%d", NT_OUTBOX_PAGE);
+    nt_outbox_take_undelivered(t->outbox);
+    return txn__call(t, TXN__ALERT_COLUMNS "needletrace.undelivered_alerts($1, $2::int)", limit,
+                     NULL);
+}
+
+static int txn__send_checkpoint(nt_txn_t *t)
+{
+    char jid[24], pos[24];
+    snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)t->journal_id);
+    snprintf(pos, sizeof(pos), "%" PRIu64, t->batch->end_pos);
+    return txn__call(t,
+                     "INSERT INTO needletrace.collector_checkpoints "
+                     "(collector_id, journal_id, journal_pos, updated_at) "
+                     "VALUES ($1, $2, $3, now()) ON CONFLICT (collector_id) DO UPDATE SET "
+                     "journal_id = EXCLUDED.journal_id, journal_pos = EXCLUDED.journal_pos, "
+                     "updated_at = EXCLUDED.updated_at",
+                     jid, pos);
+}
+
+static int txn__send_commit(nt_txn_t *t)
+{
+    return t->ops->send(t->conn, "COMMIT", 0, NULL);
+}
+
+/* A unique violation on the fast path: some rows are already stored (a redelivery). */
+static int txn__copy_conflict(nt_txn_t *t)
+{
+    if (strcmp(t->sqlstate, "23505") != 0) {
+        return 0;
+    }
+    t->staging = 1;
+    t->failed = 0;
+    return 1;
+}
+
+/* ---- the table --------------------------------------------------------------------------------
+ */
+
+static const txn__step_t txn__steps[] = {
+    {"begin", NULL, txn__send_begin, NULL, NULL, 0},
+    {"copy", txn__fast_path, txn__send_copy, txn__copy_again, txn__copy_conflict, 0},
+    {"stage", txn__staging_path, txn__send_stage, NULL, NULL, 0},
+    {"stage_copy", txn__staging_path, txn__send_stage_copy, txn__copy_again, NULL, 0},
+    {"merge", txn__staging_path, txn__send_merge, NULL, NULL, 0},
+    {"rules", txn__has_batch, txn__send_rules, NULL, NULL, 1},
+    {"delivered", txn__has_deliveries, txn__send_delivered, NULL, NULL, 0},
+    {"gaps", txn__gaps_due, txn__send_gaps, NULL, NULL, 1},
+    {"undelivered", txn__undelivered_wanted, txn__send_undelivered, NULL, NULL, 1},
+    {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0},
+    {"commit", NULL, txn__send_commit, NULL, NULL, 0},
+};
+
+#define TXN__NSTEPS NT_ARRAY_SIZE(txn__steps)
+
+/* Sends the statement of the first step from index i on that applies and has something to
+ * send. Returns NT_TXN_PENDING or NT_E*. */
+static int txn__run_from(nt_txn_t *t, size_t i)
+{
+    for (; i < TXN__NSTEPS; i++) {
+        const txn__step_t *s = &txn__steps[i];
+        if (s->applies != NULL && !s->applies(t)) {
+            continue;
+        }
+        t->step = i;
+        t->table = 0;
+        t->failed = 0;
+        int rc = s->send(t);
+        if (rc == TXN__SKIP) {
+            continue;
+        }
+        return rc < 0 ? rc : NT_TXN_PENDING;
+    }
+    return NT_EINVAL; /* unreachable: commit always applies */
+}
+
+/* A statement failed and the step could not handle it: logs once, then ROLLBACK. */
+static int txn__rollback(nt_txn_t *t)
+{
+    nt_metrics.db_errors++;
+    int transient = strncmp(t->sqlstate, "40", 2) == 0; /* serialization failure, deadlock */
+    if (t->batch == NULL) {
+        nt_log(transient ? NT_LOG_INFO : NT_LOG_ERROR, "db",
+               "could not run the alert bookkeeping transaction: %s; retrying", t->error);
+    } else {
+        nt_log(transient ? NT_LOG_INFO : NT_LOG_ERROR, "db",
+               "could not commit a batch of %u messages (journal %" PRIu64 "..%" PRIu64 "): %s%s",
+               t->batch->messages, t->batch->first_pos, t->batch->end_pos, t->error,
+               strcmp(t->sqlstate, "42P01") == 0
+                   ? " (has the schema been created? run needletrace migrate)"
+                   : "; retrying");
+    }
+    t->rolling_back = 1;
+    int rc = t->ops->send(t->conn, "ROLLBACK", 0, NULL);
+    return rc < 0 ? rc : NT_TXN_PENDING;
+}
+
+/* ---- public ---------------------------------------------------------------------------------- */
+
+void nt_txn_init(nt_txn_t *t, const nt_txn_ops_t *ops, void *conn, const char *collector_id,
+                 uint64_t journal_id, nt_outbox_t *outbox)
+{
+    memset(t, 0, sizeof(*t));
+    t->ops = ops;
+    t->conn = conn;
+    t->collector_id = collector_id;
+    t->journal_id = journal_id;
+    t->outbox = outbox;
+}
+
+int nt_txn_begin(nt_txn_t *t, nt_batch_t *batch)
+{
+    t->batch = batch;
+    t->staging = 0;
+    t->rolling_back = 0;
+    int rc = txn__run_from(t, 0);
+    return rc == NT_TXN_PENDING ? 0 : rc;
+}
+
+int nt_txn_copy_in(nt_txn_t *t)
+{
+    const nt_copybuf_t *buf = &t->batch->tables[t->table].buf;
+    return t->ops->put_copy(t->conn, buf->data, buf->len);
+}
+
+void nt_txn_rows(nt_txn_t *t, const PGresult *res)
+{
+    if (!txn__steps[t->step].alerts || t->rolling_back) {
+        return;
+    }
+    int rc = PQnfields(res) == 4 ? 0 : NT_EDB;
+    for (int r = 0; rc == 0 && r < PQntuples(res); r++) {
+        rc = nt_outbox_collect(t->outbox, strtoll(PQgetvalue(res, r, 0), NULL, 10),
+                               PQgetvalue(res, r, 1), PQgetvalue(res, r, 2), PQgetvalue(res, r, 3));
+    }
+    if (rc != 0 && !t->failed) {
+        snprintf(t->sqlstate, sizeof(t->sqlstate), "XX000");
+        snprintf(t->error, sizeof(t->error), "could not keep the raised alerts: %s",
+                 nt_strerror(rc));
+        t->failed = 1;
+    }
+}
+
+void nt_txn_error(nt_txn_t *t, const char *sqlstate, const char *message)
+{
+    if (t->failed) {
+        return;
+    }
+    snprintf(t->sqlstate, sizeof(t->sqlstate), "%s", sqlstate);
+    snprintf(t->error, sizeof(t->error), "%s", message);
+    t->failed = 1;
+}
+
+int nt_txn_done(nt_txn_t *t)
+{
+    if (t->rolling_back) {
+        t->rolling_back = 0;
+        return NT_TXN_ROLLED_BACK;
+    }
+    const txn__step_t *s = &txn__steps[t->step];
+    if (t->failed) {
+        if (s->on_error != NULL && s->on_error(t)) {
+            return txn__run_from(t, t->step + 1);
+        }
+        return txn__rollback(t);
+    }
+    if (s->again != NULL && s->again(t)) {
+        int rc = s->send(t);
+        return rc < 0 ? rc : NT_TXN_PENDING;
+    }
+    if (t->step + 1 == TXN__NSTEPS) {
+        return NT_TXN_COMMITTED;
+    }
+    return txn__run_from(t, t->step + 1);
+}
+
+const char *nt_txn_step_name(const nt_txn_t *t)
+{
+    return t->rolling_back ? "rollback" : txn__steps[t->step].name;
+}

@@ -1,0 +1,84 @@
+/* pgconn.h -- one PostgreSQL connection's lifecycle on the loop: connect, watchdog, reconnect.
+ *
+ * Non-blocking libpq (PQconnectStartParams, the socket watched by fdwatch.h and re-read after
+ * every connect poll). TCP keepalives and a user timeout notice a peer that vanished; a
+ * watchdog armed by the owner notices a database that stops answering. Any failure of the
+ * connection drops it and connects again after a capped exponential backoff with jitter; the
+ * owner hears on_lost and starts over from its checkpoint when on_connected comes again.
+ *
+ * The owner sends one command at a time (nt_pgconn_send) and gets its results through the
+ * callbacks: on_copy_in when the server waits for COPY data, on_rows for each row set, on_error
+ * for each failed statement (SQLSTATE and primary message), on_done when the command finished.
+ * The connection knows nothing of batches or transactions (txn.h does). */
+#ifndef NEEDLETRACE_PGCONN_H
+#define NEEDLETRACE_PGCONN_H
+
+#include <libpq-fe.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <uv.h>
+
+typedef struct nt_pgconn_s nt_pgconn_t;
+
+typedef struct {
+    const char *conninfo;      /* libpq connection string or URI (copied) */
+    uint32_t reconnect_min_ms; /* backoff bounds; 0 = 250 ms */
+    uint32_t reconnect_max_ms;
+} nt_pgconn_options_t;
+
+typedef struct {
+    /* Connected, with no command in flight: the owner may send. */
+    void (*on_connected)(nt_pgconn_t *c, void *data);
+    /* The connection was dropped (logged); a reconnect is scheduled. */
+    void (*on_lost)(nt_pgconn_t *c, void *data);
+    /* The retry timer armed by nt_pgconn_backoff() fired while connected. */
+    void (*on_retry)(nt_pgconn_t *c, void *data);
+    /* Results of the command in flight. */
+    void (*on_copy_in)(nt_pgconn_t *c, void *data);
+    void (*on_rows)(nt_pgconn_t *c, const PGresult *res, void *data);
+    void (*on_error)(nt_pgconn_t *c, const char *sqlstate, const char *message, void *data);
+    void (*on_done)(nt_pgconn_t *c, void *data);
+} nt_pgconn_cbs_t;
+
+/* Creates a connection (not yet connecting). 0 or NT_ENOMEM. */
+int nt_pgconn_init(uv_loop_t *loop, nt_pgconn_t **out, const nt_pgconn_options_t *opts,
+                   const nt_pgconn_cbs_t *cbs, void *data);
+
+/* Starts connecting now. The watchdog is armed for NT_PGCONN_CONNECT_TIMEOUT_MS; the owner
+ * disarms it once its first query (e.g. the checkpoint) answered. */
+void nt_pgconn_connect(nt_pgconn_t *c);
+
+/* Sends one command: with nparams 0, by the simple protocol (several statements allowed);
+ * otherwise by the extended protocol with text parameters $1..$nparams. Returns 0, or
+ * NT_EDB when it could not be sent (the connection is then dropped: on_lost follows). */
+int nt_pgconn_send(nt_pgconn_t *c, const char *sql, int nparams, const char *const *params);
+
+/* Sends all the data of the COPY the server waits for, and its end. 0 or NT_EDB (dropped). */
+int nt_pgconn_put_copy(nt_pgconn_t *c, const void *data, size_t len);
+
+#define NT_PGCONN_CONNECT_TIMEOUT_MS 15000  /* to connect and answer the first query */
+#define NT_PGCONN_TXN_TIMEOUT_MS     120000 /* to finish one transaction (may wait for locks) */
+
+/* A database that does not answer within ms (from now) is a lost connection. */
+void nt_pgconn_arm_watchdog(nt_pgconn_t *c, uint64_t ms);
+void nt_pgconn_disarm_watchdog(nt_pgconn_t *c);
+
+/* Drops the connection (logged with why), schedules a reconnect, calls on_lost. */
+void nt_pgconn_fail(nt_pgconn_t *c, const char *why);
+
+/* Arms the retry timer after the owner's own failure (a rolled-back batch, an unreadable
+ * journal): on_retry fires after the next backoff delay. No-op when already armed. */
+void nt_pgconn_backoff(nt_pgconn_t *c);
+/* 1 while the retry timer runs (the owner should wait for it). */
+int nt_pgconn_backing_off(const nt_pgconn_t *c);
+/* A success: the next failure waits the shortest delay again. */
+void nt_pgconn_backoff_reset(nt_pgconn_t *c);
+
+/* 1 when connected (whether or not a command is in flight). */
+int nt_pgconn_connected(const nt_pgconn_t *c);
+
+/* Closes the connection and the handles; frees itself once the loop closed them. No callback
+ * runs after the call. */
+void nt_pgconn_close(nt_pgconn_t *c);
+
+#endif

@@ -1,0 +1,68 @@
+/* ntfault.c -- fault injection from outside the collector, for the integration tests only.
+ *
+ * An LD_PRELOAD library (never linked into needletrace) that wraps pwrite(2) and, when
+ * NTFAULT_KILL_AT_JOURNAL_WRITE=N is set, SIGKILLs the process just before its N-th write to
+ * a journal segment (a file whose name ends in ".ntj"): the messages of that burst were
+ * received from the broker but are neither durable nor acknowledged, so a correct collector
+ * gets them again from the broker after a restart. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <dlfcn.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+typedef ssize_t (*ntfault_pwrite_fn)(int, const void *, size_t, off_t);
+
+static unsigned long ntfault_journal_writes;
+
+/* 1 when fd is open on a journal segment. */
+static int ntfault_is_journal(int fd)
+{
+    char link[64], path[4096];
+    snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, path, sizeof(path) - 1);
+    if (n < 4) {
+        return 0;
+    }
+    path[n] = '\0';
+    return strcmp(path + n - 4, ".ntj") == 0;
+}
+
+static void ntfault_before_write(int fd)
+{
+    const char *at = getenv("NTFAULT_KILL_AT_JOURNAL_WRITE");
+    if (at == NULL || !ntfault_is_journal(fd)) {
+        return;
+    }
+    if (++ntfault_journal_writes == strtoul(at, NULL, 10)) {
+        static const char msg[] = "ntfault: killing the process before a journal write\n";
+        ssize_t ignored = write(2, msg, sizeof(msg) - 1);
+        (void)ignored;
+        raise(SIGKILL);
+    }
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
+{
+    static ntfault_pwrite_fn real;
+    if (real == NULL) {
+        real = (ntfault_pwrite_fn)dlsym(RTLD_NEXT, "pwrite");
+    }
+    ntfault_before_write(fd);
+    return real(fd, buf, count, offset);
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
+{
+    static ntfault_pwrite_fn real;
+    if (real == NULL) {
+        real = (ntfault_pwrite_fn)dlsym(RTLD_NEXT, "pwrite64");
+    }
+    ntfault_before_write(fd);
+    return real(fd, buf, count, offset);
+}
