@@ -1,0 +1,154 @@
+-- 003_rules_state.sql -- what the rules remember between batches, and the delivery and
+-- acknowledgement records of alerts (alerts themselves stay append-only).
+--
+-- Each "..._alerted"/"..._seen" table has the "once per" key of its rule as primary key: a rule
+-- raises an alert only for a state row it managed to insert (needletrace.raise_alerts), so
+-- concurrent batches and replicas raise each alert exactly once.
+
+-- ---- rule state (what has been seen / alerted already) ---------------------------------------
+-- First recorded mount of each cartridge. Global by nature: a cartridge's identity is
+-- (gtin, serial) and reuse must be caught across devices and clinics, so this table has no
+-- clinic_id in its key (under Citus: a reference table, or distributed by gtin).
+CREATE TABLE needletrace.cartridge_first_use (
+    gtin             text        NOT NULL,
+    cartridge_serial text        NOT NULL,
+    clinic_id        text        NOT NULL,
+    device_serial    text        NOT NULL,
+    session_id       text,
+    boot_id          bigint      NOT NULL,
+    seq              bigint      NOT NULL,
+    device_time      timestamptz NOT NULL,
+    recorded_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (gtin, cartridge_serial)
+);
+
+-- DEPTH_OUT_OF_RANGE: once per (clinic, device, session, area, depth).
+CREATE TABLE needletrace.depth_violations_seen (
+    clinic_id     text   NOT NULL,
+    device_serial text   NOT NULL,
+    session_id    text   NOT NULL,
+    area          text   NOT NULL,
+    depth_um      int    NOT NULL,
+    boot_id       bigint NOT NULL,
+    seq           bigint NOT NULL,
+    PRIMARY KEY (clinic_id, device_serial, session_id, area, depth_um)
+);
+
+-- NEEDLING_WITHOUT_CARTRIDGE: once per session.
+CREATE TABLE needletrace.no_cartridge_alerted (
+    clinic_id     text   NOT NULL,
+    device_serial text   NOT NULL,
+    session_id    text   NOT NULL,
+    boot_id       bigint NOT NULL,
+    seq           bigint NOT NULL,
+    PRIMARY KEY (clinic_id, device_serial, session_id)
+);
+
+-- CLOCK_SKEW: once per (clinic, device, boot).
+CREATE TABLE needletrace.clock_skew_alerted (
+    clinic_id     text   NOT NULL,
+    device_serial text   NOT NULL,
+    boot_id       bigint NOT NULL,
+    seq           bigint NOT NULL,
+    PRIMARY KEY (clinic_id, device_serial, boot_id)
+);
+
+-- SEQUENCE_GAP: gaps alerted (never alerted again, even when partly filled later).
+CREATE TABLE needletrace.sequence_gaps_alerted (
+    clinic_id     text   NOT NULL,
+    device_serial text   NOT NULL,
+    boot_id       bigint NOT NULL,
+    gap_start     bigint NOT NULL,
+    gap_end       bigint NOT NULL CHECK (gap_end >= gap_start),
+    PRIMARY KEY (clinic_id, device_serial, boot_id, gap_start, gap_end)
+);
+
+-- Per-boot progress, maintained by evaluate_rules from each batch's new events:
+--   max_seq, n_events: a gap can only exist where n_events < max_seq;
+--   settled_seq: every seq 1..settled_seq is present or inside an alerted gap. Events above it
+--   may still be preceded by an event that has not arrived yet (out of order, e.g. two replicas
+--   on a shared subscription), so NEEDLING_WITHOUT_CARTRIDGE decides an activity sample only
+--   once it is settled. The row is locked (upsert) by the batch that advances it, which makes
+--   every advance -- and every such decision -- happen exactly once.
+CREATE TABLE needletrace.boot_progress (
+    clinic_id     text        NOT NULL,
+    device_serial text        NOT NULL,
+    boot_id       bigint      NOT NULL,
+    max_seq       bigint      NOT NULL,
+    n_events      bigint      NOT NULL,
+    settled_seq   bigint      NOT NULL DEFAULT 0,
+    updated_at    timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (clinic_id, device_serial, boot_id)
+);
+-- The boots check_sequence_gaps has to look at: normally none, so the check costs nothing.
+CREATE INDEX boot_progress_open_idx ON needletrace.boot_progress (clinic_id, device_serial, boot_id)
+    WHERE settled_seq < max_seq;
+
+-- ---- alert delivery and acknowledgement (alerts themselves stay append-only) ------------------
+CREATE TABLE needletrace.alert_deliveries (
+    clinic_id    text        NOT NULL,
+    alert_id     bigint      NOT NULL,
+    published_at timestamptz NOT NULL DEFAULT now(),
+    collector_id text        NOT NULL,
+    PRIMARY KEY (clinic_id, alert_id),
+    FOREIGN KEY (clinic_id, alert_id) REFERENCES needletrace.alerts (clinic_id, alert_id)
+);
+CREATE INDEX alert_deliveries_alert_id_idx ON needletrace.alert_deliveries (alert_id);
+
+CREATE TABLE needletrace.alert_acks (
+    clinic_id text        NOT NULL,
+    alert_id  bigint      NOT NULL,
+    acked_by  text        NOT NULL CHECK (acked_by <> ''),
+    note      text,
+    acked_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (clinic_id, alert_id, acked_at),
+    FOREIGN KEY (clinic_id, alert_id) REFERENCES needletrace.alerts (clinic_id, alert_id)
+);
+
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['alert_deliveries', 'alert_acks'] LOOP
+        EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON needletrace.%I '
+                       'FOR EACH ROW EXECUTE FUNCTION needletrace.refuse_change()', t);
+        EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON needletrace.%I '
+                       'FOR EACH STATEMENT EXECUTE FUNCTION needletrace.refuse_change()', t);
+        EXECUTE format('ALTER TABLE needletrace.%I ENABLE ALWAYS TRIGGER append_only', t);
+        EXECUTE format('ALTER TABLE needletrace.%I ENABLE ALWAYS TRIGGER append_only_truncate', t);
+    END LOOP;
+END
+$$;
+
+-- Alerts nobody has acknowledged yet, with the delivery time when published.
+CREATE VIEW needletrace.alerts_open AS
+SELECT a.*, d.published_at
+  FROM needletrace.alerts a
+  LEFT JOIN needletrace.alert_deliveries d ON d.clinic_id = a.clinic_id AND d.alert_id = a.alert_id
+ WHERE NOT EXISTS (SELECT 1 FROM needletrace.alert_acks k
+                    WHERE k.clinic_id = a.clinic_id AND k.alert_id = a.alert_id);
+
+COMMENT ON TABLE needletrace.cartridge_first_use IS
+    'CARTRIDGE_REUSED: the first recorded mount of each cartridge (gtin, serial), on any device in '
+    'any clinic; a mount in another session raises the alert and names this one.';
+COMMENT ON TABLE needletrace.depth_violations_seen IS
+    'DEPTH_OUT_OF_RANGE: the (clinic, device, session, area, depth) already alerted, with the '
+    'event that raised it; alerted once per key.';
+COMMENT ON TABLE needletrace.no_cartridge_alerted IS
+    'NEEDLING_WITHOUT_CARTRIDGE: the sessions already alerted (session_id '''' when the pen sent '
+    'none), with the first activity sample found without a mounted cartridge.';
+COMMENT ON TABLE needletrace.clock_skew_alerted IS
+    'CLOCK_SKEW: the (clinic, device, boot) already alerted, with the first event ahead of its '
+    'receive time by more than the clock_skew_bound setting.';
+COMMENT ON TABLE needletrace.sequence_gaps_alerted IS
+    'SEQUENCE_GAP: the seq ranges gap_start..gap_end of a (device, boot) alerted as missing; never '
+    'alerted again, even when partly filled later.';
+COMMENT ON TABLE needletrace.boot_progress IS
+    'Per (device, boot): highest seq, event count and settled_seq (every seq up to it is present '
+    'or inside an alerted gap). Maintained by the rules; not evidence.';
+COMMENT ON TABLE needletrace.alert_deliveries IS
+    'When and by which collector each alert was published (MQTT and NOTIFY); append-only.';
+COMMENT ON TABLE needletrace.alert_acks IS
+    'Acknowledgements of alerts by staff (acked_by, note); append-only, an alert may be acked again.';
+COMMENT ON VIEW needletrace.alerts_open IS
+    'Alerts nobody has acknowledged yet, with their publication time (NULL: not published yet).';

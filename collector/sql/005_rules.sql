@@ -1,0 +1,534 @@
+-- 005_rules.sql -- the compliance rules of DESIGN §3, one function per rule, and the dispatchers
+-- the collector calls.
+--
+-- Interface used by the collector (keep names, arguments and result columns):
+--   needletrace.evaluate_rules(p_collector_id text)
+--       RETURNS TABLE(alert_id bigint, clinic_id text, rule text, payload text)
+--     Called in the batch transaction after the batch's rows are inserted. Evaluates the events
+--     that this transaction inserted (events.tx = txid_current()), raises each new alert once,
+--     sends pg_notify('needletrace_alert', payload) (delivered at commit) and returns it.
+--   needletrace.check_sequence_gaps(p_collector_id text) -> same columns
+--     Called every few seconds in its own short transaction (several replicas at once is fine).
+--   needletrace.mark_alerts_delivered, needletrace.undelivered_alerts: see 004_alerts.sql.
+--
+-- A rule function (rule_*) says when its rule fires: it returns its candidates
+-- (needletrace.alert_candidate: the alert and the state row of its "once per" key), sorted by
+-- that key; needletrace.raise_alerts raises them. Rules read only this transaction's rows
+-- (events.tx) plus the state and policy tables.
+--
+-- Concurrency (several replicas, READ COMMITTED): every rule is guarded by a state table whose
+-- primary key is the "once per" key of the rule, written with INSERT … ON CONFLICT DO NOTHING
+-- and rows sorted by that key, and every transaction takes these row locks in the same order
+-- (boot_progress, cartridge_first_use, depth, skew, needling state, alerts), so concurrent
+-- batches wait for each other instead of deadlocking, and whoever commits first owns the alert.
+-- A deadlock (40P01) or serialization failure (40001, e.g. under REPEATABLE READ) can only make
+-- a batch roll back and be retried by the collector; it never raises an alert twice or loses one.
+
+-- A (device, boot).
+CREATE TYPE needletrace.boot_key AS (
+    clinic_id     text,
+    device_serial text,
+    boot_id       bigint
+);
+
+-- A session with needle activity in the batch: its first and last activity sample of the batch.
+CREATE TYPE needletrace.batch_session AS (
+    clinic_id     text,
+    device_serial text,
+    boot_id       bigint,
+    session_id    text,
+    a_min         bigint,
+    a_max         bigint
+);
+
+-- ---- per-mount rules -----------------------------------------------------------------------------
+-- The alert of rule p_rule on mount m: the cartridge's identity plus p_extra in details.
+CREATE FUNCTION needletrace.mount_alert(p_rule text, m needletrace.events, p_extra jsonb)
+    RETURNS needletrace.alert_candidate
+    LANGUAGE sql STABLE AS $$
+    SELECT ROW(p_rule, 'critical', m.clinic_id, m.device_serial, m.session_id, m.boot_id, m.seq,
+               jsonb_build_object('gtin', m.gtin, 'lot', m.lot,
+                                  'cartridge_serial', m.cartridge_serial,
+                                  'expiry', to_char(m.expiry, 'YYYY-MM-DD'),
+                                  'sterile_barrier_intact', m.sterile_barrier_intact,
+                                  'device_time', needletrace.rfc3339(m.device_time)) || p_extra,
+               NULL)::needletrace.alert_candidate
+$$;
+
+-- CARTRIDGE_REUSED: a mount in a session other than the cartridge's first (by device time).
+-- Step 1 records the batch's earliest mount of each cartridge as its first use unless one is
+-- recorded already (a concurrent insert of the same key waits for the other transaction; ON
+-- CONFLICT then keeps the committed row). Key order: no deadlocks. Step 2 is a new statement:
+-- under READ COMMITTED it sees a first use that another replica committed meanwhile.
+CREATE FUNCTION needletrace.rule_cartridge_reused(p_tx bigint)
+    RETURNS needletrace.alert_candidate[]
+    LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO needletrace.cartridge_first_use AS f
+           (gtin, cartridge_serial, clinic_id, device_serial, session_id, boot_id, seq, device_time)
+    SELECT m.gtin, m.cartridge_serial, m.clinic_id, m.device_serial, m.session_id, m.boot_id,
+           m.seq, m.device_time
+      FROM (SELECT DISTINCT ON (e.gtin, e.cartridge_serial) e.*
+              FROM needletrace.events e
+             WHERE e.tx = p_tx AND e.kind = 'cartridge_mounted'
+               AND e.gtin IS NOT NULL AND e.cartridge_serial IS NOT NULL
+             ORDER BY e.gtin, e.cartridge_serial, e.device_time, e.clinic_id, e.device_serial,
+                      e.boot_id, e.seq) m
+     ORDER BY m.gtin, m.cartridge_serial
+    ON CONFLICT DO NOTHING;
+
+    RETURN ARRAY(
+        SELECT needletrace.mount_alert('CARTRIDGE_REUSED', e, jsonb_build_object('first_use',
+                   jsonb_build_object('clinic_id', f.clinic_id, 'device_serial', f.device_serial,
+                                      'session_id', f.session_id,
+                                      'device_time', needletrace.rfc3339(f.device_time))))
+          FROM needletrace.events e
+          JOIN needletrace.cartridge_first_use f
+            ON f.gtin = e.gtin AND f.cartridge_serial = e.cartridge_serial
+         WHERE e.tx = p_tx AND e.kind = 'cartridge_mounted'
+           AND (f.clinic_id, f.device_serial, f.session_id)
+               IS DISTINCT FROM (e.clinic_id, e.device_serial, e.session_id));
+END
+$$;
+
+-- CARTRIDGE_EXPIRED: mounted after its expiry date.
+CREATE FUNCTION needletrace.rule_cartridge_expired(p_tx bigint)
+    RETURNS needletrace.alert_candidate[]
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT needletrace.mount_alert('CARTRIDGE_EXPIRED', e, jsonb_build_object(
+                   'mounted_on', to_char(e.device_time AT TIME ZONE 'UTC', 'YYYY-MM-DD')))
+          FROM needletrace.events e
+         WHERE e.tx = p_tx AND e.kind = 'cartridge_mounted'
+           AND e.expiry < (e.device_time AT TIME ZONE 'UTC')::date);
+END
+$$;
+
+-- STERILE_BARRIER_BROKEN: mounted with sterile_barrier_intact = false.
+CREATE FUNCTION needletrace.rule_sterile_barrier_broken(p_tx bigint)
+    RETURNS needletrace.alert_candidate[]
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT needletrace.mount_alert('STERILE_BARRIER_BROKEN', e, '{}'::jsonb)
+          FROM needletrace.events e
+         WHERE e.tx = p_tx AND e.kind = 'cartridge_mounted'
+           AND e.sterile_barrier_intact = false);
+END
+$$;
+
+-- CARTRIDGE_RECALLED: its (gtin, lot) is in needletrace.recalled_lots.
+CREATE FUNCTION needletrace.rule_cartridge_recalled(p_tx bigint)
+    RETURNS needletrace.alert_candidate[]
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT needletrace.mount_alert('CARTRIDGE_RECALLED', e, jsonb_build_object(
+                   'recall_reason', r.reason, 'recalled_at', needletrace.rfc3339(r.recalled_at)))
+          FROM needletrace.events e
+          JOIN needletrace.recalled_lots r ON r.gtin = e.gtin AND r.lot = e.lot
+         WHERE e.tx = p_tx AND e.kind = 'cartridge_mounted');
+END
+$$;
+
+-- ---- DEPTH_OUT_OF_RANGE ----------------------------------------------------------------------------
+-- Limit = least(area limit (clinic override, else default, else the absolute maximum), model
+-- max); once per (clinic, device, session, area, depth), on its earliest event (device time).
+-- Critical above the limit + the depth_critical_margin_um setting or above the absolute maximum.
+CREATE FUNCTION needletrace.rule_depth_out_of_range(p_tx bigint)
+    RETURNS needletrace.alert_candidate[]
+    LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    v_min_model int := (SELECT min(d.max_depth_um) FROM needletrace.device_models d);
+    v_margin    int := needletrace.setting('depth_critical_margin_um')::int;
+BEGIN
+    RETURN ARRAY(
+        WITH cand AS MATERIALIZED (
+            SELECT e.clinic_id, e.device_serial, e.session_id, e.boot_id, e.seq, e.kind,
+                   e.device_time, e.payload_sha256, e.depth_um,
+                   coalesce(e.area, 'unspecified') AS area,
+                   coalesce(c.max_depth_um, d.max_depth_um, needletrace.depth_hard_max_um())
+                       AS area_limit,
+                   CASE WHEN c.max_depth_um IS NOT NULL THEN 'clinic' ELSE 'default' END AS area_source
+              FROM needletrace.events e
+              LEFT JOIN needletrace.depth_policy_clinic c
+                ON c.clinic_id = e.clinic_id AND c.area = coalesce(e.area, 'unspecified')
+              LEFT JOIN needletrace.depth_policy d ON d.area = coalesce(e.area, 'unspecified')
+             WHERE e.tx = p_tx AND e.kind IN ('needle_setting', 'needle_activity')
+               AND (e.depth_um > coalesce(c.max_depth_um, d.max_depth_um,
+                                          needletrace.depth_hard_max_um())
+                    OR e.depth_um > v_min_model)
+        ),
+        lim AS (
+            SELECT cand.*, r.device_model, dm.max_depth_um AS model_limit
+              FROM cand
+              LEFT JOIN needletrace.raw_messages r
+                ON r.clinic_id = cand.clinic_id AND r.device_serial = cand.device_serial
+               AND r.payload_sha256 = cand.payload_sha256
+              LEFT JOIN needletrace.device_models dm ON dm.device_model = r.device_model
+        ),
+        viol AS (
+            SELECT lim.*,
+                   CASE WHEN lim.model_limit < lim.area_limit THEN lim.model_limit ELSE lim.area_limit END
+                       AS limit_um,
+                   CASE WHEN lim.model_limit < lim.area_limit THEN 'model' ELSE lim.area_source END
+                       AS limit_source
+              FROM lim
+        ),
+        first AS (
+            SELECT DISTINCT ON (v.clinic_id, v.device_serial, coalesce(v.session_id, ''), v.area,
+                                v.depth_um) v.*
+              FROM viol v
+             WHERE v.depth_um > v.limit_um
+             ORDER BY v.clinic_id, v.device_serial, coalesce(v.session_id, ''), v.area, v.depth_um,
+                      v.device_time, v.seq, v.boot_id
+        )
+        SELECT ROW('DEPTH_OUT_OF_RANGE',
+                   CASE WHEN f.depth_um > f.limit_um + v_margin
+                          OR f.depth_um > needletrace.depth_hard_max_um()
+                        THEN 'critical' ELSE 'warning' END,
+                   f.clinic_id, f.device_serial, f.session_id, f.boot_id, f.seq,
+                   jsonb_build_object('kind', f.kind, 'area', f.area, 'depth_um', f.depth_um,
+                                      'limit_um', f.limit_um, 'limit_source', f.limit_source,
+                                      'area_limit_um', f.area_limit, 'area_limit_source', f.area_source,
+                                      'model_limit_um', f.model_limit, 'device_model', f.device_model,
+                                      'device_time', needletrace.rfc3339(f.device_time)),
+                   jsonb_build_object('clinic_id', f.clinic_id, 'device_serial', f.device_serial,
+                                      'session_id', coalesce(f.session_id, ''), 'area', f.area,
+                                      'depth_um', f.depth_um, 'boot_id', f.boot_id, 'seq', f.seq)
+               )::needletrace.alert_candidate
+          FROM first f
+         ORDER BY f.clinic_id, f.device_serial, coalesce(f.session_id, ''), f.area, f.depth_um);
+END
+$$;
+
+-- ---- CLOCK_SKEW ------------------------------------------------------------------------------------
+-- Once per (clinic, device, boot), on the first (lowest seq) event whose device time is ahead of
+-- its receive time by more than p_bound.
+CREATE FUNCTION needletrace.rule_clock_skew(p_tx bigint, p_bound interval)
+    RETURNS needletrace.alert_candidate[]
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(
+        WITH first AS (
+            SELECT DISTINCT ON (e.clinic_id, e.device_serial, e.boot_id)
+                   e.clinic_id, e.device_serial, e.boot_id, e.seq, e.session_id, e.device_time,
+                   e.received_at
+              FROM needletrace.events e
+             WHERE e.tx = p_tx AND e.device_time > e.received_at + p_bound
+             ORDER BY e.clinic_id, e.device_serial, e.boot_id, e.seq
+        )
+        SELECT ROW('CLOCK_SKEW', 'warning', f.clinic_id, f.device_serial, f.session_id, f.boot_id,
+                   f.seq,
+                   jsonb_build_object('device_time', needletrace.rfc3339(f.device_time),
+                                      'received_at', needletrace.rfc3339(f.received_at),
+                                      'ahead_ms', floor(extract(epoch FROM f.device_time - f.received_at)
+                                                        * 1000)::bigint,
+                                      'bound', p_bound::text,
+                                      'bound_ms', floor(extract(epoch FROM p_bound) * 1000)::bigint),
+                   jsonb_build_object('clinic_id', f.clinic_id, 'device_serial', f.device_serial,
+                                      'boot_id', f.boot_id, 'seq', f.seq)
+               )::needletrace.alert_candidate
+          FROM first f
+         ORDER BY f.clinic_id, f.device_serial, f.boot_id);
+END
+$$;
+
+-- ---- SEQUENCE_GAP ----------------------------------------------------------------------------------
+-- For the given boots (locked by the caller): the seq ranges above settled_seq that are neither
+-- present nor alerted, revealed (by the earliest-received event above them) at least p_after ago.
+CREATE FUNCTION needletrace.rule_sequence_gap(p_boots needletrace.boot_key[], p_after interval)
+    RETURNS needletrace.alert_candidate[]
+    LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(
+        WITH k AS (
+            SELECT b.clinic_id, b.device_serial, b.boot_id, b.settled_seq
+              FROM unnest(p_boots) AS u
+              JOIN needletrace.boot_progress b USING (clinic_id, device_serial, boot_id)
+             WHERE b.settled_seq < b.max_seq
+        ),
+        ev AS MATERIALIZED (
+            SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, e.seq, e.received_at
+              FROM k JOIN needletrace.events e
+                ON e.clinic_id = k.clinic_id AND e.device_serial = k.device_serial
+               AND e.boot_id = k.boot_id AND e.seq > k.settled_seq
+        ),
+        -- Present ranges above settled_seq: events, and gaps already alerted.
+        r AS (
+            SELECT ev.clinic_id, ev.device_serial, ev.boot_id, ev.settled_seq, ev.seq AS lo, ev.seq AS hi
+              FROM ev
+            UNION ALL
+            SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, g.gap_start, g.gap_end
+              FROM k JOIN needletrace.sequence_gaps_alerted g
+                ON g.clinic_id = k.clinic_id AND g.device_serial = k.device_serial
+               AND g.boot_id = k.boot_id AND g.gap_end > k.settled_seq
+        ),
+        w AS (
+            SELECT r.*, coalesce(max(r.hi) OVER (PARTITION BY r.clinic_id, r.device_serial, r.boot_id
+                                                 ORDER BY r.lo, r.hi
+                                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                                 r.settled_seq) AS reach
+              FROM r
+        ),
+        holes AS (
+            SELECT w.clinic_id, w.device_serial, w.boot_id, w.reach + 1 AS gap_start, w.lo - 1 AS gap_end
+              FROM w WHERE w.lo > w.reach + 1
+        ),
+        -- The earliest-received event above each hole revealed it.
+        due AS (
+            SELECT h.*, rv.seq AS revealed_by_seq, rv.received_at AS revealed_at
+              FROM holes h
+              CROSS JOIN LATERAL (
+                    SELECT ev.seq, ev.received_at FROM ev
+                     WHERE ev.clinic_id = h.clinic_id AND ev.device_serial = h.device_serial
+                       AND ev.boot_id = h.boot_id AND ev.seq > h.gap_end
+                     ORDER BY ev.received_at, ev.seq LIMIT 1) rv
+             WHERE rv.received_at + p_after <= now()
+        )
+        SELECT ROW('SEQUENCE_GAP', 'warning', d.clinic_id, d.device_serial, NULL, d.boot_id,
+                   d.gap_start,
+                   jsonb_build_object('missing_from', d.gap_start, 'missing_to', d.gap_end,
+                                      'missing_count', d.gap_end - d.gap_start + 1,
+                                      'revealed_by_seq', d.revealed_by_seq,
+                                      'revealed_at', needletrace.rfc3339(d.revealed_at),
+                                      'gap_after', p_after::text),
+                   jsonb_build_object('clinic_id', d.clinic_id, 'device_serial', d.device_serial,
+                                      'boot_id', d.boot_id, 'gap_start', d.gap_start,
+                                      'gap_end', d.gap_end)
+               )::needletrace.alert_candidate
+          FROM due d
+         ORDER BY d.clinic_id, d.device_serial, d.boot_id, d.gap_start);
+END
+$$;
+
+-- ---- settling boots ----------------------------------------------------------------------------------
+-- For the given boots (whose boot_progress rows the caller has locked): moves settled_seq up to
+-- the highest s such that every seq in 1..s is present or inside an alerted gap, and returns the
+-- activity samples that became settled -- NEEDLING_WITHOUT_CARTRIDGE decides a sample only then
+-- -- plus, with p_tx, late samples of that transaction that fell into an alerted gap.
+CREATE FUNCTION needletrace.settle_boots(p_boots needletrace.boot_key[], p_tx bigint)
+    RETURNS TABLE(clinic_id text, device_serial text, boot_id bigint, session_id text, seq bigint)
+    LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    IF p_boots IS NULL OR cardinality(p_boots) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH k AS MATERIALIZED (
+        SELECT b.clinic_id, b.device_serial, b.boot_id, b.max_seq, b.n_events, b.settled_seq
+          FROM unnest(p_boots) AS u
+          JOIN needletrace.boot_progress b
+            ON b.clinic_id = u.clinic_id AND b.device_serial = u.device_serial
+           AND b.boot_id = u.boot_id
+    ),
+    -- Boots with holes: present events and alerted gaps above settled_seq, as ranges.
+    r AS (
+        SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, e.seq AS lo, e.seq AS hi
+          FROM k JOIN needletrace.events e
+            ON e.clinic_id = k.clinic_id AND e.device_serial = k.device_serial
+           AND e.boot_id = k.boot_id AND e.seq > k.settled_seq
+         WHERE k.n_events < k.max_seq
+        UNION ALL
+        SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, g.gap_start, g.gap_end
+          FROM k JOIN needletrace.sequence_gaps_alerted g
+            ON g.clinic_id = k.clinic_id AND g.device_serial = k.device_serial
+           AND g.boot_id = k.boot_id AND g.gap_end > k.settled_seq
+         WHERE k.n_events < k.max_seq
+    ),
+    w AS (
+        SELECT r.*, coalesce(max(r.hi) OVER (PARTITION BY r.clinic_id, r.device_serial, r.boot_id
+                                             ORDER BY r.lo, r.hi
+                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+                             r.settled_seq) AS reach
+          FROM r
+    ),
+    s AS (
+        SELECT w.clinic_id, w.device_serial, w.boot_id, min(w.settled_seq) AS old_settled,
+               coalesce(min(w.reach) FILTER (WHERE w.lo > w.reach + 1), max(w.hi)) AS new_settled
+          FROM w GROUP BY w.clinic_id, w.device_serial, w.boot_id
+        UNION ALL
+        SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, k.max_seq
+          FROM k WHERE k.n_events >= k.max_seq
+    ),
+    -- Settled ranges (old, new] of the advanced boots.
+    adv AS (
+        UPDATE needletrace.boot_progress b
+           SET settled_seq = s.new_settled, updated_at = now()
+          FROM s
+         WHERE b.clinic_id = s.clinic_id AND b.device_serial = s.device_serial
+           AND b.boot_id = s.boot_id AND s.new_settled > b.settled_seq
+        RETURNING b.clinic_id, b.device_serial, b.boot_id, s.old_settled, s.new_settled
+    )
+    SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq
+      FROM adv JOIN needletrace.events e
+        ON e.clinic_id = adv.clinic_id AND e.device_serial = adv.device_serial
+       AND e.boot_id = adv.boot_id AND e.seq > adv.old_settled AND e.seq <= adv.new_settled
+     WHERE e.kind = 'needle_activity'
+    UNION ALL
+    -- A new row at or below the old settled_seq can only fill an alerted gap: look there.
+    SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq
+      FROM k JOIN needletrace.sequence_gaps_alerted g
+        ON g.clinic_id = k.clinic_id AND g.device_serial = k.device_serial
+       AND g.boot_id = k.boot_id AND g.gap_start <= k.settled_seq
+      JOIN needletrace.events e
+        ON e.clinic_id = g.clinic_id AND e.device_serial = g.device_serial
+       AND e.boot_id = g.boot_id AND e.seq BETWEEN g.gap_start AND least(g.gap_end, k.settled_seq)
+     WHERE p_tx IS NOT NULL AND e.tx = p_tx AND e.kind = 'needle_activity';
+END
+$$;
+
+-- ---- NEEDLING_WITHOUT_CARTRIDGE ------------------------------------------------------------------------
+-- Needle activity in a session with no mounted cartridge; once per session, on its first such
+-- sample. Decided only for settled samples (every earlier seq present, so no late mount can
+-- change the answer): those of p_boots that settle_boots settles now, and, for the batch's
+-- sessions (p_sessions) of boots not in p_boots -- boots the batch alone moved forward, so their
+-- samples are exactly the session's activity rows in a_min..a_max -- from these bounds. Sessions
+-- whose samples all follow a mount of the batch, with no unmount of the batch in between, are
+-- left out of p_sessions by evaluate_rules: they cannot raise anything.
+CREATE FUNCTION needletrace.rule_needling_without_cartridge(p_tx bigint,
+                                                            p_boots needletrace.boot_key[],
+                                                            p_sessions needletrace.batch_session[])
+    RETURNS needletrace.alert_candidate[]
+    LANGUAGE plpgsql AS $$
+BEGIN
+    RETURN ARRAY(
+        WITH act AS MATERIALIZED (
+            SELECT * FROM needletrace.settle_boots(p_boots, p_tx)
+        ),
+        -- Per (boot, session) of the samples to decide: first and last sample; fast = the
+        -- samples are all the session's activity rows of the boot in a_min..a_max (p_sessions).
+        agg AS MATERIALIZED (
+            SELECT act.clinic_id, act.device_serial, act.boot_id, act.session_id,
+                   min(act.seq) AS a_min, max(act.seq) AS a_max, false AS fast
+              FROM act
+             GROUP BY 1, 2, 3, 4
+            UNION ALL
+            SELECT f.clinic_id, f.device_serial, f.boot_id, f.session_id, f.a_min, f.a_max, true
+              FROM unnest(p_sessions) AS f
+             WHERE NOT EXISTS (SELECT 1 FROM unnest(p_boots) AS k
+                                WHERE k.clinic_id = f.clinic_id AND k.device_serial = f.device_serial
+                                  AND k.boot_id = f.boot_id)
+        ),
+        agg2 AS (
+            SELECT agg.* FROM agg
+             WHERE NOT EXISTS (SELECT 1 FROM needletrace.no_cartridge_alerted n
+                                WHERE n.clinic_id = agg.clinic_id AND n.device_serial = agg.device_serial
+                                  AND n.session_id = coalesce(agg.session_id, ''))
+        ),
+        -- The session's mounts/unmounts before its last sample; code = seq*2 + 1 for a mount, so
+        -- the greatest code is the latest change.
+        chg AS MATERIALIZED (
+            SELECT agg2.clinic_id, agg2.device_serial, agg2.boot_id, agg2.session_id, m.seq,
+                   m.seq * 2 + (m.kind = 'cartridge_mounted')::int AS code
+              FROM agg2 JOIN needletrace.events m
+                ON m.clinic_id = agg2.clinic_id AND m.device_serial = agg2.device_serial
+               AND m.boot_id = agg2.boot_id AND m.session_id = agg2.session_id AND m.seq < agg2.a_max
+             WHERE m.kind IN ('cartridge_mounted', 'cartridge_unmounted')
+        ),
+        cls AS (
+            SELECT agg2.clinic_id, agg2.device_serial, agg2.boot_id, agg2.session_id, agg2.a_min,
+                   agg2.a_max, agg2.fast,
+                   max(chg.code) FILTER (WHERE chg.seq < agg2.a_min) AS code_before,
+                   coalesce(bool_or(chg.seq > agg2.a_min), false) AS changes_within
+              FROM agg2 LEFT JOIN chg
+                ON chg.clinic_id = agg2.clinic_id AND chg.device_serial = agg2.device_serial
+               AND chg.boot_id = agg2.boot_id AND chg.session_id = agg2.session_id
+             GROUP BY 1, 2, 3, 4, 5, 6, 7
+        ),
+        -- Common case: no mount/unmount among the samples, so the first sample decides.
+        bad_simple AS (
+            SELECT cls.clinic_id, cls.device_serial, cls.boot_id, cls.session_id, cls.a_min AS seq,
+                   cls.code_before AS last_code
+              FROM cls
+             WHERE NOT cls.changes_within AND (cls.code_before IS NULL OR cls.code_before % 2 = 0)
+        ),
+        -- A cartridge changed among the samples: look at each sample of those sessions.
+        comb AS (
+            SELECT act.clinic_id, act.device_serial, act.boot_id, act.session_id, act.seq,
+                   NULL::bigint AS code
+              FROM act JOIN cls
+                ON cls.clinic_id = act.clinic_id AND cls.device_serial = act.device_serial
+               AND cls.boot_id = act.boot_id AND cls.session_id IS NOT DISTINCT FROM act.session_id
+             WHERE cls.changes_within
+            UNION ALL
+            -- (the same for the sessions from p_sessions: their samples are the activity rows in
+            -- a_min..a_max)
+            SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq, NULL::bigint
+              FROM cls JOIN needletrace.events e
+                ON e.clinic_id = cls.clinic_id AND e.device_serial = cls.device_serial
+               AND e.boot_id = cls.boot_id AND e.seq BETWEEN cls.a_min AND cls.a_max
+             WHERE cls.fast AND cls.changes_within AND e.kind = 'needle_activity'
+               AND e.session_id IS NOT DISTINCT FROM cls.session_id
+            UNION ALL
+            SELECT chg.clinic_id, chg.device_serial, chg.boot_id, chg.session_id, chg.seq, chg.code
+              FROM chg JOIN cls
+                ON cls.clinic_id = chg.clinic_id AND cls.device_serial = chg.device_serial
+               AND cls.boot_id = chg.boot_id AND cls.session_id = chg.session_id
+             WHERE cls.changes_within
+        ),
+        lat AS (
+            SELECT comb.*, max(comb.code) OVER (PARTITION BY comb.clinic_id, comb.device_serial,
+                                                             comb.boot_id, comb.session_id
+                                                ORDER BY comb.seq ROWS UNBOUNDED PRECEDING) AS last_code
+              FROM comb
+        ),
+        bad_any AS (
+            SELECT bad_simple.* FROM bad_simple
+            UNION ALL
+            SELECT lat.clinic_id, lat.device_serial, lat.boot_id, lat.session_id, lat.seq, lat.last_code
+              FROM lat
+             WHERE lat.code IS NULL AND (lat.last_code IS NULL OR lat.last_code % 2 = 0)
+        ),
+        bad AS (
+            SELECT DISTINCT ON (b.clinic_id, b.device_serial, coalesce(b.session_id, ''))
+                   b.clinic_id, b.device_serial, b.boot_id, b.session_id, b.seq, b.last_code,
+                   e.device_time
+              FROM bad_any b
+              JOIN needletrace.events e
+                ON e.clinic_id = b.clinic_id AND e.device_serial = b.device_serial
+               AND e.boot_id = b.boot_id AND e.seq = b.seq
+             ORDER BY b.clinic_id, b.device_serial, coalesce(b.session_id, ''), b.seq
+        )
+        SELECT ROW('NEEDLING_WITHOUT_CARTRIDGE', 'critical', bad.clinic_id, bad.device_serial,
+                   bad.session_id, bad.boot_id, bad.seq,
+                   jsonb_build_object(
+                       'device_time', needletrace.rfc3339(bad.device_time),
+                       'last_cartridge_event',
+                       CASE WHEN bad.last_code IS NULL THEN NULL
+                            ELSE jsonb_build_object('kind', 'cartridge_unmounted',
+                                                    'seq', bad.last_code / 2) END),
+                   jsonb_build_object('clinic_id', bad.clinic_id, 'device_serial', bad.device_serial,
+                                      'session_id', coalesce(bad.session_id, ''),
+                                      'boot_id', bad.boot_id, 'seq', bad.seq)
+               )::needletrace.alert_candidate
+          FROM bad
+         ORDER BY bad.clinic_id, bad.device_serial, coalesce(bad.session_id, ''));
+END
+$$;
+
+COMMENT ON FUNCTION needletrace.rule_cartridge_reused(bigint) IS
+    'CARTRIDGE_REUSED (critical): a cartridge (gtin, serial) mounted in a session other than the '
+    'first session it was mounted in (by device time), on any device in any clinic.';
+COMMENT ON FUNCTION needletrace.rule_cartridge_expired(bigint) IS
+    'CARTRIDGE_EXPIRED (critical): a cartridge mounted after its expiry date.';
+COMMENT ON FUNCTION needletrace.rule_sterile_barrier_broken(bigint) IS
+    'STERILE_BARRIER_BROKEN (critical): a cartridge mounted with sterile_barrier_intact = false.';
+COMMENT ON FUNCTION needletrace.rule_cartridge_recalled(bigint) IS
+    'CARTRIDGE_RECALLED (critical): a cartridge whose (gtin, lot) is in needletrace.recalled_lots.';
+COMMENT ON FUNCTION needletrace.rule_depth_out_of_range(bigint) IS
+    'DEPTH_OUT_OF_RANGE (warning; critical above limit + depth_critical_margin_um or above '
+    'depth_hard_max_um()): a setting or activity deeper than the area policy (clinic override, '
+    'else default) or the model maximum; once per (session, area, depth).';
+COMMENT ON FUNCTION needletrace.rule_clock_skew(bigint, interval) IS
+    'CLOCK_SKEW (warning): an event''s device time ahead of its receive time by more than the '
+    'clock_skew_bound setting; once per (device, boot).';
+COMMENT ON FUNCTION needletrace.rule_sequence_gap(needletrace.boot_key[], interval) IS
+    'SEQUENCE_GAP (warning): seq numbers of a (device, boot) still missing sequence_gap_after '
+    'after a later seq arrived; once per gap.';
+COMMENT ON FUNCTION needletrace.rule_needling_without_cartridge(bigint, needletrace.boot_key[],
+                                                                needletrace.batch_session[]) IS
+    'NEEDLING_WITHOUT_CARTRIDGE (critical): needle activity in a session with no mounted '
+    'cartridge; once per session, decided when the sample''s boot is settled up to it.';
