@@ -38,7 +38,7 @@ BUILD=$(cd "$BUILD" 2>/dev/null && pwd) || {
     exit 2
 }
 
-# ---- settings: the knobs above, read once here and never changed afterwards ------------------
+# ---- settings: the knobs above, read once here (only TOOL is set later, by bench_build_tool) --
 EVENTS_1=${BENCH_EVENTS_1:-400000}     # events (= messages) in each 1-event-message run
 EVENTS_50=${BENCH_EVENTS_50:-1500000}  # events in each 50-event-message run and the COPY runs
 LAT_S=${BENCH_LAT_S:-15}               # seconds of the latency run (d)+(f)
