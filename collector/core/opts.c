@@ -11,6 +11,9 @@
 
 #define OPTS_USAGE_COLUMN 25 /* "  --name ARG" padded to this width after the indent */
 
+static int opts__fail(char *err, size_t errlen, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
 /* Formats a message into err; returns NT_EINVAL. */
 static int opts__fail(char *err, size_t errlen, const char *fmt, ...)
 {
@@ -169,6 +172,7 @@ static int opts__one(const nt_opt_t *table, int argc, char **argv, int *i, void 
     return 0;
 }
 
+/* Parses argv over the defaults in opts; see opts.h for the syntax and every error. */
 int nt_opts_parse(const nt_opt_t *table, int argc, char **argv, void *opts, uint64_t *seen,
                   const char *prog, char *err, size_t errlen)
 {
@@ -213,6 +217,7 @@ int nt_opts_parse(const nt_opt_t *table, int argc, char **argv, void *opts, uint
     return 0;
 }
 
+/* 1 when the option named name is marked in seen. */
 int nt_opts_given(const nt_opt_t *table, uint64_t seen, const char *name)
 {
     for (unsigned i = 0; i < NT_OPTS_MAX && table[i].type != NT_OPT_END; i++) {
@@ -235,6 +240,7 @@ static void opts__indented(FILE *out, const char *text, int column)
     fputc('\n', out);
 }
 
+/* Prints one usage line (and its continuation lines) per table entry. */
 void nt_opts_usage(const nt_opt_t *table, FILE *out)
 {
     char left[128];

@@ -42,6 +42,7 @@ static void sim__calendar(int64_t unix_ms, int days, struct tm *tm)
     gmtime_r(&t, tm);
 }
 
+/* The UTC date, shifted by days, of a Unix time in ms, as yyyymmdd. */
 uint32_t nt_sim__yyyymmdd(int64_t unix_ms, int days)
 {
     struct tm tm;
@@ -94,6 +95,7 @@ static void sim__init_device(nt_sim_t *s, uint64_t fleet, uint32_t g)
     d->phase = SIM_IDLE;
 }
 
+/* Derives the fleet from the options. 0 or NT_ENOMEM (not logged); nt_sim__free either way. */
 int nt_sim__init(nt_sim_t *s, const nt_sim_options_t *opt)
 {
     memset(s, 0, sizeof(*s));
@@ -128,6 +130,7 @@ int nt_sim__init(nt_sim_t *s, const nt_sim_options_t *opt)
     return 0;
 }
 
+/* Frees what nt_sim__init allocated (also after it failed half-way). */
 void nt_sim__free(nt_sim_t *s)
 {
     free(s->devices);
@@ -251,6 +254,7 @@ static void sim__new_setting(nt_sim_t *s, nt_sim_device_t *d)
     }
 }
 
+/* Remembers a cartridge first mounted in an accepted message, for --reuse-rate. */
 void nt_sim__pool_add(nt_sim_t *s, const nt_sim_device_t *d)
 {
     if (s->pool == NULL) {
@@ -411,6 +415,8 @@ static void (*const sim_phase_events[SIM_PHASES])(nt_sim_t *, nt_sim_device_t *,
     [SIM_UNMOUNT] = sim__event_unmount, [SIM_END] = sim__event_end,
 };
 
+/* Generates the device's next event into slot: a background one, else the one its phase
+ * calls for. Returns the kind index (body_case - 10). */
 int nt_sim__next_event(nt_sim_t *s, nt_sim_device_t *d, nt_sim_slot_t *slot)
 {
     if (sim__background_event(d, slot, sim__uniform(&d->rng))) {

@@ -133,6 +133,8 @@ static void sim__warn_clock_ahead(nt_sim_t *s)
            SIM_SKEW_BOUND_MS / 1000);
 }
 
+/* Generates, encodes and publishes the next message of a randomly chosen device, with its
+ * faults. Returns 0, or a negative NT_E* (logged). */
 int nt_sim__step(nt_sim_t *s, nt_sim_mqtt_t *m, nt_sim_bucket_t *bucket)
 {
     const nt_sim_options_t *o = &s->opt;

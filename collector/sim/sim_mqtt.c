@@ -59,6 +59,7 @@ static const char *sim__connack_error(int rc)
     }
 }
 
+/* Initialises the lock and the condition (on CLOCK_MONOTONIC); connects nothing. */
 void nt_sim__mqtt_init(nt_sim_mqtt_t *m)
 {
     memset(m, 0, sizeof(*m));
@@ -71,6 +72,7 @@ void nt_sim__mqtt_init(nt_sim_mqtt_t *m)
     pthread_condattr_destroy(&ca);
 }
 
+/* Destroys the lock and the condition, once the network thread is stopped. */
 void nt_sim__mqtt_close(nt_sim_mqtt_t *m)
 {
     pthread_cond_destroy(&m->cond);
@@ -130,6 +132,7 @@ static uint64_t sim__pending_locked(const nt_sim_mqtt_t *m)
     return m->sent > m->done ? m->sent - m->done : 0;
 }
 
+/* Publishes handed to libmosquitto and not yet done (takes the lock). */
 uint64_t nt_sim__mqtt_pending(nt_sim_mqtt_t *m)
 {
     pthread_mutex_lock(&m->lock);
@@ -214,6 +217,8 @@ static int sim__mqtt_configure(nt_sim_mqtt_t *m, const nt_config_t *cfg)
     return 0;
 }
 
+/* Creates the client, connects and starts the network thread. 0, or NT_EMQTT / NT_ENOMEM
+ * (logged); on failure m->mosq is NULL. */
 int nt_sim__mqtt_start(nt_sim_mqtt_t *m, const nt_config_t *cfg, uint64_t seed)
 {
     char client_id[96];
@@ -304,6 +309,7 @@ void nt_sim__bucket_take(nt_sim_bucket_t *b)
     }
 }
 
+/* Publishes one message once the in-flight window has room. Returns 0, or NT_EMQTT (logged). */
 int nt_sim__mqtt_publish(nt_sim_mqtt_t *m, const char *topic, const uint8_t *payload, size_t len,
                          int qos)
 {

@@ -141,6 +141,7 @@ static const nt_opt_t sim_options[] = {
     {NULL, NT_OPT_END, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL},
 };
 
+/* Prints the usage text from the option table, then every configuration key. */
 void nt_sim__usage(FILE *out)
 {
     fputs("usage: needletrace simulate [options] [configuration flags]\n"
@@ -188,6 +189,7 @@ static int sim__check_options(const nt_sim_options_t *opt)
     return 0;
 }
 
+/* Parses the flags into opt over its defaults. 0, or 2 after printing the problem on stderr. */
 int nt_sim__parse_options(int argc, char **argv, nt_sim_options_t *opt)
 {
     *opt = (nt_sim_options_t){

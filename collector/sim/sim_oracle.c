@@ -23,6 +23,7 @@ static const uint32_t sim_area_max_um[11] = {
     2500, /* BODY */
 };
 
+/* The deepest setting allowed in an area: its default policy, within the model's maximum. */
 uint32_t nt_sim__depth_limit(uint32_t area)
 {
     uint32_t max = area < NT_ARRAY_SIZE(sim_area_max_um) ? sim_area_max_um[area] : 0;
@@ -96,6 +97,7 @@ void nt_sim__expect_event(nt_sim_t *s, nt_sim_device_t *d, const Needletrace__V1
     }
 }
 
+/* The message rules of an accepted message: SEQUENCE_GAP, then CLOCK_SKEW once per boot. */
 void nt_sim__expect_message(nt_sim_t *s, nt_sim_device_t *d, uint64_t first_seq, int ahead)
 {
     /* SEQUENCE_GAP: seqs this message skips over were lost or rejected, and are never
@@ -111,6 +113,7 @@ void nt_sim__expect_message(nt_sim_t *s, nt_sim_device_t *d, uint64_t first_seq,
     }
 }
 
+/* Counts a published message where a correct collector stores it: quarantine or events. */
 void nt_sim__expect_stored(nt_sim_t *s, const nt_sim_device_t *d, int malformed, int spoof,
                            uint32_t n, const uint64_t kinds[SIM_KINDS])
 {
@@ -128,6 +131,7 @@ void nt_sim__expect_stored(nt_sim_t *s, const nt_sim_device_t *d, int malformed,
     }
 }
 
+/* Total alerts a correct collector raises. */
 uint64_t nt_sim__expected_alerts(const nt_sim_t *s)
 {
     uint64_t total = 0;
