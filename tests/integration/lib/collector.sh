@@ -32,7 +32,7 @@ nt_migrate() {
 
 # nt_start_collector [NAME] [VAR=VALUE...]: starts `needletrace run` in the background with
 # its own journal dir, client id and http port; stderr/stdout to $NT_TMP/collector-NAME.log.
-# Extra VAR=VALUE arguments go into its environment (e.g. NT_TEST_KILL_BEFORE_JOURNAL=50).
+# Extra VAR=VALUE arguments go into its environment (e.g. LD_PRELOAD=... for fault injection).
 nt_start_collector() {
     local name=${1:-c1} port pid
     shift || true
