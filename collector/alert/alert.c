@@ -50,7 +50,7 @@ void nt_alert_list_clear(nt_alert_list_t *l)
     l->n = 0;
 }
 
-void nt_alert_list_free(nt_alert_list_t *l)
+void nt_alert_list_close(nt_alert_list_t *l)
 {
     nt_alert_list_clear(l);
     free(l->items);

@@ -14,9 +14,9 @@ void nt_outbox_init(nt_outbox_t *o, int64_t now_us)
     nt_alert_list_init(&o->alerts);
 }
 
-void nt_outbox_free(nt_outbox_t *o)
+void nt_outbox_close(nt_outbox_t *o)
 {
-    nt_alert_list_free(&o->alerts);
+    nt_alert_list_close(&o->alerts);
     free(o->delivered);
     o->delivered = NULL;
     o->n_delivered = o->cap_delivered = 0;

@@ -10,7 +10,7 @@
 
 extern char **environ;
 
-static void usage(FILE *out)
+static void main__usage(FILE *out)
 {
     fprintf(out, "usage: needletrace COMMAND [OPTIONS]\n\n"
                  "Telemetry collector for microneedling handpiece fleets.\n\n"
@@ -27,7 +27,7 @@ static void usage(FILE *out)
 int main(int argc, char **argv)
 {
     if (argc < 2) {
-        usage(stderr);
+        main__usage(stderr);
         return 2;
     }
     const char *cmd = argv[1];
@@ -51,10 +51,10 @@ int main(int argc, char **argv)
         return 0;
     }
     if (strcmp(cmd, "help") == 0 || strcmp(cmd, "--help") == 0 || strcmp(cmd, "-h") == 0) {
-        usage(stdout);
+        main__usage(stdout);
         return 0;
     }
     fprintf(stderr, "needletrace: unknown command \"%s\"\n", cmd);
-    usage(stderr);
+    main__usage(stderr);
     return 2;
 }

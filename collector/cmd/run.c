@@ -256,10 +256,10 @@ static int run__serve(run_t *r)
 {
     nt_journal_options_t jopts = {r->cfg.journal_dir, (uint64_t)r->cfg.journal_max_bytes,
                                   (uint64_t)r->cfg.journal_segment_bytes};
-    int rc = nt_journal_open(&r->journal, &jopts);
-    if (rc != 0) {
+    char err[640];
+    if (nt_journal_init(&r->journal, &jopts, err, sizeof(err)) != 0) {
         nt_log(NT_LOG_ERROR, "run", "could not open the journal in \"%s\": %s", r->cfg.journal_dir,
-               nt_strerror(rc));
+               err);
         return 1;
     }
     nt_metrics.journal_end = nt_journal_end(r->journal);

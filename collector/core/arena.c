@@ -16,13 +16,13 @@ struct nt_arena_chunk_s {
     unsigned char *data;
 };
 
-static size_t nt_arena__round(size_t n)
+static size_t arena__round(size_t n)
 {
     return (n + (NT_ARENA_ALIGN - 1)) & ~(size_t)(NT_ARENA_ALIGN - 1);
 }
 
 /* Allocates a chunk with size usable bytes, or NULL. size is a multiple of 16. */
-static nt_arena_chunk_t *nt_arena__chunk_new(size_t size)
+static nt_arena_chunk_t *arena__chunk_new(size_t size)
 {
     size_t header = sizeof(nt_arena_chunk_t) + NT_ARENA_ALIGN;
     if (size > SIZE_MAX - header) {
@@ -42,13 +42,13 @@ static nt_arena_chunk_t *nt_arena__chunk_new(size_t size)
     return c;
 }
 
-static void *nt_arena__pb_alloc(void *data, size_t size)
+static void *arena__pb_alloc(void *data, size_t size)
 {
     return nt_arena_alloc(data, size);
 }
 
 /* Arena memory is released all at once by nt_arena_reset(); single frees do nothing. */
-static void nt_arena__pb_free(void *data, void *ptr)
+static void arena__pb_free(void *data, void *ptr)
 {
     (void)data;
     (void)ptr;
@@ -66,16 +66,16 @@ void nt_arena_init(nt_arena_t *a, size_t chunk_bytes, size_t limit_bytes)
         chunk_bytes = SIZE_MAX / 2;
     }
     a->head = NULL;
-    a->chunk_bytes = nt_arena__round(chunk_bytes);
+    a->chunk_bytes = arena__round(chunk_bytes);
     a->used_bytes = 0;
     a->limit_bytes = limit_bytes ? limit_bytes : NT_ARENA_DEFAULT_LIMIT;
-    a->allocator.alloc = nt_arena__pb_alloc;
-    a->allocator.free = nt_arena__pb_free;
+    a->allocator.alloc = arena__pb_alloc;
+    a->allocator.free = arena__pb_free;
     a->allocator.allocator_data = a;
 }
 
 /* Returns n bytes of 16-byte aligned memory valid until the next nt_arena_reset() or
- * nt_arena_free(); n 0 returns a distinct non-NULL pointer. Returns NULL when the
+ * nt_arena_close(); n 0 returns a distinct non-NULL pointer. Returns NULL when the
  * allocation would take the bytes handed out since the last reset past limit_bytes, or
  * when the system is out of memory. A request larger than chunk_bytes gets a chunk of
  * its own, so the chunk being filled stays in use. */
@@ -84,14 +84,14 @@ void *nt_arena_alloc(nt_arena_t *a, size_t n)
     if (n > SIZE_MAX - NT_ARENA_ALIGN) {
         return NULL;
     }
-    size_t rn = nt_arena__round(n ? n : 1);
+    size_t rn = arena__round(n ? n : 1);
     if (a->used_bytes > a->limit_bytes || rn > a->limit_bytes - a->used_bytes) {
         return NULL;
     }
     nt_arena_chunk_t *c = a->head;
     if (c == NULL || c->size - c->used < rn) {
         if (rn > a->chunk_bytes) {
-            c = nt_arena__chunk_new(rn);
+            c = arena__chunk_new(rn);
             if (c == NULL) {
                 return NULL;
             }
@@ -103,7 +103,7 @@ void *nt_arena_alloc(nt_arena_t *a, size_t n)
                 a->head = c;
             }
         } else {
-            c = nt_arena__chunk_new(a->chunk_bytes);
+            c = arena__chunk_new(a->chunk_bytes);
             if (c == NULL) {
                 return NULL;
             }
@@ -144,7 +144,7 @@ void nt_arena_reset(nt_arena_t *a)
 }
 
 /* Frees all memory. The arena stays initialised and may be used again. */
-void nt_arena_free(nt_arena_t *a)
+void nt_arena_close(nt_arena_t *a)
 {
     nt_arena_chunk_t *c = a->head;
     while (c != NULL) {

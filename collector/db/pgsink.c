@@ -19,7 +19,7 @@ typedef enum {
     SINK_IDLE,       /* no transaction in flight */
     SINK_BUSY,       /* a transaction in flight */
     SINK_CLOSED,
-} sink_state_t;
+} pgsink__state_t;
 
 struct nt_pgsink_s {
     nt_pgsink_options_t opts;
@@ -36,7 +36,7 @@ struct nt_pgsink_s {
     uv_timer_t tick_timer;   /* 1 s: alert bookkeeping when idle */
     int handles_open;
 
-    sink_state_t state;
+    pgsink__state_t state;
     int checkpoint_failed;
     char checkpoint_error[512];
     char checkpoint_sqlstate[6];
@@ -55,24 +55,24 @@ struct nt_pgsink_s {
     void *drain_data;
 };
 
-static void sink__maybe_dispatch(nt_pgsink_t *s);
-static void sink__maybe_maintain(nt_pgsink_t *s);
-static void sink__fill(nt_pgsink_t *s);
+static void pgsink__maybe_dispatch(nt_pgsink_t *s);
+static void pgsink__maybe_maintain(nt_pgsink_t *s);
+static void pgsink__fill(nt_pgsink_t *s);
 
-static void sink__timer_closed(uv_handle_t *h)
+static void pgsink__timer_closed(uv_handle_t *h)
 {
     nt_pgsink_t *s = h->data;
     if (--s->handles_open == 0) {
-        nt_batch_free(&s->batches[0]);
-        nt_batch_free(&s->batches[1]);
-        nt_outbox_free(&s->outbox);
+        nt_batch_close(&s->batches[0]);
+        nt_batch_close(&s->batches[1]);
+        nt_outbox_close(&s->outbox);
         free(s->collector_id);
         free(s);
     }
 }
 
 /* Forgets both batches: after a failure everything is re-read from the checkpoint. */
-static void sink__discard_batches(nt_pgsink_t *s)
+static void pgsink__discard_batches(nt_pgsink_t *s)
 {
     s->read_pos = s->committed;
     nt_batch_reset(s->building);
@@ -81,11 +81,21 @@ static void sink__discard_batches(nt_pgsink_t *s)
     s->linger_expired = 0;
 }
 
+/* Deletes the journal segments wholly behind pos (committed). A failure keeps them: they are
+ * deleted at a later commit (or replayed, idempotently, after a restart). */
+static void pgsink__release(nt_pgsink_t *s, uint64_t pos)
+{
+    if (nt_journal_release(s->journal, pos) != 0) {
+        nt_log(NT_LOG_WARN, "db", "could not release the journal up to position %" PRIu64 ": %s",
+               pos, nt_journal_error(s->journal));
+    }
+}
+
 /* ---- the checkpoint ---------------------------------------------------------------------------
  */
 
 /* The position to resume from, given the checkpoint row (or its absence). */
-static uint64_t sink__resume_pos(nt_pgsink_t *s, const PGresult *res)
+static uint64_t pgsink__resume_pos(nt_pgsink_t *s, const PGresult *res)
 {
     uint64_t start = nt_journal_start(s->journal);
     uint64_t end = nt_journal_end(s->journal);
@@ -118,13 +128,13 @@ static uint64_t sink__resume_pos(nt_pgsink_t *s, const PGresult *res)
     return cp;
 }
 
-static void sink__checkpoint_rows(nt_pgsink_t *s, const PGresult *res)
+static void pgsink__checkpoint_rows(nt_pgsink_t *s, const PGresult *res)
 {
-    uint64_t pos = sink__resume_pos(s, res);
+    uint64_t pos = pgsink__resume_pos(s, res);
     s->read_pos = pos;
     s->committed = pos;
     if (pos > nt_journal_start(s->journal)) {
-        nt_journal_release(s->journal, pos);
+        pgsink__release(s, pos);
     }
     nt_metrics.journal_checkpoint = pos;
     nt_metrics.db_connected = 1;
@@ -135,7 +145,7 @@ static void sink__checkpoint_rows(nt_pgsink_t *s, const PGresult *res)
            pos, nt_journal_end(s->journal) - pos);
 }
 
-static void sink__checkpoint_done(nt_pgsink_t *s)
+static void pgsink__checkpoint_done(nt_pgsink_t *s)
 {
     if (s->checkpoint_failed) {
         nt_log(NT_LOG_ERROR, "db", "could not read the checkpoint: %s%s", s->checkpoint_error,
@@ -147,14 +157,14 @@ static void sink__checkpoint_done(nt_pgsink_t *s)
     }
     s->state = SINK_IDLE;
     nt_pgconn_disarm_watchdog(s->conn);
-    sink__fill(s);
-    sink__maybe_dispatch(s);
+    pgsink__fill(s);
+    pgsink__maybe_dispatch(s);
 }
 
 /* ---- after a transaction ----------------------------------------------------------------------
  */
 
-static void sink__batch_committed(nt_pgsink_t *s)
+static void pgsink__batch_committed(nt_pgsink_t *s)
 {
     nt_batch_t *b = s->sending;
     s->committed = b->end_pos;
@@ -172,38 +182,38 @@ static void sink__batch_committed(nt_pgsink_t *s)
            "committed %u messages (%u events, %u quarantined) up to position %" PRIu64, b->messages,
            b->events, b->rejected, s->committed);
     nt_batch_reset(b);
-    nt_journal_release(s->journal, s->committed);
+    pgsink__release(s, s->committed);
     nt_metrics.journal_bytes = nt_journal_bytes(s->journal);
     if (s->on_commit != NULL) {
         s->on_commit(s, s->committed, s->data);
     }
 }
 
-static void sink__committed(nt_pgsink_t *s)
+static void pgsink__committed(nt_pgsink_t *s)
 {
     int had_batch = s->txn.batch != NULL;
     nt_pgconn_disarm_watchdog(s->conn);
     nt_pgconn_backoff_reset(s->conn);
     s->state = SINK_IDLE;
     if (had_batch) {
-        sink__batch_committed(s);
+        pgsink__batch_committed(s);
     }
     nt_outbox_committed(&s->outbox, nt_mono_us());
     if (s->outbox.alerts.n > 0 && s->on_alerts != NULL) {
         s->on_alerts(s, s->outbox.alerts.items, s->outbox.alerts.n, s->data);
     }
     nt_outbox_published(&s->outbox);
-    sink__fill(s);
-    sink__maybe_dispatch(s);
-    sink__maybe_maintain(s);
+    pgsink__fill(s);
+    pgsink__maybe_dispatch(s);
+    pgsink__maybe_maintain(s);
 }
 
 /* ROLLBACK finished: start over from the last commit after a pause. */
-static void sink__rolled_back(nt_pgsink_t *s)
+static void pgsink__rolled_back(nt_pgsink_t *s)
 {
     nt_pgconn_disarm_watchdog(s->conn);
     nt_outbox_aborted(&s->outbox);
-    sink__discard_batches(s);
+    pgsink__discard_batches(s);
     s->state = SINK_IDLE;
     nt_pgconn_backoff(s->conn);
 }
@@ -211,7 +221,7 @@ static void sink__rolled_back(nt_pgsink_t *s)
 /* ---- connection callbacks ---------------------------------------------------------------------
  */
 
-static void sink__on_connected(nt_pgconn_t *c, void *data)
+static void pgsink__on_connected(nt_pgconn_t *c, void *data)
 {
     nt_pgsink_t *s = data;
     const char *params[1] = {s->collector_id};
@@ -223,23 +233,23 @@ static void sink__on_connected(nt_pgconn_t *c, void *data)
                    1, params);
 }
 
-static void sink__on_lost(nt_pgconn_t *c, void *data)
+static void pgsink__on_lost(nt_pgconn_t *c, void *data)
 {
     nt_pgsink_t *s = data;
     if (s->state == SINK_CLOSED) {
         return;
     }
     s->state = SINK_DOWN;
-    sink__discard_batches(s);
+    pgsink__discard_batches(s);
     nt_outbox_aborted(&s->outbox);
 }
 
-static void sink__on_retry(nt_pgconn_t *c, void *data)
+static void pgsink__on_retry(nt_pgconn_t *c, void *data)
 {
     nt_pgsink_wakeup(data);
 }
 
-static void sink__on_copy_in(nt_pgconn_t *c, void *data)
+static void pgsink__on_copy_in(nt_pgconn_t *c, void *data)
 {
     nt_pgsink_t *s = data;
     if (s->state == SINK_BUSY) {
@@ -247,17 +257,17 @@ static void sink__on_copy_in(nt_pgconn_t *c, void *data)
     }
 }
 
-static void sink__on_rows(nt_pgconn_t *c, const PGresult *res, void *data)
+static void pgsink__on_rows(nt_pgconn_t *c, const PGresult *res, void *data)
 {
     nt_pgsink_t *s = data;
     if (s->state == SINK_CHECKPOINT) {
-        sink__checkpoint_rows(s, res);
+        pgsink__checkpoint_rows(s, res);
     } else if (s->state == SINK_BUSY) {
         nt_txn_rows(&s->txn, res);
     }
 }
 
-static void sink__on_error(nt_pgconn_t *c, const char *sqlstate, const char *message, void *data)
+static void pgsink__on_error(nt_pgconn_t *c, const char *sqlstate, const char *message, void *data)
 {
     nt_pgsink_t *s = data;
     if (s->state == SINK_BUSY) {
@@ -269,11 +279,11 @@ static void sink__on_error(nt_pgconn_t *c, const char *sqlstate, const char *mes
     }
 }
 
-static void sink__on_done(nt_pgconn_t *c, void *data)
+static void pgsink__on_done(nt_pgconn_t *c, void *data)
 {
     nt_pgsink_t *s = data;
     if (s->state == SINK_CHECKPOINT) {
-        sink__checkpoint_done(s);
+        pgsink__checkpoint_done(s);
         return;
     }
     if (s->state != SINK_BUSY) {
@@ -281,9 +291,9 @@ static void sink__on_done(nt_pgconn_t *c, void *data)
     }
     int rc = nt_txn_done(&s->txn);
     if (rc == NT_TXN_COMMITTED) {
-        sink__committed(s);
+        pgsink__committed(s);
     } else if (rc == NT_TXN_ROLLED_BACK) {
-        sink__rolled_back(s);
+        pgsink__rolled_back(s);
     } else if (rc < 0 && nt_pgconn_connected(c)) {
         nt_pgconn_fail(c, nt_strerror(rc)); /* an internal error: start over */
     }
@@ -292,28 +302,28 @@ static void sink__on_done(nt_pgconn_t *c, void *data)
 /* ---- batches ----------------------------------------------------------------------------------
  */
 
-static int sink__full(const nt_pgsink_t *s, const nt_batch_t *b)
+static int pgsink__full(const nt_pgsink_t *s, const nt_batch_t *b)
 {
     return b->events >= s->opts.max_events || b->messages >= s->opts.max_events ||
            b->bytes >= s->opts.max_bytes;
 }
 
-static void sink__on_linger(uv_timer_t *t)
+static void pgsink__on_linger(uv_timer_t *t)
 {
     nt_pgsink_t *s = t->data;
     s->linger_expired = 1;
-    sink__maybe_dispatch(s);
+    pgsink__maybe_dispatch(s);
 }
 
 /* Moves durable journal records into the building batch, up to its bounds. When the journal
  * cannot be read, tries again after a backoff (nothing else would wake the sink when reading
  * paused because the journal is full). */
-static void sink__fill(nt_pgsink_t *s)
+static void pgsink__fill(nt_pgsink_t *s)
 {
     if (s->state != SINK_IDLE && s->state != SINK_BUSY) {
         return;
     }
-    while (!sink__full(s, s->building)) {
+    while (!pgsink__full(s, s->building)) {
         nt_journal_record_t rec;
         int rc = nt_journal_read(s->journal, s->read_pos, &rec);
         if (rc == 0) {
@@ -323,7 +333,8 @@ static void sink__fill(nt_pgsink_t *s)
             if (!s->corrupt_logged) {
                 nt_log(NT_LOG_ERROR, "db",
                        "could not read the journal at position %" PRIu64 ": %s; retrying",
-                       s->read_pos, nt_strerror(rc));
+                       s->read_pos,
+                       rc == NT_EINVAL ? nt_strerror(rc) : nt_journal_error(s->journal));
                 s->corrupt_logged = 1;
             }
             nt_pgconn_backoff(s->conn);
@@ -340,12 +351,12 @@ static void sink__fill(nt_pgsink_t *s)
         s->read_pos = rec.next_pos;
         if (s->building->messages == 1 && s->opts.max_delay_ms > 0) {
             s->linger_expired = 0;
-            uv_timer_start(&s->linger_timer, sink__on_linger, s->opts.max_delay_ms, 0);
+            uv_timer_start(&s->linger_timer, pgsink__on_linger, s->opts.max_delay_ms, 0);
         }
     }
 }
 
-static void sink__check_drain(nt_pgsink_t *s)
+static void pgsink__check_drain(nt_pgsink_t *s)
 {
     if (s->draining && s->drain_cb != NULL && s->state == SINK_IDLE && s->building->messages == 0 &&
         s->read_pos >= nt_journal_end(s->journal)) {
@@ -356,7 +367,7 @@ static void sink__check_drain(nt_pgsink_t *s)
 }
 
 /* Sends BEGIN for batch (NULL: maintenance) under the transaction watchdog. */
-static void sink__begin(nt_pgsink_t *s, nt_batch_t *batch)
+static void pgsink__begin(nt_pgsink_t *s, nt_batch_t *batch)
 {
     s->state = SINK_BUSY;
     nt_pgconn_arm_watchdog(s->conn, NT_PGCONN_TXN_TIMEOUT_MS);
@@ -365,23 +376,23 @@ static void sink__begin(nt_pgsink_t *s, nt_batch_t *batch)
 }
 
 /* Starts a transaction for the building batch when it is due. */
-static void sink__maybe_dispatch(nt_pgsink_t *s)
+static void pgsink__maybe_dispatch(nt_pgsink_t *s)
 {
     if (s->state != SINK_IDLE || nt_pgconn_backing_off(s->conn)) {
         return; /* busy, or backing off after a failed batch */
     }
     nt_batch_t *b = s->building;
     if (b->messages == 0) {
-        sink__check_drain(s);
+        pgsink__check_drain(s);
         return;
     }
-    if (!sink__full(s, b) && !s->linger_expired && !s->draining && s->opts.max_delay_ms > 0) {
+    if (!pgsink__full(s, b) && !s->linger_expired && !s->draining && s->opts.max_delay_ms > 0) {
         return;
     }
     int rc = nt_batch_finish(b);
     if (rc != 0) {
         nt_log(NT_LOG_ERROR, "db", "could not finish a batch: %s", nt_strerror(rc));
-        sink__discard_batches(s);
+        pgsink__discard_batches(s);
         nt_pgconn_backoff(s->conn);
         return;
     }
@@ -389,55 +400,55 @@ static void sink__maybe_dispatch(nt_pgsink_t *s)
     s->linger_expired = 0;
     s->building = s->sending;
     s->sending = b;
-    sink__begin(s, b);
+    pgsink__begin(s, b);
     if (s->state == SINK_BUSY) {
-        sink__fill(s); /* keep decoding the next batch while this one commits */
+        pgsink__fill(s); /* keep decoding the next batch while this one commits */
     }
 }
 
 /* Starts a maintenance transaction when idle and alert bookkeeping is due. */
-static void sink__maybe_maintain(nt_pgsink_t *s)
+static void pgsink__maybe_maintain(nt_pgsink_t *s)
 {
     if (s->state != SINK_IDLE || s->building->messages > 0 || nt_pgconn_backing_off(s->conn) ||
         !nt_outbox_due(&s->outbox)) {
         return;
     }
-    sink__begin(s, NULL);
+    pgsink__begin(s, NULL);
 }
 
-static void sink__on_tick(uv_timer_t *t)
+static void pgsink__on_tick(uv_timer_t *t)
 {
     nt_pgsink_t *s = t->data;
     nt_outbox_tick(&s->outbox, nt_mono_us());
-    sink__maybe_maintain(s);
+    pgsink__maybe_maintain(s);
 }
 
 /* ---- public ---------------------------------------------------------------------------------- */
 
-static int sink__ops_send(void *conn, const char *sql, int nparams, const char *const *params)
+static int pgsink__ops_send(void *conn, const char *sql, int nparams, const char *const *params)
 {
     return nt_pgconn_send(conn, sql, nparams, params);
 }
 
-static int sink__ops_put_copy(void *conn, const void *data, size_t len)
+static int pgsink__ops_put_copy(void *conn, const void *data, size_t len)
 {
     return nt_pgconn_put_copy(conn, data, len);
 }
 
-static const nt_txn_ops_t sink__txn_ops = {sink__ops_send, sink__ops_put_copy};
+static const nt_txn_ops_t pgsink__txn_ops = {pgsink__ops_send, pgsink__ops_put_copy};
 
-static const nt_pgconn_cbs_t sink__conn_cbs = {
-    .on_connected = sink__on_connected,
-    .on_lost = sink__on_lost,
-    .on_retry = sink__on_retry,
-    .on_copy_in = sink__on_copy_in,
-    .on_rows = sink__on_rows,
-    .on_error = sink__on_error,
-    .on_done = sink__on_done,
+static const nt_pgconn_cbs_t pgsink__conn_cbs = {
+    .on_connected = pgsink__on_connected,
+    .on_lost = pgsink__on_lost,
+    .on_retry = pgsink__on_retry,
+    .on_copy_in = pgsink__on_copy_in,
+    .on_rows = pgsink__on_rows,
+    .on_error = pgsink__on_error,
+    .on_done = pgsink__on_done,
 };
 
 /* The sink's two batches and its connection. 0 or NT_ENOMEM (nothing left allocated). */
-static int sink__alloc(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgsink_options_t *opts)
+static int pgsink__alloc(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgsink_options_t *opts)
 {
     nt_pgconn_options_t copts = {opts->conninfo, opts->reconnect_min_ms, opts->reconnect_max_ms};
     s->collector_id = strdup(opts->collector_id);
@@ -447,13 +458,13 @@ static int sink__alloc(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgsink_options_
     if (nt_batch_init(&s->batches[1], opts->collector_id) != 0) {
         goto err_batch;
     }
-    if (nt_pgconn_init(loop, &s->conn, &copts, &sink__conn_cbs, s) != 0) {
-        nt_batch_free(&s->batches[1]);
+    if (nt_pgconn_init(loop, &s->conn, &copts, &pgsink__conn_cbs, s) != 0) {
+        nt_batch_close(&s->batches[1]);
         goto err_batch;
     }
     return 0;
 err_batch:
-    nt_batch_free(&s->batches[0]);
+    nt_batch_close(&s->batches[0]);
 err:
     free(s->collector_id);
     return NT_ENOMEM;
@@ -466,7 +477,7 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     if (s == NULL) {
         return NT_ENOMEM;
     }
-    if (sink__alloc(s, loop, opts) != 0) {
+    if (pgsink__alloc(s, loop, opts) != 0) {
         free(s);
         return NT_ENOMEM;
     }
@@ -477,7 +488,7 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     s->building = &s->batches[0];
     s->sending = &s->batches[1];
     nt_outbox_init(&s->outbox, nt_mono_us());
-    nt_txn_init(&s->txn, &sink__txn_ops, s->conn, s->collector_id, nt_journal_id(journal),
+    nt_txn_init(&s->txn, &pgsink__txn_ops, s->conn, s->collector_id, nt_journal_id(journal),
                 &s->outbox);
     uv_timer_init(loop, &s->linger_timer);
     uv_timer_init(loop, &s->tick_timer);
@@ -492,15 +503,15 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
 int nt_pgsink_start(nt_pgsink_t *s)
 {
     nt_outbox_init(&s->outbox, nt_mono_us());
-    uv_timer_start(&s->tick_timer, sink__on_tick, 1000, 1000);
+    uv_timer_start(&s->tick_timer, pgsink__on_tick, 1000, 1000);
     nt_pgconn_connect(s->conn);
     return 0;
 }
 
 void nt_pgsink_wakeup(nt_pgsink_t *s)
 {
-    sink__fill(s);
-    sink__maybe_dispatch(s);
+    pgsink__fill(s);
+    pgsink__maybe_dispatch(s);
 }
 
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data)
@@ -528,7 +539,7 @@ void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id)
 void nt_pgsink_request_undelivered(nt_pgsink_t *s)
 {
     nt_outbox_request_undelivered(&s->outbox);
-    sink__maybe_maintain(s);
+    pgsink__maybe_maintain(s);
 }
 
 int nt_pgsink_ready(const nt_pgsink_t *s)
@@ -542,6 +553,6 @@ void nt_pgsink_close(nt_pgsink_t *s)
     nt_pgconn_close(s->conn);
     uv_timer_stop(&s->linger_timer);
     uv_timer_stop(&s->tick_timer);
-    uv_close((uv_handle_t *)&s->linger_timer, sink__timer_closed);
-    uv_close((uv_handle_t *)&s->tick_timer, sink__timer_closed);
+    uv_close((uv_handle_t *)&s->linger_timer, pgsink__timer_closed);
+    uv_close((uv_handle_t *)&s->tick_timer, pgsink__timer_closed);
 }

@@ -443,7 +443,7 @@ int nt_batch_init(nt_batch_t *b, const char *collector_id)
         }
     }
     if (rc != 0) {
-        nt_batch_free(b);
+        nt_batch_close(b);
     }
     return rc;
 }
@@ -467,12 +467,12 @@ void nt_batch_reset(nt_batch_t *b)
 }
 
 /* Frees the streams and the arena. */
-void nt_batch_free(nt_batch_t *b)
+void nt_batch_close(nt_batch_t *b)
 {
     for (int i = 0; i < NT_BATCH__TABLES; i++) {
-        nt_copybuf_free(&b->tables[i].buf);
+        nt_copybuf_close(&b->tables[i].buf);
     }
-    nt_arena_free(&b->arena);
+    nt_arena_close(&b->arena);
 }
 
 /* All or nothing: when a buffer cannot grow, every buffer is cut back to where it was

@@ -91,7 +91,7 @@ void nt_copybuf_reset(nt_copybuf_t *b)
 }
 
 /* Frees the memory; the buffer is empty (as after init) afterwards. */
-void nt_copybuf_free(nt_copybuf_t *b)
+void nt_copybuf_close(nt_copybuf_t *b)
 {
     free(b->data);
     nt_copybuf_init(b);

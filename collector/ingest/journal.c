@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +54,7 @@ typedef struct {
 } journal__seg_t;
 
 struct nt_journal_s {
+    char error[512]; /* the last failure, for the caller to log (nt_journal_error) */
     char *dir;
     int dir_fd;
     int lock_fd;
@@ -76,6 +78,18 @@ struct nt_journal_s {
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
+
+/* Describes the failure that the function about to return reports: the caller, which decides
+ * what to do about it, logs it (nt_journal_error). Journal functions log no errors themselves. */
+static void journal__errorf(nt_journal_t *j, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void journal__errorf(nt_journal_t *j, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(j->error, sizeof(j->error), fmt, ap);
+    va_end(ap);
+}
 
 static void journal__put16(uint8_t *p, uint16_t v)
 {
@@ -211,7 +225,7 @@ static int journal__reserve(nt_journal_t *j)
 /* ---- opening ------------------------------------------------------------------------------ */
 
 /* fsyncs the directory that contains path, so that a newly made entry in it is durable. */
-static int journal__fsync_parent(const char *path)
+static int journal__fsync_parent(nt_journal_t *j, const char *path)
 {
     char parent[PATH_MAX];
     const char *slash = strrchr(path, '/');
@@ -225,8 +239,7 @@ static int journal__fsync_parent(const char *path)
     }
     int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0 || fsync(fd) != 0) {
-        nt_log(NT_LOG_ERROR, "journal", "could not sync directory \"%s\": %s", parent,
-               strerror(errno));
+        journal__errorf(j, "could not sync directory \"%s\": %s", parent, strerror(errno));
         if (fd >= 0) {
             close(fd);
         }
@@ -237,14 +250,14 @@ static int journal__fsync_parent(const char *path)
 }
 
 /* Creates dir and its missing parents with mode 0700 (like mkdir -p), syncing the parent
- * of every directory it creates. 0 or NT_EIO (logged). */
-static int journal__mkdirs(const char *dir)
+ * of every directory it creates. 0 or NT_EIO (described for nt_journal_error). */
+static int journal__mkdirs(nt_journal_t *j, const char *dir)
 {
     char path[PATH_MAX];
     size_t len = strlen(dir);
     if (len >= sizeof(path)) {
-        nt_log(NT_LOG_ERROR, "journal", "could not create journal directory \"%s\": %s", dir,
-               strerror(ENAMETOOLONG));
+        journal__errorf(j, "could not create journal directory \"%s\": %s", dir,
+                        strerror(ENAMETOOLONG));
         return NT_EIO;
     }
     memcpy(path, dir, len + 1);
@@ -255,13 +268,13 @@ static int journal__mkdirs(const char *dir)
         char c = path[i];
         path[i] = '\0';
         if (mkdir(path, 0700) == 0) {
-            int rc = journal__fsync_parent(path);
+            int rc = journal__fsync_parent(j, path);
             if (rc != 0) {
                 return rc;
             }
         } else if (errno != EEXIST) {
-            nt_log(NT_LOG_ERROR, "journal", "could not create journal directory \"%s\": %s", path,
-                   strerror(errno));
+            journal__errorf(j, "could not create journal directory \"%s\": %s", path,
+                            strerror(errno));
             return NT_EIO;
         }
         path[i] = c;
@@ -269,23 +282,23 @@ static int journal__mkdirs(const char *dir)
     return 0;
 }
 
-/* Takes the exclusive lock on the directory. 0 or NT_EIO (logged). */
+/* Takes the exclusive lock on the directory. 0 or NT_EIO (described for nt_journal_error). */
 static int journal__lock(nt_journal_t *j)
 {
     j->lock_fd = openat(j->dir_fd, JOURNAL_LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (j->lock_fd < 0) {
-        nt_log(NT_LOG_ERROR, "journal", "could not open lock file \"%s/%s\": %s", j->dir,
-               JOURNAL_LOCK_NAME, strerror(errno));
+        journal__errorf(j, "could not open lock file \"%s/%s\": %s", j->dir, JOURNAL_LOCK_NAME,
+                        strerror(errno));
         return NT_EIO;
     }
     if (flock(j->lock_fd, LOCK_EX | LOCK_NB) != 0) {
         if (errno == EWOULDBLOCK) {
-            nt_log(NT_LOG_ERROR, "journal",
-                   "could not lock journal directory \"%s\": it is in use by another collector",
-                   j->dir);
+            journal__errorf(
+                j, "could not lock journal directory \"%s\": it is in use by another collector",
+                j->dir);
         } else {
-            nt_log(NT_LOG_ERROR, "journal", "could not lock journal directory \"%s\": %s", j->dir,
-                   strerror(errno));
+            journal__errorf(j, "could not lock journal directory \"%s\": %s", j->dir,
+                            strerror(errno));
         }
         return NT_EIO;
     }
@@ -293,15 +306,14 @@ static int journal__lock(nt_journal_t *j)
 }
 
 /* Lists the segment files (sorted by start) and removes leftovers of an interrupted
- * segment creation. 0, NT_EIO or NT_ENOMEM (logged). */
+ * segment creation. 0, NT_EIO or NT_ENOMEM (described for nt_journal_error). */
 static int journal__list(nt_journal_t *j)
 {
     int rc = 0;
     int fd = dup(j->dir_fd);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (d == NULL) {
-        nt_log(NT_LOG_ERROR, "journal", "could not read journal directory \"%s\": %s", j->dir,
-               strerror(errno));
+        journal__errorf(j, "could not read journal directory \"%s\": %s", j->dir, strerror(errno));
         if (fd >= 0) {
             close(fd);
         }
@@ -318,8 +330,8 @@ static int journal__list(nt_journal_t *j)
             journal__parse_start(name, &start) == 0) {
             rc = journal__reserve(j);
             if (rc != 0) {
-                nt_log(NT_LOG_ERROR, "journal", "could not list journal directory \"%s\": %s",
-                       j->dir, nt_strerror(rc));
+                journal__errorf(j, "could not list journal directory \"%s\": %s", j->dir,
+                                nt_strerror(rc));
                 goto err;
             }
             j->segs[j->nsegs++] = (journal__seg_t){.start = start, .size = 0, .fd = -1};
@@ -327,8 +339,7 @@ static int journal__list(nt_journal_t *j)
                    strcmp(name + JOURNAL_NAME_DIGITS, JOURNAL_TMP_SUFFIX) == 0 &&
                    journal__parse_start(name, &start) == 0) {
             if (unlinkat(j->dir_fd, name, 0) != 0) {
-                nt_log(NT_LOG_ERROR, "journal", "could not remove \"%s/%s\": %s", j->dir, name,
-                       strerror(errno));
+                journal__errorf(j, "could not remove \"%s/%s\": %s", j->dir, name, strerror(errno));
                 rc = NT_EIO;
                 goto err;
             }
@@ -337,8 +348,7 @@ static int journal__list(nt_journal_t *j)
         errno = 0;
     }
     if (errno != 0) {
-        nt_log(NT_LOG_ERROR, "journal", "could not read journal directory \"%s\": %s", j->dir,
-               strerror(errno));
+        journal__errorf(j, "could not read journal directory \"%s\": %s", j->dir, strerror(errno));
         rc = NT_EIO;
         goto err;
     }
@@ -355,7 +365,7 @@ err:
 /* Creates the segment that starts at start: header written and synced in a temporary file,
  * then renamed into place, so a segment file never exists without its header. The new
  * segment becomes the newest, open read-write; the directory still needs an fsync.
- * 0, NT_ENOMEM or NT_EIO (logged). */
+ * 0, NT_ENOMEM or NT_EIO (described for nt_journal_error). */
 static int journal__create_seg(nt_journal_t *j, uint64_t start)
 {
     char name[64];
@@ -363,8 +373,8 @@ static int journal__create_seg(nt_journal_t *j, uint64_t start)
     uint8_t hdr[JOURNAL_HEADER_BYTES];
     int rc = journal__reserve(j);
     if (rc != 0) {
-        nt_log(NT_LOG_ERROR, "journal", "could not create journal segment in \"%s\": %s", j->dir,
-               nt_strerror(rc));
+        journal__errorf(j, "could not create journal segment in \"%s\": %s", j->dir,
+                        nt_strerror(rc));
         return rc;
     }
     journal__seg_name(name, sizeof(name), start);
@@ -378,14 +388,14 @@ static int journal__create_seg(nt_journal_t *j, uint64_t start)
 
     int fd = openat(j->dir_fd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
-        nt_log(NT_LOG_ERROR, "journal", "could not create journal segment \"%s/%s\": %s", j->dir,
-               tmp, strerror(errno));
+        journal__errorf(j, "could not create journal segment \"%s/%s\": %s", j->dir, tmp,
+                        strerror(errno));
         return NT_EIO;
     }
     if (journal__pwrite_full(fd, hdr, sizeof(hdr), 0) != 0 || fdatasync(fd) != 0 ||
         renameat(j->dir_fd, tmp, j->dir_fd, name) != 0) {
-        nt_log(NT_LOG_ERROR, "journal", "could not create journal segment \"%s/%s\": %s", j->dir,
-               name, strerror(errno));
+        journal__errorf(j, "could not create journal segment \"%s/%s\": %s", j->dir, name,
+                        strerror(errno));
         close(fd);
         unlinkat(j->dir_fd, tmp, 0);
         return NT_EIO;
@@ -402,8 +412,8 @@ static int journal__create_first(nt_journal_t *j)
     while (j->id == 0) {
         ssize_t n = getrandom(&j->id, sizeof(j->id), 0);
         if (n < 0 && errno != EINTR) {
-            nt_log(NT_LOG_ERROR, "journal", "could not choose a journal id for \"%s\": %s", j->dir,
-                   strerror(errno));
+            journal__errorf(j, "could not choose a journal id for \"%s\": %s", j->dir,
+                            strerror(errno));
             return NT_EIO;
         }
     }
@@ -412,8 +422,7 @@ static int journal__create_first(nt_journal_t *j)
         return rc;
     }
     if (fsync(j->dir_fd) != 0) {
-        nt_log(NT_LOG_ERROR, "journal", "could not sync journal directory \"%s\": %s", j->dir,
-               strerror(errno));
+        journal__errorf(j, "could not sync journal directory \"%s\": %s", j->dir, strerror(errno));
         return NT_EIO;
     }
     j->dir_dirty = 0;
@@ -444,8 +453,8 @@ static int journal__scan(nt_journal_t *j, int fd, const char *name, uint64_t siz
             uint64_t want = size - off < JOURNAL_SCAN_BYTES ? size - off : JOURNAL_SCAN_BYTES;
             ssize_t n = journal__pread_full(fd, buf, (size_t)want, off);
             if (n < 0 || (uint64_t)n != want) {
-                nt_log(NT_LOG_ERROR, "journal", "could not read journal segment \"%s/%s\": %s",
-                       j->dir, name, n < 0 ? strerror(errno) : "unexpected end of file");
+                journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
+                                n < 0 ? strerror(errno) : "unexpected end of file");
                 return NT_EIO;
             }
             boff = off;
@@ -474,14 +483,14 @@ static int journal__scan(nt_journal_t *j, int fd, const char *name, uint64_t siz
     }
     if (off < size) {
         if (!newest) {
-            nt_log(NT_LOG_ERROR, "journal",
-                   "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s", j->dir,
-                   name, off, why);
+            journal__errorf(j,
+                            "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s",
+                            j->dir, name, off, why);
             return NT_ECORRUPT;
         }
         if (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0) {
-            nt_log(NT_LOG_ERROR, "journal", "could not truncate journal segment \"%s/%s\": %s",
-                   j->dir, name, strerror(errno));
+            journal__errorf(j, "could not truncate journal segment \"%s/%s\": %s", j->dir, name,
+                            strerror(errno));
             return NT_EIO;
         }
         nt_log(NT_LOG_WARN, "journal",
@@ -502,53 +511,53 @@ static int journal__recover_seg(nt_journal_t *j, journal__seg_t *s, int fd, uint
     journal__seg_name(name, sizeof(name), s->start);
 
     if (size < JOURNAL_HEADER_BYTES) {
-        nt_log(NT_LOG_ERROR, "journal",
-               "invalid header in journal segment \"%s/%s\": file is %" PRIu64
-               " bytes, shorter than its header",
-               j->dir, name, size);
+        journal__errorf(j,
+                        "invalid header in journal segment \"%s/%s\": file is %" PRIu64
+                        " bytes, shorter than its header",
+                        j->dir, name, size);
         return NT_ECORRUPT;
     }
     ssize_t n = journal__pread_full(fd, hdr, sizeof(hdr), 0);
     if (n != (ssize_t)sizeof(hdr)) {
-        nt_log(NT_LOG_ERROR, "journal", "could not read journal segment \"%s/%s\": %s", j->dir,
-               name, n < 0 ? strerror(errno) : "unexpected end of file");
+        journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
+                        n < 0 ? strerror(errno) : "unexpected end of file");
         return NT_EIO;
     }
     uint32_t version = journal__get32(hdr + 4);
     uint64_t id = journal__get64(hdr + 8);
     uint64_t start = journal__get64(hdr + 16);
     if (memcmp(hdr, JOURNAL_MAGIC, 4) != 0) {
-        nt_log(NT_LOG_ERROR, "journal", "invalid header in journal segment \"%s/%s\": wrong magic",
-               j->dir, name);
+        journal__errorf(j, "invalid header in journal segment \"%s/%s\": wrong magic", j->dir,
+                        name);
         return NT_ECORRUPT;
     }
     if (version != JOURNAL_VERSION) {
-        nt_log(NT_LOG_ERROR, "journal",
-               "invalid header in journal segment \"%s/%s\": unsupported version %" PRIu32, j->dir,
-               name, version);
+        journal__errorf(j,
+                        "invalid header in journal segment \"%s/%s\": unsupported version %" PRIu32,
+                        j->dir, name, version);
         return NT_ECORRUPT;
     }
     if (first) {
         j->id = id;
     } else if (id != j->id) {
-        nt_log(NT_LOG_ERROR, "journal",
-               "invalid header in journal segment \"%s/%s\": journal id %016" PRIx64
-               " does not match %016" PRIx64 " of the older segments",
-               j->dir, name, id, j->id);
+        journal__errorf(j,
+                        "invalid header in journal segment \"%s/%s\": journal id %016" PRIx64
+                        " does not match %016" PRIx64 " of the older segments",
+                        j->dir, name, id, j->id);
         return NT_ECORRUPT;
     }
     if (start != s->start) {
-        nt_log(NT_LOG_ERROR, "journal",
-               "invalid header in journal segment \"%s/%s\": start position %" PRIu64
-               " does not match the file name",
-               j->dir, name, start);
+        journal__errorf(j,
+                        "invalid header in journal segment \"%s/%s\": start position %" PRIu64
+                        " does not match the file name",
+                        j->dir, name, start);
         return NT_ECORRUPT;
     }
     if (!first && s->start != prev_end) {
-        nt_log(NT_LOG_ERROR, "journal",
-               "journal segment \"%s/%s\" is not contiguous: it starts at %" PRIu64
-               " but the previous segment ends at %" PRIu64,
-               j->dir, name, s->start, prev_end);
+        journal__errorf(j,
+                        "journal segment \"%s/%s\" is not contiguous: it starts at %" PRIu64
+                        " but the previous segment ends at %" PRIu64,
+                        j->dir, name, s->start, prev_end);
         return NT_ECORRUPT;
     }
     return journal__scan(j, fd, name, size, newest, buf, &s->size);
@@ -562,8 +571,7 @@ static int journal__recover(nt_journal_t *j)
     int fd = -1;
     uint8_t *buf = malloc(JOURNAL_SCAN_BYTES);
     if (buf == NULL) {
-        nt_log(NT_LOG_ERROR, "journal", "could not recover journal \"%s\": %s", j->dir,
-               nt_strerror(NT_ENOMEM));
+        journal__errorf(j, "could not recover journal \"%s\": %s", j->dir, nt_strerror(NT_ENOMEM));
         return NT_ENOMEM;
     }
     uint64_t prev_end = 0;
@@ -575,8 +583,8 @@ static int journal__recover(nt_journal_t *j)
         journal__seg_name(name, sizeof(name), s->start);
         fd = openat(j->dir_fd, name, (newest ? O_RDWR : O_RDONLY) | O_CLOEXEC);
         if (fd < 0 || fstat(fd, &st) != 0) {
-            nt_log(NT_LOG_ERROR, "journal", "could not open journal segment \"%s/%s\": %s", j->dir,
-                   name, strerror(errno));
+            journal__errorf(j, "could not open journal segment \"%s/%s\": %s", j->dir, name,
+                            strerror(errno));
             rc = NT_EIO;
             goto err;
         }
@@ -627,7 +635,7 @@ static void journal__free(nt_journal_t *j)
 
 /* Opens or creates the journal in opts->dir, takes its lock and recovers every segment
  * (see journal.h). 0 with *out set; otherwise *out is NULL and nothing stays open. */
-int nt_journal_open(nt_journal_t **out, const nt_journal_options_t *opts)
+int nt_journal_init(nt_journal_t **out, const nt_journal_options_t *opts, char *err, size_t errlen)
 {
     int rc;
     nt_journal_t *j = NULL;
@@ -641,6 +649,10 @@ int nt_journal_open(nt_journal_t **out, const nt_journal_options_t *opts)
     }
     j = calloc(1, sizeof(*j));
     if (j == NULL) {
+        if (err != NULL && errlen > 0) {
+            snprintf(err, errlen, "could not open journal \"%s\": %s", opts->dir,
+                     nt_strerror(NT_ENOMEM));
+        }
         return NT_ENOMEM;
     }
     j->dir_fd = -1;
@@ -652,19 +664,17 @@ int nt_journal_open(nt_journal_t **out, const nt_journal_options_t *opts)
     j->rbuf = malloc(JOURNAL_RBUF_BYTES);
     j->rcap = JOURNAL_RBUF_BYTES;
     if (j->dir == NULL || j->wbuf == NULL || j->rbuf == NULL) {
-        nt_log(NT_LOG_ERROR, "journal", "could not open journal \"%s\": %s", opts->dir,
-               nt_strerror(NT_ENOMEM));
+        journal__errorf(j, "could not open journal \"%s\": %s", opts->dir, nt_strerror(NT_ENOMEM));
         rc = NT_ENOMEM;
         goto err;
     }
-    rc = journal__mkdirs(j->dir);
+    rc = journal__mkdirs(j, j->dir);
     if (rc != 0) {
         goto err;
     }
     j->dir_fd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (j->dir_fd < 0) {
-        nt_log(NT_LOG_ERROR, "journal", "could not open journal directory \"%s\": %s", j->dir,
-               strerror(errno));
+        journal__errorf(j, "could not open journal directory \"%s\": %s", j->dir, strerror(errno));
         rc = NT_EIO;
         goto err;
     }
@@ -683,6 +693,9 @@ int nt_journal_open(nt_journal_t **out, const nt_journal_options_t *opts)
     *out = j;
     return 0;
 err:
+    if (err != NULL && errlen > 0) {
+        snprintf(err, errlen, "%s", j->error[0] != '\0' ? j->error : nt_strerror(rc));
+    }
     journal__free(j);
     return rc;
 }
@@ -695,9 +708,9 @@ static int journal__fail(nt_journal_t *j, const char *what, uint64_t start, int 
     char name[64];
     journal__seg_name(name, sizeof(name), start);
     j->failed = 1;
-    nt_log(NT_LOG_ERROR, "journal",
-           "could not %s journal segment \"%s/%s\": %s; refusing appends until reopened", what,
-           j->dir, name, strerror(err));
+    journal__errorf(j,
+                    "could not %s journal segment \"%s/%s\": %s; refusing appends until reopened",
+                    what, j->dir, name, strerror(err));
     return NT_EIO;
 }
 
@@ -709,9 +722,9 @@ static int journal__sync_dir(nt_journal_t *j)
     }
     if (fsync(j->dir_fd) != 0) {
         j->failed = 1;
-        nt_log(NT_LOG_ERROR, "journal",
-               "could not sync journal directory \"%s\": %s; refusing appends until reopened",
-               j->dir, strerror(errno));
+        journal__errorf(
+            j, "could not sync journal directory \"%s\": %s; refusing appends until reopened",
+            j->dir, strerror(errno));
         return NT_EIO;
     }
     j->dir_dirty = 0;
@@ -873,7 +886,7 @@ static size_t journal__find(const nt_journal_t *j, uint64_t pos)
 }
 
 /* Loads the read-ahead buffer with segment s from pos: at least need bytes, at most up to
- * limit (need <= limit - pos). 0, NT_ENOMEM or NT_EIO (logged). */
+ * limit (need <= limit - pos). 0, NT_ENOMEM or NT_EIO (described for nt_journal_error). */
 static int journal__fill(nt_journal_t *j, journal__seg_t *s, uint64_t pos, uint64_t limit,
                          size_t need)
 {
@@ -891,16 +904,16 @@ static int journal__fill(nt_journal_t *j, journal__seg_t *s, uint64_t pos, uint6
     if (s->fd < 0) {
         s->fd = openat(j->dir_fd, name, O_RDONLY | O_CLOEXEC);
         if (s->fd < 0) {
-            nt_log(NT_LOG_ERROR, "journal", "could not open journal segment \"%s/%s\": %s", j->dir,
-                   name, strerror(errno));
+            journal__errorf(j, "could not open journal segment \"%s/%s\": %s", j->dir, name,
+                            strerror(errno));
             return NT_EIO;
         }
     }
     size_t want = limit - pos < j->rcap ? (size_t)(limit - pos) : j->rcap;
     ssize_t n = journal__pread_full(s->fd, j->rbuf, want, JOURNAL_HEADER_BYTES + (pos - s->start));
     if (n < 0 || (size_t)n != want) {
-        nt_log(NT_LOG_ERROR, "journal", "could not read journal segment \"%s/%s\": %s", j->dir,
-               name, n < 0 ? strerror(errno) : "unexpected end of file");
+        journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
+                        n < 0 ? strerror(errno) : "unexpected end of file");
         return NT_EIO;
     }
     j->rpos = pos;
@@ -909,7 +922,8 @@ static int journal__fill(nt_journal_t *j, journal__seg_t *s, uint64_t pos, uint6
 }
 
 /* Reads the durable record at pos through the read-ahead buffer and checks its CRC.
- * 1, 0 at the durable end, NT_EINVAL, NT_ECORRUPT or NT_EIO (the last two logged). */
+ * 1, 0 at the durable end, NT_EINVAL, NT_ECORRUPT or NT_EIO (the last two described for
+ * nt_journal_error). */
 int nt_journal_read(nt_journal_t *j, uint64_t pos, nt_journal_record_t *rec)
 {
     if (j == NULL || rec == NULL) {
@@ -954,11 +968,10 @@ int nt_journal_read(nt_journal_t *j, uint64_t pos, nt_journal_record_t *rec)
     if (nt_crc32c(0, b, len) != journal__get32(p + 4) || topic_len > len - JOURNAL_FIXED_BYTES) {
         char name[64];
         journal__seg_name(name, sizeof(name), s->start);
-        nt_log(NT_LOG_ERROR, "journal",
-               "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s", j->dir,
-               name, JOURNAL_HEADER_BYTES + (pos - s->start),
-               topic_len > len - JOURNAL_FIXED_BYTES ? "topic length exceeds the record"
-                                                     : "record checksum mismatch");
+        journal__errorf(j, "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s",
+                        j->dir, name, JOURNAL_HEADER_BYTES + (pos - s->start),
+                        topic_len > len - JOURNAL_FIXED_BYTES ? "topic length exceeds the record"
+                                                              : "record checksum mismatch");
         return NT_ECORRUPT;
     }
     rec->pos = pos;
@@ -986,8 +999,8 @@ int nt_journal_release(nt_journal_t *j, uint64_t pos)
         char name[64];
         journal__seg_name(name, sizeof(name), s->start);
         if (unlinkat(j->dir_fd, name, 0) != 0 && errno != ENOENT) {
-            nt_log(NT_LOG_ERROR, "journal", "could not delete journal segment \"%s/%s\": %s",
-                   j->dir, name, strerror(errno));
+            journal__errorf(j, "could not delete journal segment \"%s/%s\": %s", j->dir, name,
+                            strerror(errno));
             rc = NT_EIO;
             break;
         }
@@ -1013,6 +1026,12 @@ int nt_journal_release(nt_journal_t *j, uint64_t pos)
 }
 
 /* ---- accessors ---------------------------------------------------------------------------- */
+
+/* The description of the last failure, "" when none. */
+const char *nt_journal_error(const nt_journal_t *j)
+{
+    return j->error;
+}
 
 /* Position of the first record of the oldest segment kept. */
 uint64_t nt_journal_start(const nt_journal_t *j)

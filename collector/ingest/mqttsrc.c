@@ -67,7 +67,7 @@ static int mqttsrc__flush(nt_mqttsrc_t *m)
         nt_log(NT_LOG_ERROR, "mqtt",
                "could not sync the journal: %s; dropping the broker connection without "
                "acknowledging %llu messages",
-               nt_strerror(rc), (unsigned long long)m->unsynced);
+               nt_journal_error(m->journal), (unsigned long long)m->unsynced);
         nt_mqttconn_abort(m->conn);
         return NT_EIO;
     }
@@ -107,7 +107,7 @@ static void mqttsrc__on_message(nt_mqttconn_t *c, const struct mosquitto_message
         nt_log(NT_LOG_ERROR, "mqtt",
                "could not append to the journal: %s; dropping the broker connection without "
                "acknowledging",
-               nt_strerror(rc));
+               nt_journal_error(m->journal));
         nt_mqttconn_abort(m->conn);
         return;
     }
@@ -122,8 +122,11 @@ static void mqttsrc__on_message(nt_mqttconn_t *c, const struct mosquitto_message
 static void mqttsrc__on_lost(nt_mqttconn_t *c, void *data)
 {
     nt_mqttsrc_t *m = data;
-    if (!m->journal_failed) {
-        mqttsrc__sync(m);
+    if (!m->journal_failed && mqttsrc__sync(m) != 0) {
+        nt_log(NT_LOG_ERROR, "mqtt",
+               "could not sync the journal: %s; the broker redelivers the %llu unacknowledged "
+               "messages",
+               nt_journal_error(m->journal), (unsigned long long)m->unsynced);
     }
 }
 

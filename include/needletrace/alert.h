@@ -43,7 +43,7 @@ int nt_alert_list_push(nt_alert_list_t *l, int64_t alert_id, const char *clinic_
 /* Drops every alert (keeps the array for reuse). */
 void nt_alert_list_clear(nt_alert_list_t *l);
 /* Drops everything; the list is empty (as after init) afterwards. */
-void nt_alert_list_free(nt_alert_list_t *l);
+void nt_alert_list_close(nt_alert_list_t *l);
 
 /* 1 when rule is one of NT_RULE_MAP. */
 int nt_alert_rule_known(const char *rule);

@@ -22,6 +22,6 @@ void *nt_arena_alloc(nt_arena_t *a, size_t n);
 /* Forgets every allocation; keeps the first chunk for reuse, frees the others. */
 void nt_arena_reset(nt_arena_t *a);
 /* Frees all memory. */
-void nt_arena_free(nt_arena_t *a);
+void nt_arena_close(nt_arena_t *a);
 
 #endif

@@ -40,7 +40,7 @@ typedef struct {
 int nt_batch_init(nt_batch_t *b, const char *collector_id);
 /* Empties the batch (keeps its memory) for the next transaction. */
 void nt_batch_reset(nt_batch_t *b);
-void nt_batch_free(nt_batch_t *b);
+void nt_batch_close(nt_batch_t *b);
 
 /* Decodes rec and appends its rows. The record is copied; rec may be reused after.
  * Returns 0 (accepted or quarantined: both are rows), NT_ENOMEM, or NT_ECORRUPT when a row

@@ -19,7 +19,7 @@ typedef struct {
 void nt_copybuf_init(nt_copybuf_t *b);
 /* Drops the content (keeps the memory) and writes the 19-byte COPY BINARY header. */
 void nt_copybuf_reset(nt_copybuf_t *b);
-void nt_copybuf_free(nt_copybuf_t *b);
+void nt_copybuf_close(nt_copybuf_t *b);
 
 /* Starts a tuple of ncols fields; then exactly ncols field calls must follow. The buffer
  * counts them: a row with more or fewer makes nt_copybuf_finish() fail with NT_ECORRUPT

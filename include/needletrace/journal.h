@@ -40,11 +40,19 @@ typedef struct {
 
 /* Opens (creating if needed) the journal in opts->dir and recovers it: every segment
  * is scanned, and a torn or corrupt tail (bad length or CRC in the last segment) is
- * truncated, logged once with the number of bytes cut. Corruption before the tail of
- * the newest segment is NT_ECORRUPT (never silently skipped). Holds an exclusive
+ * truncated, logged once as a warning with the number of bytes cut. Corruption before the
+ * tail of the newest segment is NT_ECORRUPT (never silently skipped). Holds an exclusive
  * flock on the directory: a second collector on the same journal gets NT_EIO.
- * On success *out owns the journal; on failure nothing is left open. */
-int nt_journal_open(nt_journal_t **out, const nt_journal_options_t *opts);
+ * On success *out owns the journal; on failure nothing is left open and err (when not NULL)
+ * gets a one-line description naming the file and the reason, for the caller to log.
+ *
+ * Failures are never logged by the journal itself: every function that fails describes the
+ * failure for nt_journal_error(), and the caller, which decides what to do, logs it once. */
+int nt_journal_init(nt_journal_t **out, const nt_journal_options_t *opts, char *err, size_t errlen);
+
+/* The description of the last failure of any journal function ("could not sync journal
+ * segment \"/var/lib/...\": No space left on device; ..."), "" when none yet. */
+const char *nt_journal_error(const nt_journal_t *j);
 
 /* Flushes buffered records (without fdatasync) and frees everything. NULL is a no-op. */
 void nt_journal_close(nt_journal_t *j);

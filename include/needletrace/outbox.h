@@ -42,7 +42,7 @@ typedef struct {
 
 /* An empty outbox at monotonic time now_us: the first gap check is due at the first tick. */
 void nt_outbox_init(nt_outbox_t *o, int64_t now_us);
-void nt_outbox_free(nt_outbox_t *o);
+void nt_outbox_close(nt_outbox_t *o);
 
 /* The broker acknowledged alert_id. 0, or NT_ENOMEM (then the delivery is not recorded and
  * the alert is published again later: at least once). */

@@ -609,7 +609,7 @@ out:
         }
     }
     free(plan.txns);
-    nt_batch_free(&b);
+    nt_batch_close(&b);
     free(file);
     return code;
 }

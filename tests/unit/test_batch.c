@@ -177,7 +177,7 @@ static void test_copybuf_header_trailer(void **state)
     static const uint8_t row3[2] = {0x00, 0x03};
     assert_tail(&b, mark, row3, 2);
     assert_int_equal(b.rows, 1);
-    nt_copybuf_free(&b);
+    nt_copybuf_close(&b);
     assert_null(b.data);
 }
 
@@ -215,7 +215,7 @@ static void test_copybuf_ints(void **state)
     nt_copybuf_int8(&b, -1);
     static const uint8_t i8m1[] = {0, 0, 0, 8, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff};
     assert_tail(&b, mark, i8m1, sizeof(i8m1));
-    nt_copybuf_free(&b);
+    nt_copybuf_close(&b);
 }
 
 static void test_copybuf_bool_null_text_bytes(void **state)
@@ -259,7 +259,7 @@ static void test_copybuf_bool_null_text_bytes(void **state)
     nt_copybuf_text(&b, "\xc3\xa9t\xc3\xa9"); /* "été" */
     static const uint8_t ete[] = {0, 0, 0, 5, 0xc3, 0xa9, 't', 0xc3, 0xa9};
     assert_tail(&b, mark, ete, sizeof(ete));
-    nt_copybuf_free(&b);
+    nt_copybuf_close(&b);
 }
 
 static void test_copybuf_timestamptz(void **state)
@@ -283,7 +283,7 @@ static void test_copybuf_timestamptz(void **state)
     nt_copybuf_timestamptz(&b, 0);
     assert_int_equal(b.len - mark, 12);
     assert_int_equal((int64_t)get64(b.data + mark + 4), -INT64_C(946684800000000));
-    nt_copybuf_free(&b);
+    nt_copybuf_close(&b);
 }
 
 /* Days since 2000-01-01 that nt_copybuf_date_yyyymmdd wrote, or INT32_MIN for NULL. */
@@ -303,7 +303,7 @@ static int32_t date_days(uint32_t yyyymmdd)
         assert_int_equal(len, -1);
         assert_int_equal(b.len - mark, 4);
     }
-    nt_copybuf_free(&b);
+    nt_copybuf_close(&b);
     return v;
 }
 
@@ -338,7 +338,7 @@ static void test_copybuf_date(void **state)
     size_t mark = b.len;
     nt_copybuf_date_yyyymmdd(&b, 20240229);
     assert_tail(&b, mark, wire, sizeof(wire));
-    nt_copybuf_free(&b);
+    nt_copybuf_close(&b);
 }
 
 static void test_copybuf_growth(void **state)
@@ -373,7 +373,7 @@ static void test_copybuf_growth(void **state)
     assert_int_equal(b.cap, cap);
     assert_int_equal(b.len, 19);
     assert_int_equal(b.rows, 0);
-    nt_copybuf_free(&b);
+    nt_copybuf_close(&b);
 }
 
 static void test_copybuf_oom_flag(void **state)
@@ -396,7 +396,7 @@ static void test_copybuf_oom_flag(void **state)
     assert_int_equal(b.oom, 0);
     assert_int_equal(nt_copybuf_finish(&b), 0);
     assert_int_equal(b.len, 21);
-    nt_copybuf_free(&b);
+    nt_copybuf_close(&b);
 }
 
 /* ---- batch: helpers to build telemetry --------------------------------------------------------
@@ -534,7 +534,7 @@ static int batch_setup(void **state)
 static int batch_teardown(void **state)
 {
     nt_batch_t *b = *state;
-    nt_batch_free(b);
+    nt_batch_close(b);
     free(b);
     return 0;
 }

@@ -238,7 +238,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     (void)state;
-    nt_arena_free(&g_arena);
+    nt_arena_close(&g_arena);
     return 0;
 }
 
@@ -268,7 +268,7 @@ static void test_arena_alignment_and_reuse(void **state)
     /* The first chunk is kept: the first allocation lands where it did before. */
     assert_ptr_equal(nt_arena_alloc(&a, 1), first);
     (void)head;
-    nt_arena_free(&a);
+    nt_arena_close(&a);
     assert_null(a.head);
     assert_int_equal(a.used_bytes, 0);
 }
@@ -304,7 +304,7 @@ static void test_arena_oversized_and_limit(void **state)
     nt_arena_reset(&a);
     assert_ptr_equal(a.head, head);
     assert_ptr_equal(nt_arena_alloc(&a, 16), small);
-    nt_arena_free(&a);
+    nt_arena_close(&a);
 
     /* An arena whose first request is oversized keeps nothing of that size. */
     nt_arena_init(&a, 1024, 0);
@@ -312,7 +312,7 @@ static void test_arena_oversized_and_limit(void **state)
     nt_arena_reset(&a);
     assert_null(a.head);
     assert_non_null(nt_arena_alloc(&a, 10));
-    nt_arena_free(&a);
+    nt_arena_close(&a);
 }
 
 static void test_arena_steady_state(void **state)
@@ -341,7 +341,7 @@ static void test_arena_steady_state(void **state)
                          NT_REASON_OK);
         assert_string_equal(out.msg->device_serial, SERIAL);
     }
-    nt_arena_free(&a);
+    nt_arena_close(&a);
     free(buf);
     msg_free(m);
 }
@@ -360,7 +360,7 @@ static void test_arena_limit_in_decode(void **state)
                      NT_REASON_NOT_PROTOBUF);
     assert_string_equal(detail, "decoded message exceeds arena limit");
     assert_null(out.msg);
-    nt_arena_free(&a);
+    nt_arena_close(&a);
     free(buf);
     msg_free(m);
 }

@@ -34,7 +34,7 @@ int nt_crc32c__have_hw(void);
 
 typedef struct {
     char tmp[128]; /* mkdtemp directory, removed after the test */
-    char dir[192]; /* journal directory inside it (created by nt_journal_open) */
+    char dir[192]; /* journal directory inside it (created by nt_journal_init) */
 } fixture_t;
 
 /* ---- helpers ------------------------------------------------------------------------------ */
@@ -86,7 +86,7 @@ static nt_journal_t *open_ok(const char *dir, uint64_t max_bytes, uint64_t segme
 {
     nt_journal_options_t o = {.dir = dir, .max_bytes = max_bytes, .segment_bytes = segment_bytes};
     nt_journal_t *j = NULL;
-    assert_int_equal(nt_journal_open(&j, &o), 0);
+    assert_int_equal(nt_journal_init(&j, &o, NULL, 0), 0);
     assert_non_null(j);
     return j;
 }
@@ -95,7 +95,7 @@ static int open_rc(const char *dir, uint64_t segment_bytes)
 {
     nt_journal_options_t o = {.dir = dir, .segment_bytes = segment_bytes};
     nt_journal_t *j = (nt_journal_t *)&o; /* must be reset to NULL on failure */
-    int rc = nt_journal_open(&j, &o);
+    int rc = nt_journal_init(&j, &o, NULL, 0);
     if (rc == 0) {
         nt_journal_close(j);
     } else {
@@ -996,12 +996,12 @@ static void test_open_errors(void **state)
     nt_journal_t *j = NULL;
     nt_journal_options_t o = {.dir = NULL};
     char path[256];
-    assert_int_equal(nt_journal_open(&j, &o), NT_EINVAL);
+    assert_int_equal(nt_journal_init(&j, &o, NULL, 0), NT_EINVAL);
     assert_null(j);
     o.dir = "";
-    assert_int_equal(nt_journal_open(&j, &o), NT_EINVAL);
-    assert_int_equal(nt_journal_open(&j, NULL), NT_EINVAL);
-    assert_int_equal(nt_journal_open(NULL, &o), NT_EINVAL);
+    assert_int_equal(nt_journal_init(&j, &o, NULL, 0), NT_EINVAL);
+    assert_int_equal(nt_journal_init(&j, NULL, NULL, 0), NT_EINVAL);
+    assert_int_equal(nt_journal_init(NULL, &o, NULL, 0), NT_EINVAL);
 
     /* the directory path names a regular file */
     snprintf(path, sizeof(path), "%s/file", f->tmp);
