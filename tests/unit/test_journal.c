@@ -22,6 +22,7 @@
 #include "needletrace/common.h"
 #include "needletrace/crc32c.h"
 #include "needletrace/journal.h"
+#include "needletrace/log.h"
 
 /* Internal paths of crc32c.c, declared there. */
 uint32_t nt_crc32c__sw(uint32_t crc, const void *data, size_t len);
@@ -95,11 +96,14 @@ static int open_rc(const char *dir, uint64_t segment_bytes)
 {
     nt_journal_options_t o = {.dir = dir, .segment_bytes = segment_bytes};
     nt_journal_t *j = (nt_journal_t *)&o; /* must be reset to NULL on failure */
-    int rc = nt_journal_init(&j, &o, NULL, 0);
+    char err[640] = "";
+    int rc = nt_journal_init(&j, &o, err, sizeof(err));
     if (rc == 0) {
         nt_journal_close(j);
     } else {
         assert_null(j);
+        assert_true(err[0] != '\0');                /* the failure is described for the caller... */
+        nt_log(NT_LOG_ERROR, "journal", "%s", err); /* ...which logs it, as the collector does */
     }
     return rc;
 }
