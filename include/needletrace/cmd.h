@@ -21,8 +21,16 @@ typedef void (*nt_cmd_usage_fn)(FILE *out);
 /* nt_cmd_begin() returns this when the command should go on. */
 #define NT_CMD_CONTINUE (-1)
 
-/* 1 when argv[1..argc) asks for help (--help or -h) before any "--". */
+/* Returns 1 when arg is an option of the command that takes the next argument as its value
+ * (so that a "-h" after it is that value, not a request for help), else 0. */
+typedef int (*nt_cmd_takes_value_fn)(const char *arg);
+
+/* Returns 1 when argv[1..argc) asks for help (--help or -h) before any "--", else 0. */
 int nt_cmd_wants_help(int argc, char **argv);
+
+/* As nt_cmd_wants_help(), but the argument after an option for which takes_value returns 1
+ * is skipped. takes_value may be NULL (nothing skipped). Returns 1 or 0. */
+int nt_cmd_wants_help_with(int argc, char **argv, nt_cmd_takes_value_fn takes_value);
 
 /* The preamble every command that reads the configuration shares: answers --help / -h by
  * printing usage(stdout) and the configuration keys; loads the configuration (defaults <
@@ -33,5 +41,10 @@ int nt_cmd_wants_help(int argc, char **argv);
  * already freed). See also nt_config_load(). */
 int nt_cmd_begin(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn usage,
                  nt_config_t *cfg);
+
+/* nt_cmd_begin() for a command whose own options take values: the help request is found by
+ * nt_cmd_wants_help_with(argc, argv, takes_value). Same returns as nt_cmd_begin(). */
+int nt_cmd_begin_with(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn usage,
+                      nt_cmd_takes_value_fn takes_value, nt_config_t *cfg);
 
 #endif
