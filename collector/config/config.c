@@ -314,21 +314,16 @@ static char *config__read_secret(const char *path, const char **why)
     return line;
 }
 
-/* Re-checks every value (fields may have been assigned directly), then the cross-field
- * rules, derives mqtt host/port/tls, http host/port (port 0 = off) and the default client
- * id, and reads mqtt.password_file into mqtt_password. Safe to call again. Returns 0,
- * NT_ECONFIG or NT_ENOMEM. */
-int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
+/* Re-checks every value, for fields assigned directly rather than through nt_config_set
+ * (mqtt.client_id may be empty: it is derived). Returns 0 or NT_ECONFIG. */
+static int config__recheck_values(const nt_config_t *cfg, char *err, size_t errlen)
 {
     static const char *const origin = "configuration";
-    const nt_config__key_t *k;
     const char *why;
-
-    /* Every value again, for fields assigned directly rather than through nt_config_set. */
     for (size_t i = 0; i < nt_config__nkeys; i++) {
-        k = &nt_config__keys[i];
+        const nt_config__key_t *k = &nt_config__keys[i];
         if (k->type == NT_CONFIG__STRING) {
-            const char *v = *nt_config__str(cfg, k);
+            const char *v = *nt_config__cstr(cfg, k);
             if (v == NULL || v[0] == '\0') {
                 if (!(k->flags & NT_CONFIG__OPTIONAL) &&
                     k->offset != offsetof(nt_config_t, mqtt_client_id)) {
@@ -337,33 +332,44 @@ int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
             } else if (k->check != NULL && (why = k->check(v)) != NULL) {
                 return nt_config__bad(err, errlen, k, v, origin, "%s", why);
             }
-        } else {
-            int64_t v = *nt_config__num(cfg, k);
-            if (v < k->min || v > k->max) {
-                char value[32];
-                snprintf(value, sizeof(value), "%" PRId64, v);
-                return nt_config__bad(err, errlen, k, value, origin,
-                                      "expected a value from %" PRId64 " to %" PRId64, k->min,
-                                      k->max);
-            }
+            continue;
+        }
+        int64_t v = nt_config__cnum(cfg, k);
+        if (v < k->min || v > k->max) {
+            char value[32];
+            snprintf(value, sizeof(value), "%" PRId64, v);
+            return nt_config__bad(err, errlen, k, value, origin,
+                                  "expected a value from %" PRId64 " to %" PRId64, k->min, k->max);
         }
     }
+    return 0;
+}
 
-    if (cfg->mqtt_client_id == NULL || cfg->mqtt_client_id[0] == '\0') {
-        char *id = config__default_client_id(cfg->collector_id);
-        if (id == NULL) {
-            nt_config__errf(err, errlen, "could not set mqtt.client_id: out of memory");
-            return NT_ENOMEM;
-        }
-        free(cfg->mqtt_client_id);
-        cfg->mqtt_client_id = id;
+/* Derives mqtt.client_id from collector.id when it is not set. Returns 0 or NT_ENOMEM. */
+static int config__derive_client_id(nt_config_t *cfg, char *err, size_t errlen)
+{
+    if (cfg->mqtt_client_id != NULL && cfg->mqtt_client_id[0] != '\0') {
+        return 0;
     }
+    char *id = config__default_client_id(cfg->collector_id);
+    if (id == NULL) {
+        nt_config__errf(err, errlen, "could not set mqtt.client_id: out of memory");
+        return NT_ENOMEM;
+    }
+    free(cfg->mqtt_client_id);
+    cfg->mqtt_client_id = id;
+    return 0;
+}
 
-    why = nt_config__parse_url(cfg->mqtt_url, cfg->mqtt_host, sizeof(cfg->mqtt_host),
-                               &cfg->mqtt_port, &cfg->mqtt_tls);
+/* The [mqtt] rules: the URL (deriving host, port and TLS), TLS files only with mqtts://, a
+ * certificate and its key together, reconnect_min_ms <= reconnect_max_ms. 0 or NT_ECONFIG. */
+static int config__check_mqtt(nt_config_t *cfg, char *err, size_t errlen)
+{
+    const char *why = nt_config__parse_url(cfg->mqtt_url, cfg->mqtt_host, sizeof(cfg->mqtt_host),
+                                           &cfg->mqtt_port, &cfg->mqtt_tls);
     if (why != NULL) {
-        return nt_config__bad(err, errlen, config__key("mqtt.url"), cfg->mqtt_url, origin, "%s",
-                              why);
+        return nt_config__bad(err, errlen, config__key("mqtt.url"), cfg->mqtt_url, "configuration",
+                              "%s", why);
     }
     if (!cfg->mqtt_tls) {
         const char *tls_key = cfg->mqtt_ca_file != NULL     ? "mqtt.ca_file is set"
@@ -392,6 +398,12 @@ int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
         return nt_config__bad(err, errlen, config__key("mqtt.reconnect_min_ms"), value, with,
                               "must not exceed mqtt.reconnect_max_ms");
     }
+    return 0;
+}
+
+/* The journal bound against the segment size. 0 or NT_ECONFIG. */
+static int config__check_journal(const nt_config_t *cfg, char *err, size_t errlen)
+{
     /* The newest segment is never deleted: with less than two segments of room, a full
      * journal could stay full after everything was committed. */
     if (cfg->journal_max_bytes < 2 * cfg->journal_segment_bytes) {
@@ -403,36 +415,77 @@ int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
         return nt_config__bad(err, errlen, config__key("journal.max_bytes"), value, with,
                               "must be at least twice journal.segment_bytes");
     }
+    return 0;
+}
 
-    why = nt_config__parse_listen(cfg->http_listen, cfg->http_host, sizeof(cfg->http_host),
-                                  &cfg->http_port);
+/* Derives http host and port (0 = off) from http.listen. 0 or NT_ECONFIG. */
+static int config__check_http(nt_config_t *cfg, char *err, size_t errlen)
+{
+    const char *why = nt_config__parse_listen(cfg->http_listen, cfg->http_host,
+                                              sizeof(cfg->http_host), &cfg->http_port);
     if (why != NULL) {
-        return nt_config__bad(err, errlen, config__key("http.listen"), cfg->http_listen, origin,
-                              "%s", why);
+        return nt_config__bad(err, errlen, config__key("http.listen"), cfg->http_listen,
+                              "configuration", "%s", why);
     }
+    return 0;
+}
 
-    if (cfg->mqtt_password_file != NULL) {
-        char *secret = config__read_secret(cfg->mqtt_password_file, &why);
-        if (secret == NULL) {
-            return nt_config__bad(err, errlen, config__key("mqtt.password_file"),
-                                  cfg->mqtt_password_file, origin,
-                                  "could not read the password: %s", why);
-        }
-        if (cfg->mqtt_password != NULL && strcmp(cfg->mqtt_password, secret) != 0) {
-            explicit_bzero(secret, strlen(secret));
-            free(secret);
-            return nt_config__bad(err, errlen, config__key("mqtt.password"), cfg->mqtt_password,
-                                  "mqtt.password_file is also set", "set only one of the two");
-        }
-        config__free_string(&cfg->mqtt_password, 1);
-        cfg->mqtt_password = secret;
+/* Reads mqtt.password_file (when set) into mqtt_password; an mqtt.password from the
+ * environment must then be the same. Returns 0 or NT_ECONFIG (the message names the file and
+ * why it could not be read). */
+static int config__read_password(nt_config_t *cfg, char *err, size_t errlen)
+{
+    const char *why;
+    if (cfg->mqtt_password_file == NULL) {
+        return 0;
     }
-    if (cfg->mqtt_password != NULL && cfg->mqtt_username == NULL) {
-        k = config__key(cfg->mqtt_password_file != NULL ? "mqtt.password_file" : "mqtt.password");
-        return nt_config__bad(err, errlen, k,
-                              cfg->mqtt_password_file != NULL ? cfg->mqtt_password_file
-                                                              : cfg->mqtt_password,
-                              "mqtt.username is not set", "a password needs a user name");
+    char *secret = config__read_secret(cfg->mqtt_password_file, &why);
+    if (secret == NULL) {
+        return nt_config__bad(err, errlen, config__key("mqtt.password_file"),
+                              cfg->mqtt_password_file, "configuration",
+                              "could not read the password: %s", why);
+    }
+    if (cfg->mqtt_password != NULL && strcmp(cfg->mqtt_password, secret) != 0) {
+        explicit_bzero(secret, strlen(secret));
+        free(secret);
+        return nt_config__bad(err, errlen, config__key("mqtt.password"), cfg->mqtt_password,
+                              "mqtt.password_file is also set", "set only one of the two");
+    }
+    config__free_string(&cfg->mqtt_password, 1);
+    cfg->mqtt_password = secret;
+    return 0;
+}
+
+/* A password (from the file or the environment) needs a user name. 0 or NT_ECONFIG. */
+static int config__check_credentials(const nt_config_t *cfg, char *err, size_t errlen)
+{
+    if (cfg->mqtt_password == NULL || cfg->mqtt_username != NULL) {
+        return 0;
+    }
+    if (cfg->mqtt_password_file != NULL) {
+        return nt_config__bad(err, errlen, config__key("mqtt.password_file"),
+                              cfg->mqtt_password_file, "mqtt.username is not set",
+                              "a password needs a user name");
+    }
+    return nt_config__bad(err, errlen, config__key("mqtt.password"), cfg->mqtt_password,
+                          "mqtt.username is not set", "a password needs a user name");
+}
+
+/* Re-checks every value (fields may have been assigned directly), then the cross-field
+ * rules, derives mqtt host/port/tls, http host/port (port 0 = off) and the default client
+ * id, and reads mqtt.password_file into mqtt_password. Safe to call again. Returns 0,
+ * NT_ECONFIG or NT_ENOMEM, the first problem found in err. */
+int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
+{
+    int rc;
+    if ((rc = config__recheck_values(cfg, err, errlen)) != 0 ||
+        (rc = config__derive_client_id(cfg, err, errlen)) != 0 ||
+        (rc = config__check_mqtt(cfg, err, errlen)) != 0 ||
+        (rc = config__check_journal(cfg, err, errlen)) != 0 ||
+        (rc = config__check_http(cfg, err, errlen)) != 0 ||
+        (rc = config__read_password(cfg, err, errlen)) != 0 ||
+        (rc = config__check_credentials(cfg, err, errlen)) != 0) {
+        return rc;
     }
     return 0;
 }
