@@ -17,6 +17,9 @@
 
 #define CONFIG__CLIENT_PREFIX "needletrace"
 
+/* ---- keys ----------------------------------------------------------------------------------- */
+
+/* See config_internal.h. */
 void nt_config__errf(char *err, size_t errlen, const char *fmt, ...)
 {
     if (err == NULL || errlen == 0) {
@@ -28,7 +31,7 @@ void nt_config__errf(char *err, size_t errlen, const char *fmt, ...)
     va_end(ap);
 }
 
-/* Writes `invalid value "V" for S.K (ORIGIN): WHY` (secrets redacted) and returns NT_ECONFIG. */
+/* See config_internal.h. */
 int nt_config__bad(char *err, size_t errlen, const nt_config__key_t *k, const char *value,
                    const char *origin, const char *fmt, ...)
 {
@@ -55,7 +58,7 @@ static void config__free_string(char **p, int secret)
     *p = NULL;
 }
 
-/* "--mqtt-url", "NEEDLETRACE_MQTT_URL" and "mqtt.url" for key k. */
+/* See config_internal.h. */
 void nt_config__flag_name(const nt_config__key_t *k, char *buf, size_t len)
 {
     snprintf(buf, len, "--%s-%s", k->section, k->key);
@@ -66,6 +69,7 @@ void nt_config__flag_name(const nt_config__key_t *k, char *buf, size_t len)
     }
 }
 
+/* See config_internal.h. */
 void nt_config__env_name(const nt_config__key_t *k, char *buf, size_t len)
 {
     snprintf(buf, len, NT_CONFIG__ENV_PREFIX "%s_%s", k->section, k->key);
@@ -76,6 +80,7 @@ void nt_config__env_name(const nt_config__key_t *k, char *buf, size_t len)
     }
 }
 
+/* See config_internal.h. */
 const nt_config__key_t *nt_config__find(const char *section_key)
 {
     for (size_t i = 0; i < nt_config__nkeys; i++) {
@@ -101,50 +106,44 @@ static const nt_config__key_t *config__key(const char *section_key)
 
 /* ---- setting one key ------------------------------------------------------------------------ */
 
-int nt_config__set(nt_config_t *cfg, const nt_config__key_t *k, const char *value,
-                   const char *origin, char *err, size_t errlen)
+/* Sets the string key k from value (already allowed from origin). 0, NT_ECONFIG or NT_ENOMEM. */
+static int config__set_string(nt_config_t *cfg, const nt_config__key_t *k, const char *value,
+                              const char *origin, char *err, size_t errlen)
 {
-    if (k->flags & NT_CONFIG__SECRET) {
-        char env[96];
-        nt_config__env_name(k, env, sizeof(env));
-        if (strcmp(origin, env) != 0) {
-            return nt_config__bad(err, errlen, k, value, origin,
-                                  "a secret is accepted only from the environment: set %s or "
-                                  "mqtt.password_file",
-                                  env);
-        }
-    }
-    if (k->type == NT_CONFIG__STRING) {
-        char **slot = nt_config__str(cfg, k);
-        const char *why = NULL;
-        if (value[0] == '\0') {
-            if (!(k->flags & NT_CONFIG__OPTIONAL)) {
-                return nt_config__bad(err, errlen, k, value, origin, "must not be empty");
-            }
-            config__free_string(slot, k->flags & NT_CONFIG__SECRET);
-            return 0;
-        }
-        if (!(k->flags & NT_CONFIG__SECRET)) {
-            for (const char *p = value; *p != '\0'; p++) {
-                if ((unsigned char)*p < 0x20 || *p == 0x7f) {
-                    return nt_config__bad(err, errlen, k, value, origin,
-                                          "control characters are not allowed");
-                }
-            }
-        }
-        if (k->check != NULL && (why = k->check(value)) != NULL) {
-            return nt_config__bad(err, errlen, k, value, origin, "%s", why);
-        }
-        char *copy = strdup(value);
-        if (copy == NULL) {
-            nt_config__errf(err, errlen, "could not set %s.%s: out of memory", k->section, k->key);
-            return NT_ENOMEM;
+    char **slot = nt_config__str(cfg, k);
+    const char *why = NULL;
+    if (value[0] == '\0') {
+        if (!(k->flags & NT_CONFIG__OPTIONAL)) {
+            return nt_config__bad(err, errlen, k, value, origin, "must not be empty");
         }
         config__free_string(slot, k->flags & NT_CONFIG__SECRET);
-        *slot = copy;
         return 0;
     }
+    if (!(k->flags & NT_CONFIG__SECRET)) {
+        for (const char *p = value; *p != '\0'; p++) {
+            if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+                return nt_config__bad(err, errlen, k, value, origin,
+                                      "control characters are not allowed");
+            }
+        }
+    }
+    if (k->check != NULL && (why = k->check(value)) != NULL) {
+        return nt_config__bad(err, errlen, k, value, origin, "%s", why);
+    }
+    char *copy = strdup(value);
+    if (copy == NULL) {
+        nt_config__errf(err, errlen, "could not set %s.%s: out of memory", k->section, k->key);
+        return NT_ENOMEM;
+    }
+    config__free_string(slot, k->flags & NT_CONFIG__SECRET);
+    *slot = copy;
+    return 0;
+}
 
+/* Sets the int or size key k from value. 0 or NT_ECONFIG. */
+static int config__set_number(nt_config_t *cfg, const nt_config__key_t *k, const char *value,
+                              const char *origin, char *err, size_t errlen)
+{
     int64_t v;
     if (k->type == NT_CONFIG__INT) {
         if (nt_config__parse_int(value, &v) != 0 || v < k->min || v > k->max) {
@@ -168,6 +167,26 @@ int nt_config__set(nt_config_t *cfg, const nt_config__key_t *k, const char *valu
     }
     *nt_config__num(cfg, k) = v;
     return 0;
+}
+
+/* See config_internal.h. A secret is accepted only when origin is its environment variable. */
+int nt_config__set(nt_config_t *cfg, const nt_config__key_t *k, const char *value,
+                   const char *origin, char *err, size_t errlen)
+{
+    if (k->flags & NT_CONFIG__SECRET) {
+        char env[96];
+        nt_config__env_name(k, env, sizeof(env));
+        if (strcmp(origin, env) != 0) {
+            return nt_config__bad(err, errlen, k, value, origin,
+                                  "a secret is accepted only from the environment: set %s or "
+                                  "mqtt.password_file",
+                                  env);
+        }
+    }
+    if (k->type == NT_CONFIG__STRING) {
+        return config__set_string(cfg, k, value, origin, err, errlen);
+    }
+    return config__set_number(cfg, k, value, origin, err, errlen);
 }
 
 /* Sets one key from its text form after checking it; on failure the old value stays.
@@ -269,6 +288,8 @@ void nt_config_free(nt_config_t *cfg)
     cfg->http_port = 0;
 }
 
+/* See config.h. An unparsable level or format (only possible for fields assigned directly)
+ * leaves the default, info or json. */
 void nt_config_setup_log(const nt_config_t *cfg)
 {
     nt_log_level_t level = NT_LOG_INFO;

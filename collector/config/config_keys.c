@@ -238,12 +238,49 @@ static int config__parse_port(const char *s, const char *end, int *port)
     return 0;
 }
 
-/* Splits mqtt[s]://host[:port][/]; returns NULL or why the URL is not acceptable. */
+/* Finds the host at p (a name of [A-Za-z0-9._-] or a bracketed IPv6 address): [*h, *hend) is
+ * the host, *rest what follows it. Returns NULL, or why the host is not acceptable. */
+static const char *config__url_host(const char *p, const char **h, const char **hend,
+                                    const char **rest)
+{
+    if (*p == '[') {
+        char addr[INET6_ADDRSTRLEN];
+        unsigned char bin[16];
+        *h = p + 1;
+        *hend = strchr(*h, ']');
+        if (*hend == NULL) {
+            return "an IPv6 address needs a closing ]";
+        }
+        if ((size_t)(*hend - *h) >= sizeof(addr)) {
+            return "invalid IPv6 address";
+        }
+        memcpy(addr, *h, (size_t)(*hend - *h));
+        addr[*hend - *h] = '\0';
+        if (inet_pton(AF_INET6, addr, bin) != 1) {
+            return "invalid IPv6 address";
+        }
+        *rest = *hend + 1;
+        return NULL;
+    }
+    *h = p;
+    while (*p != '\0' && *p != ':' && *p != '/') {
+        if (!nt_config__is_id_char(*p)) {
+            return "invalid character in the host name";
+        }
+        p++;
+    }
+    *hend = p;
+    *rest = p;
+    return NULL;
+}
+
+/* See config_internal.h. */
 const char *nt_config__parse_url(const char *url, char *host, size_t hostlen, int *port, int *tls)
 {
     const char *p;
     const char *h;
     const char *hend;
+    const char *why;
     if (strncasecmp(url, "mqtt://", 7) == 0) {
         *tls = 0;
         *port = 1883;
@@ -259,32 +296,8 @@ const char *nt_config__parse_url(const char *url, char *host, size_t hostlen, in
         return "credentials in the URL are not accepted; use mqtt.username and "
                "mqtt.password_file";
     }
-    if (*p == '[') {
-        char addr[INET6_ADDRSTRLEN];
-        unsigned char bin[16];
-        h = p + 1;
-        hend = strchr(h, ']');
-        if (hend == NULL) {
-            return "an IPv6 address needs a closing ]";
-        }
-        if ((size_t)(hend - h) >= sizeof(addr)) {
-            return "invalid IPv6 address";
-        }
-        memcpy(addr, h, (size_t)(hend - h));
-        addr[hend - h] = '\0';
-        if (inet_pton(AF_INET6, addr, bin) != 1) {
-            return "invalid IPv6 address";
-        }
-        p = hend + 1;
-    } else {
-        h = p;
-        while (*p != '\0' && *p != ':' && *p != '/') {
-            if (!nt_config__is_id_char(*p)) {
-                return "invalid character in the host name";
-            }
-            p++;
-        }
-        hend = p;
+    if ((why = config__url_host(p, &h, &hend, &p)) != NULL) {
+        return why;
     }
     if (hend == h) {
         return "missing host";
@@ -313,7 +326,7 @@ const char *nt_config__parse_url(const char *url, char *host, size_t hostlen, in
     return NULL;
 }
 
-/* Splits host:port or "off" (port 0) for the HTTP listener; returns NULL or why not. */
+/* See config_internal.h. */
 const char *nt_config__parse_listen(const char *v, char *host, size_t hostlen, int *port)
 {
     char addr[INET6_ADDRSTRLEN];

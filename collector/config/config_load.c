@@ -215,73 +215,84 @@ int nt_config_load_env(nt_config_t *cfg, char *const *envp, char *err, size_t er
 
 /* ---- the command line ----------------------------------------------------------------------- */
 
-/* Walks argv for --config and --<section>-<key> flags. With apply == 0 it only finds the
- * --config file (*path) and reports malformed flags; with apply == 1 it sets the keys and
- * removes every consumed argument from argv, keeping the others in order. */
+/* Handles argv[*i], an argument starting with "--". *ours becomes 1 when it is --config or a
+ * key's flag (consumed, with *i moved past a separate value), 0 when it is left for the
+ * command. With apply == 0 only --config is recorded (*path); with apply == 1 only keys are
+ * set. Returns 0, NT_ECONFIG (a flag of a known section but no known key, a missing value, a
+ * bad value) or NT_ENOMEM. */
+static int config__one_flag(nt_config_t *cfg, int argc, char **argv, int *i, const char **path,
+                            int apply, int *ours, char *err, size_t errlen)
+{
+    char origin[96];
+    const char *name = argv[*i] + 2;
+    const char *eq = strchr(name, '=');
+    size_t n = eq != NULL ? (size_t)(eq - name) : strlen(name);
+    int is_config = n == 6 && memcmp(name, "config", 6) == 0;
+    const nt_config__key_t *k = is_config ? NULL : config__find_flag(name, n);
+    *ours = 0;
+    if (!is_config && k == NULL) {
+        if (config__flag_in_section(name, n)) {
+            nt_config__errf(err, errlen, "unknown configuration key \"--%.*s\" (command line)",
+                            (int)(n > 100 ? 100 : n), name);
+            return NT_ECONFIG;
+        }
+        return 0;
+    }
+    *ours = 1;
+    const char *value = eq != NULL ? eq + 1 : NULL;
+    if (value == NULL) {
+        if (*i + 1 >= argc) {
+            if (is_config) {
+                nt_config__errf(err, errlen, "missing file name after --config");
+                return NT_ECONFIG;
+            }
+            nt_config__flag_name(k, origin, sizeof(origin));
+            return nt_config__bad(err, errlen, k, "", origin, "missing value after the flag");
+        }
+        value = argv[++*i];
+    }
+    if (is_config) {
+        if (value[0] == '\0') {
+            nt_config__errf(err, errlen, "missing file name after --config");
+            return NT_ECONFIG;
+        }
+        if (!apply) {
+            *path = value;
+        }
+        return 0;
+    }
+    if (!apply) {
+        return 0;
+    }
+    nt_config__flag_name(k, origin, sizeof(origin));
+    return nt_config__set(cfg, k, value, origin, err, errlen);
+}
+
+/* Walks argv for --config and --<section>-<key> flags, up to "--". With apply == 0 it only
+ * finds the --config file (*path) and reports malformed flags; with apply == 1 it sets the
+ * keys and removes every consumed argument from argv, keeping the others in order. Returns 0,
+ * NT_ECONFIG or NT_ENOMEM. */
 static int config__scan_argv(nt_config_t *cfg, int *argc, char **argv, const char **path, int apply,
                              char *err, size_t errlen)
 {
-    char origin[96];
     int out = 1;
     int i = 1;
     if (argv == NULL || *argc < 1) {
         return 0;
     }
     for (; i < *argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "--") == 0) {
+        int ours = 0;
+        if (strcmp(argv[i], "--") == 0) {
             break;
         }
-        if (strncmp(a, "--", 2) != 0) {
-            if (apply) {
-                argv[out++] = argv[i];
-            }
-            continue;
-        }
-        const char *name = a + 2;
-        const char *eq = strchr(name, '=');
-        size_t n = eq != NULL ? (size_t)(eq - name) : strlen(name);
-        int is_config = n == 6 && memcmp(name, "config", 6) == 0;
-        const nt_config__key_t *k = is_config ? NULL : config__find_flag(name, n);
-        if (!is_config && k == NULL) {
-            if (config__flag_in_section(name, n)) {
-                nt_config__errf(err, errlen, "unknown configuration key \"--%.*s\" (command line)",
-                                (int)(n > 100 ? 100 : n), name);
-                return NT_ECONFIG;
-            }
-            if (apply) {
-                argv[out++] = argv[i];
-            }
-            continue;
-        }
-        const char *value = eq != NULL ? eq + 1 : NULL;
-        if (value == NULL) {
-            if (i + 1 >= *argc) {
-                if (is_config) {
-                    nt_config__errf(err, errlen, "missing file name after --config");
-                    return NT_ECONFIG;
-                }
-                nt_config__flag_name(k, origin, sizeof(origin));
-                return nt_config__bad(err, errlen, k, "", origin, "missing value after the flag");
-            }
-            value = argv[++i];
-        }
-        if (is_config) {
-            if (value[0] == '\0') {
-                nt_config__errf(err, errlen, "missing file name after --config");
-                return NT_ECONFIG;
-            }
-            if (!apply) {
-                *path = value;
-            }
-            continue;
-        }
-        if (apply) {
-            nt_config__flag_name(k, origin, sizeof(origin));
-            int rc = nt_config__set(cfg, k, value, origin, err, errlen);
+        if (strncmp(argv[i], "--", 2) == 0) {
+            int rc = config__one_flag(cfg, *argc, argv, &i, path, apply, &ours, err, errlen);
             if (rc != 0) {
                 return rc;
             }
+        }
+        if (!ours && apply) {
+            argv[out++] = argv[i];
         }
     }
     if (apply) {

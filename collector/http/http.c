@@ -354,19 +354,14 @@ static void http__on_connection(uv_stream_t *server, int status)
     }
 }
 
-/* Binds host:port and starts listening on loop. host is an IPv4 or IPv6 literal (no
- * brackets), as nt_config_validate() leaves in cfg->http_host. Returns 0 with *out set;
- * NT_EINVAL for an unusable address; NT_EIO if the socket cannot be bound or listened on,
- * with errno telling why, and nothing left open; NT_ENOMEM. ready may be NULL (always
- * ready). See also nt_http_stop(). */
-int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
-                  nt_http_ready_cb ready, void *data)
+/* Opens a listening socket on host:port (a plain socket, so that a failure leaves no handle
+ * to close). Returns 0 with *fd set; NT_EINVAL for an unusable address; NT_EIO with errno
+ * telling why, and nothing left open. */
+static int http__bind(const char *host, int port, int *fd)
 {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     int one = 1;
-    int fd;
-    int saved;
 
     memset(&addr, 0, sizeof(addr));
     if (port < 1 || port > 65535) {
@@ -385,18 +380,32 @@ int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
         }
         addrlen = sizeof(*a4);
     }
-
-    /* Bind and listen on a plain socket first, so that a failure leaves no handle to close. */
-    fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
+    *fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (*fd < 0) {
         return NT_EIO;
     }
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(fd, (struct sockaddr *)&addr, addrlen) != 0 || listen(fd, HTTP__BACKLOG) != 0) {
-        saved = errno;
-        close(fd);
+    if (setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(*fd, (struct sockaddr *)&addr, addrlen) != 0 || listen(*fd, HTTP__BACKLOG) != 0) {
+        int saved = errno;
+        close(*fd);
         errno = saved;
         return NT_EIO;
+    }
+    return 0;
+}
+
+/* Binds host:port and starts listening on loop. host is an IPv4 or IPv6 literal (no
+ * brackets), as nt_config_validate() leaves in cfg->http_host. Returns 0 with *out set;
+ * NT_EINVAL for an unusable address; NT_EIO if the socket cannot be bound or listened on,
+ * with errno telling why, and nothing left open; NT_ENOMEM. ready may be NULL (always
+ * ready). See also nt_http_stop(). */
+int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
+                  nt_http_ready_cb ready, void *data)
+{
+    int fd;
+    int rc = http__bind(host, port, &fd);
+    if (rc != 0) {
+        return rc;
     }
 
     nt_http_t *h = calloc(1, sizeof(*h));
@@ -413,7 +422,7 @@ int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
         return NT_EIO;
     }
     h->server.data = h;
-    int rc = uv_tcp_open(&h->server, fd);
+    rc = uv_tcp_open(&h->server, fd);
     if (rc != 0) {
         close(fd); /* not adopted by the handle */
     } else {
