@@ -9,10 +9,21 @@
 
 #include "needletrace/config.h"
 
+/* The subcommands: argv[0] is the command's name, envp the environment to read NEEDLETRACE_*
+ * from. Each returns 0, 2 or 1 as above; --help prints the usage and the configuration keys
+ * to stdout and returns 0. */
+/* `needletrace run`: the service; returns when stopped by SIGTERM or SIGINT (0) or on a fatal
+ * failure (1). */
 int nt_cmd_run(int argc, char **argv, char *const *envp);
+/* `needletrace migrate`: applies the pending migrations (nt_migrate_apply); 1 when the
+ * database could not be migrated (the reason logged). */
 int nt_cmd_migrate(int argc, char **argv, char *const *envp);
+/* `needletrace simulate`: publishes a simulated fleet's telemetry and prints the counts. */
 int nt_cmd_simulate(int argc, char **argv, char *const *envp);
+/* `needletrace check-config`: prints the effective configuration; 1 when a path it names
+ * (journal directory, TLS files) is unusable. */
 int nt_cmd_check_config(int argc, char **argv, char *const *envp);
+/* `needletrace alerts list|ack`: 1 when the database is unreachable or the alert unknown. */
 int nt_cmd_alerts(int argc, char **argv, char *const *envp);
 
 /* Prints a command's usage (--help to stdout, after a usage error to stderr). */
