@@ -20,12 +20,16 @@
     "writable (or can be created) and that the TLS files are readable, then prints the\n"          \
     "effective configuration with secrets redacted.\n"                                             \
     "\n"                                                                                           \
-    "Exit status: 0 configuration ok, 2 bad usage or configuration, 1 a path check failed.\n"      \
-    "\n"
+    "Exit status: 0 configuration ok, 2 bad usage or configuration, 1 a path check failed.\n"
+
+static void check_config__usage(FILE *out)
+{
+    fputs(CHECK_CONFIG__USAGE, out);
+}
 
 /* Proves that dir is writable by creating and removing a file in it (or, with subdir set, a
  * directory: dir is then the nearest existing ancestor of the journal directory). Unlike
- * access(2) this also holds for root and on read-only mounts. Returns 0, or 1 after
+ * access(2) this also holds for root and on read-only mounts. Returns 0, or NT_EIO after
  * printing the problem to stderr. */
 static int check_config__probe(const char *dir, int subdir, const char *journal)
 {
@@ -33,7 +37,7 @@ static int check_config__probe(const char *dir, int subdir, const char *journal)
     int n = snprintf(path, sizeof(path), "%s/.needletrace-check.", dir);
     if (n < 0 || (size_t)n + 7 > sizeof(path)) {
         fprintf(stderr, "needletrace: journal.dir \"%s\" is too long\n", journal);
-        return 1;
+        return NT_EIO;
     }
     memset(path + n, 'X', 6); /* the template mkdtemp/mkostemp fill in */
     path[n + 6] = '\0';
@@ -42,7 +46,7 @@ static int check_config__probe(const char *dir, int subdir, const char *journal)
             fprintf(stderr,
                     "needletrace: cannot create journal.dir \"%s\": \"%s\" is not writable: %s\n",
                     journal, dir, strerror(errno));
-            return 1;
+            return NT_EIO;
         }
         rmdir(path);
         return 0;
@@ -51,7 +55,7 @@ static int check_config__probe(const char *dir, int subdir, const char *journal)
     if (fd < 0) {
         fprintf(stderr, "needletrace: journal.dir \"%s\" is not writable: %s\n", dir,
                 strerror(errno));
-        return 1;
+        return NT_EIO;
     }
     close(fd);
     unlink(path);
@@ -60,32 +64,32 @@ static int check_config__probe(const char *dir, int subdir, const char *journal)
 
 /* Checks that dir exists as a writable directory, or that its nearest existing ancestor is
  * a writable directory (so the collector can create it). Prints a line to stdout when the
- * directory does not exist yet. Returns 0, or 1 after printing the problem to stderr. */
+ * directory does not exist yet. Returns 0, or NT_EIO after printing the problem to stderr. */
 static int check_config__journal_dir(const char *dir)
 {
     struct stat st;
     char *path = NULL;
     char *slash;
-    int rc = 1;
+    int rc = NT_EIO;
 
     if (stat(dir, &st) == 0) {
         if (!S_ISDIR(st.st_mode)) {
             fprintf(stderr, "needletrace: journal.dir \"%s\" is not a directory\n", dir);
-            return 1;
+            return NT_EIO;
         }
         return check_config__probe(dir, 0, dir);
     }
     if (errno != ENOENT) {
         fprintf(stderr, "needletrace: could not access journal.dir \"%s\": %s\n", dir,
                 strerror(errno));
-        return 1;
+        return NT_EIO;
     }
 
     /* Walk up to the nearest ancestor that exists. */
     path = strdup(dir);
     if (path == NULL) {
         fprintf(stderr, "needletrace: could not check journal.dir: out of memory\n");
-        return 1;
+        return NT_EIO;
     }
     for (;;) {
         size_t n = strlen(path);
@@ -125,7 +129,8 @@ done:
     return rc;
 }
 
-/* Checks that a configured file can be opened for reading. 0, or 1 after printing why not. */
+/* Checks that a configured file (NULL: not set) can be opened for reading. Returns 0, or
+ * NT_EIO after printing why not to stderr. */
 static int check_config__readable(const char *key, const char *path)
 {
     if (path == NULL) {
@@ -134,7 +139,7 @@ static int check_config__readable(const char *key, const char *path)
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
         fprintf(stderr, "needletrace: could not open %s \"%s\": %s\n", key, path, strerror(errno));
-        return 1;
+        return NT_EIO;
     }
     close(fd);
     return 0;
@@ -145,39 +150,26 @@ static int check_config__readable(const char *key, const char *path)
  * effective configuration and "configuration ok" to stdout, problems to stderr. */
 int nt_cmd_check_config(int argc, char **argv, char *const *envp)
 {
-    char err[1024];
     nt_config_t cfg;
     int failed = 0;
-
-    for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "--") == 0) {
-            break;
-        }
-        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
-            fputs(CHECK_CONFIG__USAGE, stdout);
-            nt_config_help(stdout);
-            return 0;
-        }
-    }
-
-    if (nt_config_load(&cfg, &argc, argv, envp, err, sizeof(err)) != 0) {
-        fprintf(stderr, "needletrace: %s\n", err);
-        return 2;
+    int rc = nt_cmd_begin(&argc, argv, envp, check_config__usage, &cfg);
+    if (rc != NT_CMD_CONTINUE) {
+        return rc;
     }
     if (argc > 1) {
         fprintf(stderr, "needletrace: check-config: unexpected argument \"%s\"\n", argv[1]);
         fprintf(stderr, "Try \"needletrace check-config --help\".\n");
-        nt_config_free(&cfg);
+        nt_config_close(&cfg);
         return 2;
     }
 
     nt_config_dump(&cfg, stdout);
     printf("\n");
-    failed |= check_config__journal_dir(cfg.journal_dir);
-    failed |= check_config__readable("mqtt.ca_file", cfg.mqtt_ca_file);
-    failed |= check_config__readable("mqtt.cert_file", cfg.mqtt_cert_file);
-    failed |= check_config__readable("mqtt.key_file", cfg.mqtt_key_file);
-    nt_config_free(&cfg);
+    failed |= check_config__journal_dir(cfg.journal_dir) != 0;
+    failed |= check_config__readable("mqtt.ca_file", cfg.mqtt_ca_file) != 0;
+    failed |= check_config__readable("mqtt.cert_file", cfg.mqtt_cert_file) != 0;
+    failed |= check_config__readable("mqtt.key_file", cfg.mqtt_key_file) != 0;
+    nt_config_close(&cfg);
     if (failed) {
         fflush(stdout);
         fprintf(stderr, "needletrace: configuration is valid, but the checks above failed\n");

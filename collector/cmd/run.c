@@ -128,7 +128,7 @@ static void run__finish(run_t *r)
         r->sink = NULL;
     }
     if (r->http != NULL) {
-        nt_http_stop(r->http);
+        nt_http_close(r->http);
         r->http = NULL;
     }
     if (r->handles) {
@@ -297,12 +297,12 @@ int nt_cmd_run(int argc, char **argv, char *const *envp)
         fprintf(stderr,
                 "needletrace: unexpected argument \"%s\" for run (see needletrace run --help)\n",
                 argv[1]);
-        nt_config_free(&r.cfg);
+        nt_config_close(&r.cfg);
         return 2;
     }
     signal(SIGPIPE, SIG_IGN);
     srandom((unsigned)(nt_now_us() ^ getpid()));
     code = run__serve(&r);
-    nt_config_free(&r.cfg);
+    nt_config_close(&r.cfg);
     return code;
 }

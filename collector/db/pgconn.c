@@ -9,6 +9,7 @@
 #include "needletrace/fdwatch.h"
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
+#include "needletrace/pqutil.h"
 
 typedef enum {
     PGCONN_WAITING = 0, /* disconnected; the retry timer will connect */
@@ -48,12 +49,11 @@ static void pgconn__timer_closed(uv_handle_t *h)
     }
 }
 
-/* Trimmed first line of libpq's last error. */
+/* libpq's last error, as one line. */
 static const char *pgconn__pq_error(nt_pgconn_t *c)
 {
-    const char *e = c->conn != NULL ? PQerrorMessage(c->conn) : "out of memory";
-    snprintf(c->error, sizeof(c->error), "%.*s", (int)strcspn(e, "\n"), e);
-    return c->error;
+    return nt_pqutil_message(c->conn != NULL ? PQerrorMessage(c->conn) : "out of memory", c->error,
+                             sizeof(c->error));
 }
 
 /* Watches libpq's current socket; re-reads PQsocket every time, as it may change while
@@ -72,9 +72,11 @@ static int pgconn__watch(nt_pgconn_t *c, int events)
     return 0;
 }
 
+/* Server notices (e.g. from the rule functions) are routine here: logged at debug level. */
 static void pgconn__notice(void *arg, const char *message)
 {
-    nt_log(NT_LOG_DEBUG, "db", "server notice: %.*s", (int)strcspn(message, "\n"), message);
+    char buf[512];
+    nt_log(NT_LOG_DEBUG, "db", "server notice: %s", nt_pqutil_message(message, buf, sizeof(buf)));
 }
 
 static void pgconn__on_retry_timer(uv_timer_t *t)

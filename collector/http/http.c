@@ -1,4 +1,5 @@
-/* http.c -- the metrics and health listener: a minimal HTTP/1.1 server on the libuv loop. */
+/* http.c -- the metrics and health listener: a minimal HTTP/1.1 server on the libuv loop. The
+ * request head is parsed and routed by http_parse.c. */
 #include "needletrace/http.h"
 
 #include <arpa/inet.h>
@@ -14,7 +15,6 @@
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
 
-#define HTTP__HEAD_MAX    4096 /* request line + headers */
 #define HTTP__TIMEOUT_MS  5000 /* whole connection, from accept to close */
 #define HTTP__MAX_CLIENTS 64   /* beyond this, accepted connections are closed at once */
 #define HTTP__METRICS_MAX (64 * 1024)
@@ -53,7 +53,7 @@ struct http__client_s {
     int peer_done;    /* read EOF or error: the peer sends nothing more */
     size_t len;       /* bytes of head[] filled */
     char *response;   /* heap, owned until the client is freed */
-    char head[HTTP__HEAD_MAX];
+    char head[NT_HTTP_HEAD_MAX];
 };
 
 static void http__maybe_free_server(nt_http_t *h)
@@ -187,129 +187,65 @@ static void http__respond_text(http__client_t *c, int status, const char *text)
     http__respond(c, status, "text/plain; charset=utf-8", text, strlen(text));
 }
 
-static int http__is_tchar(char ch)
+/* Answers GET /metrics with the rendered counters. */
+static void http__respond_metrics(http__client_t *c)
 {
-    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
-           (ch != '\0' && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+    char *body = malloc(HTTP__METRICS_MAX);
+    if (body == NULL) {
+        nt_log(NT_LOG_WARN, "http", "could not render metrics: out of memory");
+        http__client_close(c);
+        return;
+    }
+    size_t n = nt_metrics_render(body, HTTP__METRICS_MAX);
+    http__respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", body, n);
+    free(body);
+}
+
+/* Answers GET /readyz: 200, or 503 with the reason the ready callback gives. */
+static void http__respond_ready(http__client_t *c)
+{
+    char reason[200] = "";
+    if (c->h->ready == NULL || c->h->ready(c->h->data, reason, sizeof(reason))) {
+        http__respond_text(c, 200, "ready\n");
+        return;
+    }
+    char body[256];
+    reason[sizeof(reason) - 1] = '\0';
+    snprintf(body, sizeof(body), "not ready: %s\n", reason[0] != '\0' ? reason : "unknown reason");
+    http__respond_text(c, 503, body);
 }
 
 /* Checks the head [head, head + len) (ending in an empty line) and answers it. */
-static void http__handle(http__client_t *c, char *head, size_t len)
+static void http__handle(http__client_t *c, const char *head, size_t len)
 {
-    char *line_end = memchr(head, '\n', len);
-    char *p = head;
-    char *method;
-    char *target;
-    size_t method_len;
-    size_t target_len;
-
-    /* Request line: METHOD SP request-target SP HTTP/1.x */
-    if (line_end == NULL) {
+    nt_http_request_t req;
+    int rc = nt_http_parse_request(head, len, &req);
+    if (rc == NT_ETOOBIG) {
+        http__respond_text(c, 431, "request header too large\n");
+        return;
+    }
+    if (rc != 0) {
         http__respond_text(c, 400, "bad request\n");
         return;
     }
-    method = p;
-    while (p < line_end && http__is_tchar(*p)) {
-        p++;
-    }
-    method_len = (size_t)(p - method);
-    if (method_len == 0 || *p != ' ') {
-        http__respond_text(c, 400, "bad request\n");
-        return;
-    }
-    target = ++p;
-    while (p < line_end && *p != ' ' && (unsigned char)*p > 0x20 && *p != 0x7f) {
-        p++;
-    }
-    target_len = (size_t)(p - target);
-    if (target_len == 0 || target[0] != '/' || *p != ' ') {
-        http__respond_text(c, 400, "bad request\n");
-        return;
-    }
-    p++;
-    size_t rest = (size_t)(line_end - p);
-    if (rest > 0 && p[rest - 1] == '\r') {
-        rest--;
-    }
-    if (rest != 8 || (memcmp(p, "HTTP/1.1", 8) != 0 && memcmp(p, "HTTP/1.0", 8) != 0)) {
-        http__respond_text(c, 400, "bad request\n");
-        return;
-    }
-
-    /* Header fields: name ":" value, no whitespace before the colon, no obs-fold. */
-    for (p = line_end + 1; p < head + len;) {
-        char *end = memchr(p, '\n', (size_t)(head + len - p));
-        if (end == NULL) {
-            break;
-        }
-        size_t n = (size_t)(end - p);
-        if (n > 0 && p[n - 1] == '\r') {
-            n--;
-        }
-        if (n == 0) {
-            break; /* the empty line ending the head */
-        }
-        size_t name_len = 0;
-        while (name_len < n && http__is_tchar(p[name_len])) {
-            name_len++;
-        }
-        if (name_len == 0 || name_len == n || p[name_len] != ':') {
-            http__respond_text(c, 400, "bad request\n");
-            return;
-        }
-        p = end + 1;
-    }
-
-    if (method_len != 3 || memcmp(method, "GET", 3) != 0) {
+    switch (nt_http_route(&req)) {
+    case NT_HTTP_ROUTE_METHOD_NOT_ALLOWED:
         http__respond_text(c, 405, "method not allowed\n");
-        return;
-    }
-    char *query = memchr(target, '?', target_len);
-    size_t path_len = query != NULL ? (size_t)(query - target) : target_len;
-
-    if (path_len == 8 && memcmp(target, "/metrics", 8) == 0) {
-        char *body = malloc(HTTP__METRICS_MAX);
-        if (body == NULL) {
-            nt_log(NT_LOG_WARN, "http", "could not render metrics: out of memory");
-            http__client_close(c);
-            return;
-        }
-        size_t n = nt_metrics_render(body, HTTP__METRICS_MAX);
-        http__respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", body, n);
-        free(body);
-    } else if (path_len == 8 && memcmp(target, "/healthz", 8) == 0) {
+        break;
+    case NT_HTTP_ROUTE_METRICS:
+        http__respond_metrics(c);
+        break;
+    case NT_HTTP_ROUTE_HEALTHZ:
         http__respond_text(c, 200, "ok\n");
-    } else if (path_len == 7 && memcmp(target, "/readyz", 7) == 0) {
-        char reason[200] = "";
-        if (c->h->ready == NULL || c->h->ready(c->h->data, reason, sizeof(reason))) {
-            http__respond_text(c, 200, "ready\n");
-        } else {
-            char body[256];
-            reason[sizeof(reason) - 1] = '\0';
-            snprintf(body, sizeof(body), "not ready: %s\n",
-                     reason[0] != '\0' ? reason : "unknown reason");
-            http__respond_text(c, 503, body);
-        }
-    } else {
+        break;
+    case NT_HTTP_ROUTE_READYZ:
+        http__respond_ready(c);
+        break;
+    case NT_HTTP_ROUTE_NOT_FOUND:
+    default:
         http__respond_text(c, 404, "not found\n");
+        break;
     }
-}
-
-/* Returns the length of the head including its terminating empty line, or 0 if incomplete. */
-static size_t http__head_end(const char *buf, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        if (buf[i] != '\n') {
-            continue;
-        }
-        if (i + 1 < len && buf[i + 1] == '\n') {
-            return i + 2;
-        }
-        if (i + 2 < len && buf[i + 1] == '\r' && buf[i + 2] == '\n') {
-            return i + 3;
-        }
-    }
-    return 0;
 }
 
 static void http__on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
@@ -348,7 +284,7 @@ static void http__on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *bu
     c->len += (size_t)nread;
     /* Search from just before the new bytes: the terminator may straddle two reads. */
     size_t from = before >= 3 ? before - 3 : 0;
-    size_t end = http__head_end(c->head + from, c->len - from);
+    size_t end = nt_http_head_end(c->head + from, c->len - from);
     /* After a response is queued, reading goes on (discarding) so that the peer's FIN or
      * reset is seen. */
     if (end != 0) {
@@ -418,19 +354,14 @@ static void http__on_connection(uv_stream_t *server, int status)
     }
 }
 
-/* Binds host:port and starts listening on loop. host is an IPv4 or IPv6 literal (no
- * brackets), as nt_config_validate() leaves in cfg->http_host. Returns 0 with *out set;
- * NT_EINVAL for an unusable address; NT_EIO if the socket cannot be bound or listened on,
- * with errno telling why, and nothing left open; NT_ENOMEM. ready may be NULL (always
- * ready). See also nt_http_stop(). */
-int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
-                  nt_http_ready_cb ready, void *data)
+/* Opens a listening socket on host:port (a plain socket, so that a failure leaves no handle
+ * to close). Returns 0 with *fd set; NT_EINVAL for an unusable address; NT_EIO with errno
+ * telling why, and nothing left open. */
+static int http__bind(const char *host, int port, int *fd)
 {
     struct sockaddr_storage addr;
     socklen_t addrlen;
     int one = 1;
-    int fd;
-    int saved;
 
     memset(&addr, 0, sizeof(addr));
     if (port < 1 || port > 65535) {
@@ -449,18 +380,32 @@ int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
         }
         addrlen = sizeof(*a4);
     }
-
-    /* Bind and listen on a plain socket first, so that a failure leaves no handle to close. */
-    fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) {
+    *fd = socket(addr.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (*fd < 0) {
         return NT_EIO;
     }
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(fd, (struct sockaddr *)&addr, addrlen) != 0 || listen(fd, HTTP__BACKLOG) != 0) {
-        saved = errno;
-        close(fd);
+    if (setsockopt(*fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(*fd, (struct sockaddr *)&addr, addrlen) != 0 || listen(*fd, HTTP__BACKLOG) != 0) {
+        int saved = errno;
+        close(*fd);
         errno = saved;
         return NT_EIO;
+    }
+    return 0;
+}
+
+/* Binds host:port and starts listening on loop. host is an IPv4 or IPv6 literal (no
+ * brackets), as nt_config_validate() leaves in cfg->http_host. Returns 0 with *out set;
+ * NT_EINVAL for an unusable address; NT_EIO if the socket cannot be bound or listened on,
+ * with errno telling why, and nothing left open; NT_ENOMEM. ready may be NULL (always
+ * ready). See also nt_http_close(). */
+int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
+                  nt_http_ready_cb ready, void *data)
+{
+    int fd;
+    int rc = http__bind(host, port, &fd);
+    if (rc != 0) {
+        return rc;
     }
 
     nt_http_t *h = calloc(1, sizeof(*h));
@@ -477,7 +422,7 @@ int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
         return NT_EIO;
     }
     h->server.data = h;
-    int rc = uv_tcp_open(&h->server, fd);
+    rc = uv_tcp_open(&h->server, fd);
     if (rc != 0) {
         close(fd); /* not adopted by the handle */
     } else {
@@ -485,7 +430,7 @@ int nt_http_start(uv_loop_t *loop, nt_http_t **out, const char *host, int port,
     }
     if (rc != 0) {
         /* h is freed by the close callback, when the loop runs next. */
-        nt_http_stop(h);
+        nt_http_close(h);
         errno = -rc;
         return NT_EIO;
     }
@@ -503,7 +448,7 @@ static void http__server_closed(uv_handle_t *handle)
 /* Stops accepting, closes every client (responses in flight are cut short) and frees h
  * once every handle's close callback has run on the loop. h must not be used after.
  * NULL is a no-op. */
-void nt_http_stop(nt_http_t *h)
+void nt_http_close(nt_http_t *h)
 {
     if (h == NULL || h->stopping) {
         return;

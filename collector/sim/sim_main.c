@@ -143,7 +143,7 @@ int nt_cmd_simulate(int argc, char **argv, char *const *envp)
     nt_sim_options_t opt;
     code = nt_sim__parse_options(argc, argv, &opt);
     if (code != 0) {
-        nt_config_free(&cfg);
+        nt_config_close(&cfg);
         return code;
     }
 
@@ -160,6 +160,6 @@ int nt_cmd_simulate(int argc, char **argv, char *const *envp)
     nt_sim__dump_close(&s, 0);
     nt_sim__free(&s);
     nt_sim__mqtt_close(&m);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
     return code;
 }

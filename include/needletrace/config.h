@@ -59,7 +59,7 @@ typedef struct {
 /* Fills cfg with the defaults (strings are heap copies owned by cfg). */
 void nt_config_init(nt_config_t *cfg);
 /* Frees every string; cfg may be re-initialised afterwards. */
-void nt_config_free(nt_config_t *cfg);
+void nt_config_close(nt_config_t *cfg);
 
 /* Sets "section.key" (e.g. "journal.max_bytes") from a string. origin is used in the
  * error message ("NEEDLETRACE_JOURNAL_MAX_BYTES", "/etc/needletrace.conf:12", "--journal-dir").

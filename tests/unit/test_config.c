@@ -82,7 +82,7 @@ static void expect_bad(const char *key, const char *value)
     assert_contains(errbuf, key);
     assert_contains(errbuf, "(test)");
     assert_contains(errbuf, "invalid value \"");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 static void expect_good(const char *key, const char *value)
@@ -93,7 +93,7 @@ static void expect_good(const char *key, const char *value)
     if (rc != 0) {
         fail_msg("%s = \"%s\" was refused: %s", key, value, errbuf);
     }
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 /* Loads with the given argv and envp; returns the status, the message in errbuf. */
@@ -169,9 +169,9 @@ static void test_defaults(void **state)
     assert_non_null(cfg.mqtt_client_id);
     assert_true(strlen(cfg.mqtt_client_id) <= 64);
     assert_int_equal(strncmp(cfg.mqtt_client_id, "needletrace", 11), 0);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
     assert_null(cfg.mqtt_url);
-    nt_config_free(&cfg); /* twice is harmless */
+    nt_config_close(&cfg); /* twice is harmless */
 }
 
 static void test_client_id_from_collector_id(void **state)
@@ -181,12 +181,12 @@ static void test_client_id_from_collector_id(void **state)
     assert_int_equal(load(&cfg, 3, argv1, NULL), 0);
     assert_string_equal(cfg.collector_id, "replica-2");
     assert_string_equal(cfg.mqtt_client_id, "needletrace-replica-2");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     char *argv2[] = {"run", "--collector-id=needletrace-eu-1", NULL};
     assert_int_equal(load(&cfg, 2, argv2, NULL), 0);
     assert_string_equal(cfg.mqtt_client_id, "needletrace-eu-1");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* 64-character ids: the client id stays within 64 and still tells them apart. */
     char a[] = "clinic-server-0123456789-0123456789-0123456789-0123456789-aaaaaa";
@@ -198,17 +198,17 @@ static void test_client_id_from_collector_id(void **state)
     assert_true(strlen(cfg.mqtt_client_id) <= 64);
     assert_int_equal(strncmp(cfg.mqtt_client_id, "needletrace-clinic-server", 25), 0);
     snprintf(client_a, sizeof(client_a), "%s", cfg.mqtt_client_id);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
     assert_int_equal(load(&cfg, 3, argv4, NULL), 0);
     assert_true(strlen(cfg.mqtt_client_id) <= 64);
     assert_string_not_equal(cfg.mqtt_client_id, client_a);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* An explicit client id wins. */
     char *argv5[] = {"run", "--mqtt-client-id", "fixed.1", NULL};
     assert_int_equal(load(&cfg, 3, argv5, NULL), 0);
     assert_string_equal(cfg.mqtt_client_id, "fixed.1");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 /* ---- the file ------------------------------------------------------------------------------- */
@@ -251,7 +251,7 @@ static void test_file_parsing(void **state)
     assert_int_equal(cfg.mqtt_port, 8884);
     assert_int_equal(cfg.mqtt_tls, 1);
     assert_int_equal(cfg.http_port, 0);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 static void expect_file_error(const char *text, const char *line, const char *needle)
@@ -265,7 +265,7 @@ static void expect_file_error(const char *text, const char *line, const char *ne
     snprintf(where, sizeof(where), "%s:%s)", path, line);
     assert_contains(errbuf, where);
     assert_contains(errbuf, needle);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 static void test_file_errors(void **state)
@@ -289,7 +289,7 @@ static void test_file_errors(void **state)
     assert_int_equal(nt_config_load_file(&cfg, missing, errbuf, sizeof(errbuf)), NT_ECONFIG);
     assert_contains(errbuf, "could not open configuration file");
     assert_contains(errbuf, "does-not-exist.conf");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 /* ---- unknown keys in each source ------------------------------------------------------------ */
@@ -306,7 +306,7 @@ static void test_unknown_keys(void **state)
     char *env[] = {"HOME=/root", "NEEDLETRACE_MQTT_URLL=mqtt://x", NULL};
     assert_int_equal(nt_config_load_env(&cfg, env, errbuf, sizeof(errbuf)), NT_ECONFIG);
     assert_contains(errbuf, "unknown configuration key \"NEEDLETRACE_MQTT_URLL\"");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* Via nt_config_load the same errors come out, and cfg is left with nothing to free. */
     char *argv[] = {"run", NULL};
@@ -351,7 +351,7 @@ static void test_env(void **state)
     assert_string_equal(errbuf, "invalid value \"forever\" for mqtt.keepalive_s "
                                 "(NEEDLETRACE_MQTT_KEEPALIVE_S): expected an integer from 5 "
                                 "to 3600");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 /* ---- bad values ----------------------------------------------------------------------------- */
@@ -430,7 +430,7 @@ static void test_bad_values(void **state)
                                 "1048576, 512MiB or 1GiB");
     /* A refused value leaves the old one in place. */
     assert_int_equal(cfg.journal_max_bytes, INT64_C(1) << 30);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 /* ---- precedence ----------------------------------------------------------------------------- */
@@ -460,7 +460,7 @@ static void test_precedence(void **state)
     assert_string_equal(cfg.log_format, "text");                        /* file > default */
     assert_string_equal(cfg.journal_dir, "/file/journal");              /* file > default */
     assert_string_equal(cfg.database_url, "postgresql:///needletrace"); /* default */
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* --config wins over NEEDLETRACE_CONFIG. */
     const char *other = write_file("other.conf", "[journal]\ndir = /other/journal\n");
@@ -468,7 +468,7 @@ static void test_precedence(void **state)
     assert_int_equal(load(&cfg, 3, argv2, env), 0);
     assert_string_equal(cfg.journal_dir, "/other/journal");
     assert_string_equal(cfg.mqtt_url, "mqtt://from-env");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* A missing file named by --config is an error naming it. */
     char *argv3[] = {"run", "--config=/nonexistent/needletrace.conf", NULL};
@@ -551,7 +551,7 @@ static void expect_url(const char *url, const char *host, int port, int tls)
     assert_string_equal(cfg.mqtt_host, host);
     assert_int_equal(cfg.mqtt_port, port);
     assert_int_equal(cfg.mqtt_tls, tls);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 static void test_urls(void **state)
@@ -589,7 +589,7 @@ static void test_urls(void **state)
     assert_string_equal(errbuf,
                         "invalid value \"mqtt://b:1x\" for mqtt.url (NEEDLETRACE_MQTT_URL): "
                         "the port must be a number from 1 to 65535");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 static void test_cross_field(void **state)
@@ -616,7 +616,7 @@ static void test_cross_field(void **state)
                     "/ca.pem",   NULL};
     assert_int_equal(load(&cfg, 9, mtls, NULL), 0);
     assert_int_equal(cfg.mqtt_tls, 1);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     char *backoff[] = {"run", "--mqtt-reconnect-min-ms", "5000", "--mqtt-reconnect-max-ms", "1000",
                        NULL};
@@ -631,18 +631,18 @@ static void test_cross_field(void **state)
     char *journal_ok[] = {"run", "--journal-max-bytes", "32MiB", "--journal-segment-bytes", "16MiB",
                           NULL};
     assert_int_equal(load(&cfg, 5, journal_ok, NULL), 0);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     char *listen[] = {"run", "--http-listen", "[::]:9100", NULL};
     assert_int_equal(load(&cfg, 3, listen, NULL), 0);
     assert_string_equal(cfg.http_host, "::");
     assert_int_equal(cfg.http_port, 9100);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     char *listen_any[] = {"run", "--http-listen", ":9100", NULL};
     assert_int_equal(load(&cfg, 3, listen_any, NULL), 0);
     assert_string_equal(cfg.http_host, "0.0.0.0");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* Direct assignments are checked again by nt_config_validate. */
     nt_config_init(&cfg);
@@ -650,12 +650,12 @@ static void test_cross_field(void **state)
     cfg.journal_dir = NULL;
     assert_int_equal(nt_config_validate(&cfg, errbuf, sizeof(errbuf)), NT_ECONFIG);
     assert_contains(errbuf, "journal.dir");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
     nt_config_init(&cfg);
     cfg.batch_max_events = 0;
     assert_int_equal(nt_config_validate(&cfg, errbuf, sizeof(errbuf)), NT_ECONFIG);
     assert_contains(errbuf, "batch.max_events");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 /* ---- passwords ------------------------------------------------------------------------------ */
@@ -673,13 +673,13 @@ static void test_password(void **state)
     assert_lacks(dump, "s3cret-pw");
     assert_contains(dump, "<redacted>");
     free(dump);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     const char *crlf = write_file("pw-crlf", "crlf-pw\r\n");
     char *argv_crlf[] = {"run", "--mqtt-username", "u", "--mqtt-password-file", (char *)crlf, NULL};
     assert_int_equal(load(&cfg, 5, argv_crlf, NULL), 0);
     assert_string_equal(cfg.mqtt_password, "crlf-pw");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     const char *empty = write_file("pw-empty", "\nsecret on line two\n");
     char *argv_empty[] = {"run", "--mqtt-username", "u", "--mqtt-password-file", (char *)empty,
@@ -699,7 +699,7 @@ static void test_password(void **state)
     char *plain[] = {"run", NULL};
     assert_int_equal(load(&cfg, 1, plain, env), 0);
     assert_string_equal(cfg.mqtt_password, "env-pw");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* A password needs a user name. */
     char *env_nouser[] = {"NEEDLETRACE_MQTT_PASSWORD=env-pw", NULL};
@@ -733,7 +733,7 @@ static void test_password(void **state)
     assert_contains(errbuf, "NEEDLETRACE_MQTT_PASSWORD");
     assert_lacks(errbuf, "file-pw");
     assert_null(cfg.mqtt_password);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 /* ---- argv ----------------------------------------------------------------------------------- */
@@ -769,7 +769,7 @@ static void test_argv_compaction(void **state)
     assert_string_equal(cfg.mqtt_url, "mqtt://b:1");
     assert_string_equal(cfg.journal_dir, "/tmp/j");
     assert_string_equal(cfg.log_level, "debug");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* Nothing to consume: argv is untouched. */
     char *argv2[] = {"check-config", NULL};
@@ -777,11 +777,11 @@ static void test_argv_compaction(void **state)
     assert_int_equal(nt_config_load(&cfg, &argc, argv2, NULL, errbuf, sizeof(errbuf)), 0);
     assert_int_equal(argc, 1);
     assert_string_equal(argv2[0], "check-config");
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* No argv at all. */
     assert_int_equal(nt_config_load(&cfg, NULL, NULL, NULL, errbuf, sizeof(errbuf)), 0);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 }
 
 /* ---- printing ------------------------------------------------------------------------------- */
@@ -827,9 +827,9 @@ static void test_dump_round_trip(void **state)
     assert_int_equal(again.journal_max_bytes, 300000000);
     assert_int_equal(again.journal_segment_bytes, cfg.journal_segment_bytes);
     assert_null(again.mqtt_username);
-    nt_config_free(&again);
+    nt_config_close(&again);
     free(dump);
-    nt_config_free(&cfg);
+    nt_config_close(&cfg);
 
     /* Keyword conninfo: the password value is redacted, quoted or not. */
     static const struct {
@@ -851,7 +851,7 @@ static void test_dump_round_trip(void **state)
         assert_contains(dump, "password");
         assert_contains(dump, conninfo[i].kept);
         free(dump);
-        nt_config_free(&cfg);
+        nt_config_close(&cfg);
     }
 }
 

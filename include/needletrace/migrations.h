@@ -1,6 +1,6 @@
-/* migrate.h -- the versioned SQL migrations compiled into the binary, and how to apply them. */
-#ifndef NEEDLETRACE_MIGRATE_H
-#define NEEDLETRACE_MIGRATE_H
+/* migrations.h -- the versioned SQL migrations compiled into the binary, and how to apply them. */
+#ifndef NEEDLETRACE_MIGRATIONS_H
+#define NEEDLETRACE_MIGRATIONS_H
 
 #include <stddef.h>
 
@@ -19,6 +19,6 @@ extern const size_t nt_migrations_count;
  * replicas starting at once) serialise; a second run applies nothing. conninfo is a
  * libpq connection string or URI. Prints one line per applied migration to stderr via
  * nt_log. Returns 0, or NT_EDB with the server's message logged. */
-int nt_migrate_apply(const char *conninfo);
+int nt_migrations_apply(const char *conninfo);
 
 #endif
