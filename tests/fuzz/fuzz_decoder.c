@@ -1,5 +1,5 @@
-/* fuzz_decoder.c -- libFuzzer target for nt_decoder_decode(): no input may crash it, every detail is
- * a valid UTF-8 line, and an accepted message re-packs into one that is accepted again.
+/* fuzz_decoder.c -- libFuzzer target for nt_decoder_decode(): no input may crash it, every detail
+ * is a valid UTF-8 line, and an accepted message re-packs into one that is accepted again.
  *
  * Input: byte 0 is the topic length L, the next L bytes the topic, the rest the payload.
  * L = 255 means the fixed topic clinics/c1/handpieces/SN1/telemetry and the payload starts
@@ -84,7 +84,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     char detail[256];
     nt_message_t out;
-    nt_reason_t r = nt_decoder_decode(&arena, topic, tlen, pbuf, plen, &out, detail, sizeof(detail));
+    nt_reason_t r =
+        nt_decoder_decode(&arena, topic, tlen, pbuf, plen, &out, detail, sizeof(detail));
     check_detail(r, detail, sizeof(detail));
     (void)nt_reason_name(r);
 

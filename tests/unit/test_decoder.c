@@ -178,8 +178,8 @@ static nt_reason_t decode_bytes(const char *topic, const uint8_t *buf, size_t le
 {
     nt_arena_reset(&g_arena);
     memset(g_detail, 0x55, sizeof(g_detail));
-    nt_reason_t r =
-        nt_decoder_decode(&g_arena, topic, strlen(topic), buf, len, &g_out, g_detail, sizeof(g_detail));
+    nt_reason_t r = nt_decoder_decode(&g_arena, topic, strlen(topic), buf, len, &g_out, g_detail,
+                                      sizeof(g_detail));
     /* Every detail is a NUL-terminated, valid UTF-8 line. */
     assert_non_null(memchr(g_detail, '\0', sizeof(g_detail)));
     assert_true(nt_ident_utf8_valid(g_detail, strlen(g_detail)));
@@ -324,7 +324,8 @@ static void test_arena_steady_state(void **state)
     nt_arena_t a;
     nt_arena_init(&a, 64 * 1024, 0);
     nt_message_t out;
-    assert_int_equal(nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, NULL, 0), NT_REASON_OK);
+    assert_int_equal(nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, NULL, 0),
+                     NT_REASON_OK);
     nt_arena_chunk_t *head = a.head;
     size_t used = a.used_bytes;
     for (int i = 0; i < 100; i++) {
@@ -356,8 +357,9 @@ static void test_arena_limit_in_decode(void **state)
     nt_arena_init(&a, 1024, 2048);
     char detail[128];
     nt_message_t out;
-    assert_int_equal(nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, detail, sizeof(detail)),
-                     NT_REASON_NOT_PROTOBUF);
+    assert_int_equal(
+        nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, &out, detail, sizeof(detail)),
+        NT_REASON_NOT_PROTOBUF);
     assert_string_equal(detail, "decoded message exceeds arena limit");
     assert_null(out.msg);
     nt_arena_close(&a);
@@ -511,7 +513,8 @@ static void test_bad_topic_decode(void **state)
     /* The topic is checked before anything else. */
     assert_reason(decode_bytes("nope", (const uint8_t *)"\xff", 1), NT_REASON_BAD_TOPIC);
     nt_arena_reset(&g_arena);
-    assert_int_equal(nt_decoder_decode(&g_arena, NULL, 5, buf, len, NULL, NULL, 0), NT_REASON_BAD_TOPIC);
+    assert_int_equal(nt_decoder_decode(&g_arena, NULL, 5, buf, len, NULL, NULL, 0),
+                     NT_REASON_BAD_TOPIC);
     free(buf);
     msg_free(m);
 }
@@ -1254,8 +1257,9 @@ static void test_detail_truncation(void **state)
     for (size_t cap = 1; cap < 200; cap++) {
         char detail[200];
         nt_arena_reset(&g_arena);
-        assert_int_equal(nt_decoder_decode(&g_arena, TOPIC, strlen(TOPIC), buf, len, NULL, detail, cap),
-                         NT_REASON_BAD_IDENTIFIER);
+        assert_int_equal(
+            nt_decoder_decode(&g_arena, TOPIC, strlen(TOPIC), buf, len, NULL, detail, cap),
+            NT_REASON_BAD_IDENTIFIER);
         assert_true(strlen(detail) < cap);
         assert_true(nt_ident_utf8_valid(detail, strlen(detail)));
     }
