@@ -1,4 +1,5 @@
-/* journal.c -- the durable spool: append-only CRC-framed segment files, recovered at open. */
+/* journal.c -- the durable spool: appends, syncs, reads and releases CRC-framed segment records
+ * (opening and recovery: journal_open.c). */
 #include "needletrace/journal.h"
 
 #include <dirent.h>
@@ -19,71 +20,11 @@
 #include "needletrace/crc32c.h"
 #include "needletrace/log.h"
 
-#define JOURNAL_MAGIC        "NTJ1"
-#define JOURNAL_VERSION      1u
-#define JOURNAL_HEADER_BYTES 32u /* "NTJ1" | u32 version | u64 id | u64 start_pos | u64 0 */
-#define JOURNAL_FRAME_BYTES  8u  /* u32 body_len | u32 crc32c(body) */
-#define JOURNAL_FIXED_BYTES  10u /* i64 received_us | u16 topic_len */
-#define JOURNAL_MAX_TOPIC    65535u
-/* Longest body a reader accepts; anything longer is a torn or corrupt length. */
-/* One byte more than the wire contract allows: an oversized message is journaled cut to
- * NT_MAX_PAYLOAD_BYTES + 1 so that it reaches quarantine as payload_too_large. */
-#define JOURNAL_MAX_PAYLOAD           (NT_MAX_PAYLOAD_BYTES + 1u)
-#define JOURNAL_MAX_BODY              (JOURNAL_MAX_PAYLOAD + 65535u + 64u)
-#define JOURNAL_MAX_RECORD            (JOURNAL_FRAME_BYTES + JOURNAL_MAX_BODY)
-#define JOURNAL_WBUF_BYTES            (1024u * 1024u) /* write buffer, flushed with one write */
-#define JOURNAL_RBUF_BYTES            (64u * 1024u)   /* read-ahead of nt_journal_read */
-#define JOURNAL_SCAN_BYTES            (1024u * 1024u) /* read size of the recovery scan */
-#define JOURNAL_DEFAULT_MAX_BYTES     (1024ull * 1024u * 1024u)
-#define JOURNAL_DEFAULT_SEGMENT_BYTES (64ull * 1024u * 1024u)
-#define JOURNAL_NAME_DIGITS           20
-#define JOURNAL_SUFFIX                ".ntj"
-#define JOURNAL_TMP_SUFFIX            ".ntj.tmp"
-#define JOURNAL_LOCK_NAME             "LOCK"
+#include "journal_internal.h"
 
-_Static_assert(JOURNAL_WBUF_BYTES >= JOURNAL_FRAME_BYTES + JOURNAL_FIXED_BYTES + JOURNAL_MAX_TOPIC +
-                                         JOURNAL_MAX_PAYLOAD,
-               "the write buffer must hold the largest record an append accepts");
-_Static_assert(JOURNAL_SCAN_BYTES >= JOURNAL_MAX_RECORD,
-               "a recovery read must hold the largest record");
+/* ---- helpers ------------------------------------------------------------------------------ */
 
-typedef struct {
-    uint64_t start; /* position of its first record; also its name */
-    uint64_t size;  /* bytes in the file, header included (buffered bytes not counted) */
-    int fd;         /* -1 until needed; the newest segment's is open read-write */
-} journal__seg_t;
-
-struct nt_journal_s {
-    char error[512]; /* the last failure, for the caller to log (nt_journal_error) */
-    char *dir;
-    int dir_fd;
-    int lock_fd;
-    uint64_t id;
-    uint64_t max_bytes;
-    uint64_t segment_bytes;
-    journal__seg_t *segs; /* oldest first; appends go to the last one */
-    size_t nsegs;
-    size_t segs_cap;
-    uint64_t disk_bytes;  /* sum of segs[].size */
-    uint64_t durable_end; /* records below this position are durable and readable */
-    uint8_t *wbuf;        /* records appended to the newest segment, not yet written */
-    size_t wlen;
-    uint8_t *rbuf; /* read-ahead: holds positions [rpos, rpos + rlen) of one segment */
-    size_t rcap;
-    uint64_t rpos;
-    size_t rlen;
-    int unsynced;  /* the newest segment was written since its last fdatasync */
-    int dir_dirty; /* a segment was created or deleted since the last directory fsync */
-    int failed;    /* a write failed: appends and syncs are refused until reopened */
-};
-
-/* ---- small helpers ------------------------------------------------------------------------ */
-
-/* Describes the failure that the function about to return reports: the caller, which decides
- * what to do about it, logs it (nt_journal_error). Journal functions log no errors themselves. */
-static void journal__errorf(nt_journal_t *j, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-static void journal__errorf(nt_journal_t *j, const char *fmt, ...)
+void nt_journal__errorf(nt_journal_t *j, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -91,61 +32,9 @@ static void journal__errorf(nt_journal_t *j, const char *fmt, ...)
     va_end(ap);
 }
 
-static void journal__put16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)v;
-    p[1] = (uint8_t)(v >> 8);
-}
-
-static void journal__put32(uint8_t *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
-}
-
-static void journal__put64(uint8_t *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++) {
-        p[i] = (uint8_t)(v >> (8 * i));
-    }
-}
-
-static uint16_t journal__get16(const uint8_t *p)
-{
-    return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t journal__get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-}
-
-static uint64_t journal__get64(const uint8_t *p)
-{
-    return (uint64_t)journal__get32(p) | (uint64_t)journal__get32(p + 4) << 32;
-}
-
-/* Writes the file name of the segment starting at start into name (at least 32 bytes). */
-static void journal__seg_name(char *name, size_t len, uint64_t start)
-{
-    snprintf(name, len, "%020" PRIu64 JOURNAL_SUFFIX, start);
-}
-
-/* Position just past the last record written to the file of s (buffered ones not counted). */
-static uint64_t journal__seg_end(const journal__seg_t *s)
-{
-    return s->start + (s->size - JOURNAL_HEADER_BYTES);
-}
-
-static journal__seg_t *journal__newest(nt_journal_t *j)
-{
-    return &j->segs[j->nsegs - 1];
-}
-
 /* Reads up to n bytes at off, retrying short reads. Returns the bytes read (fewer only
  * at end of file), or -1 with errno set. */
-static ssize_t journal__pread_full(int fd, void *buf, size_t n, uint64_t off)
+ssize_t nt_journal__pread_full(int fd, void *buf, size_t n, uint64_t off)
 {
     size_t done = 0;
     while (done < n) {
@@ -165,7 +54,7 @@ static ssize_t journal__pread_full(int fd, void *buf, size_t n, uint64_t off)
 }
 
 /* Writes all n bytes at off. 0, or -1 with errno set. */
-static int journal__pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
+int nt_journal__pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
 {
     size_t done = 0;
     while (done < n) {
@@ -181,536 +70,17 @@ static int journal__pwrite_full(int fd, const void *buf, size_t n, uint64_t off)
     return 0;
 }
 
-/* Parses exactly JOURNAL_NAME_DIGITS decimal digits. 0, or -1 if not digits or too large. */
-static int journal__parse_start(const char *s, uint64_t *out)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < JOURNAL_NAME_DIGITS; i++) {
-        if (s[i] < '0' || s[i] > '9') {
-            return -1;
-        }
-        uint64_t d = (uint64_t)(s[i] - '0');
-        if (v > (UINT64_MAX - d) / 10) {
-            return -1;
-        }
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 0;
-}
-
-static int journal__seg_cmp(const void *a, const void *b)
-{
-    uint64_t x = ((const journal__seg_t *)a)->start;
-    uint64_t y = ((const journal__seg_t *)b)->start;
-    return x < y ? -1 : x > y;
-}
-
-/* Makes room for one more segment. 0 or NT_ENOMEM. */
-static int journal__reserve(nt_journal_t *j)
-{
-    if (j->nsegs < j->segs_cap) {
-        return 0;
-    }
-    size_t cap = j->segs_cap ? j->segs_cap * 2 : 16;
-    journal__seg_t *segs = realloc(j->segs, cap * sizeof(*segs));
-    if (segs == NULL) {
-        return NT_ENOMEM;
-    }
-    j->segs = segs;
-    j->segs_cap = cap;
-    return 0;
-}
-
-/* ---- opening ------------------------------------------------------------------------------ */
-
-/* fsyncs the directory that contains path, so that a newly made entry in it is durable. */
-static int journal__fsync_parent(nt_journal_t *j, const char *path)
-{
-    char parent[PATH_MAX];
-    const char *slash = strrchr(path, '/');
-    if (slash == NULL) {
-        strcpy(parent, ".");
-    } else if (slash == path) {
-        strcpy(parent, "/");
-    } else {
-        memcpy(parent, path, (size_t)(slash - path));
-        parent[slash - path] = '\0';
-    }
-    int fd = open(parent, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0 || fsync(fd) != 0) {
-        journal__errorf(j, "could not sync directory \"%s\": %s", parent, strerror(errno));
-        if (fd >= 0) {
-            close(fd);
-        }
-        return NT_EIO;
-    }
-    close(fd);
-    return 0;
-}
-
-/* Creates dir and its missing parents with mode 0700 (like mkdir -p), syncing the parent
- * of every directory it creates. 0 or NT_EIO (described for nt_journal_error). */
-static int journal__mkdirs(nt_journal_t *j, const char *dir)
-{
-    char path[PATH_MAX];
-    size_t len = strlen(dir);
-    if (len >= sizeof(path)) {
-        journal__errorf(j, "could not create journal directory \"%s\": %s", dir,
-                        strerror(ENAMETOOLONG));
-        return NT_EIO;
-    }
-    memcpy(path, dir, len + 1);
-    for (size_t i = 1; i <= len; i++) {
-        if (path[i] != '/' && path[i] != '\0') {
-            continue;
-        }
-        char c = path[i];
-        path[i] = '\0';
-        if (mkdir(path, 0700) == 0) {
-            int rc = journal__fsync_parent(j, path);
-            if (rc != 0) {
-                return rc;
-            }
-        } else if (errno != EEXIST) {
-            journal__errorf(j, "could not create journal directory \"%s\": %s", path,
-                            strerror(errno));
-            return NT_EIO;
-        }
-        path[i] = c;
-    }
-    return 0;
-}
-
-/* Takes the exclusive lock on the directory. 0 or NT_EIO (described for nt_journal_error). */
-static int journal__lock(nt_journal_t *j)
-{
-    j->lock_fd = openat(j->dir_fd, JOURNAL_LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    if (j->lock_fd < 0) {
-        journal__errorf(j, "could not open lock file \"%s/%s\": %s", j->dir, JOURNAL_LOCK_NAME,
-                        strerror(errno));
-        return NT_EIO;
-    }
-    if (flock(j->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        if (errno == EWOULDBLOCK) {
-            journal__errorf(
-                j, "could not lock journal directory \"%s\": it is in use by another collector",
-                j->dir);
-        } else {
-            journal__errorf(j, "could not lock journal directory \"%s\": %s", j->dir,
-                            strerror(errno));
-        }
-        return NT_EIO;
-    }
-    return 0;
-}
-
-/* Lists the segment files (sorted by start) and removes leftovers of an interrupted
- * segment creation. 0, NT_EIO or NT_ENOMEM (described for nt_journal_error). */
-static int journal__list(nt_journal_t *j)
-{
-    int rc = 0;
-    int fd = dup(j->dir_fd);
-    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
-    if (d == NULL) {
-        journal__errorf(j, "could not read journal directory \"%s\": %s", j->dir, strerror(errno));
-        if (fd >= 0) {
-            close(fd);
-        }
-        return NT_EIO;
-    }
-    struct dirent *de;
-    errno = 0;
-    while ((de = readdir(d)) != NULL) {
-        const char *name = de->d_name;
-        size_t len = strlen(name);
-        uint64_t start;
-        if (len == JOURNAL_NAME_DIGITS + strlen(JOURNAL_SUFFIX) &&
-            strcmp(name + JOURNAL_NAME_DIGITS, JOURNAL_SUFFIX) == 0 &&
-            journal__parse_start(name, &start) == 0) {
-            rc = journal__reserve(j);
-            if (rc != 0) {
-                journal__errorf(j, "could not list journal directory \"%s\": %s", j->dir,
-                                nt_strerror(rc));
-                goto err;
-            }
-            j->segs[j->nsegs++] = (journal__seg_t){.start = start, .size = 0, .fd = -1};
-        } else if (len == JOURNAL_NAME_DIGITS + strlen(JOURNAL_TMP_SUFFIX) &&
-                   strcmp(name + JOURNAL_NAME_DIGITS, JOURNAL_TMP_SUFFIX) == 0 &&
-                   journal__parse_start(name, &start) == 0) {
-            if (unlinkat(j->dir_fd, name, 0) != 0) {
-                journal__errorf(j, "could not remove \"%s/%s\": %s", j->dir, name, strerror(errno));
-                rc = NT_EIO;
-                goto err;
-            }
-            j->dir_dirty = 1;
-        }
-        errno = 0;
-    }
-    if (errno != 0) {
-        journal__errorf(j, "could not read journal directory \"%s\": %s", j->dir, strerror(errno));
-        rc = NT_EIO;
-        goto err;
-    }
-    closedir(d);
-    if (j->nsegs > 1) {
-        qsort(j->segs, j->nsegs, sizeof(j->segs[0]), journal__seg_cmp);
-    }
-    return 0;
-err:
-    closedir(d);
-    return rc;
-}
-
-/* Creates the segment that starts at start: header written and synced in a temporary file,
- * then renamed into place, so a segment file never exists without its header. The new
- * segment becomes the newest, open read-write; the directory still needs an fsync.
- * 0, NT_ENOMEM or NT_EIO (described for nt_journal_error). */
-static int journal__create_seg(nt_journal_t *j, uint64_t start)
-{
-    char name[64];
-    char tmp[64];
-    uint8_t hdr[JOURNAL_HEADER_BYTES];
-    int rc = journal__reserve(j);
-    if (rc != 0) {
-        journal__errorf(j, "could not create journal segment in \"%s\": %s", j->dir,
-                        nt_strerror(rc));
-        return rc;
-    }
-    journal__seg_name(name, sizeof(name), start);
-    snprintf(tmp, sizeof(tmp), "%020" PRIu64 JOURNAL_TMP_SUFFIX, start);
-
-    memcpy(hdr, JOURNAL_MAGIC, 4);
-    journal__put32(hdr + 4, JOURNAL_VERSION);
-    journal__put64(hdr + 8, j->id);
-    journal__put64(hdr + 16, start);
-    journal__put64(hdr + 24, 0);
-
-    int fd = openat(j->dir_fd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    if (fd < 0) {
-        journal__errorf(j, "could not create journal segment \"%s/%s\": %s", j->dir, tmp,
-                        strerror(errno));
-        return NT_EIO;
-    }
-    if (journal__pwrite_full(fd, hdr, sizeof(hdr), 0) != 0 || fdatasync(fd) != 0 ||
-        renameat(j->dir_fd, tmp, j->dir_fd, name) != 0) {
-        journal__errorf(j, "could not create journal segment \"%s/%s\": %s", j->dir, name,
-                        strerror(errno));
-        close(fd);
-        unlinkat(j->dir_fd, tmp, 0);
-        return NT_EIO;
-    }
-    j->segs[j->nsegs++] = (journal__seg_t){.start = start, .size = JOURNAL_HEADER_BYTES, .fd = fd};
-    j->disk_bytes += JOURNAL_HEADER_BYTES;
-    j->dir_dirty = 1;
-    return 0;
-}
-
-/* A new journal: a random id and the first segment, made durable now. */
-static int journal__create_first(nt_journal_t *j)
-{
-    while (j->id == 0) {
-        ssize_t n = getrandom(&j->id, sizeof(j->id), 0);
-        if (n < 0 && errno != EINTR) {
-            journal__errorf(j, "could not choose a journal id for \"%s\": %s", j->dir,
-                            strerror(errno));
-            return NT_EIO;
-        }
-    }
-    int rc = journal__create_seg(j, 0);
-    if (rc != 0) {
-        return rc;
-    }
-    if (fsync(j->dir_fd) != 0) {
-        journal__errorf(j, "could not sync journal directory \"%s\": %s", j->dir, strerror(errno));
-        return NT_EIO;
-    }
-    j->dir_dirty = 0;
-    nt_log(NT_LOG_INFO, "journal", "created journal \"%s\" with id %016" PRIx64, j->dir, j->id);
-    return 0;
-}
-
-/* Checks every record of the segment file fd (size bytes) and returns in *valid the size
- * of its intact prefix. The newest segment is truncated there (a torn tail: logged as a
- * warning); in an older segment any bad record is NT_ECORRUPT. buf has JOURNAL_SCAN_BYTES. */
-static int journal__scan(nt_journal_t *j, int fd, const char *name, uint64_t size, int newest,
-                         uint8_t *buf, uint64_t *valid)
-{
-    uint64_t off = JOURNAL_HEADER_BYTES;
-    uint64_t boff = 0; /* buf holds file bytes [boff, boff + blen) */
-    size_t blen = 0;
-    char why[96];
-
-    why[0] = '\0';
-    while (off < size) {
-        if (size - off < JOURNAL_FRAME_BYTES) {
-            snprintf(why, sizeof(why), "incomplete record header");
-            break;
-        }
-        /* Keep the whole of the longest possible record at off in buf. */
-        uint64_t need = size - off < JOURNAL_MAX_RECORD ? size - off : JOURNAL_MAX_RECORD;
-        if (off < boff || off + need > boff + blen) {
-            uint64_t want = size - off < JOURNAL_SCAN_BYTES ? size - off : JOURNAL_SCAN_BYTES;
-            ssize_t n = journal__pread_full(fd, buf, (size_t)want, off);
-            if (n < 0 || (uint64_t)n != want) {
-                journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
-                                n < 0 ? strerror(errno) : "unexpected end of file");
-                return NT_EIO;
-            }
-            boff = off;
-            blen = (size_t)want;
-        }
-        const uint8_t *p = buf + (off - boff);
-        uint32_t len = journal__get32(p);
-        if (len < JOURNAL_FIXED_BYTES || len > JOURNAL_MAX_BODY) {
-            snprintf(why, sizeof(why), "impossible record length %" PRIu32, len);
-            break;
-        }
-        if (len > size - off - JOURNAL_FRAME_BYTES) {
-            snprintf(why, sizeof(why), "record length %" PRIu32 " extends past the end of the file",
-                     len);
-            break;
-        }
-        if (nt_crc32c(0, p + JOURNAL_FRAME_BYTES, len) != journal__get32(p + 4)) {
-            snprintf(why, sizeof(why), "record checksum mismatch");
-            break;
-        }
-        if (journal__get16(p + JOURNAL_FRAME_BYTES + 8) > len - JOURNAL_FIXED_BYTES) {
-            snprintf(why, sizeof(why), "topic length exceeds the record");
-            break;
-        }
-        off += JOURNAL_FRAME_BYTES + len;
-    }
-    if (off < size) {
-        if (!newest) {
-            journal__errorf(j,
-                            "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s",
-                            j->dir, name, off, why);
-            return NT_ECORRUPT;
-        }
-        if (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0) {
-            journal__errorf(j, "could not truncate journal segment \"%s/%s\": %s", j->dir, name,
-                            strerror(errno));
-            return NT_EIO;
-        }
-        nt_log(NT_LOG_WARN, "journal",
-               "truncated torn tail of journal segment \"%s/%s\" at offset %" PRIu64
-               ": cut %" PRIu64 " bytes (%s)",
-               j->dir, name, off, size - off, why);
-    }
-    *valid = off;
-    return 0;
-}
-
-/* Checks the header of segment s (open as fd, size bytes), then all its records. */
-static int journal__recover_seg(nt_journal_t *j, journal__seg_t *s, int fd, uint64_t size,
-                                int first, int newest, uint64_t prev_end, uint8_t *buf)
-{
-    char name[64];
-    uint8_t hdr[JOURNAL_HEADER_BYTES];
-    journal__seg_name(name, sizeof(name), s->start);
-
-    if (size < JOURNAL_HEADER_BYTES) {
-        journal__errorf(j,
-                        "invalid header in journal segment \"%s/%s\": file is %" PRIu64
-                        " bytes, shorter than its header",
-                        j->dir, name, size);
-        return NT_ECORRUPT;
-    }
-    ssize_t n = journal__pread_full(fd, hdr, sizeof(hdr), 0);
-    if (n != (ssize_t)sizeof(hdr)) {
-        journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
-                        n < 0 ? strerror(errno) : "unexpected end of file");
-        return NT_EIO;
-    }
-    uint32_t version = journal__get32(hdr + 4);
-    uint64_t id = journal__get64(hdr + 8);
-    uint64_t start = journal__get64(hdr + 16);
-    if (memcmp(hdr, JOURNAL_MAGIC, 4) != 0) {
-        journal__errorf(j, "invalid header in journal segment \"%s/%s\": wrong magic", j->dir,
-                        name);
-        return NT_ECORRUPT;
-    }
-    if (version != JOURNAL_VERSION) {
-        journal__errorf(j,
-                        "invalid header in journal segment \"%s/%s\": unsupported version %" PRIu32,
-                        j->dir, name, version);
-        return NT_ECORRUPT;
-    }
-    if (first) {
-        j->id = id;
-    } else if (id != j->id) {
-        journal__errorf(j,
-                        "invalid header in journal segment \"%s/%s\": journal id %016" PRIx64
-                        " does not match %016" PRIx64 " of the older segments",
-                        j->dir, name, id, j->id);
-        return NT_ECORRUPT;
-    }
-    if (start != s->start) {
-        journal__errorf(j,
-                        "invalid header in journal segment \"%s/%s\": start position %" PRIu64
-                        " does not match the file name",
-                        j->dir, name, start);
-        return NT_ECORRUPT;
-    }
-    if (!first && s->start != prev_end) {
-        journal__errorf(j,
-                        "journal segment \"%s/%s\" is not contiguous: it starts at %" PRIu64
-                        " but the previous segment ends at %" PRIu64,
-                        j->dir, name, s->start, prev_end);
-        return NT_ECORRUPT;
-    }
-    return journal__scan(j, fd, name, size, newest, buf, &s->size);
-}
-
-/* Scans every segment in order: headers, contiguity, every record. Keeps the newest
- * segment open for appending. */
-static int journal__recover(nt_journal_t *j)
-{
-    int rc = 0;
-    int fd = -1;
-    uint8_t *buf = malloc(JOURNAL_SCAN_BYTES);
-    if (buf == NULL) {
-        journal__errorf(j, "could not recover journal \"%s\": %s", j->dir, nt_strerror(NT_ENOMEM));
-        return NT_ENOMEM;
-    }
-    uint64_t prev_end = 0;
-    for (size_t i = 0; i < j->nsegs; i++) {
-        journal__seg_t *s = &j->segs[i];
-        int newest = i + 1 == j->nsegs;
-        char name[64];
-        struct stat st;
-        journal__seg_name(name, sizeof(name), s->start);
-        fd = openat(j->dir_fd, name, (newest ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-        if (fd < 0 || fstat(fd, &st) != 0) {
-            journal__errorf(j, "could not open journal segment \"%s/%s\": %s", j->dir, name,
-                            strerror(errno));
-            rc = NT_EIO;
-            goto err;
-        }
-        rc = journal__recover_seg(j, s, fd, (uint64_t)st.st_size, i == 0, newest, prev_end, buf);
-        if (rc != 0) {
-            goto err;
-        }
-        if (newest) {
-            s->fd = fd;
-        } else {
-            close(fd);
-        }
-        fd = -1;
-        j->disk_bytes += s->size;
-        prev_end = journal__seg_end(s);
-    }
-    j->durable_end = prev_end;
-    free(buf);
-    return 0;
-err:
-    if (fd >= 0) {
-        close(fd);
-    }
-    free(buf);
-    return rc;
-}
-
-/* Releases everything j holds, without flushing. */
-static void journal__free(nt_journal_t *j)
-{
-    for (size_t i = 0; i < j->nsegs; i++) {
-        if (j->segs[i].fd >= 0) {
-            close(j->segs[i].fd);
-        }
-    }
-    if (j->lock_fd >= 0) {
-        close(j->lock_fd);
-    }
-    if (j->dir_fd >= 0) {
-        close(j->dir_fd);
-    }
-    free(j->segs);
-    free(j->wbuf);
-    free(j->rbuf);
-    free(j->dir);
-    free(j);
-}
-
-/* Opens or creates the journal in opts->dir, takes its lock and recovers every segment
- * (see journal.h). 0 with *out set; otherwise *out is NULL and nothing stays open. */
-int nt_journal_init(nt_journal_t **out, const nt_journal_options_t *opts, char *err, size_t errlen)
-{
-    int rc;
-    nt_journal_t *j = NULL;
-
-    if (out == NULL) {
-        return NT_EINVAL;
-    }
-    *out = NULL;
-    if (opts == NULL || opts->dir == NULL || opts->dir[0] == '\0') {
-        return NT_EINVAL;
-    }
-    j = calloc(1, sizeof(*j));
-    if (j == NULL) {
-        if (err != NULL && errlen > 0) {
-            snprintf(err, errlen, "could not open journal \"%s\": %s", opts->dir,
-                     nt_strerror(NT_ENOMEM));
-        }
-        return NT_ENOMEM;
-    }
-    j->dir_fd = -1;
-    j->lock_fd = -1;
-    j->max_bytes = opts->max_bytes ? opts->max_bytes : JOURNAL_DEFAULT_MAX_BYTES;
-    j->segment_bytes = opts->segment_bytes ? opts->segment_bytes : JOURNAL_DEFAULT_SEGMENT_BYTES;
-    j->dir = strdup(opts->dir);
-    j->wbuf = malloc(JOURNAL_WBUF_BYTES);
-    j->rbuf = malloc(JOURNAL_RBUF_BYTES);
-    j->rcap = JOURNAL_RBUF_BYTES;
-    if (j->dir == NULL || j->wbuf == NULL || j->rbuf == NULL) {
-        journal__errorf(j, "could not open journal \"%s\": %s", opts->dir, nt_strerror(NT_ENOMEM));
-        rc = NT_ENOMEM;
-        goto err;
-    }
-    rc = journal__mkdirs(j, j->dir);
-    if (rc != 0) {
-        goto err;
-    }
-    j->dir_fd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (j->dir_fd < 0) {
-        journal__errorf(j, "could not open journal directory \"%s\": %s", j->dir, strerror(errno));
-        rc = NT_EIO;
-        goto err;
-    }
-    rc = journal__lock(j);
-    if (rc != 0) {
-        goto err;
-    }
-    rc = journal__list(j);
-    if (rc != 0) {
-        goto err;
-    }
-    rc = j->nsegs == 0 ? journal__create_first(j) : journal__recover(j);
-    if (rc != 0) {
-        goto err;
-    }
-    *out = j;
-    return 0;
-err:
-    if (err != NULL && errlen > 0) {
-        snprintf(err, errlen, "%s", j->error[0] != '\0' ? j->error : nt_strerror(rc));
-    }
-    journal__free(j);
-    return rc;
-}
-
 /* ---- writing ------------------------------------------------------------------------------ */
 
-/* Marks the journal failed after a write error; logs once with the file concerned. */
+/* Marks the journal failed after a write error, described with the file concerned. */
 static int journal__fail(nt_journal_t *j, const char *what, uint64_t start, int err)
 {
     char name[64];
     journal__seg_name(name, sizeof(name), start);
     j->failed = 1;
-    journal__errorf(j,
-                    "could not %s journal segment \"%s/%s\": %s; refusing appends until reopened",
-                    what, j->dir, name, strerror(err));
+    nt_journal__errorf(
+        j, "could not %s journal segment \"%s/%s\": %s; refusing appends until reopened", what,
+        j->dir, name, strerror(err));
     return NT_EIO;
 }
 
@@ -722,7 +92,7 @@ static int journal__sync_dir(nt_journal_t *j)
     }
     if (fsync(j->dir_fd) != 0) {
         j->failed = 1;
-        journal__errorf(
+        nt_journal__errorf(
             j, "could not sync journal directory \"%s\": %s; refusing appends until reopened",
             j->dir, strerror(errno));
         return NT_EIO;
@@ -738,7 +108,7 @@ static int journal__flush(nt_journal_t *j)
     if (j->wlen == 0) {
         return 0;
     }
-    if (journal__pwrite_full(s->fd, j->wbuf, j->wlen, s->size) != 0) {
+    if (nt_journal__pwrite_full(s->fd, j->wbuf, j->wlen, s->size) != 0) {
         return journal__fail(j, "write", s->start, errno);
     }
     s->size += j->wlen;
@@ -776,7 +146,7 @@ static int journal__roll(nt_journal_t *j)
     if (rc != 0) {
         return rc;
     }
-    rc = journal__create_seg(j, journal__seg_end(journal__newest(j)));
+    rc = nt_journal__create_seg(j, journal__seg_end(journal__newest(j)));
     if (rc != 0) {
         j->failed = 1;
         return NT_EIO;
@@ -864,7 +234,7 @@ void nt_journal_close(nt_journal_t *j)
     if (!j->failed) {
         journal__flush(j);
     }
-    journal__free(j);
+    nt_journal__free(j);
 }
 
 /* ---- reading ------------------------------------------------------------------------------ */
@@ -904,16 +274,17 @@ static int journal__fill(nt_journal_t *j, journal__seg_t *s, uint64_t pos, uint6
     if (s->fd < 0) {
         s->fd = openat(j->dir_fd, name, O_RDONLY | O_CLOEXEC);
         if (s->fd < 0) {
-            journal__errorf(j, "could not open journal segment \"%s/%s\": %s", j->dir, name,
-                            strerror(errno));
+            nt_journal__errorf(j, "could not open journal segment \"%s/%s\": %s", j->dir, name,
+                               strerror(errno));
             return NT_EIO;
         }
     }
     size_t want = limit - pos < j->rcap ? (size_t)(limit - pos) : j->rcap;
-    ssize_t n = journal__pread_full(s->fd, j->rbuf, want, JOURNAL_HEADER_BYTES + (pos - s->start));
+    ssize_t n =
+        nt_journal__pread_full(s->fd, j->rbuf, want, JOURNAL_HEADER_BYTES + (pos - s->start));
     if (n < 0 || (size_t)n != want) {
-        journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
-                        n < 0 ? strerror(errno) : "unexpected end of file");
+        nt_journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
+                           n < 0 ? strerror(errno) : "unexpected end of file");
         return NT_EIO;
     }
     j->rpos = pos;
@@ -968,10 +339,11 @@ int nt_journal_read(nt_journal_t *j, uint64_t pos, nt_journal_record_t *rec)
     if (nt_crc32c(0, b, len) != journal__get32(p + 4) || topic_len > len - JOURNAL_FIXED_BYTES) {
         char name[64];
         journal__seg_name(name, sizeof(name), s->start);
-        journal__errorf(j, "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s",
-                        j->dir, name, JOURNAL_HEADER_BYTES + (pos - s->start),
-                        topic_len > len - JOURNAL_FIXED_BYTES ? "topic length exceeds the record"
-                                                              : "record checksum mismatch");
+        nt_journal__errorf(j,
+                           "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s",
+                           j->dir, name, JOURNAL_HEADER_BYTES + (pos - s->start),
+                           topic_len > len - JOURNAL_FIXED_BYTES ? "topic length exceeds the record"
+                                                                 : "record checksum mismatch");
         return NT_ECORRUPT;
     }
     rec->pos = pos;
@@ -999,8 +371,8 @@ int nt_journal_release(nt_journal_t *j, uint64_t pos)
         char name[64];
         journal__seg_name(name, sizeof(name), s->start);
         if (unlinkat(j->dir_fd, name, 0) != 0 && errno != ENOENT) {
-            journal__errorf(j, "could not delete journal segment \"%s/%s\": %s", j->dir, name,
-                            strerror(errno));
+            nt_journal__errorf(j, "could not delete journal segment \"%s/%s\": %s", j->dir, name,
+                               strerror(errno));
             rc = NT_EIO;
             break;
         }
