@@ -5,7 +5,7 @@
 # unchanged, acknowledging again adds a row), and the exit codes: 1 for an unknown alert or
 # an unreachable database (named, password never shown), 2 for bad usage naming the value.
 #
-# Needs the `alerts` command wired into the binary and migration 002_rules.sql
+# Needs the `alerts` command wired into the binary and the rules migrations (collector/sql/)
 # (needletrace.alert_acks, needletrace.alerts_open); it says so plainly when either is missing.
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -84,12 +84,12 @@ acks_of() {
 nt_start_pg
 nt_migrate
 if ! "$NT_BIN" alerts --help >"$NT_TMP/help.out" 2>&1; then
-    nt_fail "this needletrace has no working 'alerts' command (is collector/alerts.c wired" \
+    nt_fail "this needletrace has no working 'alerts' command (is collector/cmd/alerts.c wired" \
         "into main.c?): $(head -c 300 "$NT_TMP/help.out")"
 fi
 for rel in alert_acks alerts_open; do
     [[ -n $(nt_sql "SELECT to_regclass('needletrace.$rel')") ]] ||
-        nt_fail "needletrace.$rel does not exist after migrate: migration 002_rules.sql missing"
+        nt_fail "needletrace.$rel does not exist after migrate: rules migrations missing"
 done
 
 # ---- alerts, as the rules would have raised them ---------------------------------------------
