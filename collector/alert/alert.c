@@ -6,6 +6,12 @@
 
 #include "needletrace/common.h"
 
+const char *const nt_alert_rules[NT_RULE__COUNT] = {
+#define ALERT__RULE_NAME(name) #name,
+    NT_RULE_MAP(ALERT__RULE_NAME)
+#undef ALERT__RULE_NAME
+};
+
 void nt_alert_list_init(nt_alert_list_t *l)
 {
     l->items = NULL;
@@ -55,19 +61,4 @@ void nt_alert_list_close(nt_alert_list_t *l)
     nt_alert_list_clear(l);
     free(l->items);
     nt_alert_list_init(l);
-}
-
-int nt_alert_rule_known(const char *rule)
-{
-    static const char *const rules[] = {
-#define ALERT__RULE_NAME(name) #name,
-        NT_RULE_MAP(ALERT__RULE_NAME)
-#undef ALERT__RULE_NAME
-    };
-    for (size_t i = 0; i < NT_ARRAY_SIZE(rules); i++) {
-        if (strcmp(rule, rules[i]) == 0) {
-            return 1;
-        }
-    }
-    return 0;
 }

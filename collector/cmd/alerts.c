@@ -11,6 +11,7 @@
 #include <strings.h>
 
 #include "alerts_internal.h"
+#include "needletrace/alert.h"
 #include "needletrace/cmd.h"
 #include "needletrace/common.h"
 #include "needletrace/config.h"
@@ -22,11 +23,7 @@
 #define ALERTS__MAX_NOTE      2000 /* characters of --note */
 
 /* The rules of DESIGN.md section 3. */
-static const char *const alerts__rules[] = {
-    "CARTRIDGE_REUSED",   "CARTRIDGE_EXPIRED",  "STERILE_BARRIER_BROKEN",
-    "CARTRIDGE_RECALLED", "DEPTH_OUT_OF_RANGE", "NEEDLING_WITHOUT_CARTRIDGE",
-    "SEQUENCE_GAP",       "CLOCK_SKEW",
-};
+#define alerts__rules nt_alert_rules
 
 #define ALERTS__SYNOPSIS                                                                           \
     "usage: needletrace alerts list [--open] [--clinic C] [--rule R] [--since TIMESTAMP]\n"        \

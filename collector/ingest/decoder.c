@@ -35,33 +35,25 @@
 
 /* ---- names --------------------------------------------------------------------------------- */
 
-/* The oneof field name of ev's body ("needle_activity", ...), "" if ev is NULL or unset. */
+/* The oneof field names, in field-number order from session_started (10). */
+static const char *const decoder__kinds[] = {
+    "session_started", "session_ended",   "cartridge_mounted", "cartridge_unmounted",
+    "needle_setting",  "needle_activity", "device_status",     "device_fault",
+};
+
+const char *nt_decoder_kind_name(unsigned body_case)
+{
+    unsigned k = body_case - NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED;
+    if (body_case < NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED ||
+        k >= NT_ARRAY_SIZE(decoder__kinds)) {
+        return "";
+    }
+    return decoder__kinds[k];
+}
+
 const char *nt_decoder_event_kind(const Needletrace__V1__Event *ev)
 {
-    if (ev == NULL) {
-        return "";
-    }
-    switch (ev->body_case) {
-    case NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED:
-        return "session_started";
-    case NEEDLETRACE__V1__EVENT__BODY_SESSION_ENDED:
-        return "session_ended";
-    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_MOUNTED:
-        return "cartridge_mounted";
-    case NEEDLETRACE__V1__EVENT__BODY_CARTRIDGE_UNMOUNTED:
-        return "cartridge_unmounted";
-    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING:
-        return "needle_setting";
-    case NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY:
-        return "needle_activity";
-    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS:
-        return "device_status";
-    case NEEDLETRACE__V1__EVENT__BODY_DEVICE_FAULT:
-        return "device_fault";
-    case NEEDLETRACE__V1__EVENT__BODY__NOT_SET:
-    default:
-        return "";
-    }
+    return ev == NULL ? "" : nt_decoder_kind_name((unsigned)ev->body_case);
 }
 
 /* ---- details ----------------------------------------------------------------------------------

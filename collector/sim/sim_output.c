@@ -3,19 +3,14 @@
 #include <inttypes.h>
 #include <string.h>
 
+#include "needletrace/alert.h"
+#include "needletrace/decoder.h"
 #include "needletrace/log.h"
 #include "sim.h"
 
-/* Event kinds in proto field order: body_case - 10 indexes this table. */
-static const char *const sim_kind_names[SIM_KINDS] = {
-    "session_started", "session_ended",   "cartridge_mounted", "cartridge_unmounted",
-    "needle_setting",  "needle_activity", "device_status",     "device_fault"};
-
-/* Compliance rules in DESIGN.md section 3 order (the SIM_RULE_* order). */
-static const char *const sim_rule_names[SIM_RULES] = {
-    "CARTRIDGE_REUSED",   "CARTRIDGE_EXPIRED",  "STERILE_BARRIER_BROKEN",
-    "CARTRIDGE_RECALLED", "DEPTH_OUT_OF_RANGE", "NEEDLING_WITHOUT_CARTRIDGE",
-    "SEQUENCE_GAP",       "CLOCK_SKEW"};
+/* Compliance rules: the SIM_RULE_* order is DESIGN.md section 3's, as NT_RULE_* (alert.h). */
+_Static_assert(SIM_RULES == NT_RULE__COUNT, "the simulator counts every rule");
+#define sim_rule_names nt_alert_rules
 
 /* Opens the --dump file, if any, into s->dump. 0 or NT_EIO (logged). */
 int nt_sim__dump_open(nt_sim_t *s)
@@ -124,7 +119,11 @@ void nt_sim__print_json(const nt_sim_t *s, double elapsed_s)
                 s->events_by_clinic[c]);
     }
     fputs("},\"events_by_kind\":{", out);
-    sim__json_counts(out, sim_kind_names, s->events_by_kind, SIM_KINDS);
+    const char *kinds[SIM_KINDS]; /* events_by_kind is indexed by body_case - 10 */
+    for (unsigned k = 0; k < SIM_KINDS; k++) {
+        kinds[k] = nt_decoder_kind_name(NEEDLETRACE__V1__EVENT__BODY_SESSION_STARTED + k);
+    }
+    sim__json_counts(out, kinds, s->events_by_kind, SIM_KINDS);
     fprintf(out, "},\"alerts\":%" PRIu64 ",\"alerts_by_rule\":{", nt_sim__expected_alerts(s));
     sim__json_counts(out, sim_rule_names, s->alerts_by_rule, SIM_RULES);
     fprintf(out,

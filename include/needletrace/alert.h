@@ -21,6 +21,16 @@
     XX(SEQUENCE_GAP)                                                                               \
     XX(CLOCK_SKEW)
 
+enum {
+#define NT__RULE_ENUM(name) NT_RULE_##name,
+    NT_RULE_MAP(NT__RULE_ENUM)
+#undef NT__RULE_ENUM
+        NT_RULE__COUNT
+};
+
+/* The rule names, indexed by NT_RULE_* ("CARTRIDGE_REUSED", ...). */
+extern const char *const nt_alert_rules[NT_RULE__COUNT];
+
 /* One alert raised (or found undelivered) by a committed transaction. */
 typedef struct {
     int64_t alert_id;
@@ -44,8 +54,5 @@ int nt_alert_list_push(nt_alert_list_t *l, int64_t alert_id, const char *clinic_
 void nt_alert_list_clear(nt_alert_list_t *l);
 /* Drops everything; the list is empty (as after init) afterwards. */
 void nt_alert_list_close(nt_alert_list_t *l);
-
-/* 1 when rule is one of NT_RULE_MAP. */
-int nt_alert_rule_known(const char *rule);
 
 #endif

@@ -42,6 +42,10 @@ nt_reason_t nt_decoder_decode(nt_arena_t *arena, const char *topic, size_t topic
                               const uint8_t *payload, size_t payload_len, nt_message_t *out,
                               char *detail, size_t detail_len);
 
+/* The oneof field name of a body case (field number 10 "session_started" ... 17
+ * "device_fault"; events.kind), "" for any other value. */
+const char *nt_decoder_kind_name(unsigned body_case);
+
 /* The oneof field name of an event's body ("needle_activity", ...), "" if not set. */
 const char *nt_decoder_event_kind(const Needletrace__V1__Event *ev);
 
