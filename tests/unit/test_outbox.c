@@ -26,7 +26,7 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     nt_outbox_t *o = *state;
-    nt_outbox_free(o);
+    nt_outbox_close(o);
     free(o);
     return 0;
 }
@@ -109,7 +109,7 @@ static void test_first_gap_check_at_first_tick(void **state)
     nt_outbox_init(&o2, 0);
     nt_outbox_tick(&o2, 0);
     assert_true(o2.gaps_due);
-    nt_outbox_free(&o2);
+    nt_outbox_close(&o2);
 }
 
 static void test_gap_check_interval(void **state)

@@ -261,8 +261,8 @@ static int setup(void **state)
 static int teardown(void **state)
 {
     fixture_t *f = *state;
-    nt_batch_free(&f->batch);
-    nt_outbox_free(&f->outbox);
+    nt_batch_close(&f->batch);
+    nt_outbox_close(&f->outbox);
     free(f);
     return 0;
 }
