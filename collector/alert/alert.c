@@ -22,14 +22,8 @@ void nt_alert_list_init(nt_alert_list_t *l)
 int nt_alert_list_push(nt_alert_list_t *l, int64_t alert_id, const char *clinic_id,
                        const char *rule, const char *payload)
 {
-    if (l->n == l->cap) {
-        size_t cap = l->cap ? l->cap * 2 : 64;
-        nt_alert_t *a = realloc(l->items, cap * sizeof(*a));
-        if (a == NULL) {
-            return NT_ENOMEM;
-        }
-        l->items = a;
-        l->cap = cap;
+    if (nt_grow(&l->items, &l->cap, l->n + 1, sizeof(*l->items), 64) != 0) {
+        return NT_ENOMEM;
     }
     nt_alert_t *a = &l->items[l->n];
     a->alert_id = alert_id;

@@ -24,14 +24,9 @@ void nt_outbox_close(nt_outbox_t *o)
 
 int nt_outbox_delivered(nt_outbox_t *o, int64_t alert_id)
 {
-    if (o->n_delivered == o->cap_delivered) {
-        size_t cap = o->cap_delivered ? o->cap_delivered * 2 : 64;
-        int64_t *d = realloc(o->delivered, cap * sizeof(*d));
-        if (d == NULL) {
-            return NT_ENOMEM;
-        }
-        o->delivered = d;
-        o->cap_delivered = cap;
+    if (nt_grow(&o->delivered, &o->cap_delivered, o->n_delivered + 1, sizeof(*o->delivered), 64) !=
+        0) {
+        return NT_ENOMEM;
     }
     o->delivered[o->n_delivered++] = alert_id;
     return 0;

@@ -2,6 +2,7 @@
 #include "needletrace/common.h"
 
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 const char *nt_strerror(int err)
@@ -42,4 +43,30 @@ uint64_t nt_backoff_ms(uint64_t min_ms, uint64_t max_ms, unsigned attempt)
         delay = max_ms;
     }
     return delay / 2 + (uint64_t)random() % (delay / 2 + 1);
+}
+
+int nt_grow(void *items_ptr, size_t *cap, size_t need, size_t elem_size, size_t first_cap)
+{
+    if (need <= *cap) {
+        return 0;
+    }
+    size_t n = *cap != 0 ? *cap : first_cap != 0 ? first_cap : 1;
+    while (n < need) {
+        if (n > SIZE_MAX / 2) {
+            return NT_ENOMEM;
+        }
+        n *= 2;
+    }
+    if (elem_size != 0 && n > SIZE_MAX / elem_size) {
+        return NT_ENOMEM;
+    }
+    void *old;
+    memcpy(&old, items_ptr, sizeof(old));
+    void *p = realloc(old, n * elem_size);
+    if (p == NULL) {
+        return NT_ENOMEM;
+    }
+    memcpy(items_ptr, &p, sizeof(p));
+    *cap = n;
+    return 0;
 }

@@ -51,17 +51,7 @@ static int journal__seg_cmp(const void *a, const void *b)
 /* Makes room for one more segment. 0 or NT_ENOMEM. */
 static int journal__reserve(nt_journal_t *j)
 {
-    if (j->nsegs < j->segs_cap) {
-        return 0;
-    }
-    size_t cap = j->segs_cap ? j->segs_cap * 2 : 16;
-    journal__seg_t *segs = realloc(j->segs, cap * sizeof(*segs));
-    if (segs == NULL) {
-        return NT_ENOMEM;
-    }
-    j->segs = segs;
-    j->segs_cap = cap;
-    return 0;
+    return nt_grow(&j->segs, &j->segs_cap, j->nsegs + 1, sizeof(*j->segs), 16);
 }
 
 /* ---- opening ------------------------------------------------------------------------------ */

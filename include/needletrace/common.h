@@ -46,6 +46,13 @@ int64_t nt_mono_us(void);
  * with equal jitter (half fixed, half random) so that replicas do not retry in step. */
 uint64_t nt_backoff_ms(uint64_t min_ms, uint64_t max_ms, unsigned attempt);
 
+/* Makes room for at least `need` elements of elem_size bytes in a heap array of capacity *cap.
+ * items_ptr is the address of the array's pointer (e.g. &list->items, any pointer type; the
+ * pointer is read and written with memcpy, so no aliasing rule is broken). Doubles, starting at
+ * first_cap. Returns 0 (nothing changes when it already fits), or NT_ENOMEM when the allocation
+ * fails or the size would overflow (the array and *cap are then unchanged and still valid). */
+int nt_grow(void *items_ptr, size_t *cap, size_t need, size_t elem_size, size_t first_cap);
+
 #define NT_ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #endif
