@@ -176,42 +176,42 @@ BEGIN
 END
 $$;
 
-DO $$
-DECLARE
-    t text;
+-- Makes a table append-only: UPDATE and DELETE (per row) and TRUNCATE refused by triggers that
+-- fire even with session_replication_role = replica. Used by every migration that adds evidence.
+CREATE FUNCTION needletrace.make_append_only(p_table text) RETURNS void
+    LANGUAGE plpgsql AS $$
 BEGIN
-    FOREACH t IN ARRAY ARRAY['raw_messages', 'events', 'quarantine', 'alerts'] LOOP
-        EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON needletrace.%I '
-                       'FOR EACH ROW EXECUTE FUNCTION needletrace.refuse_change()', t);
-        EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON needletrace.%I '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION needletrace.refuse_change()', t);
-        -- Fire even with session_replication_role = replica.
-        EXECUTE format('ALTER TABLE needletrace.%I ENABLE ALWAYS TRIGGER append_only', t);
-        EXECUTE format('ALTER TABLE needletrace.%I ENABLE ALWAYS TRIGGER append_only_truncate', t);
-    END LOOP;
+    EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON needletrace.%I '
+                   'FOR EACH ROW EXECUTE FUNCTION needletrace.refuse_change()', p_table);
+    EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON needletrace.%I '
+                   'FOR EACH STATEMENT EXECUTE FUNCTION needletrace.refuse_change()', p_table);
+    EXECUTE format('ALTER TABLE needletrace.%I ENABLE ALWAYS TRIGGER append_only', p_table);
+    EXECUTE format('ALTER TABLE needletrace.%I ENABLE ALWAYS TRIGGER append_only_truncate', p_table);
 END
 $$;
+REVOKE ALL ON FUNCTION needletrace.make_append_only(text) FROM PUBLIC;
 
--- Roles (cluster-wide, so created only when missing): the collector inserts and reads,
--- and rewrites only its checkpoint; the auditor only reads.
-DO $$
+SELECT needletrace.make_append_only(t)
+  FROM unnest(ARRAY['raw_messages', 'events', 'quarantine', 'alerts']) AS t;
+
+-- Creates a login-less role when missing (roles are cluster-wide: another database's migration
+-- may create it at the same moment). Used by every migration that adds a role.
+CREATE FUNCTION needletrace.ensure_role(p_role text) RETURNS void
+    LANGUAGE plpgsql AS $$
 BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'needletrace_collector') THEN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = p_role) THEN
         BEGIN
-            CREATE ROLE needletrace_collector NOLOGIN;
+            EXECUTE format('CREATE ROLE %I NOLOGIN', p_role);
         EXCEPTION WHEN duplicate_object OR unique_violation THEN
             NULL; -- created concurrently by a migration of another database
         END;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'needletrace_auditor') THEN
-        BEGIN
-            CREATE ROLE needletrace_auditor NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN
-            NULL;
-        END;
-    END IF;
 END
 $$;
+REVOKE ALL ON FUNCTION needletrace.ensure_role(text) FROM PUBLIC;
+
+-- Roles: the collector inserts and reads, and rewrites only its checkpoint; the auditor only reads.
+SELECT needletrace.ensure_role(r) FROM unnest(ARRAY['needletrace_collector', 'needletrace_auditor']) AS r;
 
 GRANT USAGE ON SCHEMA needletrace TO needletrace_collector, needletrace_auditor;
 GRANT SELECT, INSERT ON needletrace.raw_messages, needletrace.events, needletrace.quarantine,

@@ -105,20 +105,7 @@ CREATE TABLE needletrace.alert_acks (
     FOREIGN KEY (clinic_id, alert_id) REFERENCES needletrace.alerts (clinic_id, alert_id)
 );
 
-DO $$
-DECLARE
-    t text;
-BEGIN
-    FOREACH t IN ARRAY ARRAY['alert_deliveries', 'alert_acks'] LOOP
-        EXECUTE format('CREATE TRIGGER append_only BEFORE UPDATE OR DELETE ON needletrace.%I '
-                       'FOR EACH ROW EXECUTE FUNCTION needletrace.refuse_change()', t);
-        EXECUTE format('CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON needletrace.%I '
-                       'FOR EACH STATEMENT EXECUTE FUNCTION needletrace.refuse_change()', t);
-        EXECUTE format('ALTER TABLE needletrace.%I ENABLE ALWAYS TRIGGER append_only', t);
-        EXECUTE format('ALTER TABLE needletrace.%I ENABLE ALWAYS TRIGGER append_only_truncate', t);
-    END LOOP;
-END
-$$;
+SELECT needletrace.make_append_only(t) FROM unnest(ARRAY['alert_deliveries', 'alert_acks']) AS t;
 
 -- Alerts nobody has acknowledged yet, with the delivery time when published.
 CREATE VIEW needletrace.alerts_open AS
