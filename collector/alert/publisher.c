@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "needletrace/common.h"
+#include "needletrace/ident.h"
 #include "needletrace/log.h"
 
 struct nt_publisher_s {
@@ -102,8 +103,23 @@ int nt_publisher_init(nt_publisher_t **out, nt_mqttsrc_t *src, nt_publisher_deli
     return 0;
 }
 
+/* 1 when rule is one of the rules of DESIGN section 3. */
+static int publisher__rule_known(const char *rule)
+{
+    for (size_t i = 0; i < NT_RULE__COUNT; i++) {
+        if (strcmp(rule, nt_alert_rules[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
 int nt_publisher_topic(const nt_alert_t *a, char *buf, size_t len)
 {
+    /* Both come from the database: never let them add topic levels or wildcards. */
+    if (!nt_ident_id_valid_str(a->clinic_id) || !publisher__rule_known(a->rule)) {
+        return NT_EINVAL;
+    }
     int n = snprintf(buf, len, "clinics/%s/alerts/%s", a->clinic_id, a->rule);
     return n < 0 || (size_t)n >= len ? NT_ETOOBIG : 0;
 }

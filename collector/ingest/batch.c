@@ -512,7 +512,7 @@ int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
         const nt_copybuf_t *c = &b->tables[i].buf;
         if (c->oom) {
             rc = NT_ENOMEM;
-        } else if (c->miscounted || c->fields_due != 0) {
+        } else if (rc == 0 && (c->miscounted || c->fields_due != 0)) {
             rc = NT_ECORRUPT; /* a row writer's bug: never send a shifted row */
         }
     }
@@ -551,8 +551,9 @@ int nt_batch_finish(nt_batch_t *b)
 {
     int rc = 0;
     for (int i = 0; i < NT_BATCH__TABLES; i++) {
-        if (nt_copybuf_finish(&b->tables[i].buf) != 0) {
-            rc = NT_ENOMEM;
+        int trc = nt_copybuf_finish(&b->tables[i].buf);
+        if (trc != 0 && rc == 0) {
+            rc = trc;
         }
     }
     return rc;

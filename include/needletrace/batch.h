@@ -47,7 +47,8 @@ void nt_batch_close(nt_batch_t *b);
  * writer produced a row of the wrong width (a bug; the record is not added). */
 int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec);
 
-/* Terminates the COPY streams. Call once, after the last add. 0 or NT_ENOMEM. */
+/* Terminates the COPY streams. Call once, after the last add. 0, NT_ENOMEM, or NT_ECORRUPT
+ * when a row of the wrong width was written (see nt_copybuf_finish). */
 int nt_batch_finish(nt_batch_t *b);
 
 #endif

@@ -330,14 +330,28 @@ static void test_topic(void **state)
                                       strlen("NEEDLING_WITHOUT_CARTRIDGE"));
     assert_int_equal(strncmp(buf, "clinics/cccc", 12), 0);
 
-    /* A clinic id longer than the buffer: NT_ETOOBIG, not a cut topic. */
+    /* Values from the database that are no identifier or rule never make a topic: a clinic id
+     * too long for the contract (and the buffer), one that adds a level or a wildcard, an
+     * unknown rule. */
     char *huge = malloc(NT_MAX_TOPIC_LEN + 1);
     assert_non_null(huge);
     memset(huge, 'h', NT_MAX_TOPIC_LEN);
     huge[NT_MAX_TOPIC_LEN] = '\0';
     nt_alert_t c = {.alert_id = 3, .clinic_id = huge, .rule = "CLOCK_SKEW"};
-    assert_int_equal(nt_publisher_topic(&c, buf, sizeof(buf)), NT_ETOOBIG);
+    memset(buf, '#', sizeof(buf));
+    assert_int_equal(nt_publisher_topic(&c, buf, sizeof(buf)), NT_EINVAL);
+    assert_int_equal(buf[0], '#'); /* nothing written */
     free(huge);
+    static const char *const bad_clinics[] = {"a/b", "+", "#", "", "clinic 1", "cl\xc3\xa9"};
+    for (size_t i = 0; i < sizeof(bad_clinics) / sizeof(bad_clinics[0]); i++) {
+        nt_alert_t d = {.alert_id = 4, .clinic_id = bad_clinics[i], .rule = "CLOCK_SKEW"};
+        assert_int_equal(nt_publisher_topic(&d, buf, sizeof(buf)), NT_EINVAL);
+    }
+    static const char *const bad_rules[] = {"clock_skew", "CLOCK_SKEW/x", "#", "", "NO_SUCH_RULE"};
+    for (size_t i = 0; i < sizeof(bad_rules) / sizeof(bad_rules[0]); i++) {
+        nt_alert_t e = {.alert_id = 5, .clinic_id = "clinic-7", .rule = bad_rules[i]};
+        assert_int_equal(nt_publisher_topic(&e, buf, sizeof(buf)), NT_EINVAL);
+    }
 }
 
 int main(void)
