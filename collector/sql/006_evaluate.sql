@@ -150,7 +150,9 @@ $$;
 
 -- ---- evaluate_rules ----------------------------------------------------------------------------
 -- Reads the batch, advances its boots, then runs each rule, in the lock order, each only when
--- read_batch saw a candidate for it.
+-- read_batch saw a candidate for it. NEEDLING_WITHOUT_CARTRIDGE is decided as the batch settles
+-- its boots; when the batch alone moved every boot forward, only its sessions that need a look
+-- are left.
 CREATE FUNCTION needletrace.evaluate_rules(p_collector_id text)
     RETURNS TABLE(alert_id bigint, clinic_id text, rule text, payload text)
     LANGUAGE plpgsql AS $$
@@ -165,8 +167,7 @@ BEGIN
     IF v_batch.boots IS NULL THEN
         RETURN; -- this transaction inserted no events
     END IF;
-    v_slow := needletrace.advance_boot_progress(v_batch.boots);
-
+    v_slow := needletrace.advance_boot_progress(v_batch.boots); -- the batch's first row locks
     IF v_batch.mounts THEN
         -- One raise for the four, in rule order as ever; CARTRIDGE_REUSED first records the first
         -- uses (locks on cartridge_first_use come before any alert's).
@@ -185,8 +186,6 @@ BEGIN
         v_ids := v_ids || needletrace.raise_alerts(p_collector_id, 'needletrace.clock_skew_alerted',
                               needletrace.rule_clock_skew(v_tx, v_skew));
     END IF;
-    -- Decided as the batch settles its boots; when the batch alone moved every boot forward,
-    -- only its sessions that need a look are left.
     IF v_slow IS NOT NULL OR v_batch.sessions IS NOT NULL THEN
         v_ids := v_ids || needletrace.raise_alerts(p_collector_id, 'needletrace.no_cartridge_alerted',
                               needletrace.rule_needling_without_cartridge(v_tx, v_slow,
