@@ -1,5 +1,5 @@
--- 005_rules.sql -- the compliance rules of DESIGN §3, one function per rule, and the dispatchers
--- the collector calls.
+-- 005_rules.sql -- the compliance rules of DESIGN §3, one function per rule; the dispatchers
+-- the collector calls are in 006_evaluate.sql.
 --
 -- Interface used by the collector (keep names, arguments and result columns):
 --   needletrace.evaluate_rules(p_collector_id text)
@@ -381,13 +381,35 @@ END
 $$;
 
 -- ---- NEEDLING_WITHOUT_CARTRIDGE ------------------------------------------------------------------------
+-- The alert of NEEDLING_WITHOUT_CARTRIDGE on the activity sample (p_boot_id, p_seq) of a session,
+-- with its state row; p_last_code is the session's last cartridge change before the sample
+-- (seq * 2, an unmount: a mount, seq * 2 + 1, would have covered it), NULL when there was none.
+CREATE FUNCTION needletrace.no_cartridge_alert(p_clinic_id text, p_device_serial text,
+                                               p_session_id text, p_boot_id bigint, p_seq bigint,
+                                               p_device_time timestamptz, p_last_code bigint)
+    RETURNS needletrace.alert_candidate
+    LANGUAGE sql STABLE AS $$
+    SELECT ROW('NEEDLING_WITHOUT_CARTRIDGE', 'critical', p_clinic_id, p_device_serial, p_session_id,
+               p_boot_id, p_seq,
+               jsonb_build_object(
+                   'device_time', needletrace.rfc3339(p_device_time),
+                   'last_cartridge_event',
+                   CASE WHEN p_last_code IS NULL THEN NULL
+                        ELSE jsonb_build_object('kind', 'cartridge_unmounted',
+                                                'seq', p_last_code / 2) END),
+               jsonb_build_object('clinic_id', p_clinic_id, 'device_serial', p_device_serial,
+                                  'session_id', coalesce(p_session_id, ''),
+                                  'boot_id', p_boot_id, 'seq', p_seq)
+           )::needletrace.alert_candidate
+$$;
+
 -- Needle activity in a session with no mounted cartridge; once per session, on its first such
 -- sample. Decided only for settled samples (every earlier seq present, so no late mount can
 -- change the answer): those of p_boots that settle_boots settles now, and, for the batch's
 -- sessions (p_sessions) of boots not in p_boots -- boots the batch alone moved forward, so their
 -- samples are exactly the session's activity rows in a_min..a_max -- from these bounds. Sessions
 -- whose samples all follow a mount of the batch, with no unmount of the batch in between, are
--- left out of p_sessions by evaluate_rules: they cannot raise anything.
+-- left out of p_sessions by read_batch: they cannot raise anything.
 CREATE FUNCTION needletrace.rule_needling_without_cartridge(p_tx bigint,
                                                             p_boots needletrace.boot_key[],
                                                             p_sessions needletrace.batch_session[])
@@ -492,18 +514,8 @@ BEGIN
                AND e.boot_id = b.boot_id AND e.seq = b.seq
              ORDER BY b.clinic_id, b.device_serial, coalesce(b.session_id, ''), b.seq
         )
-        SELECT ROW('NEEDLING_WITHOUT_CARTRIDGE', 'critical', bad.clinic_id, bad.device_serial,
-                   bad.session_id, bad.boot_id, bad.seq,
-                   jsonb_build_object(
-                       'device_time', needletrace.rfc3339(bad.device_time),
-                       'last_cartridge_event',
-                       CASE WHEN bad.last_code IS NULL THEN NULL
-                            ELSE jsonb_build_object('kind', 'cartridge_unmounted',
-                                                    'seq', bad.last_code / 2) END),
-                   jsonb_build_object('clinic_id', bad.clinic_id, 'device_serial', bad.device_serial,
-                                      'session_id', coalesce(bad.session_id, ''),
-                                      'boot_id', bad.boot_id, 'seq', bad.seq)
-               )::needletrace.alert_candidate
+        SELECT needletrace.no_cartridge_alert(bad.clinic_id, bad.device_serial, bad.session_id,
+                                              bad.boot_id, bad.seq, bad.device_time, bad.last_code)
           FROM bad
          ORDER BY bad.clinic_id, bad.device_serial, coalesce(bad.session_id, ''));
 END
