@@ -249,17 +249,7 @@ COMMENT ON FUNCTION needletrace.check_sequence_gaps(text) IS
 -- needletrace_staff: clinic staff / compliance officers who read and acknowledge alerts.
 -- The collector role may also insert acks, because `needletrace alerts ack` runs with the
 -- collector's database URL; the auditor role stays read-only.
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'needletrace_staff') THEN
-        BEGIN
-            CREATE ROLE needletrace_staff NOLOGIN;
-        EXCEPTION WHEN duplicate_object OR unique_violation THEN
-            NULL;
-        END;
-    END IF;
-END
-$$;
+SELECT needletrace.ensure_role('needletrace_staff');
 
 -- The functions that write: only the collector runs them.
 DO $$
