@@ -256,7 +256,7 @@ static int run__serve(run_t *r)
 {
     nt_journal_options_t jopts = {r->cfg.journal_dir, (uint64_t)r->cfg.journal_max_bytes,
                                   (uint64_t)r->cfg.journal_segment_bytes};
-    char err[640];
+    char err[640] = "";
     if (nt_journal_init(&r->journal, &jopts, err, sizeof(err)) != 0) {
         nt_log(NT_LOG_ERROR, "run", "could not open the journal in \"%s\": %s", r->cfg.journal_dir,
                err);
@@ -281,6 +281,12 @@ static int run__serve(run_t *r)
     }
     uv_run(&r->loop, UV_RUN_DEFAULT);
     uv_loop_close(&r->loop);
+    /* Records appended but not yet synced were never acknowledged; sync them anyway, so that a
+     * restart commits them without waiting for the broker to redeliver. */
+    if (nt_journal_sync(r->journal) != 0) {
+        nt_log(NT_LOG_WARN, "run", "could not sync the journal at exit: %s",
+               nt_journal_error(r->journal));
+    }
     nt_journal_close(r->journal);
     return code < 0 ? r->exit_code : code;
 }

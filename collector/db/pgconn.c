@@ -324,9 +324,9 @@ void nt_pgconn_disarm_watchdog(nt_pgconn_t *c)
     uv_timer_stop(&c->watchdog);
 }
 
-void nt_pgconn_backoff(nt_pgconn_t *c)
+void nt_pgconn_backoff(nt_pgconn_t *c, int restart)
 {
-    if (!uv_is_active((uv_handle_t *)&c->retry_timer)) {
+    if (restart || !uv_is_active((uv_handle_t *)&c->retry_timer)) {
         pgconn__schedule_retry(c);
     }
 }

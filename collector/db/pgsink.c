@@ -48,7 +48,7 @@ struct nt_pgsink_s {
     uint64_t committed;   /* checkpoint of the last commit */
     int linger_expired;
     int64_t txn_started_us;
-    int corrupt_logged;
+    char read_failure[512]; /* the journal read failure last logged, "" when none */
 
     int draining;
     nt_pgsink_drain_cb drain_cb;
@@ -86,7 +86,7 @@ static void pgsink__discard_batches(nt_pgsink_t *s)
 static void pgsink__release(nt_pgsink_t *s, uint64_t pos)
 {
     if (nt_journal_release(s->journal, pos) != 0) {
-        nt_log(NT_LOG_WARN, "db", "could not release the journal up to position %" PRIu64 ": %s",
+        nt_log(NT_LOG_ERROR, "db", "could not release the journal up to position %" PRIu64 ": %s",
                pos, nt_journal_error(s->journal));
     }
 }
@@ -215,7 +215,7 @@ static void pgsink__rolled_back(nt_pgsink_t *s)
     nt_outbox_aborted(&s->outbox);
     pgsink__discard_batches(s);
     s->state = SINK_IDLE;
-    nt_pgconn_backoff(s->conn);
+    nt_pgconn_backoff(s->conn, 1);
 }
 
 /* ---- connection callbacks ---------------------------------------------------------------------
@@ -330,22 +330,23 @@ static void pgsink__fill(nt_pgsink_t *s)
             break;
         }
         if (rc < 0) {
-            if (!s->corrupt_logged) {
+            /* Once per failure, not per retry; a different failure is logged again. */
+            const char *why = nt_journal_error(s->journal);
+            if (strcmp(why, s->read_failure) != 0) {
                 nt_log(NT_LOG_ERROR, "db",
                        "could not read the journal at position %" PRIu64 ": %s; retrying",
-                       s->read_pos,
-                       rc == NT_EINVAL ? nt_strerror(rc) : nt_journal_error(s->journal));
-                s->corrupt_logged = 1;
+                       s->read_pos, why);
+                snprintf(s->read_failure, sizeof(s->read_failure), "%s", why);
             }
-            nt_pgconn_backoff(s->conn);
+            nt_pgconn_backoff(s->conn, 0);
             return;
         }
-        s->corrupt_logged = 0;
+        s->read_failure[0] = '\0';
         rc = nt_batch_add(s->building, &rec);
         if (rc != 0) {
             nt_log(NT_LOG_ERROR, "db", "could not add journal record %" PRIu64 " to a batch: %s",
                    s->read_pos, nt_strerror(rc));
-            nt_pgconn_backoff(s->conn);
+            nt_pgconn_backoff(s->conn, 0);
             return;
         }
         s->read_pos = rec.next_pos;
@@ -393,7 +394,7 @@ static void pgsink__maybe_dispatch(nt_pgsink_t *s)
     if (rc != 0) {
         nt_log(NT_LOG_ERROR, "db", "could not finish a batch: %s", nt_strerror(rc));
         pgsink__discard_batches(s);
-        nt_pgconn_backoff(s->conn);
+        nt_pgconn_backoff(s->conn, 1);
         return;
     }
     uv_timer_stop(&s->linger_timer);

@@ -32,6 +32,20 @@ void nt_journal__errorf(nt_journal_t *j, const char *fmt, ...)
     va_end(ap);
 }
 
+int nt_journal__refuse(nt_journal_t *j)
+{
+    j->failed = 1;
+    memcpy(j->failure, j->error, sizeof(j->failure));
+    return NT_EIO;
+}
+
+/* Describes a refusal of a journal that failed earlier, with the cause. Returns NT_EIO. */
+static int journal__refused(nt_journal_t *j)
+{
+    nt_journal__errorf(j, "%s", j->failure);
+    return NT_EIO;
+}
+
 /* Reads up to n bytes at off, retrying short reads. Returns the bytes read (fewer only
  * at end of file), or -1 with errno set. */
 ssize_t nt_journal__pread_full(int fd, void *buf, size_t n, uint64_t off)
@@ -77,11 +91,10 @@ static int journal__fail(nt_journal_t *j, const char *what, uint64_t start, int 
 {
     char name[64];
     journal__seg_name(name, sizeof(name), start);
-    j->failed = 1;
     nt_journal__errorf(
         j, "could not %s journal segment \"%s/%s\": %s; refusing appends until reopened", what,
         j->dir, name, strerror(err));
-    return NT_EIO;
+    return nt_journal__refuse(j);
 }
 
 /* fsyncs the directory if a segment was created or deleted since it was last synced. */
@@ -91,11 +104,10 @@ static int journal__sync_dir(nt_journal_t *j)
         return 0;
     }
     if (fsync(j->dir_fd) != 0) {
-        j->failed = 1;
         nt_journal__errorf(
             j, "could not sync journal directory \"%s\": %s; refusing appends until reopened",
             j->dir, strerror(errno));
-        return NT_EIO;
+        return nt_journal__refuse(j);
     }
     j->dir_dirty = 0;
     return 0;
@@ -148,8 +160,7 @@ static int journal__roll(nt_journal_t *j)
     }
     rc = nt_journal__create_seg(j, journal__seg_end(journal__newest(j)));
     if (rc != 0) {
-        j->failed = 1;
-        return NT_EIO;
+        return nt_journal__refuse(j); /* create_seg described why */
     }
     return 0;
 }
@@ -165,10 +176,12 @@ int nt_journal_append(nt_journal_t *j, int64_t received_us, const char *topic, s
         return NT_EINVAL;
     }
     if (payload_len > JOURNAL_MAX_PAYLOAD) {
+        nt_journal__errorf(j, "could not append a %zu-byte payload: the journal takes at most %u",
+                           payload_len, JOURNAL_MAX_PAYLOAD);
         return NT_ETOOBIG;
     }
     if (j->failed) {
-        return NT_EIO;
+        return journal__refused(j);
     }
     size_t body = JOURNAL_FIXED_BYTES + topic_len + payload_len;
     size_t rec = JOURNAL_FRAME_BYTES + body;
@@ -211,7 +224,7 @@ int nt_journal_sync(nt_journal_t *j)
         return NT_EINVAL;
     }
     if (j->failed) {
-        return NT_EIO;
+        return journal__refused(j);
     }
     int rc = journal__flush_sync(j);
     if (rc == 0) {
@@ -264,6 +277,8 @@ static int journal__fill(nt_journal_t *j, journal__seg_t *s, uint64_t pos, uint6
     if (need > j->rcap) {
         uint8_t *nb = realloc(j->rbuf, need);
         if (nb == NULL) {
+            nt_journal__errorf(j, "could not read the journal: %s (a %zu-byte read buffer)",
+                               nt_strerror(NT_ENOMEM), need);
             return NT_ENOMEM;
         }
         j->rbuf = nb;
@@ -292,8 +307,18 @@ static int journal__fill(nt_journal_t *j, journal__seg_t *s, uint64_t pos, uint6
     return 0;
 }
 
+/* Describes a read at a position that is no record boundary of the retained journal. */
+static int journal__bad_position(nt_journal_t *j, uint64_t pos)
+{
+    nt_journal__errorf(j,
+                       "journal position %" PRIu64 " is no record boundary in [%" PRIu64
+                       ", %" PRIu64 ") of \"%s\"",
+                       pos, j->segs[0].start, j->durable_end, j->dir);
+    return NT_EINVAL;
+}
+
 /* Reads the durable record at pos through the read-ahead buffer and checks its CRC.
- * 1, 0 at the durable end, NT_EINVAL, NT_ECORRUPT or NT_EIO (the last two described for
+ * 1, 0 at the durable end, NT_EINVAL, NT_ECORRUPT or NT_EIO (each described for
  * nt_journal_error). */
 int nt_journal_read(nt_journal_t *j, uint64_t pos, nt_journal_record_t *rec)
 {
@@ -304,7 +329,7 @@ int nt_journal_read(nt_journal_t *j, uint64_t pos, nt_journal_record_t *rec)
         return 0;
     }
     if (pos < j->segs[0].start || pos > j->durable_end) {
-        return NT_EINVAL;
+        return journal__bad_position(j, pos);
     }
     journal__seg_t *s = &j->segs[journal__find(j, pos)];
     uint64_t limit = journal__seg_end(s);
@@ -312,7 +337,7 @@ int nt_journal_read(nt_journal_t *j, uint64_t pos, nt_journal_record_t *rec)
         limit = j->durable_end;
     }
     if (pos >= limit || limit - pos < JOURNAL_FRAME_BYTES + JOURNAL_FIXED_BYTES) {
-        return NT_EINVAL;
+        return journal__bad_position(j, pos);
     }
     int rc;
     if (j->rlen == 0 || pos < j->rpos || pos - j->rpos + JOURNAL_FRAME_BYTES > j->rlen) {
@@ -324,7 +349,7 @@ int nt_journal_read(nt_journal_t *j, uint64_t pos, nt_journal_record_t *rec)
     uint32_t len = journal__get32(j->rbuf + (pos - j->rpos));
     if (len < JOURNAL_FIXED_BYTES || len > JOURNAL_MAX_BODY ||
         len > limit - pos - JOURNAL_FRAME_BYTES) {
-        return NT_EINVAL;
+        return journal__bad_position(j, pos);
     }
     size_t total = JOURNAL_FRAME_BYTES + len;
     if (pos - j->rpos + total > j->rlen) {
@@ -363,7 +388,13 @@ int nt_journal_release(nt_journal_t *j, uint64_t pos)
     int rc = 0;
     size_t removed = 0;
 
-    if (j == NULL || pos > j->durable_end) {
+    if (j == NULL) {
+        return NT_EINVAL;
+    }
+    if (pos > j->durable_end) {
+        nt_journal__errorf(
+            j, "cannot release the journal up to %" PRIu64 ": past its durable end %" PRIu64, pos,
+            j->durable_end);
         return NT_EINVAL;
     }
     while (j->nsegs - removed > 1 && journal__seg_end(&j->segs[removed]) <= pos) {

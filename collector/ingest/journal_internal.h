@@ -47,7 +47,8 @@ typedef struct {
 } journal__seg_t;
 
 struct nt_journal_s {
-    char error[512]; /* the last failure, for the caller to log (nt_journal_error) */
+    char error[512];   /* the last failure, for the caller to log (nt_journal_error) */
+    char failure[512]; /* the failure that made the journal refuse appends (failed) */
     char *dir;
     int dir_fd;
     int lock_fd;
@@ -128,6 +129,10 @@ static inline journal__seg_t *journal__newest(nt_journal_t *j)
  * what to do about it, logs it (nt_journal_error). Journal functions log no errors themselves. */
 void nt_journal__errorf(nt_journal_t *j, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+
+/* Marks the journal failed: it refuses appends and syncs until reopened. The failure just
+ * described (j->error) is kept, to describe every later refusal with its cause. Returns NT_EIO. */
+int nt_journal__refuse(nt_journal_t *j);
 
 /* pread/pwrite of exactly n bytes, retried on EINTR and short transfers: pread returns n, less
  * at end of file, or -1; pwrite 0 or -1 (errno set). */

@@ -52,6 +52,9 @@ static void mqttconn__timer_closed(uv_handle_t *h)
 {
     nt_mqttconn_t *c = h->data;
     if (--c->handles_open == 0) {
+        if (c->cbs.on_closed != NULL) {
+            c->cbs.on_closed(c, c->data);
+        }
         mosquitto_property_free_all(&c->connect_props);
         mosquitto_destroy(c->mosq);
         free(c);
@@ -316,6 +319,11 @@ int nt_mqttconn_watch(nt_mqttconn_t *c, int want_read)
         return NT_EMQTT;
     }
     return 0;
+}
+
+void nt_mqttconn_want_read(nt_mqttconn_t *c, int want_read)
+{
+    c->want_read = want_read;
 }
 
 int nt_mqttconn_read(nt_mqttconn_t *c)

@@ -74,11 +74,14 @@ static int mqttsrc__flush(nt_mqttsrc_t *m)
     return nt_mqttconn_write(m->conn);
 }
 
-/* Watches the socket for what the source wants now. */
+/* Watches the socket for what the source wants now (or remembers it for the next socket). */
 static void mqttsrc__watch(nt_mqttsrc_t *m)
 {
+    int want_read = !m->paused && !m->full;
     if (nt_mqttconn_open(m->conn)) {
-        nt_mqttconn_watch(m->conn, !m->paused && !m->full);
+        nt_mqttconn_watch(m->conn, want_read);
+    } else {
+        nt_mqttconn_want_read(m->conn, want_read);
     }
 }
 
@@ -149,6 +152,12 @@ static void mqttsrc__on_published(nt_mqttconn_t *c, int mid, int reason, void *d
 static void mqttsrc__on_tick(nt_mqttconn_t *c, void *data)
 {
     nt_mqttsrc_poke(data);
+}
+
+/* The connection's handles are closed: nothing can call the source any more. */
+static void mqttsrc__on_closed(nt_mqttconn_t *c, void *data)
+{
+    free(data);
 }
 
 /* Reads up to one burst of packets, journals them, syncs once, then acks them all.
@@ -224,6 +233,7 @@ int nt_mqttsrc_init(uv_loop_t *loop, nt_mqttsrc_t **out, const nt_config_t *cfg,
         .on_lost = mqttsrc__on_lost,
         .on_published = mqttsrc__on_published,
         .on_tick = mqttsrc__on_tick,
+        .on_closed = mqttsrc__on_closed,
     };
     nt_mqttsrc_t *m = calloc(1, sizeof(*m));
     if (m == NULL) {
@@ -282,10 +292,7 @@ void nt_mqttsrc_poke(nt_mqttsrc_t *m)
         nt_log(NT_LOG_INFO, "mqtt", "journal below its bound again (%llu bytes): resuming reads",
                (unsigned long long)nt_journal_bytes(m->journal));
     }
-    if (!nt_mqttconn_open(m->conn)) {
-        return;
-    }
-    if (nt_mqttconn_want_write(m->conn) && mqttsrc__flush(m) != 0) {
+    if (nt_mqttconn_open(m->conn) && nt_mqttconn_want_write(m->conn) && mqttsrc__flush(m) != 0) {
         return;
     }
     mqttsrc__watch(m);
@@ -294,7 +301,7 @@ void nt_mqttsrc_poke(nt_mqttsrc_t *m)
 void nt_mqttsrc_pause(nt_mqttsrc_t *m)
 {
     m->paused = 1;
-    if (nt_mqttconn_open(m->conn) && mqttsrc__flush(m) == 0) {
+    if (!nt_mqttconn_open(m->conn) || mqttsrc__flush(m) == 0) {
         mqttsrc__watch(m);
     }
 }
@@ -309,6 +316,5 @@ void nt_mqttsrc_close(nt_mqttsrc_t *m)
     /* DISCONNECT only after everything read is durable: its write also sends the PUBACKs. */
     int graceful =
         nt_mqttconn_connected(m->conn) && nt_mqttconn_open(m->conn) && mqttsrc__flush(m) == 0;
-    nt_mqttconn_close(m->conn, graceful);
-    free(m);
+    nt_mqttconn_close(m->conn, graceful); /* frees m in mqttsrc__on_closed */
 }

@@ -36,6 +36,9 @@ typedef struct {
     void (*on_published)(nt_mqttconn_t *c, int mid, int reason, void *data);
     /* Every second while a socket is open, after the keepalive work. */
     void (*on_tick)(nt_mqttconn_t *c, void *data);
+    /* After nt_mqttconn_close, once the loop closed every handle: the last callback, after
+     * which the connection is freed (the owner may free itself here). */
+    void (*on_closed)(nt_mqttconn_t *c, void *data);
 } nt_mqttconn_cbs_t;
 
 /* Creates the client from cfg (which must outlive the connection). Returns 0, NT_ENOMEM, or
@@ -51,6 +54,10 @@ int nt_mqttconn_start(nt_mqttconn_t *c);
  * attempt (1 until the owner says otherwise). Returns 0, or NT_EMQTT when the connection was
  * lost (the loss is handled: on_lost was called). */
 int nt_mqttconn_watch(nt_mqttconn_t *c, int want_read);
+
+/* Records whether the owner wants to read, for the socket of the next connection attempt,
+ * without touching the current one (for use while no socket is open). */
+void nt_mqttconn_want_read(nt_mqttconn_t *c, int want_read);
 
 /* Reads one packet (messages go to on_message). Returns 0, or NT_EMQTT when the connection
  * was lost (handled, on_lost called). */
@@ -93,9 +100,9 @@ int nt_mqttconn_open(const nt_mqttconn_t *c);
 const char *nt_mqttconn_topic(const nt_mqttconn_t *c);
 
 /* Closes the socket and the handles and frees the connection once the loop has closed them;
- * no callback runs after the call. With graceful, first sends DISCONNECT (keeping the session)
- * when connected: only when the owner made everything it read durable, since that write also
- * sends the queued PUBACKs. */
+ * no callback but on_closed runs after the call. With graceful, first sends DISCONNECT (keeping the
+ * session) when connected: only when the owner made everything it read durable, since that write
+ * also sends the queued PUBACKs. */
 void nt_mqttconn_close(nt_mqttconn_t *c, int graceful);
 
 #endif

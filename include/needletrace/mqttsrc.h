@@ -54,8 +54,8 @@ void nt_mqttsrc_poke(nt_mqttsrc_t *m);
 void nt_mqttsrc_pause(nt_mqttsrc_t *m);
 /* 1 when connected to the broker. */
 int nt_mqttsrc_ready(const nt_mqttsrc_t *m);
-/* Syncs and acks what was read, disconnects cleanly (the session stays) and frees the source;
- * its connection's handles are freed by the loop. No callback runs after the call. */
+/* Syncs and acks what was read, disconnects cleanly (the session stays); the source is freed
+ * once the loop closed its handles. No callback runs after the call. */
 void nt_mqttsrc_close(nt_mqttsrc_t *m);
 
 #endif

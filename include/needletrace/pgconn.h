@@ -66,9 +66,11 @@ void nt_pgconn_disarm_watchdog(nt_pgconn_t *c);
 /* Drops the connection (logged with why), schedules a reconnect, calls on_lost. */
 void nt_pgconn_fail(nt_pgconn_t *c, const char *why);
 
-/* Arms the retry timer after the owner's own failure (a rolled-back batch, an unreadable
- * journal): on_retry fires after the next backoff delay. No-op when already armed. */
-void nt_pgconn_backoff(nt_pgconn_t *c);
+/* Arms the retry timer after the owner's own failure: on_retry fires after the next backoff
+ * delay (each call without a success in between doubles it, up to the maximum). With restart,
+ * an armed timer starts over with the longer delay (a rolled-back batch: the database refused
+ * it); without, an armed timer is left as it is (a failure that will be retried anyway). */
+void nt_pgconn_backoff(nt_pgconn_t *c, int restart);
 /* 1 while the retry timer runs (the owner should wait for it). */
 int nt_pgconn_backing_off(const nt_pgconn_t *c);
 /* A success: the next failure waits the shortest delay again. */

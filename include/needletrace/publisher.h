@@ -28,9 +28,9 @@ int nt_publisher_init(nt_publisher_t **out, nt_mqttsrc_t *src, nt_publisher_deli
                       void *data);
 
 /* Builds the topic clinics/{clinic_id}/alerts/{rule} into buf. Returns 0, NT_EINVAL when
- * clinic_id is not an identifier of the wire contract or rule not a known rule (both come from
- * the database, and must never add topic levels or wildcards), or NT_ETOOBIG when the topic does
- * not fit in len bytes. */
+ * clinic_id is not an identifier of the wire contract or rule not 1-64 characters of [A-Z0-9_]
+ * (both come from the database, and must never add topic levels or wildcards), or NT_ETOOBIG
+ * when the topic does not fit in len bytes. */
 int nt_publisher_topic(const nt_alert_t *a, char *buf, size_t len);
 
 /* Publishes one alert. Returns 0 when it was handed to the broker connection (libmosquitto

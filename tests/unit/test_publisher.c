@@ -347,11 +347,16 @@ static void test_topic(void **state)
         nt_alert_t d = {.alert_id = 4, .clinic_id = bad_clinics[i], .rule = "CLOCK_SKEW"};
         assert_int_equal(nt_publisher_topic(&d, buf, sizeof(buf)), NT_EINVAL);
     }
-    static const char *const bad_rules[] = {"clock_skew", "CLOCK_SKEW/x", "#", "", "NO_SUCH_RULE"};
+    static const char *const bad_rules[] = {"clock_skew", "CLOCK_SKEW/x", "#",
+                                            "",           "A+B",          "RULE WITH SPACES"};
     for (size_t i = 0; i < sizeof(bad_rules) / sizeof(bad_rules[0]); i++) {
         nt_alert_t e = {.alert_id = 5, .clinic_id = "clinic-7", .rule = bad_rules[i]};
         assert_int_equal(nt_publisher_topic(&e, buf, sizeof(buf)), NT_EINVAL);
     }
+    /* A rule a newer migration adds is published like the others. */
+    nt_alert_t f = {.alert_id = 6, .clinic_id = "clinic-7", .rule = "NEW_RULE_2"};
+    assert_int_equal(nt_publisher_topic(&f, buf, sizeof(buf)), 0);
+    assert_string_equal(buf, "clinics/clinic-7/alerts/NEW_RULE_2");
 }
 
 int main(void)
