@@ -310,7 +310,7 @@ $$;
 -- -- plus, with p_tx, late samples of that transaction that fell into an alerted gap.
 CREATE FUNCTION needletrace.settle_boots(p_boots needletrace.boot_key[], p_tx bigint)
     RETURNS TABLE(clinic_id text, device_serial text, boot_id bigint, session_id text, seq bigint)
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql ROWS 50 AS $$
 #variable_conflict use_column
 BEGIN
     IF p_boots IS NULL OR cardinality(p_boots) = 0 THEN
@@ -442,13 +442,20 @@ BEGIN
         ),
         -- The session's mounts/unmounts before its last sample; code = seq*2 + 1 for a mount, so
         -- the greatest code is the latest change.
+        -- One index lookup (events_cartridge_change_idx) per session: OFFSET 0 keeps the
+        -- subquery per row, so the plan never turns into a scan of every mount of the fleet
+        -- (a hash join the planner picks when its estimates of this batch's sessions are off).
         chg AS MATERIALIZED (
             SELECT agg2.clinic_id, agg2.device_serial, agg2.boot_id, agg2.session_id, m.seq,
                    m.seq * 2 + (m.kind = 'cartridge_mounted')::int AS code
-              FROM agg2 JOIN needletrace.events m
-                ON m.clinic_id = agg2.clinic_id AND m.device_serial = agg2.device_serial
-               AND m.boot_id = agg2.boot_id AND m.session_id = agg2.session_id AND m.seq < agg2.a_max
-             WHERE m.kind IN ('cartridge_mounted', 'cartridge_unmounted')
+              FROM agg2 CROSS JOIN LATERAL (
+                       SELECT e.seq, e.kind
+                         FROM needletrace.events e
+                        WHERE e.clinic_id = agg2.clinic_id AND e.device_serial = agg2.device_serial
+                          AND e.boot_id = agg2.boot_id AND e.session_id = agg2.session_id
+                          AND e.seq < agg2.a_max
+                          AND e.kind IN ('cartridge_mounted', 'cartridge_unmounted')
+                       OFFSET 0) m
         ),
         cls AS (
             SELECT agg2.clinic_id, agg2.device_serial, agg2.boot_id, agg2.session_id, agg2.a_min,
