@@ -40,9 +40,9 @@ int nt_alerts__connect(const char *conninfo, PGconn **out)
      * connect_timeout of the user's wins over ours; client_encoding is ours (UTF-8 in, UTF-8
      * out, whatever PGCLIENTENCODING says). */
     const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname",
-                                "client_encoding", NULL};
-    const char *const values[] = {ALERTS__CONNECT_TIMEOUT, "needletrace-alerts", conninfo, "UTF8",
-                                  NULL};
+                                NT_PQUTIL_ENCODING_KEY, NULL};
+    const char *const values[] = {ALERTS__CONNECT_TIMEOUT, "needletrace-alerts", conninfo,
+                                  NT_PQUTIL_ENCODING_VALUE, NULL};
     PGconn *conn = PQconnectdbParams(keys, values, 1);
     if (conn == NULL) {
         fprintf(stderr, "needletrace: could not connect to the database: out of memory\n");

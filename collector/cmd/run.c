@@ -99,6 +99,9 @@ static int run__ready(void *data, char *reason, size_t len)
         snprintf(reason, len, "not connected to the database");
         return 0;
     }
+    if (nt_pgsink_stalled(r->sink, reason, len)) {
+        return 0;
+    }
     if (nt_journal_full(r->journal)) {
         snprintf(reason, len, "journal is full");
         return 0;

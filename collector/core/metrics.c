@@ -80,6 +80,15 @@ size_t nt_metrics_render(char *buf, size_t buflen)
     metrics__one(&o, "db_batches_total", "counter", "Committed batches.", m->db_batches);
     metrics__one(&o, "db_batches_fallback_total", "counter",
                  "Batches that held duplicates and took the staging path.", m->db_batches_fallback);
+    metrics__one(&o, "db_isolations_total", "counter",
+                 "Refused batches retried in smaller batches to isolate the message refused.",
+                 m->db_isolations);
+    metrics__one(&o, "db_stalled", "gauge",
+                 "1 while the database refuses batches for a reason no message causes.",
+                 (uint64_t)m->db_stalled);
+    metrics__one(&o, "db_maintenance_failures_total", "counter",
+                 "Alert bookkeeping transactions rolled back (retried after a backoff).",
+                 m->db_maintenance_failures);
     metrics__one(&o, "db_messages_total", "counter",
                  "Messages committed (accepted or quarantined).", m->db_messages);
     metrics__one(&o, "db_events_total", "counter",

@@ -175,12 +175,39 @@ static int migrate__warn_newer(PGconn *conn)
     return 0;
 }
 
+/* Refuses a database whose encoding is not UTF8: devices send UTF-8 text (validated by the
+ * decoder), and a narrower encoding would reject or alter it. 0 or NT_EDB (logged). */
+static int migrate__check_encoding(PGconn *conn)
+{
+    PGresult *res = migrate__query(conn, "read the database encoding",
+                                   "SELECT current_database(), "
+                                   "pg_encoding_to_char(encoding) FROM pg_database "
+                                   "WHERE datname = current_database()",
+                                   0, NULL, NULL, NULL, 0);
+    if (res == NULL) {
+        return NT_EDB;
+    }
+    int rc = 0;
+    if (PQntuples(res) != 1 || strcmp(PQgetvalue(res, 0, 1), "UTF8") != 0) {
+        nt_log(NT_LOG_ERROR, "migrate",
+               "cannot use database \"%s\": its encoding is %s, and needletrace needs UTF8 "
+               "(create the database with ENCODING 'UTF8', e.g. createdb -E UTF8 -T template0)",
+               PQntuples(res) == 1 ? PQgetvalue(res, 0, 0) : "?",
+               PQntuples(res) == 1 ? PQgetvalue(res, 0, 1) : "unknown");
+        rc = NT_EDB;
+    }
+    PQclear(res);
+    return rc;
+}
+
 /* See migrations.h. Connects, takes the advisory lock, creates the schema and
  * schema_migrations if missing, then verifies (checksum) or applies each migration in order. */
 int nt_migrations_apply(const char *conninfo)
 {
     char err[1024];
-    PGconn *conn = PQconnectdb(conninfo);
+    const char *const keys[] = {"dbname", NT_PQUTIL_ENCODING_KEY, NULL};
+    const char *const cvalues[] = {conninfo, NT_PQUTIL_ENCODING_VALUE, NULL};
+    PGconn *conn = PQconnectdbParams(keys, cvalues, 1);
     if (conn == NULL) {
         nt_log(NT_LOG_ERROR, "migrate", "could not connect to database: out of memory");
         return NT_EDB;
@@ -207,6 +234,9 @@ int nt_migrations_apply(const char *conninfo)
         goto done;
     }
     locked = 1;
+    if (migrate__check_encoding(conn) != 0) {
+        goto done;
+    }
     if (migrate__command(conn, "create schema needletrace", migrate__create_sql, 0, NULL, NULL,
                          NULL) != 0) {
         goto done;

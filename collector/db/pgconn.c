@@ -136,15 +136,13 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
 void nt_pgconn_connect(nt_pgconn_t *c)
 {
     /* TCP keepalives and a user timeout notice a peer that vanished; they come first so
-     * that the same keys in the configured connection string win. */
-    static const char *const keys[] = {"keepalives",
-                                       "keepalives_idle",
-                                       "keepalives_interval",
-                                       "keepalives_count",
-                                       "tcp_user_timeout",
-                                       "dbname",
-                                       NULL};
-    const char *values[] = {"1", "10", "5", "3", "30000", c->conninfo, NULL};
+     * that the same keys in the configured connection string win. The client encoding comes
+     * last, so that it always wins: every string the collector sends is UTF-8. */
+    static const char *const keys[] = {
+        "keepalives",       "keepalives_idle", "keepalives_interval",  "keepalives_count",
+        "tcp_user_timeout", "dbname",          NT_PQUTIL_ENCODING_KEY, NULL};
+    const char *values[] = {"1", "10", "5", "3", "30000", c->conninfo, NT_PQUTIL_ENCODING_VALUE,
+                            NULL};
     uv_timer_stop(&c->retry_timer);
     c->state = PGCONN_CONNECTING;
     nt_pgconn_arm_watchdog(c, NT_PGCONN_CONNECT_TIMEOUT_MS);

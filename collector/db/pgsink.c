@@ -7,10 +7,12 @@
 
 #include "needletrace/batch.h"
 #include "needletrace/common.h"
+#include "needletrace/isolate.h"
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
 #include "needletrace/outbox.h"
 #include "needletrace/pgconn.h"
+#include "needletrace/pqutil.h"
 #include "needletrace/txn.h"
 
 typedef enum {
@@ -50,13 +52,17 @@ struct nt_pgsink_s {
     int64_t txn_started_us;
     char read_failure[512]; /* the journal read failure last logged, "" when none */
 
+    nt_isolate_t iso;        /* finding a message the database refuses */
+    int last_was_batch;      /* maintenance and batches take turns when both are due */
+    unsigned maint_failures; /* maintenance transactions rolled back in a row */
+    int64_t maint_next_us;   /* no maintenance before this monotonic time */
+
     int draining;
     nt_pgsink_drain_cb drain_cb;
     void *drain_data;
 };
 
 static void pgsink__maybe_dispatch(nt_pgsink_t *s);
-static void pgsink__maybe_maintain(nt_pgsink_t *s);
 static void pgsink__fill(nt_pgsink_t *s);
 
 static void pgsink__timer_closed(uv_handle_t *h)
@@ -167,6 +173,11 @@ static void pgsink__checkpoint_done(nt_pgsink_t *s)
 static void pgsink__batch_committed(nt_pgsink_t *s)
 {
     nt_batch_t *b = s->sending;
+    if (s->iso.stalled) {
+        nt_log(NT_LOG_INFO, "db", "the database takes batches again");
+    }
+    nt_isolate_committed(&s->iso, b->first_pos, b->end_pos);
+    nt_metrics.db_stalled = 0;
     s->committed = b->end_pos;
     nt_metrics.db_batches++;
     nt_metrics.db_messages += b->messages;
@@ -193,10 +204,13 @@ static void pgsink__committed(nt_pgsink_t *s)
 {
     int had_batch = s->txn.batch != NULL;
     nt_pgconn_disarm_watchdog(s->conn);
-    nt_pgconn_backoff_reset(s->conn);
     s->state = SINK_IDLE;
+    s->last_was_batch = had_batch;
     if (had_batch) {
+        nt_pgconn_backoff_reset(s->conn);
         pgsink__batch_committed(s);
+    } else {
+        s->maint_failures = 0;
     }
     nt_outbox_committed(&s->outbox, nt_mono_us());
     if (s->outbox.alerts.n > 0 && s->on_alerts != NULL) {
@@ -205,17 +219,74 @@ static void pgsink__committed(nt_pgsink_t *s)
     nt_outbox_published(&s->outbox);
     pgsink__fill(s);
     pgsink__maybe_dispatch(s);
-    pgsink__maybe_maintain(s);
 }
 
-/* ROLLBACK finished: start over from the last commit after a pause. */
+/* A batch transaction rolled back: isolate the message the database refuses (retry at once with
+ * smaller batches), or retry the same after a backoff; logged once here. */
+static void pgsink__batch_rolled_back(nt_pgsink_t *s)
+{
+    const nt_txn_t *t = &s->txn;
+    const nt_batch_t *b = t->batch;
+    nt_isolate_action_t act =
+        nt_isolate_failed(&s->iso, b->first_pos, b->end_pos, b->messages, t->sqlstate, t->error);
+    if (act == NT_ISOLATE_RETRY) {
+        nt_metrics.db_isolations++;
+        nt_log(NT_LOG_WARN, "db",
+               "the database refused a batch of %u messages (journal %" PRIu64 "..%" PRIu64
+               "): SQLSTATE %s: %s; retrying %s",
+               b->messages, b->first_pos, b->end_pos, t->sqlstate, t->error,
+               s->iso.poison_pos == b->first_pos ? "with that message quarantined"
+                                                 : "in smaller batches to find the message");
+        return;
+    }
+    if (s->iso.stalled) {
+        nt_metrics.db_stalled = 1;
+        nt_log(NT_LOG_ERROR, "db",
+               "could not commit a batch of %u messages (journal %" PRIu64 "..%" PRIu64
+               "): %s%s; retrying after a pause",
+               b->messages, b->first_pos, b->end_pos, s->iso.stall,
+               strcmp(t->sqlstate, "42P01") == 0
+                   ? " (has the schema been created? run needletrace migrate)"
+                   : "");
+    } else {
+        nt_log(NT_LOG_INFO, "db",
+               "a batch conflicted with another transaction: SQLSTATE %s: %s; "
+               "retrying",
+               t->sqlstate, t->error);
+    }
+    nt_pgconn_backoff(s->conn, 1);
+}
+
+/* A maintenance transaction rolled back: its work stays due, retried after a backoff of its own
+ * so that batches keep flowing meanwhile; logged once here. */
+static void pgsink__maintenance_rolled_back(nt_pgsink_t *s)
+{
+    const nt_txn_t *t = &s->txn;
+    uint64_t delay_ms = nt_backoff_ms(1000, 60000, s->maint_failures++);
+    nt_metrics.db_maintenance_failures++;
+    nt_log(
+        nt_pqutil_classify(t->sqlstate) == NT_PQ_TRANSIENT ? NT_LOG_INFO : NT_LOG_ERROR, "db",
+        "could not run the alert bookkeeping transaction (step %s): SQLSTATE %s: %s; retrying in "
+        "%llu ms, batches go on meanwhile",
+        nt_txn_step_name(t), t->sqlstate, t->error, (unsigned long long)delay_ms);
+    s->maint_next_us = nt_mono_us() + (int64_t)delay_ms * 1000;
+    s->last_was_batch = 0;
+}
+
+/* ROLLBACK finished: start over from the last commit. */
 static void pgsink__rolled_back(nt_pgsink_t *s)
 {
     nt_pgconn_disarm_watchdog(s->conn);
     nt_outbox_aborted(&s->outbox);
-    pgsink__discard_batches(s);
     s->state = SINK_IDLE;
-    nt_pgconn_backoff(s->conn, 1);
+    if (s->txn.batch != NULL) {
+        pgsink__batch_rolled_back(s); /* reads the batch: before it is discarded */
+    } else {
+        pgsink__maintenance_rolled_back(s);
+    }
+    pgsink__discard_batches(s);
+    pgsink__fill(s);
+    pgsink__maybe_dispatch(s);
 }
 
 /* ---- connection callbacks ---------------------------------------------------------------------
@@ -304,8 +375,9 @@ static void pgsink__on_done(nt_pgconn_t *c, void *data)
 
 static int pgsink__full(const nt_pgsink_t *s, const nt_batch_t *b)
 {
+    uint32_t limit = nt_isolate_limit(&s->iso, b->messages > 0 ? b->first_pos : s->read_pos);
     return b->events >= s->opts.max_events || b->messages >= s->opts.max_events ||
-           b->bytes >= s->opts.max_bytes;
+           b->bytes >= s->opts.max_bytes || (limit != 0 && b->messages >= limit);
 }
 
 static void pgsink__on_linger(uv_timer_t *t)
@@ -342,7 +414,16 @@ static void pgsink__fill(nt_pgsink_t *s)
             return;
         }
         s->read_failure[0] = '\0';
-        rc = nt_batch_add(s->building, &rec);
+        if (nt_isolate_is_poison(&s->iso, s->read_pos)) {
+            nt_log(NT_LOG_ERROR, "db",
+                   "quarantining the message at journal position %" PRIu64
+                   " on \"%.*s\" as db_rejected: the database refused it: %s",
+                   s->read_pos, (int)(rec.topic_len > 200 ? 200 : rec.topic_len), rec.topic,
+                   s->iso.detail);
+            rc = nt_batch_add_quarantined(s->building, &rec, NT_REASON_DB_REJECTED, s->iso.detail);
+        } else {
+            rc = nt_batch_add(s->building, &rec);
+        }
         if (rc != 0) {
             nt_log(NT_LOG_ERROR, "db", "could not add journal record %" PRIu64 " to a batch: %s",
                    s->read_pos, nt_strerror(rc));
@@ -376,20 +457,24 @@ static void pgsink__begin(nt_pgsink_t *s, nt_batch_t *batch)
     nt_txn_begin(&s->txn, batch); /* a send failure dropped the connection: on_lost ran */
 }
 
-/* Starts a transaction for the building batch when it is due. */
-static void pgsink__maybe_dispatch(nt_pgsink_t *s)
+/* 1 when alert bookkeeping waits and its own backoff allows it now. */
+static int pgsink__maintenance_due(const nt_pgsink_t *s)
 {
-    if (s->state != SINK_IDLE || nt_pgconn_backing_off(s->conn)) {
-        return; /* busy, or backing off after a failed batch */
-    }
+    return nt_outbox_due(&s->outbox) && nt_mono_us() >= s->maint_next_us;
+}
+
+/* 1 when the building batch should go now. */
+static int pgsink__batch_due(const nt_pgsink_t *s)
+{
+    const nt_batch_t *b = s->building;
+    return b->messages > 0 &&
+           (pgsink__full(s, b) || s->linger_expired || s->draining || s->opts.max_delay_ms == 0);
+}
+
+/* Sends the building batch. */
+static void pgsink__dispatch_batch(nt_pgsink_t *s)
+{
     nt_batch_t *b = s->building;
-    if (b->messages == 0) {
-        pgsink__check_drain(s);
-        return;
-    }
-    if (!pgsink__full(s, b) && !s->linger_expired && !s->draining && s->opts.max_delay_ms > 0) {
-        return;
-    }
     int rc = nt_batch_finish(b);
     if (rc != 0) {
         nt_log(NT_LOG_ERROR, "db", "could not finish a batch: %s", nt_strerror(rc));
@@ -407,21 +492,30 @@ static void pgsink__maybe_dispatch(nt_pgsink_t *s)
     }
 }
 
-/* Starts a maintenance transaction when idle and alert bookkeeping is due. */
-static void pgsink__maybe_maintain(nt_pgsink_t *s)
+/* Starts the next transaction when idle: the building batch when it is due, alert bookkeeping
+ * (a maintenance transaction, never inside a batch's) when it is due -- taking turns when both
+ * are, so that neither waits long behind the other. */
+static void pgsink__maybe_dispatch(nt_pgsink_t *s)
 {
-    if (s->state != SINK_IDLE || s->building->messages > 0 || nt_pgconn_backing_off(s->conn) ||
-        !nt_outbox_due(&s->outbox)) {
-        return;
+    if (s->state != SINK_IDLE || nt_pgconn_backing_off(s->conn)) {
+        return; /* busy, or backing off after a failed batch */
     }
-    pgsink__begin(s, NULL);
+    int batch = pgsink__batch_due(s);
+    int maintenance = pgsink__maintenance_due(s);
+    if (maintenance && (!batch || s->last_was_batch)) {
+        pgsink__begin(s, NULL);
+    } else if (batch) {
+        pgsink__dispatch_batch(s);
+    } else if (s->building->messages == 0) {
+        pgsink__check_drain(s);
+    }
 }
 
 static void pgsink__on_tick(uv_timer_t *t)
 {
     nt_pgsink_t *s = t->data;
     nt_outbox_tick(&s->outbox, nt_mono_us());
-    pgsink__maybe_maintain(s);
+    pgsink__maybe_dispatch(s);
 }
 
 /* ---- public ---------------------------------------------------------------------------------- */
@@ -489,6 +583,7 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     s->building = &s->batches[0];
     s->sending = &s->batches[1];
     nt_outbox_init(&s->outbox, nt_mono_us());
+    nt_isolate_init(&s->iso);
     nt_txn_init(&s->txn, &pgsink__txn_ops, s->conn, s->collector_id, nt_journal_id(journal),
                 &s->outbox);
     uv_timer_init(loop, &s->linger_timer);
@@ -540,7 +635,16 @@ void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id)
 void nt_pgsink_request_undelivered(nt_pgsink_t *s)
 {
     nt_outbox_request_undelivered(&s->outbox);
-    pgsink__maybe_maintain(s);
+    pgsink__maybe_dispatch(s);
+}
+
+int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len)
+{
+    if (!s->iso.stalled) {
+        return 0;
+    }
+    snprintf(reason, len, "the database refuses batches: %s", s->iso.stall);
+    return 1;
 }
 
 int nt_pgsink_ready(const nt_pgsink_t *s)

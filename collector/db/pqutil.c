@@ -39,3 +39,22 @@ void nt_pqutil_notice(void *arg, const char *message)
     nt_log(NT_LOG_WARN, arg != NULL ? (const char *)arg : "db", "server: %s",
            nt_pqutil_message(message, buf, sizeof(buf)));
 }
+
+nt_pq_class_t nt_pqutil_classify(const char *sqlstate)
+{
+    static const char *const data_classes[] = {"21", "22", "23", "27", "2F",
+                                               "38", "39", "44", "P0"};
+    if (sqlstate == NULL || strlen(sqlstate) != 5) {
+        return NT_PQ_OPERATIONAL;
+    }
+    if (strncmp(sqlstate, "40", 2) == 0 || strcmp(sqlstate, "55P03") == 0 ||
+        strcmp(sqlstate, "57014") == 0) {
+        return NT_PQ_TRANSIENT;
+    }
+    for (size_t i = 0; i < NT_ARRAY_SIZE(data_classes); i++) {
+        if (strncmp(sqlstate, data_classes[i], 2) == 0) {
+            return NT_PQ_DATA;
+        }
+    }
+    return NT_PQ_OPERATIONAL;
+}

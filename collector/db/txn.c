@@ -41,19 +41,21 @@ static int txn__has_batch(const nt_txn_t *t)
     return t->batch != NULL;
 }
 
+/* Alert bookkeeping runs only in maintenance transactions (no batch): never inside a
+ * transaction that carries events, whose locks and duration it would add to. */
 static int txn__has_deliveries(const nt_txn_t *t)
 {
-    return t->outbox->n_delivered > 0;
+    return t->batch == NULL && t->outbox->n_delivered > 0;
 }
 
 static int txn__gaps_due(const nt_txn_t *t)
 {
-    return t->outbox->gaps_due;
+    return t->batch == NULL && t->outbox->gaps_due;
 }
 
 static int txn__undelivered_wanted(const nt_txn_t *t)
 {
-    return t->outbox->undelivered_wanted;
+    return t->batch == NULL && t->outbox->undelivered_wanted;
 }
 
 /* ---- what a step sends ------------------------------------------------------------------------
@@ -257,22 +259,11 @@ static int txn__run_from(nt_txn_t *t, size_t i)
     return NT_EINVAL; /* unreachable: commit always applies */
 }
 
-/* A statement failed and the step could not handle it: logs once, then ROLLBACK. */
+/* A statement failed and the step could not handle it: ROLLBACK. The owner decides what the
+ * failure means and logs it (t->sqlstate, t->error). */
 static int txn__rollback(nt_txn_t *t)
 {
     nt_metrics.db_errors++;
-    int transient = strncmp(t->sqlstate, "40", 2) == 0; /* serialization failure, deadlock */
-    if (t->batch == NULL) {
-        nt_log(transient ? NT_LOG_INFO : NT_LOG_ERROR, "db",
-               "could not run the alert bookkeeping transaction: %s; retrying", t->error);
-    } else {
-        nt_log(transient ? NT_LOG_INFO : NT_LOG_ERROR, "db",
-               "could not commit a batch of %u messages (journal %" PRIu64 "..%" PRIu64 "): %s%s",
-               t->batch->messages, t->batch->first_pos, t->batch->end_pos, t->error,
-               strcmp(t->sqlstate, "42P01") == 0
-                   ? " (has the schema been created? run needletrace migrate)"
-                   : "; retrying");
-    }
     t->rolling_back = 1;
     int rc = t->ops->send(t->conn, "ROLLBACK", 0, NULL);
     return rc < 0 ? rc : NT_TXN_PENDING;

@@ -475,13 +475,15 @@ void nt_batch_close(nt_batch_t *b)
     nt_arena_close(&b->arena);
 }
 
-/* All or nothing: when a buffer cannot grow, every buffer is cut back to where it was
- * before this record, so the batch stays valid (and sendable) without it. The arena is
- * reset first: the rows hold copies, so the decoded message is not needed after the call. */
-int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
+/* The state of the streams before a record, to cut them back to if its rows cannot be added. */
+typedef struct {
+    size_t len[NT_BATCH__TABLES];
+    uint32_t rows[NT_BATCH__TABLES];
+} batch__mark_t;
+
+/* Marks where the next record's rows start. 0, or NT_ENOMEM when a stream is out of memory. */
+static int batch__mark(nt_batch_t *b, batch__mark_t *m)
 {
-    size_t len0[NT_BATCH__TABLES];
-    uint32_t rows0[NT_BATCH__TABLES];
     for (int i = 0; i < NT_BATCH__TABLES; i++) {
         nt_copybuf_t *c = &b->tables[i].buf;
         if (c->oom && c->rows == 0) {
@@ -490,24 +492,18 @@ int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
         if (c->oom) {
             return NT_ENOMEM;
         }
-        len0[i] = c->len;
-        rows0[i] = c->rows;
+        m->len[i] = c->len;
+        m->rows[i] = c->rows;
     }
+    return 0;
+}
 
-    nt_arena_reset(&b->arena);
-    nt_message_t msg;
-    char detail[DETAIL_LEN];
-    detail[0] = '\0';
-    nt_reason_t reason = nt_decoder_decode(&b->arena, rec->topic, rec->topic_len, rec->payload,
-                                           rec->payload_len, &msg, detail, sizeof(detail));
-    detail[sizeof(detail) - 1] = '\0';
-    uint32_t events = 0;
-    int rc = 0;
-    if (reason == NT_REASON_OK) {
-        events = batch__add_accepted(b, rec, &msg);
-    } else {
-        rc = batch__add_rejected(b, rec, reason, detail);
-    }
+/* All or nothing: when a stream could not grow (or a row came out of the wrong width), every
+ * stream is cut back to the mark, so the batch stays valid (and sendable) without the record;
+ * otherwise the record is counted. Returns rc, or the streams' own failure. */
+static int batch__settle(nt_batch_t *b, const batch__mark_t *m, const nt_journal_record_t *rec,
+                         nt_reason_t reason, uint32_t events, int rc)
+{
     for (int i = 0; i < NT_BATCH__TABLES; i++) {
         const nt_copybuf_t *c = &b->tables[i].buf;
         if (c->oom) {
@@ -518,15 +514,14 @@ int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
     }
     if (rc != 0) {
         for (int i = 0; i < NT_BATCH__TABLES; i++) {
-            b->tables[i].buf.len = len0[i];
-            b->tables[i].buf.rows = rows0[i];
+            b->tables[i].buf.len = m->len[i];
+            b->tables[i].buf.rows = m->rows[i];
             b->tables[i].buf.oom = 0;
             b->tables[i].buf.fields_due = 0;
             b->tables[i].buf.miscounted = 0;
         }
         return rc;
     }
-
     if (b->messages == 0) {
         b->first_pos = rec->pos;
         b->oldest_received_us = rec->received_us;
@@ -544,6 +539,47 @@ int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
         }
     }
     return 0;
+}
+
+/* The arena is reset first: the rows hold copies, so the decoded message is not needed after
+ * the call. */
+int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
+{
+    batch__mark_t m;
+    int rc = batch__mark(b, &m);
+    if (rc != 0) {
+        return rc;
+    }
+    nt_arena_reset(&b->arena);
+    nt_message_t msg;
+    char detail[DETAIL_LEN];
+    detail[0] = '\0';
+    nt_reason_t reason = nt_decoder_decode(&b->arena, rec->topic, rec->topic_len, rec->payload,
+                                           rec->payload_len, &msg, detail, sizeof(detail));
+    detail[sizeof(detail) - 1] = '\0';
+    uint32_t events = 0;
+    if (reason == NT_REASON_OK) {
+        events = batch__add_accepted(b, rec, &msg);
+    } else {
+        rc = batch__add_rejected(b, rec, reason, detail);
+    }
+    return batch__settle(b, &m, rec, reason, events, rc);
+}
+
+int nt_batch_add_quarantined(nt_batch_t *b, const nt_journal_record_t *rec, nt_reason_t reason,
+                             const char *detail)
+{
+    if (reason == NT_REASON_OK || detail == NULL) {
+        return NT_EINVAL;
+    }
+    batch__mark_t m;
+    int rc = batch__mark(b, &m);
+    if (rc != 0) {
+        return rc;
+    }
+    nt_arena_reset(&b->arena);
+    rc = batch__add_rejected(b, rec, reason, detail);
+    return batch__settle(b, &m, rec, reason, 0, rc);
 }
 
 /* Appends the trailer to all three streams. 0 or NT_ENOMEM. */

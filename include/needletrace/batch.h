@@ -47,6 +47,12 @@ void nt_batch_close(nt_batch_t *b);
  * writer produced a row of the wrong width (a bug; the record is not added). */
 int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec);
 
+/* Appends rec as a quarantine row with the given reason (not NT_REASON_OK) and detail,
+ * without decoding it: a message the database refused (NT_REASON_DB_REJECTED). Returns 0,
+ * NT_EINVAL, NT_ENOMEM or NT_ECORRUPT as nt_batch_add. */
+int nt_batch_add_quarantined(nt_batch_t *b, const nt_journal_record_t *rec, nt_reason_t reason,
+                             const char *detail);
+
 /* Terminates the COPY streams. Call once, after the last add. 0, NT_ENOMEM, or NT_ECORRUPT
  * when a row of the wrong width was written (see nt_copybuf_finish). */
 int nt_batch_finish(nt_batch_t *b);

@@ -28,9 +28,12 @@ typedef struct {
     uint64_t db_connects;
     uint64_t db_errors;
     uint64_t db_batches;
-    uint64_t db_batches_fallback; /* took the staging + ON CONFLICT path (duplicates) */
-    uint64_t db_messages;         /* records committed (accepted + quarantined) */
-    uint64_t db_events;           /* event rows sent in committed batches (duplicates included) */
+    uint64_t db_batches_fallback;     /* took the staging + ON CONFLICT path (duplicates) */
+    uint64_t db_isolations;           /* refused batches retried smaller to find the poison */
+    int db_stalled;                   /* 1 while batches fail for a reason no message causes */
+    uint64_t db_maintenance_failures; /* alert bookkeeping transactions rolled back */
+    uint64_t db_messages;             /* records committed (accepted + quarantined) */
+    uint64_t db_events; /* event rows sent in committed batches (duplicates included) */
     uint64_t db_quarantined;
     uint64_t db_quarantined_by_reason[NT_REASON__COUNT];
     uint64_t db_commit_us_sum; /* time from batch start to commit */

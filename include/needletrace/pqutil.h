@@ -20,4 +20,24 @@ const char *nt_pqutil_message(const char *libpq_message, char *buf, size_t len);
  * instead of libpq's default printing to stderr. */
 void nt_pqutil_notice(void *arg, const char *message);
 
+/* What a failed statement's SQLSTATE says about the data that caused it. */
+typedef enum {
+    NT_PQ_DATA = 0,    /* the rows: a value, a constraint, a rule's exception -- retrying the same
+                        * rows fails again, another batch without them may succeed */
+    NT_PQ_TRANSIENT,   /* a conflict with another transaction (serialization failure, deadlock,
+                        * lock timeout, cancelled statement): the same rows may succeed later */
+    NT_PQ_OPERATIONAL, /* the database or its configuration (resources, privileges, missing
+                        * objects, shutdown, internal error): no row is to blame */
+} nt_pq_class_t;
+
+/* Classifies a five-character SQLSTATE (NULL or malformed: NT_PQ_OPERATIONAL). Data: classes 21,
+ * 22, 23, 27, 2F, 38, 39, 44 and P0 (PL/pgSQL: RAISE, ASSERT). Transient: class 40, 55P03 and
+ * 57014. Everything else is operational. Never fails. */
+nt_pq_class_t nt_pqutil_classify(const char *sqlstate);
+
+/* The libpq keyword/value pair that pins the client encoding of a connection to UTF8: appended
+ * after the configured connection string, so that it wins. */
+#define NT_PQUTIL_ENCODING_KEY   "client_encoding"
+#define NT_PQUTIL_ENCODING_VALUE "UTF8"
+
 #endif

@@ -21,7 +21,8 @@
     XX(MISSING_BODY, "missing_body") /* an event with no oneof body */                             \
     XX(SEQ_ORDER, "seq_order")       /* seq 0, or not strictly increasing */                       \
     XX(OUT_OF_RANGE, "out_of_range") /* a number outside what any handpiece can report */          \
-    XX(UNKNOWN_AREA, "unknown_area")
+    XX(UNKNOWN_AREA, "unknown_area")                                                               \
+    XX(DB_REJECTED, "db_rejected") /* the database refused its rows: SQLSTATE in detail */
 
 typedef enum {
 #define NT__REASON_ENUM(name, text) NT_REASON_##name,

@@ -9,12 +9,13 @@
  *   stage_copy   COPY of each table into its staging table
  *   merge        INSERT ... SELECT ... ON CONFLICT DO NOTHING from the staging tables
  *   rules        evaluate_rules(): the alerts of the events this transaction inserted
- *   delivered    mark_alerts_delivered(): the deliveries the broker acknowledged
- *   gaps         check_sequence_gaps(): the time-based rule, when due
- *   undelivered  undelivered_alerts(): a page of alerts not yet published, when wanted
+ *   delivered    mark_alerts_delivered(): the deliveries the broker acknowledged  \  maintenance
+ *   gaps         check_sequence_gaps(): the time-based rule, when due            |  transactions
+ *   undelivered  undelivered_alerts(): a page of alerts not yet published        /  only
  *   checkpoint   the collector's journal position, in the same transaction as its rows
  *   commit       COMMIT
- * Any other failed statement rolls the transaction back (ROLLBACK), logged once here.
+ * Any other failed statement rolls the transaction back (ROLLBACK); the owner reads t->sqlstate
+ * and t->error, decides what the failure means (isolate.h) and logs it.
  *
  * The transaction does not own a connection: it sends through nt_txn_ops_t, and the owner
  * feeds the results back (nt_txn_copy_in, nt_txn_rows, nt_txn_error, nt_txn_done). So the
