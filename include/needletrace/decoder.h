@@ -67,7 +67,8 @@ int nt_decoder_topic_parse(const char *topic, size_t len, nt_topic_t *out);
 /* Decodes and validates one message. On NT_REASON_OK, *out is filled (decoded into the
  * arena). Otherwise returns the reason and writes a one-line human explanation naming
  * the offending field into detail (e.g. "events[3].needle_setting.depth_um 9000 exceeds
- * 5000"), always NUL-terminated when detail_len > 0. Never crashes on any input. */
+ * 5000"), always NUL-terminated when detail_len > 0. Never crashes on any input; costs
+ * O(payload_len) time and at most NT_MAX_DECODE_BYTES of arena (see decoder.c). */
 nt_reason_t nt_decoder_decode(nt_arena_t *arena, const char *topic, size_t topic_len,
                               const uint8_t *payload, size_t payload_len, nt_message_t *out,
                               char *detail, size_t detail_len);

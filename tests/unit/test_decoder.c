@@ -1105,14 +1105,16 @@ static void test_out_of_range_numbers(void **state)
     assert_reason(decode_msg(m), NT_REASON_OK);
     e[2].ns.stroke_rate_hz = NT_MAX_STROKE_RATE_HZ + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(g_detail, "events[2].needle_setting.stroke_rate_hz 1001 exceeds 1000");
     e[2].ns.stroke_rate_hz = 0;
     e[3].na.stroke_rate_hz = UINT32_MAX;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
     e[3].na.stroke_rate_hz = 120;
     e[3].na.duration_ms = 600000;
     assert_reason(decode_msg(m), NT_REASON_OK);
-    e[3].na.duration_ms = 600001;
+    e[3].na.duration_ms = NT_MAX_DURATION_MS + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(g_detail, "events[3].needle_activity.duration_ms 600001 exceeds 600000");
     e[3].na.duration_ms = 0;
 
     /* Device status (4). */
@@ -1130,8 +1132,10 @@ static void test_out_of_range_numbers(void **state)
                         "events[4].device_status.temperature_dc -401 is outside [-400, 1500]");
     e[4].ds.temperature_dc = 1500;
     assert_reason(decode_msg(m), NT_REASON_OK);
-    e[4].ds.temperature_dc = 1501;
+    e[4].ds.temperature_dc = NT_MAX_TEMP_DC + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(g_detail,
+                        "events[4].device_status.temperature_dc 1501 is outside [-400, 1500]");
     e[4].ds.temperature_dc = INT32_MIN;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
     e[4].ds.temperature_dc = 0;
@@ -1160,8 +1164,10 @@ static void test_out_of_range_numbers(void **state)
     assert_string_equal(g_detail,
                         "events[1].cartridge_mounted.cartridge.needle_count 0 is outside 1-256");
     e[1].cart.needle_count = 12;
-    e[6].cart.needle_count = 257;
+    e[6].cart.needle_count = NT_MAX_NEEDLES + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(
+        g_detail, "events[6].cartridge_unmounted.cartridge.needle_count 257 is outside 1-256");
     e[6].cart.needle_count = 12;
     msg_free(m);
 }
