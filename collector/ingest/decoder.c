@@ -6,6 +6,14 @@
  * device_time_ms, body). A string field is checked for UTF-8, then for NUL bytes, then
  * for its length or identifier syntax.
  *
+ * Cheap rejection: before protobuf-c allocates anything, a pre-scan of the wire format
+ * (decoder_scan.c, O(bytes), no memory) finds what the unpack would reject, counts the events
+ * and bounds the arena the unpack would take. A message of more than NT_MAX_EVENTS events is
+ * then rejected with the reason the order above gives it (not_protobuf, serial_mismatch or
+ * too_many_events) without being unpacked; one whose unpack would take more than
+ * NT_MAX_DECODE_BYTES of arena is rejected as not_protobuf, and the allocator refuses to hand
+ * out more than that anyway. So a 256 KiB hostile message costs well under a millisecond.
+ *
  * Embedded NUL bytes: protobuf-c copies a string field into a buffer of exactly wire
  * length + 1 bytes from the allocator and terminates it, so a NUL inside the string is
  * invisible through the char *. The decoder therefore unpacks through a thin allocator
@@ -20,18 +28,15 @@
 
 #include "needletrace/ident.h"
 
+#include "decoder_internal.h"
+
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <string.h>
 
-#define DECODER_HDR        16u /* size header in front of every decoder allocation */
-#define NT_MAX_NEEDLES     256u
-#define NT_MAX_DURATION_MS 600000u
-#define NT_MIN_TEMP_DC     (-400)
-#define NT_MAX_TEMP_DC     1500
-#define NT_QUOTE_MAX       64u /* bytes of a device string quoted in a detail */
+#define NT_QUOTE_MAX 64u /* bytes of a device string quoted in a detail */
 
 /* ---- names --------------------------------------------------------------------------------- */
 
@@ -200,23 +205,25 @@ int nt_decoder_topic_parse(const char *topic, size_t len, nt_topic_t *out)
 
 typedef struct {
     nt_arena_t *arena;
+    size_t limit; /* arena->used_bytes past which this message may not allocate */
     bool over_limit;
 } nt_dec_alloc_t;
 
 static void *decoder__alloc(void *data, size_t size)
 {
     nt_dec_alloc_t *da = data;
-    if (size > SIZE_MAX - DECODER_HDR) {
+    if (size > NT_MAX_DECODE_BYTES || da->arena->used_bytes > da->limit ||
+        size + NT_DEC_HDR > da->limit - da->arena->used_bytes) {
         da->over_limit = true;
         return NULL;
     }
-    unsigned char *p = nt_arena_alloc(da->arena, size + DECODER_HDR);
+    unsigned char *p = nt_arena_alloc(da->arena, size + NT_DEC_HDR);
     if (p == NULL) {
         da->over_limit = true;
         return NULL;
     }
     memcpy(p, &size, sizeof(size));
-    return p + DECODER_HDR;
+    return p + NT_DEC_HDR;
 }
 
 static void decoder__free(void *data, void *ptr)
@@ -233,7 +240,7 @@ static size_t decoder__wire_len(const char *s)
         return 0;
     }
     size_t size;
-    memcpy(&size, s - DECODER_HDR, sizeof(size));
+    memcpy(&size, s - NT_DEC_HDR, sizeof(size));
     if (size == 0 || s[size - 1] != '\0') {
         return SIZE_MAX;
     }
@@ -521,19 +528,20 @@ static nt_reason_t decoder__body(decoder__ctx_t *c, const Needletrace__V1__Event
     }
     case NEEDLETRACE__V1__EVENT__BODY_DEVICE_STATUS: {
         const Needletrace__V1__DeviceStatus *b = ev->device_status;
-        if (b->battery_pct > 100) {
+        if (b->battery_pct > NT_MAX_BATTERY_PCT) {
             return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                                 "%s.battery_pct %" PRIu32 " exceeds 100", c->path, b->battery_pct);
+                                 "%s.battery_pct %" PRIu32 " exceeds %u", c->path, b->battery_pct,
+                                 NT_MAX_BATTERY_PCT);
         }
         if (b->temperature_dc < NT_MIN_TEMP_DC || b->temperature_dc > NT_MAX_TEMP_DC) {
             return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
                                  "%s.temperature_dc %" PRId32 " is outside [%d, %d]", c->path,
                                  b->temperature_dc, NT_MIN_TEMP_DC, NT_MAX_TEMP_DC);
         }
-        if (b->motor_seconds_total > (uint64_t)INT64_MAX) {
+        if (b->motor_seconds_total > NT_MAX_MOTOR_SECONDS_TOTAL) {
             return decoder__fail(c->d, NT_REASON_OUT_OF_RANGE,
-                                 "%s.motor_seconds_total %" PRIu64 " exceeds %" PRId64, c->path,
-                                 b->motor_seconds_total, INT64_MAX);
+                                 "%s.motor_seconds_total %" PRIu64 " exceeds %" PRIu32, c->path,
+                                 b->motor_seconds_total, (uint32_t)NT_MAX_MOTOR_SECONDS_TOTAL);
         }
         return NT_REASON_OK;
     }
@@ -613,9 +621,9 @@ static nt_reason_t decoder__validate(decoder__detail_t *d, const Needletrace__V1
             NT_REASON_OK) {
         return r;
     }
-    if (m->boot_id > (uint64_t)INT64_MAX) {
-        return decoder__fail(d, NT_REASON_OUT_OF_RANGE, "boot_id %" PRIu64 " exceeds %" PRId64,
-                             m->boot_id, INT64_MAX);
+    if (m->boot_id > NT_MAX_BOOT_ID) {
+        return decoder__fail(d, NT_REASON_OUT_OF_RANGE, "boot_id %" PRIu64 " exceeds %" PRIu64,
+                             m->boot_id, NT_MAX_BOOT_ID);
     }
 
     uint64_t prev_seq = 0;
@@ -628,10 +636,10 @@ static nt_reason_t decoder__validate(decoder__detail_t *d, const Needletrace__V1
             return decoder__fail(d, NT_REASON_SEQ_ORDER, "events[%zu].seq is 0, must be at least 1",
                                  i);
         }
-        if (ev->seq > (uint64_t)INT64_MAX) {
+        if (ev->seq > NT_MAX_SEQ) {
             return decoder__fail(d, NT_REASON_OUT_OF_RANGE,
-                                 "events[%zu].seq %" PRIu64 " exceeds %" PRId64, i, ev->seq,
-                                 INT64_MAX);
+                                 "events[%zu].seq %" PRIu64 " exceeds %" PRIu64, i, ev->seq,
+                                 NT_MAX_SEQ);
         }
         if (ev->seq <= prev_seq) {
             return decoder__fail(d, NT_REASON_SEQ_ORDER,
@@ -660,6 +668,61 @@ static nt_reason_t decoder__validate(decoder__detail_t *d, const Needletrace__V1
 /* ---- entry point -------------------------------------------------------------------------------
  */
 
+/* SERIAL_MISMATCH unless the payload serial s (its wire bytes: len of them, SIZE_MAX when they
+ * cannot be read, 0 when absent) is not empty and equals the topic's serial; else OK. A NUL
+ * inside the payload serial must not shorten it, so the wire bytes are compared. */
+static nt_reason_t decoder__serial(decoder__detail_t *d, const char *s, size_t len,
+                                   const char *topic_serial)
+{
+    char q1[NT_QUOTE_MAX * 4 + 16], q2[NT_QUOTE_MAX * 4 + 16];
+    size_t topic_len = strlen(topic_serial);
+    if (len == 0) {
+        return decoder__fail(d, NT_REASON_SERIAL_MISMATCH,
+                             "payload device_serial is empty, topic device_serial is \"%s\"",
+                             topic_serial);
+    }
+    if (len != topic_len || memcmp(s, topic_serial, len) != 0) {
+        return decoder__fail(d, NT_REASON_SERIAL_MISMATCH,
+                             "payload device_serial %s does not match topic device_serial %s",
+                             len == SIZE_MAX ? "(unreadable)"
+                                             : decoder__quote(s, len, q1, sizeof(q1)),
+                             decoder__quote(topic_serial, topic_len, q2, sizeof(q2)));
+    }
+    return NT_REASON_OK;
+}
+
+/* The wire pre-scan (decoder_scan.c): rejects, before anything is allocated, what the unpack
+ * would reject, a message of more than NT_MAX_EVENTS events (with the reason the full decoder
+ * would give it: a bad field number or serial is reported first, as after an unpack), and a
+ * message whose unpack would take more than NT_MAX_DECODE_BYTES of arena. OK otherwise. */
+static nt_reason_t decoder__prescan(decoder__detail_t *d, const uint8_t *payload, size_t len,
+                                    const char *topic_serial)
+{
+    nt_dec_scan_t s;
+    if (!nt_decoder__scan(&needletrace__v1__telemetry__descriptor, payload, len, &s)) {
+        return decoder__fail(d, NT_REASON_NOT_PROTOBUF,
+                             "payload is not a needletrace.v1.Telemetry protobuf message");
+    }
+    if (s.events > NT_MAX_EVENTS) {
+        if (s.bad_number) {
+            return decoder__fail(d, NT_REASON_NOT_PROTOBUF,
+                                 "payload has a field number outside 1-536870911");
+        }
+        nt_reason_t r = decoder__serial(d, (const char *)s.serial, s.serial_len, topic_serial);
+        if (r != NT_REASON_OK) {
+            return r;
+        }
+        return decoder__fail(d, NT_REASON_TOO_MANY_EVENTS, "message has %zu events, more than %u",
+                             s.events, NT_MAX_EVENTS);
+    }
+    if (s.arena_bytes > NT_MAX_DECODE_BYTES) {
+        return decoder__fail(d, NT_REASON_NOT_PROTOBUF,
+                             "decoding the payload would take more than %zu bytes of memory",
+                             NT_MAX_DECODE_BYTES);
+    }
+    return NT_REASON_OK;
+}
+
 /* Decodes and validates one message; see decoder.h. payload may be NULL when payload_len
  * is 0; out may be NULL to validate only. On rejection out->msg is NULL (out->topic is
  * filled once the topic parsed). Memory comes from arena and stays there until its reset,
@@ -670,7 +733,7 @@ nt_reason_t nt_decoder_decode(nt_arena_t *arena, const char *topic, size_t topic
 {
     decoder__detail_t d = {.buf = detail, .cap = detail_len};
     nt_message_t scratch;
-    char q1[NT_QUOTE_MAX * 4 + 16], q2[NT_QUOTE_MAX * 4 + 16];
+    char q1[NT_QUOTE_MAX * 4 + 16];
 
     if (detail != NULL && detail_len > 0) {
         detail[0] = '\0';
@@ -697,7 +760,14 @@ nt_reason_t nt_decoder_decode(nt_arena_t *arena, const char *topic, size_t topic
         return decoder__fail(&d, NT_REASON_NOT_PROTOBUF, "no payload or arena to decode into");
     }
 
+    nt_reason_t r = decoder__prescan(&d, payload, payload_len, out->topic.device_serial);
+    if (r != NT_REASON_OK) {
+        return r;
+    }
     nt_dec_alloc_t da = {.arena = arena, .over_limit = false};
+    da.limit = arena->used_bytes > SIZE_MAX - NT_MAX_DECODE_BYTES
+                   ? SIZE_MAX
+                   : arena->used_bytes + NT_MAX_DECODE_BYTES;
     ProtobufCAllocator alloc = {
         .alloc = decoder__alloc, .free = decoder__free, .allocator_data = &da};
     static const uint8_t empty[1] = {0};
@@ -716,25 +786,11 @@ nt_reason_t nt_decoder_decode(nt_arena_t *arena, const char *topic, size_t topic
                              "payload has a field number outside 1-536870911");
     }
 
-    /* Compare the wire bytes: a NUL inside the payload serial must not shorten it. */
-    size_t serial_len = decoder__wire_len(m->device_serial);
-    size_t topic_serial_len = strlen(out->topic.device_serial);
-    if (serial_len == 0) {
-        return decoder__fail(&d, NT_REASON_SERIAL_MISMATCH,
-                             "payload device_serial is empty, topic device_serial is \"%s\"",
-                             out->topic.device_serial);
+    r = decoder__serial(&d, m->device_serial, decoder__wire_len(m->device_serial),
+                        out->topic.device_serial);
+    if (r == NT_REASON_OK) {
+        r = decoder__validate(&d, m);
     }
-    if (serial_len != topic_serial_len ||
-        memcmp(m->device_serial, out->topic.device_serial, serial_len) != 0) {
-        return decoder__fail(
-            &d, NT_REASON_SERIAL_MISMATCH,
-            "payload device_serial %s does not match topic device_serial %s",
-            serial_len == SIZE_MAX ? "(unreadable)"
-                                   : decoder__quote(m->device_serial, serial_len, q1, sizeof(q1)),
-            decoder__quote(out->topic.device_serial, topic_serial_len, q2, sizeof(q2)));
-    }
-
-    nt_reason_t r = decoder__validate(&d, m);
     if (r != NT_REASON_OK) {
         return r;
     }

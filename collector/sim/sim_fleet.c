@@ -85,7 +85,7 @@ static void sim__init_device(nt_sim_t *s, uint64_t fleet, uint32_t g)
     snprintf(d->serial, sizeof(d->serial), "NP%" PRIu64 "-%" PRIu32 "-%" PRIu32, opt->seed,
              d->clinic, g % opt->devices);
     uint64_t st = sim__mix64(fleet) ^ ((uint64_t)g * 0xd1b54a32d192ed03ULL);
-    d->boot_id = sim__next(&st) & (uint64_t)INT64_MAX;
+    d->boot_id = sim__next(&st) & NT_MAX_BOOT_ID; /* what the decoder accepts */
     if (d->boot_id == 0) {
         d->boot_id = 1;
     }

@@ -6,12 +6,15 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include <cmocka.h>
 
 #include "needletrace/arena.h"
 #include "needletrace/decoder.h"
 #include "needletrace/ident.h"
+
+#include "../../collector/ingest/decoder_internal.h" /* the pre-scan's arena bound */
 
 #define TOPIC  "clinics/clinic-1/handpieces/SN-0001/telemetry"
 #define SERIAL "SN-0001"
@@ -1035,19 +1038,39 @@ static void test_out_of_range_numbers(void **state)
     tmsg_t *m = msg_new(8);
     tev_t *e = m->ev;
 
-    m->t.boot_id = (uint64_t)INT64_MAX;
+    /* boot_id: at most 2^53 - 1 (exact in JSON); seq: at most 2^40 (seq * 2 in SQL). */
+    m->t.boot_id = NT_MAX_BOOT_ID;
     assert_reason(decode_msg(m), NT_REASON_OK);
+    m->t.boot_id = NT_MAX_BOOT_ID + 1;
+    assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(g_detail, "boot_id 9007199254740992 exceeds 9007199254740991");
     m->t.boot_id = (uint64_t)INT64_MAX + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
-    assert_string_equal(g_detail, "boot_id 9223372036854775808 exceeds 9223372036854775807");
+    m->t.boot_id = UINT64_MAX;
+    assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
     m->t.boot_id = 0;
     assert_reason(decode_msg(m), NT_REASON_OK);
 
-    e[7].ev.seq = (uint64_t)INT64_MAX;
+    e[7].ev.seq = NT_MAX_SEQ;
     assert_reason(decode_msg(m), NT_REASON_OK);
-    e[7].ev.seq = (uint64_t)INT64_MAX + 1;
+    e[7].ev.seq = NT_MAX_SEQ + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
-    e[7].ev.seq = 8;
+    assert_string_equal(g_detail, "events[7].seq 1099511627777 exceeds 1099511627776");
+    e[7].ev.seq = (uint64_t)1 << 62; /* issue 7: seq * 2 overflowed bigint in settle_boots */
+    assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(g_detail, "events[7].seq 4611686018427387904 exceeds 1099511627776");
+    e[7].ev.seq = UINT64_MAX;
+    assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    /* The first event may start anywhere up to the bound. */
+    for (size_t i = 0; i < 8; i++) {
+        e[i].ev.seq = NT_MAX_SEQ - 7 + i;
+    }
+    assert_reason(decode_msg(m), NT_REASON_OK);
+    e[0].ev.seq = 0;
+    assert_reason(decode_msg(m), NT_REASON_SEQ_ORDER);
+    for (size_t i = 0; i < 8; i++) {
+        e[i].ev.seq = i + 1;
+    }
 
     e[3].ev.device_time_ms = NT_MIN_DEVICE_TIME_MS;
     assert_reason(decode_msg(m), NT_REASON_OK);
@@ -1082,14 +1105,16 @@ static void test_out_of_range_numbers(void **state)
     assert_reason(decode_msg(m), NT_REASON_OK);
     e[2].ns.stroke_rate_hz = NT_MAX_STROKE_RATE_HZ + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(g_detail, "events[2].needle_setting.stroke_rate_hz 1001 exceeds 1000");
     e[2].ns.stroke_rate_hz = 0;
     e[3].na.stroke_rate_hz = UINT32_MAX;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
     e[3].na.stroke_rate_hz = 120;
     e[3].na.duration_ms = 600000;
     assert_reason(decode_msg(m), NT_REASON_OK);
-    e[3].na.duration_ms = 600001;
+    e[3].na.duration_ms = NT_MAX_DURATION_MS + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(g_detail, "events[3].needle_activity.duration_ms 600001 exceeds 600000");
     e[3].na.duration_ms = 0;
 
     /* Device status (4). */
@@ -1107,11 +1132,19 @@ static void test_out_of_range_numbers(void **state)
                         "events[4].device_status.temperature_dc -401 is outside [-400, 1500]");
     e[4].ds.temperature_dc = 1500;
     assert_reason(decode_msg(m), NT_REASON_OK);
-    e[4].ds.temperature_dc = 1501;
+    e[4].ds.temperature_dc = NT_MAX_TEMP_DC + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(g_detail,
+                        "events[4].device_status.temperature_dc 1501 is outside [-400, 1500]");
     e[4].ds.temperature_dc = INT32_MIN;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
     e[4].ds.temperature_dc = 0;
+    e[4].ds.motor_seconds_total = NT_MAX_MOTOR_SECONDS_TOTAL;
+    assert_reason(decode_msg(m), NT_REASON_OK);
+    e[4].ds.motor_seconds_total = (uint64_t)NT_MAX_MOTOR_SECONDS_TOTAL + 1;
+    assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(
+        g_detail, "events[4].device_status.motor_seconds_total 4294967296 exceeds 4294967295");
     e[4].ds.motor_seconds_total = (uint64_t)INT64_MAX + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
     e[4].ds.motor_seconds_total = 0;
@@ -1131,8 +1164,10 @@ static void test_out_of_range_numbers(void **state)
     assert_string_equal(g_detail,
                         "events[1].cartridge_mounted.cartridge.needle_count 0 is outside 1-256");
     e[1].cart.needle_count = 12;
-    e[6].cart.needle_count = 257;
+    e[6].cart.needle_count = NT_MAX_NEEDLES + 1;
     assert_reason(decode_msg(m), NT_REASON_OUT_OF_RANGE);
+    assert_string_equal(
+        g_detail, "events[6].cartridge_unmounted.cartridge.needle_count 257 is outside 1-256");
     e[6].cart.needle_count = 12;
     msg_free(m);
 }
@@ -1270,6 +1305,289 @@ static void test_detail_truncation(void **state)
     msg_free(m);
 }
 
+/* ---- cost of hostile messages -----------------------------------------------------------------
+ */
+
+enum {
+    HOSTILE_EMPTY_EVENTS,   /* 256 KiB of empty events (2 bytes each) */
+    HOSTILE_UNKNOWN_TOP,    /* one event, then 256 KiB of 2-byte unknown fields */
+    HOSTILE_UNKNOWN_EVENTS, /* 1000 events, each padded with 2-byte unknown fields */
+    HOSTILE_NESTED,         /* one event whose cartridge_mounted body repeats (merged) */
+    HOSTILE_TINY_STRINGS,   /* device_model repeated as 1-byte strings */
+    HOSTILE_NESTED_UNKNOWN, /* unknown fields nested in unknown fields, 256 KiB deep */
+    HOSTILE__COUNT
+};
+
+static const char *const hostile_names[HOSTILE__COUNT] = {
+    "empty events",           "unknown fields", "unknown fields in 1000 events",
+    "repeated nested bodies", "tiny strings",   "nested unknown fields"};
+
+/* Writes n as a varint at p; returns its length. */
+static size_t put_varint(uint8_t *p, uint64_t n)
+{
+    size_t i = 0;
+    while (n >= 0x80) {
+        p[i++] = (uint8_t)(n | 0x80);
+        n >>= 7;
+    }
+    p[i++] = (uint8_t)n;
+    return i;
+}
+
+/* Fills buf (NT_MAX_PAYLOAD_BYTES) with a hostile message of the given kind; returns its length. */
+static size_t hostile_payload(int kind, uint8_t *buf)
+{
+    const size_t cap = NT_MAX_PAYLOAD_BYTES;
+    size_t o = 0;
+    buf[o++] = 0x0a; /* device_serial */
+    buf[o++] = (uint8_t)strlen(SERIAL);
+    memcpy(buf + o, SERIAL, strlen(SERIAL));
+    o += strlen(SERIAL);
+    tmsg_t *one = msg_new(1);
+    size_t elen = needletrace__v1__event__get_packed_size(one->evp[0]);
+    if (kind == HOSTILE_UNKNOWN_TOP || kind == HOSTILE_TINY_STRINGS) {
+        buf[o++] = 0x2a;
+        o += put_varint(buf + o, elen);
+        o += needletrace__v1__event__pack(one->evp[0], buf + o);
+    }
+    switch (kind) {
+    case HOSTILE_EMPTY_EVENTS:
+        while (o + 2 <= cap) {
+            buf[o++] = 0x2a;
+            buf[o++] = 0x00;
+        }
+        break;
+    case HOSTILE_UNKNOWN_TOP:
+        while (o + 2 <= cap) {
+            buf[o++] = 0x30; /* field 6, varint */
+            buf[o++] = 0x00;
+        }
+        break;
+    case HOSTILE_UNKNOWN_EVENTS: {
+        size_t pad = (cap - o) / 1000 - elen - 4;
+        pad -= pad % 2;
+        for (size_t i = 0; i < 1000; i++) {
+            one->evp[0]->seq = i + 1;
+            elen = needletrace__v1__event__get_packed_size(one->evp[0]);
+            buf[o++] = 0x2a;
+            o += put_varint(buf + o, elen + pad);
+            o += needletrace__v1__event__pack(one->evp[0], buf + o);
+            for (size_t k = 0; k < pad; k += 2) {
+                buf[o++] = 0x30;
+                buf[o++] = 0x00;
+            }
+        }
+        break;
+    }
+    case HOSTILE_NESTED: {
+        /* events[0] = {seq 1, time, cartridge_mounted {cartridge {}} x many} */
+        uint8_t head[32];
+        size_t h = 0;
+        head[h++] = 0x08;
+        head[h++] = 0x01;
+        head[h++] = 0x10;
+        h += put_varint(head + h, (uint64_t)T0);
+        size_t reps = (cap - o - 8 - h) / 4;
+        buf[o++] = 0x2a;
+        o += put_varint(buf + o, h + reps * 4);
+        memcpy(buf + o, head, h);
+        o += h;
+        for (size_t k = 0; k < reps; k++) {
+            buf[o++] = 0x62; /* field 12, cartridge_mounted */
+            buf[o++] = 0x02;
+            buf[o++] = 0x12; /* field 2, cartridge */
+            buf[o++] = 0x00;
+        }
+        break;
+    }
+    case HOSTILE_TINY_STRINGS:
+        while (o + 3 <= cap) {
+            buf[o++] = 0x12; /* device_model, 1 byte */
+            buf[o++] = 0x01;
+            buf[o++] = 'x';
+        }
+        break;
+    case HOSTILE_NESTED_UNKNOWN: {
+        /* field 6 (LEN) holding field 6 (LEN) holding ... : each level 4 bytes of header */
+        size_t levels = (cap - o) / 4 - 1;
+        size_t inner = 0;
+        size_t start = o;
+        (void)inner;
+        for (size_t k = 0; k < levels; k++) {
+            size_t body = (levels - k - 1) * 4;
+            buf[o++] = 0x32;
+            size_t n = put_varint(buf + o, body);
+            assert_true(n <= 3);
+            for (size_t z = n; z < 3; z++) {
+                buf[o + z - 1] |= 0x80; /* pad the varint to 3 bytes */
+                buf[o + z] = 0x00;
+            }
+            o += 3;
+        }
+        assert_true(o - start == levels * 4);
+        break;
+    }
+    default:
+        fail();
+    }
+    assert_true(o <= cap);
+    msg_free(one);
+    return o;
+}
+
+/* The pre-scan gives a message of more than 1000 events, never unpacked, the reason the full
+ * decoder would: what comes first in the order of checks wins. */
+static void test_prescan_reasons(void **state)
+{
+    (void)state;
+    tmsg_t *m = msg_new(1001);
+    size_t len;
+    uint8_t *buf = msg_pack(m, &len);
+    uint8_t *big = malloc(len + 16);
+    assert_non_null(big);
+
+    /* Broken top-level framing anywhere: not_protobuf. */
+    memcpy(big, buf, len);
+    assert_reason(decode_bytes(TOPIC, big, len - 1), NT_REASON_NOT_PROTOBUF);
+    memcpy(big + len, "\x2a\x05\x08", 3); /* an event longer than what is left */
+    assert_reason(decode_bytes(TOPIC, big, len + 3), NT_REASON_NOT_PROTOBUF);
+    memcpy(big + len, "\x28\x01", 2); /* events (5) sent as a varint */
+    assert_reason(decode_bytes(TOPIC, big, len + 2), NT_REASON_NOT_PROTOBUF);
+    memcpy(big + len, "\x0b", 1); /* wire type 3 (group) */
+    assert_reason(decode_bytes(TOPIC, big, len + 1), NT_REASON_NOT_PROTOBUF);
+    memcpy(big + len, "\x82\x00\x00", 3); /* field number 0 */
+    assert_reason(decode_bytes(TOPIC, big, len + 3), NT_REASON_NOT_PROTOBUF);
+    assert_string_equal(g_detail, "payload has a field number outside 1-536870911");
+    /* A malformed event among the first 1000: not_protobuf. */
+    memcpy(big, buf, len);
+    uint8_t *first = memmem(big, len, "\x2a", 1);
+    assert_non_null(first);
+    first[2] = 0x0b; /* events[0]'s first tag becomes a group */
+    assert_reason(decode_bytes(TOPIC, big, len), NT_REASON_NOT_PROTOBUF);
+    /* A wrong serial: serial_mismatch, as after an unpack; the last serial counts. */
+    m->t.device_serial = "SN-0002";
+    free(buf);
+    buf = msg_pack(m, &len);
+    assert_reason(decode_bytes(TOPIC, buf, len), NT_REASON_SERIAL_MISMATCH);
+    assert_string_equal(g_detail, "payload device_serial \"SN-0002\" does not match topic "
+                                  "device_serial \"SN-0001\"");
+    memcpy(big, buf, len);
+    memcpy(big + len, "\x0a\x07" SERIAL, 9);
+    assert_reason(decode_bytes(TOPIC, big, len + 9), NT_REASON_TOO_MANY_EVENTS);
+    m->t.device_serial = "";
+    free(buf);
+    buf = msg_pack(m, &len);
+    assert_reason(decode_bytes(TOPIC, buf, len), NT_REASON_SERIAL_MISMATCH);
+    /* Otherwise too_many_events, with or without unknown fields, whatever the events hold. */
+    m->t.device_serial = SERIAL;
+    m->ev[5].ev.seq = 0;
+    m->ev[7].se.session_id = "";
+    free(buf);
+    buf = msg_pack(m, &len);
+    memcpy(big, buf, len);
+    memcpy(big + len, "\xa0\x06\x2a", 3);
+    assert_reason(decode_bytes(TOPIC, big, len + 3), NT_REASON_TOO_MANY_EVENTS);
+    assert_string_equal(g_detail, "message has 1001 events, more than 1000");
+    /* A non-minimal tag for events still counts as an event (as protobuf-c reads it). */
+    m->t.n_events = 1000;
+    free(buf);
+    buf = msg_pack(m, &len);
+    memcpy(big, buf, len);
+    memcpy(big + len, "\xaa\x00\x00", 3); /* field 5, LEN, in a 2-byte tag; empty event */
+    assert_reason(decode_bytes(TOPIC, big, len + 3), NT_REASON_TOO_MANY_EVENTS);
+    free(big);
+    free(buf);
+    msg_free(m);
+}
+
+/* The pre-scan's arena figure bounds what the unpack really takes; the largest real messages
+ * decode well within NT_MAX_DECODE_BYTES. */
+static void test_prescan_arena_bound(void **state)
+{
+    (void)state;
+    static char text[NT_MAX_TEXT_LEN + 1], fault[NT_MAX_FAULT_MSG_LEN + 1];
+    static char session[NT_MAX_SESSION_ID_LEN + 1];
+    memset(text, 'a', NT_MAX_TEXT_LEN);
+    memset(fault, 'f', NT_MAX_FAULT_MSG_LEN);
+    memset(session, 's', NT_MAX_SESSION_ID_LEN);
+    size_t sizes[] = {1, 8, 100, 1000};
+    for (size_t k = 0; k < NT_ARRAY_SIZE(sizes); k++) {
+        for (int heavy = 0; heavy < 2; heavy++) {
+            tmsg_t *m = msg_new(sizes[k]);
+            if (heavy) {
+                m->t.device_model = text;
+                m->t.firmware_version = text;
+                for (size_t i = 0; i < m->n; i++) {
+                    tev_t *e = &m->ev[i];
+                    e->ss.session_id = e->se.session_id = e->cm.session_id = session;
+                    e->cu.session_id = e->ns.session_id = e->na.session_id = session;
+                    e->ss.operator_id = e->ss.patient_ref = text;
+                    e->cart.lot = e->cart.serial = "ABCDEFGHIJKLMNOPQRST";
+                    e->df.message = m->n < 200 ? fault : "x";
+                }
+            }
+            size_t len;
+            uint8_t *buf = msg_pack(m, &len);
+            assert_true(len <= NT_MAX_PAYLOAD_BYTES);
+            nt_dec_scan_t scan;
+            assert_true(nt_decoder__scan(&needletrace__v1__telemetry__descriptor, buf, len, &scan));
+            assert_int_equal(scan.events, sizes[k]);
+            assert_reason(decode_bytes(TOPIC, buf, len), NT_REASON_OK);
+            printf("%4zu events, %6zu bytes: arena %7zu bytes, pre-scan bound %7zu\n", sizes[k],
+                   len, g_arena.used_bytes, scan.arena_bytes);
+            assert_true(g_arena.used_bytes <= scan.arena_bytes);
+            assert_true(scan.arena_bytes < NT_MAX_DECODE_BYTES * 3 / 4);
+            free(buf);
+            msg_free(m);
+        }
+    }
+}
+
+static double now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
+}
+
+/* Every hostile message is rejected with less than 1 MiB of arena. The time per message is
+ * printed, not asserted (valgrind and sanitizers make it 50x slower). */
+static void test_hostile_cost(void **state)
+{
+    (void)state;
+    static const nt_reason_t want[HOSTILE__COUNT] = {
+        NT_REASON_TOO_MANY_EVENTS, NT_REASON_NOT_PROTOBUF, NT_REASON_NOT_PROTOBUF,
+        NT_REASON_NOT_PROTOBUF,    NT_REASON_NOT_PROTOBUF, NT_REASON_NO_EVENTS};
+    uint8_t *buf = malloc(NT_MAX_PAYLOAD_BYTES);
+    assert_non_null(buf);
+    nt_arena_t a;
+    nt_arena_init(&a, 0, 0);
+    for (int kind = 0; kind < HOSTILE__COUNT; kind++) {
+        size_t len = hostile_payload(kind, buf);
+        char detail[256];
+        nt_reason_t r = NT_REASON_OK;
+        size_t used = 0;
+        const int iterations = 100;
+        double total = 0, best = 1e12;
+        for (int i = 0; i < iterations; i++) {
+            nt_arena_reset(&a);
+            double t0 = now_us();
+            r = nt_decoder_decode(&a, TOPIC, strlen(TOPIC), buf, len, NULL, detail, sizeof(detail));
+            double t = now_us() - t0;
+            total += t;
+            best = t < best ? t : best;
+            used = a.used_bytes;
+        }
+        printf("hostile %-30s %6zu bytes: %-15s %8zu arena bytes, %7.1f us mean, %7.1f us min\n",
+               hostile_names[kind], len, nt_reason_name(r), used, total / iterations, best);
+        assert_true(len > NT_MAX_PAYLOAD_BYTES - 1024);
+        assert_reason(r, want[kind]);
+        assert_true(used < NT_MAX_DECODE_BYTES);
+    }
+    nt_arena_close(&a);
+    free(buf);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1299,6 +1617,9 @@ int main(void)
         cmocka_unit_test(test_unknown_area),
         cmocka_unit_test(test_accepted_message_contents),
         cmocka_unit_test(test_detail_truncation),
+        cmocka_unit_test(test_prescan_reasons),
+        cmocka_unit_test(test_prescan_arena_bound),
+        cmocka_unit_test(test_hostile_cost),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
