@@ -6,6 +6,8 @@ the test broker at QoS 1, and watches the alert topics.
     ntpub.py --port P --pb-dir DIR mount CLINIC SERIAL BOOT SEQ SESSION GTIN CART_SERIAL TIME_MS
         [--broken]
         one message: a cartridge mount (sterile barrier broken with --broken)
+    ntpub.py --port P --pb-dir DIR deep CLINIC SERIAL BOOT N TIME_MS [--sessions K] [--depth0 D]
+        one message: N needle settings too deep for periorbital (D + i um, D 501) over K sessions
     ntpub.py --port P --pb-dir DIR flood CLINIC SERIAL N TIME_MS OUT_JSON CLINIC2 SERIAL2
         subscribes to clinics/+/alerts/#, publishes ONE message of N needle settings from pen
         SERIAL (each in its own session, too deep for periorbital: 501 + i um), then at once a
@@ -70,6 +72,29 @@ def add_mount(pb, m, seq, time_ms, session, gtin, cart_serial, broken):
     cart.sterile_barrier_intact = not broken
 
 
+def deep_settings(pb, serial, boot, n, time_ms, sessions, depth0=501):
+    """n needle settings too deep for periorbital (depth0 + i um), seq 1..n, one second apart, in
+    sessions SERIAL-s0000... (event i in session i % sessions)."""
+    m = telemetry(pb, serial, boot)
+    for i in range(n):
+        e = m.events.add()
+        e.seq = i + 1
+        e.device_time_ms = time_ms + i * 1000
+        e.needle_setting.session_id = "%s-s%04d" % (serial, i % sessions)
+        e.needle_setting.depth_um = depth0 + i
+        e.needle_setting.stroke_rate_hz = 100
+        e.needle_setting.area = pb.PERIORBITAL
+    return m
+
+
+def cmd_deep(a, pb):
+    c = client(a.port, "ntpub-deep-%s-%d" % (a.serial, a.boot))
+    publish(c, a.clinic, deep_settings(pb, a.serial, a.boot, a.n, a.time_ms, a.sessions,
+                                         a.depth0))
+    c.loop_stop()
+    c.disconnect()
+
+
 def cmd_mount(a, pb):
     m = telemetry(pb, a.serial, a.boot)
     add_mount(pb, m, a.seq, a.time_ms, a.session, a.gtin, a.cart_serial, a.broken)
@@ -97,15 +122,7 @@ def cmd_flood(a, pb):
     if not sub_ok.wait(30):
         raise SystemExit("could not subscribe to the alert topics")
 
-    flood = telemetry(pb, a.serial, 1)
-    for i in range(a.n):
-        e = flood.events.add()
-        e.seq = i + 1
-        e.device_time_ms = a.time_ms + i * 1000
-        e.needle_setting.session_id = "%s-s%04d" % (a.serial, i)
-        e.needle_setting.depth_um = 501 + i
-        e.needle_setting.stroke_rate_hz = 100
-        e.needle_setting.area = pb.PERIORBITAL
+    flood = deep_settings(pb, a.serial, 1, a.n, a.time_ms, a.n)
     crit = telemetry(pb, a.serial2, 1)
     add_mount(pb, crit, 1, a.time_ms, a.serial2 + "-s1", "07612345000121", a.serial2 + "-c1", True)
 
@@ -157,10 +174,20 @@ def main():
     f.add_argument("out")
     f.add_argument("clinic2")
     f.add_argument("serial2")
+    d = sp.add_parser("deep")
+    d.add_argument("clinic")
+    d.add_argument("serial")
+    d.add_argument("boot", type=int)
+    d.add_argument("n", type=int)
+    d.add_argument("time_ms", type=int)
+    d.add_argument("--sessions", type=int, default=1)
+    d.add_argument("--depth0", type=int, default=501)
     a = p.parse_args()
     pb = load_pb(a.pb_dir)
     if a.cmd == "mount":
         return cmd_mount(a, pb) or 0
+    if a.cmd == "deep":
+        return cmd_deep(a, pb) or 0
     return cmd_flood(a, pb)
 
 
