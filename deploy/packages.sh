@@ -7,7 +7,8 @@ NT_PACKAGES_RUN=(build-essential cmake pkg-config libmosquitto-dev mosquitto mos
     libuv1-dev libprotobuf-c-dev protobuf-c-compiler libpq-dev postgresql libssl-dev jq curl
     procps iproute2)
 # Everything the test suite needs on top (tests/run.sh).
-NT_PACKAGES_TEST=("${NT_PACKAGES_RUN[@]}" clang libcmocka-dev valgrind)
+NT_PACKAGES_TEST=("${NT_PACKAGES_RUN[@]}" clang libcmocka-dev valgrind
+    python3-paho-mqtt python3-protobuf protobuf-compiler)
 
 # nt_install_missing PACKAGE...: apt-get installs the packages that are not installed yet
 # (apt-get update first); sudo when not root, never prompting in CI or without a terminal.

@@ -42,7 +42,8 @@ CREATE DOMAIN needletrace.depth_limit_um AS int
     CHECK (VALUE BETWEEN 0 AND needletrace.depth_hard_max_um());
 
 -- ---- settings ------------------------------------------------------------------------------------
--- The known settings: kind ('interval': must parse and be > 0; 'um': an integer >= 0), default
+-- The known settings: kind ('interval': must parse and be > 0; 'um': an integer >= 0 and at most
+-- the absolute depth maximum; 'count': an integer from 1 to 1,000,000), default
 -- (seeded below, and used when the row has been deleted) and what it does.
 CREATE FUNCTION needletrace.setting_defaults()
     RETURNS TABLE(key text, kind text, value text, note text)
@@ -52,7 +53,17 @@ CREATE FUNCTION needletrace.setting_defaults()
            ('sequence_gap_after', 'interval', '10 minutes',
             'SEQUENCE_GAP: how long a missing seq may stay missing after a later seq arrived'),
            ('depth_critical_margin_um', 'um', '250',
-            'DEPTH_OUT_OF_RANGE: a depth more than this above its limit is critical, not a warning')
+            'DEPTH_OUT_OF_RANGE: a depth more than this above its limit is critical, not a warning'),
+           ('alert_budget_per_batch', 'count', '50',
+            'Alerts of one rule one pen may raise in one batch (so in one message); the excess is '
+            'folded into one summary alert per (rule, pen, batch)'),
+           ('alert_budget_per_session', 'count', '20',
+            'Alerts of one rule one session may raise over its lifetime; the excess is folded into '
+            'the summary alert of its batch'),
+           ('alert_retry_backoff', 'interval', '30 seconds',
+            'A refused alert delivery is retried after this, doubled at each refusal'),
+           ('alert_retry_backoff_max', 'interval', '15 minutes',
+            'The longest wait between two delivery attempts of a refused alert')
 $$;
 COMMENT ON FUNCTION needletrace.setting_defaults() IS
     'The rule settings needletrace.settings knows: kind, default value (seeded; used when a row is '
@@ -96,6 +107,18 @@ BEGIN
         IF n < 0 OR n > needletrace.depth_hard_max_um() THEN
             RAISE EXCEPTION 'needletrace.settings: % = "%" must be between 0 and %', NEW.key,
                             NEW.value, needletrace.depth_hard_max_um()
+                USING ERRCODE = 'check_violation';
+        END IF;
+    ELSIF v_kind = 'count' THEN
+        BEGIN
+            n := NEW.value::bigint;
+        EXCEPTION WHEN others THEN
+            RAISE EXCEPTION 'needletrace.settings: % = "%" is not an integer', NEW.key, NEW.value
+                USING ERRCODE = 'check_violation', HINT = 'a number of alerts, e.g. ''50''';
+        END;
+        IF n < 1 OR n > 1000000 THEN
+            RAISE EXCEPTION 'needletrace.settings: % = "%" must be between 1 and 1000000', NEW.key,
+                            NEW.value
                 USING ERRCODE = 'check_violation';
         END IF;
     END IF;

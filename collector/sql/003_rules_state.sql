@@ -6,19 +6,28 @@
 -- concurrent batches and replicas raise each alert exactly once.
 
 -- ---- rule state (what has been seen / alerted already) ---------------------------------------
--- First recorded mount of each cartridge. Global by nature: a cartridge's identity is
--- (gtin, serial) and reuse must be caught across devices and clinics, so this table has no
--- clinic_id in its key (under Citus: a reference table, or distributed by gtin).
+-- First mount of each cartridge by device time (ties: clinic, device, boot, seq), among the
+-- mounts stored so far: a mount that arrives late with an earlier device time replaces the row
+-- (rule state, not evidence: the mounts themselves are in events), and the prev_* columns keep
+-- the mount it replaced. Global by nature: a cartridge's identity is (gtin, serial) and reuse
+-- must be caught across devices and clinics, so this table has no clinic_id in its key (under
+-- Citus: a reference table, or distributed by gtin).
 CREATE TABLE needletrace.cartridge_first_use (
-    gtin             text        NOT NULL,
-    cartridge_serial text        NOT NULL,
-    clinic_id        text        NOT NULL,
-    device_serial    text        NOT NULL,
-    session_id       text,
-    boot_id          bigint      NOT NULL,
-    seq              bigint      NOT NULL,
-    device_time      timestamptz NOT NULL,
-    recorded_at      timestamptz NOT NULL DEFAULT now(),
+    gtin               text        NOT NULL,
+    cartridge_serial   text        NOT NULL,
+    clinic_id          text        NOT NULL,
+    device_serial      text        NOT NULL,
+    session_id         text,
+    boot_id            bigint      NOT NULL,
+    seq                bigint      NOT NULL,
+    device_time        timestamptz NOT NULL,
+    recorded_at        timestamptz NOT NULL DEFAULT now(),
+    prev_clinic_id     text,
+    prev_device_serial text,
+    prev_session_id    text,
+    prev_boot_id       bigint,
+    prev_seq           bigint,
+    prev_device_time   timestamptz,
     PRIMARY KEY (gtin, cartridge_serial)
 );
 
@@ -116,8 +125,10 @@ SELECT a.*, d.published_at
                     WHERE k.clinic_id = a.clinic_id AND k.alert_id = a.alert_id);
 
 COMMENT ON TABLE needletrace.cartridge_first_use IS
-    'CARTRIDGE_REUSED: the first recorded mount of each cartridge (gtin, serial), on any device in '
-    'any clinic; a mount in another session raises the alert and names this one.';
+    'CARTRIDGE_REUSED: the first mount by device time of each cartridge (gtin, serial) among those '
+    'stored, on any device in any clinic; a mount in another session raises the alert and names '
+    'this one. A mount arriving late with an earlier device time replaces the row (recorded_at: '
+    'when) and the alert goes to the session it replaced (prev_*).';
 COMMENT ON TABLE needletrace.depth_violations_seen IS
     'DEPTH_OUT_OF_RANGE: the (clinic, device, session, area, depth) already alerted, with the '
     'event that raised it; alerted once per key.';

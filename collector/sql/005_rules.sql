@@ -55,41 +55,114 @@ CREATE FUNCTION needletrace.mount_alert(p_rule text, m needletrace.events, p_ext
                NULL)::needletrace.alert_candidate
 $$;
 
--- CARTRIDGE_REUSED: a mount in a session other than the cartridge's first (by device time).
--- Step 1 records the batch's earliest mount of each cartridge as its first use unless one is
--- recorded already (a concurrent insert of the same key waits for the other transaction; ON
--- CONFLICT then keeps the committed row). Key order: no deadlocks. Step 2 is a new statement:
--- under READ COMMITTED it sees a first use that another replica committed meanwhile.
+-- A use of a cartridge in CARTRIDGE_REUSED's details: where and when it was mounted.
+CREATE FUNCTION needletrace.cartridge_use(p_clinic_id text, p_device_serial text,
+                                          p_session_id text, p_boot_id bigint, p_seq bigint,
+                                          p_device_time timestamptz)
+    RETURNS jsonb
+    LANGUAGE sql IMMUTABLE AS $$
+    SELECT jsonb_build_object('clinic_id', p_clinic_id, 'device_serial', p_device_serial,
+                              'session_id', p_session_id, 'boot_id', p_boot_id, 'seq', p_seq,
+                              'device_time', needletrace.rfc3339(p_device_time))
+$$;
+
+-- CARTRIDGE_REUSED: a mount in a session other than the cartridge's first, "first" by device time
+-- (ties broken by clinic, device, boot, seq), whatever order the mounts arrive in.
+-- Step 1 upserts the batch's earliest mount of each cartridge, in key order: a new cartridge is
+-- recorded; a recorded one is replaced when the batch's mount is earlier, its old values kept in
+-- prev_*. The upsert locks every recorded row it meets (replaced or not) until commit, waiting
+-- for a concurrent batch that holds it (and re-checking against that batch's row once it
+-- commits), so two batches with the same cartridge take turns and the later one compares with
+-- what the earlier one wrote. Step 2, a new statement (READ COMMITTED: it sees what committed
+-- meanwhile), alerts:
+--   - each mount of the batch in another session than the (possibly new) first use;
+--   - when a first use was replaced by one of another session: every stored mount of that
+--     cartridge in the replaced session (it happened later, so it is the reuse), except the
+--     batch's own (above) and those alerted already -- the alert goes to the later session,
+--     raised by the transaction that brought the earlier use.
+-- details: the mount alerted (the event's own fields plus "reuse") and "first_use" (both with
+-- clinic, device, session, boot, seq and device time); "first_use_arrived_late" when the first
+-- use arrived after the mount alerted.
 CREATE FUNCTION needletrace.rule_cartridge_reused(p_tx bigint)
     RETURNS needletrace.alert_candidate[]
     LANGUAGE plpgsql AS $$
+DECLARE
+    v_moved needletrace.cartridge_first_use[];
 BEGIN
-    INSERT INTO needletrace.cartridge_first_use AS f
-           (gtin, cartridge_serial, clinic_id, device_serial, session_id, boot_id, seq, device_time)
-    SELECT m.gtin, m.cartridge_serial, m.clinic_id, m.device_serial, m.session_id, m.boot_id,
-           m.seq, m.device_time
-      FROM (SELECT DISTINCT ON (e.gtin, e.cartridge_serial) e.*
-              FROM needletrace.events e
-             WHERE e.tx = p_tx AND e.kind = 'cartridge_mounted'
-               AND e.gtin IS NOT NULL AND e.cartridge_serial IS NOT NULL
-             ORDER BY e.gtin, e.cartridge_serial, e.device_time, e.clinic_id, e.device_serial,
-                      e.boot_id, e.seq) m
-     ORDER BY m.gtin, m.cartridge_serial
-    ON CONFLICT DO NOTHING;
+    WITH m AS (
+        SELECT DISTINCT ON (e.gtin, e.cartridge_serial) e.*
+          FROM needletrace.events e
+         WHERE e.tx = p_tx AND e.kind = 'cartridge_mounted'
+           AND e.gtin IS NOT NULL AND e.cartridge_serial IS NOT NULL
+         ORDER BY e.gtin, e.cartridge_serial, e.device_time, e.clinic_id, e.device_serial,
+                  e.boot_id, e.seq
+    ),
+    up AS (
+        INSERT INTO needletrace.cartridge_first_use AS f
+               (gtin, cartridge_serial, clinic_id, device_serial, session_id, boot_id, seq,
+                device_time)
+        SELECT m.gtin, m.cartridge_serial, m.clinic_id, m.device_serial, m.session_id, m.boot_id,
+               m.seq, m.device_time
+          FROM m
+         ORDER BY m.gtin, m.cartridge_serial
+        ON CONFLICT (gtin, cartridge_serial) DO UPDATE
+           SET clinic_id = EXCLUDED.clinic_id, device_serial = EXCLUDED.device_serial,
+               session_id = EXCLUDED.session_id, boot_id = EXCLUDED.boot_id, seq = EXCLUDED.seq,
+               device_time = EXCLUDED.device_time, recorded_at = now(),
+               prev_clinic_id = f.clinic_id, prev_device_serial = f.device_serial,
+               prev_session_id = f.session_id, prev_boot_id = f.boot_id, prev_seq = f.seq,
+               prev_device_time = f.device_time
+         WHERE (EXCLUDED.device_time, EXCLUDED.clinic_id, EXCLUDED.device_serial, EXCLUDED.boot_id,
+                EXCLUDED.seq)
+             < (f.device_time, f.clinic_id, f.device_serial, f.boot_id, f.seq)
+        RETURNING f.*
+    )
+    -- (an inserted row has no prev_*; a replaced one within the same session raises nothing)
+    SELECT coalesce(array_agg(ROW(up.*)::needletrace.cartridge_first_use
+                              ORDER BY up.gtin, up.cartridge_serial), '{}')
+      INTO v_moved
+      FROM up
+     WHERE up.prev_seq IS NOT NULL
+       AND (up.prev_clinic_id, up.prev_device_serial, up.prev_session_id)
+           IS DISTINCT FROM (up.clinic_id, up.device_serial, up.session_id);
 
     RETURN ARRAY(
-        SELECT needletrace.mount_alert('CARTRIDGE_REUSED', e, jsonb_build_object('first_use',
-                   jsonb_build_object('clinic_id', f.clinic_id, 'device_serial', f.device_serial,
-                                      'session_id', f.session_id,
-                                      'device_time', needletrace.rfc3339(f.device_time))))
+        SELECT needletrace.mount_alert('CARTRIDGE_REUSED', e, jsonb_build_object(
+                   'first_use', needletrace.cartridge_use(f.clinic_id, f.device_serial,
+                                    f.session_id, f.boot_id, f.seq, f.device_time),
+                   'reuse', needletrace.cartridge_use(e.clinic_id, e.device_serial, e.session_id,
+                                e.boot_id, e.seq, e.device_time)))
           FROM needletrace.events e
           JOIN needletrace.cartridge_first_use f
             ON f.gtin = e.gtin AND f.cartridge_serial = e.cartridge_serial
          WHERE e.tx = p_tx AND e.kind = 'cartridge_mounted'
            AND (f.clinic_id, f.device_serial, f.session_id)
-               IS DISTINCT FROM (e.clinic_id, e.device_serial, e.session_id));
+               IS DISTINCT FROM (e.clinic_id, e.device_serial, e.session_id)
+        UNION ALL
+        SELECT needletrace.mount_alert('CARTRIDGE_REUSED', e, jsonb_build_object(
+                   'first_use', needletrace.cartridge_use(r.clinic_id, r.device_serial,
+                                    r.session_id, r.boot_id, r.seq, r.device_time),
+                   'reuse', needletrace.cartridge_use(e.clinic_id, e.device_serial, e.session_id,
+                                e.boot_id, e.seq, e.device_time),
+                   'first_use_arrived_late', true))
+          FROM unnest(v_moved) AS r
+          JOIN needletrace.events e
+            ON e.gtin = r.gtin AND e.cartridge_serial = r.cartridge_serial
+         WHERE e.kind = 'cartridge_mounted' AND e.tx <> p_tx
+           AND (e.clinic_id, e.device_serial, e.session_id)
+               IS NOT DISTINCT FROM (r.prev_clinic_id, r.prev_device_serial, r.prev_session_id)
+           AND NOT EXISTS (SELECT 1 FROM needletrace.alerts a
+                            WHERE a.rule = 'CARTRIDGE_REUSED' AND a.clinic_id = e.clinic_id
+                              AND a.device_serial = e.device_serial AND a.boot_id = e.boot_id
+                              AND a.seq = e.seq)
+           AND NOT EXISTS (SELECT 1 FROM needletrace.alerts_folded z
+                            WHERE z.rule = 'CARTRIDGE_REUSED' AND z.clinic_id = e.clinic_id
+                              AND z.device_serial = e.device_serial AND z.boot_id = e.boot_id
+                              AND z.seq = e.seq));
 END
 $$;
+-- Replacing a first use is the only rewrite this rule needs.
+GRANT UPDATE ON needletrace.cartridge_first_use TO needletrace_collector;
 
 -- CARTRIDGE_EXPIRED: mounted after its expiry date.
 CREATE FUNCTION needletrace.rule_cartridge_expired(p_tx bigint)
@@ -530,7 +603,8 @@ $$;
 
 COMMENT ON FUNCTION needletrace.rule_cartridge_reused(bigint) IS
     'CARTRIDGE_REUSED (critical): a cartridge (gtin, serial) mounted in a session other than the '
-    'first session it was mounted in (by device time), on any device in any clinic.';
+    'first session it was mounted in (by device time), on any device in any clinic; a first use '
+    'that arrives late moves the alert to the later session.';
 COMMENT ON FUNCTION needletrace.rule_cartridge_expired(bigint) IS
     'CARTRIDGE_EXPIRED (critical): a cartridge mounted after its expiry date.';
 COMMENT ON FUNCTION needletrace.rule_sterile_barrier_broken(bigint) IS
