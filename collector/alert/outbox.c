@@ -20,6 +20,9 @@ void nt_outbox_close(nt_outbox_t *o)
     free(o->delivered);
     o->delivered = NULL;
     o->n_delivered = o->cap_delivered = 0;
+    free(o->refused);
+    o->refused = NULL;
+    o->n_refused = o->cap_refused = 0;
 }
 
 int nt_outbox_delivered(nt_outbox_t *o, int64_t alert_id)
@@ -29,6 +32,15 @@ int nt_outbox_delivered(nt_outbox_t *o, int64_t alert_id)
         return NT_ENOMEM;
     }
     o->delivered[o->n_delivered++] = alert_id;
+    return 0;
+}
+
+int nt_outbox_refused(nt_outbox_t *o, int64_t alert_id)
+{
+    if (nt_grow(&o->refused, &o->cap_refused, o->n_refused + 1, sizeof(*o->refused), 16) != 0) {
+        return NT_ENOMEM;
+    }
+    o->refused[o->n_refused++] = alert_id;
     return 0;
 }
 
@@ -50,7 +62,7 @@ void nt_outbox_tick(nt_outbox_t *o, int64_t now_us)
 
 int nt_outbox_due(const nt_outbox_t *o)
 {
-    return o->gaps_due || o->n_delivered > 0 || o->undelivered_wanted;
+    return o->gaps_due || o->n_delivered > 0 || o->n_refused > 0 || o->undelivered_wanted;
 }
 
 size_t nt_outbox_take_delivered(nt_outbox_t *o, const int64_t **ids)
@@ -58,6 +70,13 @@ size_t nt_outbox_take_delivered(nt_outbox_t *o, const int64_t **ids)
     o->delivered_in_txn = o->n_delivered;
     *ids = o->delivered;
     return o->n_delivered;
+}
+
+size_t nt_outbox_take_refused(nt_outbox_t *o, const int64_t **ids)
+{
+    o->refused_in_txn = o->n_refused;
+    *ids = o->refused;
+    return o->n_refused;
 }
 
 void nt_outbox_take_gaps(nt_outbox_t *o)
@@ -85,6 +104,12 @@ void nt_outbox_committed(nt_outbox_t *o, int64_t now_us)
         o->n_delivered -= o->delivered_in_txn;
         o->delivered_in_txn = 0;
     }
+    if (o->refused_in_txn > 0) {
+        memmove(o->refused, o->refused + o->refused_in_txn,
+                (o->n_refused - o->refused_in_txn) * sizeof(*o->refused));
+        o->n_refused -= o->refused_in_txn;
+        o->refused_in_txn = 0;
+    }
     if (o->gaps_in_txn) {
         o->gaps_due = 0;
         o->gaps_checked_us = now_us;
@@ -108,6 +133,7 @@ void nt_outbox_published(nt_outbox_t *o)
 void nt_outbox_aborted(nt_outbox_t *o)
 {
     o->delivered_in_txn = 0;
+    o->refused_in_txn = 0;
     o->undelivered_in_txn = 0;
     o->gaps_in_txn = 0;
     nt_alert_list_clear(&o->alerts);

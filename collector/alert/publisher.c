@@ -78,13 +78,12 @@ static void publisher__on_puback(void *data, int mid, int reason)
         return;
     }
     if (reason >= 128) {
-        /* Refused (e.g. not authorised): stays undelivered, retried later. */
+        /* Refused (e.g. not authorised): stays undelivered, retried after a growing delay. */
         nt_log(NT_LOG_WARN, "mqtt", "broker refused alert %lld: %s", (long long)id,
                mosquitto_reason_string(reason));
-        return;
     }
     if (p->on_delivered != NULL) {
-        p->on_delivered(id, p->data);
+        p->on_delivered(id, reason >= 128, p->data);
     }
 }
 

@@ -78,10 +78,10 @@ static void run__on_mqtt_connected(nt_mqttsrc_t *m, void *data)
     nt_pgsink_request_undelivered(r->sink);
 }
 
-static void run__on_alert_delivered(int64_t alert_id, void *data)
+static void run__on_alert_delivered(int64_t alert_id, int refused, void *data)
 {
     run_t *r = data;
-    nt_pgsink_alert_delivered(r->sink, alert_id);
+    nt_pgsink_alert_delivered(r->sink, alert_id, refused);
 }
 
 static int run__ready(void *data, char *reason, size_t len)

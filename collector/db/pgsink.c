@@ -623,12 +623,14 @@ void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts)
     s->on_alerts = on_alerts;
 }
 
-void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id)
+void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id, int refused)
 {
-    if (nt_outbox_delivered(&s->outbox, alert_id) != 0) {
+    int rc = refused ? nt_outbox_refused(&s->outbox, alert_id)
+                     : nt_outbox_delivered(&s->outbox, alert_id);
+    if (rc != 0) {
         /* Not recorded: the alert is published again later (at least once). */
-        nt_log(NT_LOG_WARN, "db", "could not record the delivery of alert %" PRId64 ": %s",
-               alert_id, nt_strerror(NT_ENOMEM));
+        nt_log(NT_LOG_WARN, "db", "could not record the %s of alert %" PRId64 ": %s",
+               refused ? "refusal" : "delivery", alert_id, nt_strerror(rc));
     }
 }
 

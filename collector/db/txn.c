@@ -48,6 +48,11 @@ static int txn__has_deliveries(const nt_txn_t *t)
     return t->batch == NULL && t->outbox->n_delivered > 0;
 }
 
+static int txn__has_refusals(const nt_txn_t *t)
+{
+    return t->batch == NULL && t->outbox->n_refused > 0;
+}
+
 static int txn__gaps_due(const nt_txn_t *t)
 {
     return t->batch == NULL && t->outbox->gaps_due;
@@ -153,25 +158,39 @@ static int txn__send_rules(nt_txn_t *t)
     return txn__call(t, TXN__ALERT_COLUMNS "needletrace.evaluate_rules($1)", NULL, NULL);
 }
 
-static int txn__send_delivered(nt_txn_t *t)
+/* Sends sql with the collector id and the ids as an int8 array literal (built from integers
+ * only). TXN__SKIP when the literal cannot be allocated: the ids are recorded by a later one. */
+static int txn__send_ids(nt_txn_t *t, const char *sql, size_t n_hint,
+                         size_t (*take)(nt_outbox_t *, const int64_t **))
 {
-    /* An int8 array literal built from integers only. */
-    size_t cap = t->outbox->n_delivered * 21 + 3, len = 0;
+    size_t cap = n_hint * 21 + 3, len = 0;
     char *arr = malloc(cap);
     if (arr == NULL) {
-        return TXN__SKIP; /* recorded by a later transaction */
+        return TXN__SKIP;
     }
     const int64_t *ids;
-    size_t n = nt_outbox_take_delivered(t->outbox, &ids);
+    size_t n = take(t->outbox, &ids);
     arr[len++] = '{';
     for (size_t i = 0; i < n; i++) {
         len += (size_t)snprintf(arr + len, cap - len, "%s%" PRId64, i ? "," : "", ids[i]);
     }
     arr[len++] = '}';
     arr[len] = '\0';
-    int rc = txn__call(t, "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])", arr, NULL);
+    int rc = txn__call(t, sql, arr, NULL);
     free(arr);
     return rc;
+}
+
+static int txn__send_delivered(nt_txn_t *t)
+{
+    return txn__send_ids(t, "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])",
+                         t->outbox->n_delivered, nt_outbox_take_delivered);
+}
+
+static int txn__send_refused(nt_txn_t *t)
+{
+    return txn__send_ids(t, "SELECT needletrace.mark_alerts_refused($1, $2::bigint[])",
+                         t->outbox->n_refused, nt_outbox_take_refused);
 }
 
 static int txn__send_gaps(nt_txn_t *t)
@@ -230,6 +249,7 @@ static const txn__step_t txn__steps[] = {
     {"merge", txn__staging_path, txn__send_merge, NULL, NULL, 0},
     {"rules", txn__has_batch, txn__send_rules, NULL, NULL, 1},
     {"delivered", txn__has_deliveries, txn__send_delivered, NULL, NULL, 0},
+    {"refused", txn__has_refusals, txn__send_refused, NULL, NULL, 0},
     {"gaps", txn__gaps_due, txn__send_gaps, NULL, NULL, 1},
     {"undelivered", txn__undelivered_wanted, txn__send_undelivered, NULL, NULL, 1},
     {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0},

@@ -3,7 +3,8 @@
  *
  * Plain bookkeeping over data, no I/O and no clock of its own (times are passed in), so that
  * the paging logic is unit-testable. The batch transaction (txn.h) asks it what to do:
- *   - record the deliveries the broker acknowledged (mark_alerts_delivered);
+ *   - record the deliveries the broker acknowledged (mark_alerts_delivered), and the ones it
+ *     refused (mark_alerts_refused: retried after a growing delay, never first in line);
  *   - run the time-based sequence-gap check (check_sequence_gaps) every NT_OUTBOX_GAP_CHECK_US;
  *   - fetch undelivered alerts (undelivered_alerts, pages of NT_OUTBOX_PAGE): after the broker
  *     connection came back, after alerts had to wait, every NT_OUTBOX_UNDELIVERED_EVERY_US (for
@@ -27,6 +28,8 @@ typedef struct {
     /* work waiting for a transaction */
     int64_t *delivered; /* alert ids acknowledged by the broker, not yet recorded */
     size_t n_delivered, cap_delivered;
+    int64_t *refused; /* alert ids the broker refused (PUBACK reason >= 128), not yet recorded */
+    size_t n_refused, cap_refused;
     int gaps_due;
     int64_t gaps_checked_us; /* monotonic time of the last committed gap check */
     int undelivered_wanted;
@@ -34,6 +37,7 @@ typedef struct {
     int64_t undelivered_at_us; /* monotonic time of the last committed fetch */
     /* what the transaction in flight does */
     size_t delivered_in_txn; /* the first delivered[] ids it records */
+    size_t refused_in_txn;   /* the first refused[] ids it records */
     int gaps_in_txn;
     int undelivered_in_txn;
     size_t undelivered_first; /* index in alerts where the fetched rows start */
@@ -47,6 +51,8 @@ void nt_outbox_close(nt_outbox_t *o);
 /* The broker acknowledged alert_id. 0, or NT_ENOMEM (then the delivery is not recorded and
  * the alert is published again later: at least once). */
 int nt_outbox_delivered(nt_outbox_t *o, int64_t alert_id);
+/* The broker refused alert_id. 0, or NT_ENOMEM (then it is retried at its normal time). */
+int nt_outbox_refused(nt_outbox_t *o, int64_t alert_id);
 /* Undelivered alerts should be fetched by the next transaction. */
 void nt_outbox_request_undelivered(nt_outbox_t *o);
 /* Marks the periodic work that fell due by now_us. */
@@ -57,6 +63,8 @@ int nt_outbox_due(const nt_outbox_t *o);
 /* For the transaction in flight: the deliveries it records (*ids, returns their count, 0 when
  * none); they are forgotten only at nt_outbox_committed. */
 size_t nt_outbox_take_delivered(nt_outbox_t *o, const int64_t **ids);
+/* The same for the refusals it records. */
+size_t nt_outbox_take_refused(nt_outbox_t *o, const int64_t **ids);
 /* The transaction in flight runs the gap check. */
 void nt_outbox_take_gaps(nt_outbox_t *o);
 /* The transaction in flight fetches a page of undelivered alerts. */

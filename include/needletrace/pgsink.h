@@ -45,9 +45,9 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
                    nt_journal_t *journal, nt_pgsink_commit_cb on_commit, void *data);
 /* Sets the alert callback (before nt_pgsink_start). */
 void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts);
-/* Records that an alert was published (PUBACK received); written to the database in the
- * next transaction. */
-void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id);
+/* Records that the broker acknowledged (refused = 0) or refused (refused = 1) the publication of
+ * an alert; written to the database by the next maintenance transaction. */
+void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id, int refused);
 /* Asks for the alerts not yet published (after the broker connection came back). */
 void nt_pgsink_request_undelivered(nt_pgsink_t *s);
 

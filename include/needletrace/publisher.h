@@ -19,8 +19,9 @@
 
 typedef struct nt_publisher_s nt_publisher_t;
 
-/* The broker acknowledged the alert: its delivery may be recorded. */
-typedef void (*nt_publisher_delivered_cb)(int64_t alert_id, void *data);
+/* The broker answered the publication of the alert: refused = 0, it acknowledged it (its
+ * delivery may be recorded); refused = 1, it refused it (PUBACK reason >= 128: retried later). */
+typedef void (*nt_publisher_delivered_cb)(int64_t alert_id, int refused, void *data);
 
 /* Creates a publisher over src (which must outlive it) and registers for src's PUBACKs.
  * Returns 0 or NT_ENOMEM. */

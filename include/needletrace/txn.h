@@ -10,6 +10,7 @@
  *   merge        INSERT ... SELECT ... ON CONFLICT DO NOTHING from the staging tables
  *   rules        evaluate_rules(): the alerts of the events this transaction inserted
  *   delivered    mark_alerts_delivered(): the deliveries the broker acknowledged  \  maintenance
+ *   refused      mark_alerts_refused(): the ones it refused (retried later)      |  ...
  *   gaps         check_sequence_gaps(): the time-based rule, when due            |  transactions
  *   undelivered  undelivered_alerts(): a page of alerts not yet published        /  only
  *   checkpoint   the collector's journal position, in the same transaction as its rows
