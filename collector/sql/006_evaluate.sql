@@ -170,19 +170,17 @@ BEGIN
                       AND h.boot_id = m.boot_id
                       AND h.revealed_at >= m.r_min AND h.gap_end < m.s_max) h
     ),
-    -- The last row in each of those holes.
-    lst AS (
-        SELECT r.clinic_id, r.device_serial, r.boot_id, r.h_start, max(r.seq) AS last
-          FROM r WHERE r.h_start IS NOT NULL
-         GROUP BY 1, 2, 3, 4
-    ),
-    -- The batch's rows and the tops of those holes in one descending sweep per boot: r_incl is
-    -- the earliest receive time at or above each point, by_incl the lowest seq that has it.
+    -- The batch's rows (tag 1) and the tops of those holes (tag 0), each with its hole (h_*;
+    -- NULL: above the old max_seq), in one descending sweep per boot: r_incl is the earliest
+    -- receive time at or above each point, by_incl the lowest seq that has it. (One stream, no
+    -- join between CTEs: their row estimates are guesses.)
     pts AS (
-        SELECT r.clinic_id, r.device_serial, r.boot_id, r.seq AS pos, 1 AS tag, r.received_at
+        SELECT r.clinic_id, r.device_serial, r.boot_id, r.seq AS pos, 1 AS tag, r.received_at,
+               r.old_max, r.h_start, r.h_end, r.h_at, r.h_by
           FROM r
         UNION ALL
-        SELECT ph.clinic_id, ph.device_serial, ph.boot_id, ph.gap_end, 0, NULL
+        SELECT ph.clinic_id, ph.device_serial, ph.boot_id, ph.gap_end, 0, NULL, NULL,
+               ph.gap_start, ph.gap_end, ph.revealed_at, ph.revealed_by_seq
           FROM ph
     ),
     sw1 AS (
@@ -191,43 +189,32 @@ BEGIN
         WINDOW w AS (PARTITION BY pts.clinic_id, pts.device_serial, pts.boot_id
                      ORDER BY pts.pos DESC, pts.tag DESC ROWS UNBOUNDED PRECEDING)
     ),
+    -- ... and, per hole, the row before each row (prev) and its last row (last).
     sw AS (
-        SELECT sw1.*, min(sw1.pos) FILTER (WHERE sw1.received_at = sw1.r_incl) OVER w AS by_incl
+        SELECT sw1.*, min(sw1.pos) FILTER (WHERE sw1.received_at = sw1.r_incl) OVER w AS by_incl,
+               lag(sw1.pos) OVER (PARTITION BY sw1.clinic_id, sw1.device_serial, sw1.boot_id,
+                                               sw1.h_start, sw1.tag
+                                  ORDER BY sw1.pos) AS prev,
+               max(sw1.pos) FILTER (WHERE sw1.tag = 1)
+                   OVER (PARTITION BY sw1.clinic_id, sw1.device_serial, sw1.boot_id,
+                                      sw1.h_start) AS last
           FROM sw1
         WINDOW w AS (PARTITION BY sw1.clinic_id, sw1.device_serial, sw1.boot_id
                      ORDER BY sw1.pos DESC, sw1.tag DESC ROWS UNBOUNDED PRECEDING)
     ),
-    -- Each row with the previous row in the same hole (h_start NULL: the range above old max).
-    rw AS (
-        SELECT r.*, sw.r_incl, sw.by_incl,
-               lag(r.seq) OVER (PARTITION BY r.clinic_id, r.device_serial, r.boot_id, r.h_start
-                                ORDER BY r.seq) AS prev
-          FROM r JOIN sw
-            ON sw.clinic_id = r.clinic_id AND sw.device_serial = r.device_serial
-           AND sw.boot_id = r.boot_id AND sw.pos = r.seq AND sw.tag = 1
-    ),
     -- The pieces below each row: from the previous row (or the hole's start, or old max + 1) to
     -- the row - 1; then the top piece of each rewritten hole, above its last row.
     pieces AS (
-        SELECT rw.clinic_id, rw.device_serial, rw.boot_id,
-               CASE WHEN rw.prev IS NOT NULL THEN rw.prev + 1
-                    WHEN rw.h_start IS NOT NULL THEN rw.h_start
-                    ELSE rw.old_max + 1 END AS lo,
-               rw.seq - 1 AS hi, rw.r_incl AS r_at, rw.by_incl AS r_by,
-               rw.h_at AS o_at, rw.h_by AS o_by
-          FROM rw
-        UNION ALL
-        SELECT ph.clinic_id, ph.device_serial, ph.boot_id,
-               CASE WHEN l.last IS NULL THEN ph.gap_start
-                    WHEN l.last < ph.gap_end THEN l.last + 1 END,
-               ph.gap_end, sw.r_incl, sw.by_incl, ph.revealed_at, ph.revealed_by_seq
-          FROM ph
-          JOIN sw
-            ON sw.clinic_id = ph.clinic_id AND sw.device_serial = ph.device_serial
-           AND sw.boot_id = ph.boot_id AND sw.pos = ph.gap_end AND sw.tag = 0
-          LEFT JOIN lst l
-            ON l.clinic_id = ph.clinic_id AND l.device_serial = ph.device_serial
-           AND l.boot_id = ph.boot_id AND l.h_start = ph.gap_start
+        SELECT sw.clinic_id, sw.device_serial, sw.boot_id,
+               CASE WHEN sw.tag = 0 THEN
+                        CASE WHEN sw.last IS NULL THEN sw.h_start
+                             WHEN sw.last < sw.h_end THEN sw.last + 1 END
+                    WHEN sw.prev IS NOT NULL THEN sw.prev + 1
+                    WHEN sw.h_start IS NOT NULL THEN sw.h_start
+                    ELSE sw.old_max + 1 END AS lo,
+               CASE WHEN sw.tag = 0 THEN sw.h_end ELSE sw.pos - 1 END AS hi,
+               sw.r_incl AS r_at, sw.by_incl AS r_by, sw.h_at AS o_at, sw.h_by AS o_by
+          FROM sw
     )
     SELECT (SELECT array_agg(ROW(ph.*)::needletrace.seq_hole) FROM ph),
            (SELECT array_agg(ROW(p.clinic_id, p.device_serial, p.boot_id, p.lo, p.hi,
