@@ -35,7 +35,7 @@ for p in python3 /usr/bin/python3; do
 done
 
 export NT_TEST_NAME=bench-lossy
-# shellcheck source=../integration/lib.sh
+# shellcheck source=../integration/lib.sh source-path=SCRIPTDIR/../integration
 source "$ROOT/tests/integration/lib.sh"
 nt_setup "$BUILD/needletrace"
 
@@ -91,7 +91,7 @@ for n in $SIZES; do
     read -r e0 et0 <<<"$(fn_now evaluate_rules)"
     "$PY" "$ROOT/tests/integration/lib/lossy_pens.py" --port "$NT_BROKER_PORT" --prefix "$prefix" \
         --pens "$n" --before "$BEFORE" --missing 2 --trickle 5 --seconds "$SECONDS_H" \
-        --healthy-rate 20 --phase then >"$NT_TMP/$prefix.json" || nt_fail "lossy_pens.py failed"
+        --healthy-rate 20 --phase "then" >"$NT_TMP/$prefix.json" || nt_fail "lossy_pens.py failed"
     expected=$((expected + $(jq -r '.lossy_events + .healthy_events' "$NT_TMP/$prefix.json")))
     nt_wait_for "$expected events committed" 600 \
         nt_sql_eq "$expected" "SELECT count(*) FROM needletrace.events"

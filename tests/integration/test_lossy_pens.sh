@@ -41,7 +41,7 @@ first=$(jq -r .lossy_events "$OUT.first")
 nt_wait_for "$first events committed" 300 nt_sql_eq "$first" "SELECT count(*) FROM needletrace.events"
 nt_log "the healthy pen, while the lossy pens keep sending"
 "$PY" "$NT_LIB_DIR/lossy_pens.py" --port "$NT_BROKER_PORT" --pens "$PENS" --before "$BEFORE" \
-    --missing 2 --trickle "$TRICKLE" --seconds 10 --healthy-rate 20 --phase then >"$OUT" ||
+    --missing 2 --trickle "$TRICKLE" --seconds 10 --healthy-rate 20 --phase "then" >"$OUT" ||
     nt_fail "lossy_pens.py --phase then failed"
 nt_log "published: $(cat "$OUT.first") $(cat "$OUT")"
 lossy_events=$(($(jq -r .lossy_events "$OUT") + first))
