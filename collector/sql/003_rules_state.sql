@@ -73,25 +73,47 @@ CREATE TABLE needletrace.sequence_gaps_alerted (
 );
 
 -- Per-boot progress, maintained by evaluate_rules from each batch's new events:
---   max_seq, n_events: a gap can only exist where n_events < max_seq;
---   settled_seq: every seq 1..settled_seq is present or inside an alerted gap. Events above it
+--   max_seq, n_events: the highest seq and the number of events (every seq 1..max_seq present
+--   when n_events = max_seq); prev_max_seq: max_seq before the latest batch that advanced the
+--   row (the batch's own holes start above it);
+--   settled_seq: every seq 1..settled_seq is present or inside an alerted gap -- the start of the
+--   boot's lowest open hole (sequence_holes) - 1, or max_seq when it has none. Events above it
 --   may still be preceded by an event that has not arrived yet (out of order, e.g. two replicas
 --   on a shared subscription), so NEEDLING_WITHOUT_CARTRIDGE decides an activity sample only
---   once it is settled. The row is locked (upsert) by the batch that advances it, which makes
---   every advance -- and every such decision -- happen exactly once.
+--   once it is settled. The row is locked (upsert) by the batch that advances it, and by the gap
+--   check that alerts its holes, which makes every advance -- and every such decision -- happen
+--   exactly once; the boot's holes are only written under that lock.
 CREATE TABLE needletrace.boot_progress (
     clinic_id     text        NOT NULL,
     device_serial text        NOT NULL,
     boot_id       bigint      NOT NULL,
     max_seq       bigint      NOT NULL,
     n_events      bigint      NOT NULL,
+    prev_max_seq  bigint      NOT NULL DEFAULT 0,
     settled_seq   bigint      NOT NULL DEFAULT 0,
     updated_at    timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (clinic_id, device_serial, boot_id)
 );
--- The boots check_sequence_gaps has to look at: normally none, so the check costs nothing.
-CREATE INDEX boot_progress_open_idx ON needletrace.boot_progress (clinic_id, device_serial, boot_id)
-    WHERE settled_seq < max_seq;
+
+-- The open holes of each boot: seq ranges gap_start..gap_end above settled_seq that are neither
+-- present nor alerted yet, kept by each batch for its own boots (a batch landing above max_seq
+-- opens the range it skipped; a batch filling part of a hole shrinks, splits or deletes it) and
+-- deleted by check_sequence_gaps when it alerts them. revealed_at/revealed_by_seq: the
+-- earliest-received event above the hole (receive time, then seq); the hole is due
+-- sequence_gap_after later. A lower hole is never revealed later than a higher one of its boot,
+-- so the alerted gaps of a boot are always below its open holes.
+CREATE TABLE needletrace.sequence_holes (
+    clinic_id       text        NOT NULL,
+    device_serial   text        NOT NULL,
+    boot_id         bigint      NOT NULL,
+    gap_start       bigint      NOT NULL,
+    gap_end         bigint      NOT NULL CHECK (gap_end >= gap_start),
+    revealed_at     timestamptz NOT NULL,
+    revealed_by_seq bigint      NOT NULL,
+    PRIMARY KEY (clinic_id, device_serial, boot_id, gap_start)
+);
+-- What falls due: check_sequence_gaps reads only revealed_at <= now() - sequence_gap_after.
+CREATE INDEX sequence_holes_due_idx ON needletrace.sequence_holes (revealed_at);
 
 -- ---- alert delivery and acknowledgement (alerts themselves stay append-only) ------------------
 CREATE TABLE needletrace.alert_deliveries (
@@ -144,6 +166,10 @@ COMMENT ON TABLE needletrace.sequence_gaps_alerted IS
 COMMENT ON TABLE needletrace.boot_progress IS
     'Per (device, boot): highest seq, event count and settled_seq (every seq up to it is present '
     'or inside an alerted gap). Maintained by the rules; not evidence.';
+COMMENT ON TABLE needletrace.sequence_holes IS
+    'Per (device, boot): the seq ranges missing and not alerted yet, with the receive time of the '
+    'earliest event above each (SEQUENCE_GAP is due sequence_gap_after later). Maintained by the '
+    'rules; not evidence.';
 COMMENT ON TABLE needletrace.alert_deliveries IS
     'When and by which collector each alert was published (MQTT and NOTIFY); append-only.';
 COMMENT ON TABLE needletrace.alert_acks IS

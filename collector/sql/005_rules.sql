@@ -309,78 +309,42 @@ END
 $$;
 
 -- ---- SEQUENCE_GAP ----------------------------------------------------------------------------------
--- For the given boots (locked by the caller): the seq ranges above settled_seq that are neither
--- present nor alerted, revealed (by the earliest-received event above them) at least p_after ago.
+-- For the given boots (locked by the caller): their open holes (sequence_holes) revealed -- by
+-- the earliest-received event above them -- at least p_after ago. One index lookup per boot.
 CREATE FUNCTION needletrace.rule_sequence_gap(p_boots needletrace.boot_key[], p_after interval)
     RETURNS needletrace.alert_candidate[]
     LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN ARRAY(
-        WITH k AS (
-            SELECT b.clinic_id, b.device_serial, b.boot_id, b.settled_seq
-              FROM unnest(p_boots) AS u
-              JOIN needletrace.boot_progress b USING (clinic_id, device_serial, boot_id)
-             WHERE b.settled_seq < b.max_seq
-        ),
-        ev AS MATERIALIZED (
-            SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, e.seq, e.received_at
-              FROM k JOIN needletrace.events e
-                ON e.clinic_id = k.clinic_id AND e.device_serial = k.device_serial
-               AND e.boot_id = k.boot_id AND e.seq > k.settled_seq
-        ),
-        -- Present ranges above settled_seq: events, and gaps already alerted.
-        r AS (
-            SELECT ev.clinic_id, ev.device_serial, ev.boot_id, ev.settled_seq, ev.seq AS lo, ev.seq AS hi
-              FROM ev
-            UNION ALL
-            SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, g.gap_start, g.gap_end
-              FROM k JOIN needletrace.sequence_gaps_alerted g
-                ON g.clinic_id = k.clinic_id AND g.device_serial = k.device_serial
-               AND g.boot_id = k.boot_id AND g.gap_end > k.settled_seq
-        ),
-        w AS (
-            SELECT r.*, coalesce(max(r.hi) OVER (PARTITION BY r.clinic_id, r.device_serial, r.boot_id
-                                                 ORDER BY r.lo, r.hi
-                                                 ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-                                 r.settled_seq) AS reach
-              FROM r
-        ),
-        holes AS (
-            SELECT w.clinic_id, w.device_serial, w.boot_id, w.reach + 1 AS gap_start, w.lo - 1 AS gap_end
-              FROM w WHERE w.lo > w.reach + 1
-        ),
-        -- The earliest-received event above each hole revealed it.
-        due AS (
-            SELECT h.*, rv.seq AS revealed_by_seq, rv.received_at AS revealed_at
-              FROM holes h
-              CROSS JOIN LATERAL (
-                    SELECT ev.seq, ev.received_at FROM ev
-                     WHERE ev.clinic_id = h.clinic_id AND ev.device_serial = h.device_serial
-                       AND ev.boot_id = h.boot_id AND ev.seq > h.gap_end
-                     ORDER BY ev.received_at, ev.seq LIMIT 1) rv
-             WHERE rv.received_at + p_after <= now()
-        )
-        SELECT ROW('SEQUENCE_GAP', 'warning', d.clinic_id, d.device_serial, NULL, d.boot_id,
-                   d.gap_start,
-                   jsonb_build_object('missing_from', d.gap_start, 'missing_to', d.gap_end,
-                                      'missing_count', d.gap_end - d.gap_start + 1,
-                                      'revealed_by_seq', d.revealed_by_seq,
-                                      'revealed_at', needletrace.rfc3339(d.revealed_at),
+        SELECT ROW('SEQUENCE_GAP', 'warning', h.clinic_id, h.device_serial, NULL, h.boot_id,
+                   h.gap_start,
+                   jsonb_build_object('missing_from', h.gap_start, 'missing_to', h.gap_end,
+                                      -- numeric: no bigint arithmetic on device values
+                                      'missing_count', h.gap_end::numeric - h.gap_start + 1,
+                                      'revealed_by_seq', h.revealed_by_seq,
+                                      'revealed_at', needletrace.rfc3339(h.revealed_at),
                                       'gap_after', p_after::text),
-                   jsonb_build_object('clinic_id', d.clinic_id, 'device_serial', d.device_serial,
-                                      'boot_id', d.boot_id, 'gap_start', d.gap_start,
-                                      'gap_end', d.gap_end)
+                   jsonb_build_object('clinic_id', h.clinic_id, 'device_serial', h.device_serial,
+                                      'boot_id', h.boot_id, 'gap_start', h.gap_start,
+                                      'gap_end', h.gap_end)
                )::needletrace.alert_candidate
-          FROM due d
-         ORDER BY d.clinic_id, d.device_serial, d.boot_id, d.gap_start);
+          FROM unnest(p_boots) AS k
+          JOIN needletrace.sequence_holes h
+            ON h.clinic_id = k.clinic_id AND h.device_serial = k.device_serial
+           AND h.boot_id = k.boot_id
+         WHERE h.revealed_at <= now() - p_after
+         ORDER BY h.clinic_id, h.device_serial, h.boot_id, h.gap_start, h.gap_end);
 END
 $$;
 
 -- ---- settling boots ----------------------------------------------------------------------------------
--- For the given boots (whose boot_progress rows the caller has locked): moves settled_seq up to
--- the highest s such that every seq in 1..s is present or inside an alerted gap, and returns the
--- activity samples that became settled -- NEEDLING_WITHOUT_CARTRIDGE decides a sample only then
--- -- plus, with p_tx, late samples of that transaction that fell into an alerted gap.
+-- For the given boots (whose boot_progress rows the caller has locked, and whose holes it has
+-- brought up to date): moves settled_seq up to the start of the boot's lowest open hole - 1, or
+-- max_seq when it has none (every seq up to there is present or inside an alerted gap: alerted
+-- gaps lie below the open holes), and returns the activity samples that became settled -- read
+-- by one range of the events' primary key per advanced boot, each sample once --
+-- NEEDLING_WITHOUT_CARTRIDGE decides a sample only then; plus, with p_tx, the samples of that
+-- transaction at or below the old settled_seq (they can only have filled an alerted gap).
 CREATE FUNCTION needletrace.settle_boots(p_boots needletrace.boot_key[], p_tx bigint)
     RETURNS TABLE(clinic_id text, device_serial text, boot_id bigint, session_id text, seq bigint)
     LANGUAGE plpgsql ROWS 50 AS $$
@@ -391,75 +355,56 @@ BEGIN
     END IF;
     RETURN QUERY
     WITH k AS MATERIALIZED (
-        SELECT b.clinic_id, b.device_serial, b.boot_id, b.max_seq, b.n_events, b.settled_seq
+        SELECT b.clinic_id, b.device_serial, b.boot_id, b.max_seq, b.settled_seq,
+               -- (gap_start >= 1: the decoder refuses seq 0, so - 1 cannot overflow)
+               coalesce((SELECT h.gap_start - 1 FROM needletrace.sequence_holes h
+                          WHERE h.clinic_id = b.clinic_id AND h.device_serial = b.device_serial
+                            AND h.boot_id = b.boot_id
+                          ORDER BY h.gap_start LIMIT 1), b.max_seq) AS new_settled
           FROM unnest(p_boots) AS u
           JOIN needletrace.boot_progress b
             ON b.clinic_id = u.clinic_id AND b.device_serial = u.device_serial
            AND b.boot_id = u.boot_id
     ),
-    -- Boots with holes: present events and alerted gaps above settled_seq, as ranges.
-    r AS (
-        SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, e.seq AS lo, e.seq AS hi
-          FROM k JOIN needletrace.events e
-            ON e.clinic_id = k.clinic_id AND e.device_serial = k.device_serial
-           AND e.boot_id = k.boot_id AND e.seq > k.settled_seq
-         WHERE k.n_events < k.max_seq
-        UNION ALL
-        SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, g.gap_start, g.gap_end
-          FROM k JOIN needletrace.sequence_gaps_alerted g
-            ON g.clinic_id = k.clinic_id AND g.device_serial = k.device_serial
-           AND g.boot_id = k.boot_id AND g.gap_end > k.settled_seq
-         WHERE k.n_events < k.max_seq
-    ),
-    w AS (
-        SELECT r.*, coalesce(max(r.hi) OVER (PARTITION BY r.clinic_id, r.device_serial, r.boot_id
-                                             ORDER BY r.lo, r.hi
-                                             ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
-                             r.settled_seq) AS reach
-          FROM r
-    ),
-    s AS (
-        SELECT w.clinic_id, w.device_serial, w.boot_id, min(w.settled_seq) AS old_settled,
-               coalesce(min(w.reach) FILTER (WHERE w.lo > w.reach + 1), max(w.hi)) AS new_settled
-          FROM w GROUP BY w.clinic_id, w.device_serial, w.boot_id
-        UNION ALL
-        SELECT k.clinic_id, k.device_serial, k.boot_id, k.settled_seq, k.max_seq
-          FROM k WHERE k.n_events >= k.max_seq
-    ),
     -- Settled ranges (old, new] of the advanced boots.
     adv AS (
         UPDATE needletrace.boot_progress b
-           SET settled_seq = s.new_settled, updated_at = now()
-          FROM s
-         WHERE b.clinic_id = s.clinic_id AND b.device_serial = s.device_serial
-           AND b.boot_id = s.boot_id AND s.new_settled > b.settled_seq
-        RETURNING b.clinic_id, b.device_serial, b.boot_id, s.old_settled, s.new_settled
+           SET settled_seq = k.new_settled, updated_at = now()
+          FROM k
+         WHERE b.clinic_id = k.clinic_id AND b.device_serial = k.device_serial
+           AND b.boot_id = k.boot_id AND k.new_settled > b.settled_seq
+        RETURNING b.clinic_id, b.device_serial, b.boot_id, k.settled_seq AS old_settled,
+                  k.new_settled
+    ),
+    -- This transaction's activity samples (events_tx_idx: the batch's rows, not the boots').
+    late AS MATERIALIZED (
+        SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq
+          FROM needletrace.events e
+         WHERE p_tx IS NOT NULL AND e.tx = p_tx AND e.kind = 'needle_activity'
     )
     SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq
-      FROM adv JOIN needletrace.events e
-        ON e.clinic_id = adv.clinic_id AND e.device_serial = adv.device_serial
-       AND e.boot_id = adv.boot_id AND e.seq > adv.old_settled AND e.seq <= adv.new_settled
-     WHERE e.kind = 'needle_activity'
+      FROM adv CROSS JOIN LATERAL (
+               SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq
+                 FROM needletrace.events e
+                WHERE e.clinic_id = adv.clinic_id AND e.device_serial = adv.device_serial
+                  AND e.boot_id = adv.boot_id AND e.seq > adv.old_settled
+                  AND e.seq <= adv.new_settled AND e.kind = 'needle_activity'
+               OFFSET 0) e
     UNION ALL
-    -- A new row at or below the old settled_seq can only fill an alerted gap: look there.
-    SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq
-      FROM k JOIN needletrace.sequence_gaps_alerted g
-        ON g.clinic_id = k.clinic_id AND g.device_serial = k.device_serial
-       AND g.boot_id = k.boot_id AND g.gap_start <= k.settled_seq
-      JOIN needletrace.events e
-        ON e.clinic_id = g.clinic_id AND e.device_serial = g.device_serial
-       AND e.boot_id = g.boot_id AND e.seq BETWEEN g.gap_start AND least(g.gap_end, k.settled_seq)
-     WHERE p_tx IS NOT NULL AND e.tx = p_tx AND e.kind = 'needle_activity';
+    SELECT l.clinic_id, l.device_serial, l.boot_id, l.session_id, l.seq
+      FROM late l JOIN k
+        ON k.clinic_id = l.clinic_id AND k.device_serial = l.device_serial
+       AND k.boot_id = l.boot_id AND l.seq <= k.settled_seq;
 END
 $$;
 
 -- ---- NEEDLING_WITHOUT_CARTRIDGE ------------------------------------------------------------------------
 -- The alert of NEEDLING_WITHOUT_CARTRIDGE on the activity sample (p_boot_id, p_seq) of a session,
--- with its state row; p_last_code is the session's last cartridge change before the sample
--- (seq * 2, an unmount: a mount, seq * 2 + 1, would have covered it), NULL when there was none.
+-- with its state row; p_last_unmount is the seq of the session's last cartridge change before the
+-- sample (an unmount: a mount would have covered it), NULL when there was none.
 CREATE FUNCTION needletrace.no_cartridge_alert(p_clinic_id text, p_device_serial text,
                                                p_session_id text, p_boot_id bigint, p_seq bigint,
-                                               p_device_time timestamptz, p_last_code bigint)
+                                               p_device_time timestamptz, p_last_unmount bigint)
     RETURNS needletrace.alert_candidate
     LANGUAGE sql STABLE AS $$
     SELECT ROW('NEEDLING_WITHOUT_CARTRIDGE', 'critical', p_clinic_id, p_device_serial, p_session_id,
@@ -467,9 +412,9 @@ CREATE FUNCTION needletrace.no_cartridge_alert(p_clinic_id text, p_device_serial
                jsonb_build_object(
                    'device_time', needletrace.rfc3339(p_device_time),
                    'last_cartridge_event',
-                   CASE WHEN p_last_code IS NULL THEN NULL
+                   CASE WHEN p_last_unmount IS NULL THEN NULL
                         ELSE jsonb_build_object('kind', 'cartridge_unmounted',
-                                                'seq', p_last_code / 2) END),
+                                                'seq', p_last_unmount) END),
                jsonb_build_object('clinic_id', p_clinic_id, 'device_serial', p_device_serial,
                                   'session_id', coalesce(p_session_id, ''),
                                   'boot_id', p_boot_id, 'seq', p_seq)
@@ -513,14 +458,14 @@ BEGIN
                                 WHERE n.clinic_id = agg.clinic_id AND n.device_serial = agg.device_serial
                                   AND n.session_id = coalesce(agg.session_id, ''))
         ),
-        -- The session's mounts/unmounts before its last sample; code = seq*2 + 1 for a mount, so
-        -- the greatest code is the latest change.
+        -- The session's mounts/unmounts before its last sample (mount: true for a mount). No
+        -- arithmetic on seq: the latest change is the one with the greatest seq (unique per boot).
         -- One index lookup (events_cartridge_change_idx) per session: OFFSET 0 keeps the
         -- subquery per row, so the plan never turns into a scan of every mount of the fleet
         -- (a hash join the planner picks when its estimates of this batch's sessions are off).
         chg AS MATERIALIZED (
             SELECT agg2.clinic_id, agg2.device_serial, agg2.boot_id, agg2.session_id, m.seq,
-                   m.seq * 2 + (m.kind = 'cartridge_mounted')::int AS code
+                   m.kind = 'cartridge_mounted' AS mount
               FROM agg2 CROSS JOIN LATERAL (
                        SELECT e.seq, e.kind
                          FROM needletrace.events e
@@ -533,7 +478,9 @@ BEGIN
         cls AS (
             SELECT agg2.clinic_id, agg2.device_serial, agg2.boot_id, agg2.session_id, agg2.a_min,
                    agg2.a_max, agg2.fast,
-                   max(chg.code) FILTER (WHERE chg.seq < agg2.a_min) AS code_before,
+                   max(chg.seq) FILTER (WHERE chg.seq < agg2.a_min) AS before_seq,
+                   (array_agg(chg.mount ORDER BY chg.seq DESC)
+                        FILTER (WHERE chg.seq < agg2.a_min))[1] AS before_mount,
                    coalesce(bool_or(chg.seq > agg2.a_min), false) AS changes_within
               FROM agg2 LEFT JOIN chg
                 ON chg.clinic_id = agg2.clinic_id AND chg.device_serial = agg2.device_serial
@@ -543,14 +490,14 @@ BEGIN
         -- Common case: no mount/unmount among the samples, so the first sample decides.
         bad_simple AS (
             SELECT cls.clinic_id, cls.device_serial, cls.boot_id, cls.session_id, cls.a_min AS seq,
-                   cls.code_before AS last_code
+                   cls.before_seq AS last_unmount
               FROM cls
-             WHERE NOT cls.changes_within AND (cls.code_before IS NULL OR cls.code_before % 2 = 0)
+             WHERE NOT cls.changes_within AND NOT coalesce(cls.before_mount, false)
         ),
         -- A cartridge changed among the samples: look at each sample of those sessions.
         comb AS (
             SELECT act.clinic_id, act.device_serial, act.boot_id, act.session_id, act.seq,
-                   NULL::bigint AS code
+                   NULL::boolean AS mount
               FROM act JOIN cls
                 ON cls.clinic_id = act.clinic_id AND cls.device_serial = act.device_serial
                AND cls.boot_id = act.boot_id AND cls.session_id IS NOT DISTINCT FROM act.session_id
@@ -558,35 +505,47 @@ BEGIN
             UNION ALL
             -- (the same for the sessions from p_sessions: their samples are the activity rows in
             -- a_min..a_max)
-            SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq, NULL::bigint
+            SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq, NULL::boolean
               FROM cls JOIN needletrace.events e
                 ON e.clinic_id = cls.clinic_id AND e.device_serial = cls.device_serial
                AND e.boot_id = cls.boot_id AND e.seq BETWEEN cls.a_min AND cls.a_max
              WHERE cls.fast AND cls.changes_within AND e.kind = 'needle_activity'
                AND e.session_id IS NOT DISTINCT FROM cls.session_id
             UNION ALL
-            SELECT chg.clinic_id, chg.device_serial, chg.boot_id, chg.session_id, chg.seq, chg.code
+            SELECT chg.clinic_id, chg.device_serial, chg.boot_id, chg.session_id, chg.seq, chg.mount
               FROM chg JOIN cls
                 ON cls.clinic_id = chg.clinic_id AND cls.device_serial = chg.device_serial
                AND cls.boot_id = chg.boot_id AND cls.session_id = chg.session_id
              WHERE cls.changes_within
         ),
-        lat AS (
-            SELECT comb.*, max(comb.code) OVER (PARTITION BY comb.clinic_id, comb.device_serial,
-                                                             comb.boot_id, comb.session_id
-                                                ORDER BY comb.seq ROWS UNBOUNDED PRECEDING) AS last_code
+        -- Each row with the seq of the latest change at or before it (last_seq), then whether
+        -- that change was a mount (the one row of its group with a mount flag).
+        lat0 AS (
+            SELECT comb.*,
+                   max(comb.seq) FILTER (WHERE comb.mount IS NOT NULL)
+                       OVER (PARTITION BY comb.clinic_id, comb.device_serial, comb.boot_id,
+                                          comb.session_id
+                             ORDER BY comb.seq ROWS UNBOUNDED PRECEDING) AS last_seq
               FROM comb
+        ),
+        lat AS (
+            SELECT lat0.*,
+                   bool_or(lat0.mount) OVER (PARTITION BY lat0.clinic_id, lat0.device_serial,
+                                                          lat0.boot_id, lat0.session_id,
+                                                          lat0.last_seq) AS last_mount
+              FROM lat0
         ),
         bad_any AS (
             SELECT bad_simple.* FROM bad_simple
             UNION ALL
-            SELECT lat.clinic_id, lat.device_serial, lat.boot_id, lat.session_id, lat.seq, lat.last_code
+            SELECT lat.clinic_id, lat.device_serial, lat.boot_id, lat.session_id, lat.seq,
+                   lat.last_seq
               FROM lat
-             WHERE lat.code IS NULL AND (lat.last_code IS NULL OR lat.last_code % 2 = 0)
+             WHERE lat.mount IS NULL AND NOT coalesce(lat.last_mount, false)
         ),
         bad AS (
             SELECT DISTINCT ON (b.clinic_id, b.device_serial, coalesce(b.session_id, ''))
-                   b.clinic_id, b.device_serial, b.boot_id, b.session_id, b.seq, b.last_code,
+                   b.clinic_id, b.device_serial, b.boot_id, b.session_id, b.seq, b.last_unmount,
                    e.device_time
               FROM bad_any b
               JOIN needletrace.events e
@@ -595,7 +554,7 @@ BEGIN
              ORDER BY b.clinic_id, b.device_serial, coalesce(b.session_id, ''), b.seq
         )
         SELECT needletrace.no_cartridge_alert(bad.clinic_id, bad.device_serial, bad.session_id,
-                                              bad.boot_id, bad.seq, bad.device_time, bad.last_code)
+                                              bad.boot_id, bad.seq, bad.device_time, bad.last_unmount)
           FROM bad
          ORDER BY bad.clinic_id, bad.device_serial, coalesce(bad.session_id, ''));
 END

@@ -94,57 +94,211 @@ END
 $$;
 
 -- ---- boot progress ------------------------------------------------------------------------------
--- Upserts the progress of the batch's boots, in key order (the first row locks every batch
--- takes), and returns the boots the batch did not settle by itself, for settle_boots.
--- When the batch alone moves a boot forward -- the boot was settled to its max_seq, all of the
--- batch's seqs lie above it (known when n_events = max_seq, i.e. every seq 1..max_seq is present
--- -- seqs are >= 1, the decoder refuses 0 -- else checked on the batch's first seq), and the batch
--- holds every seq from max_seq + 1 to its last (its row count says so) -- the upsert settles the
--- boot at once, to the batch's last seq (settle_boots would do exactly that), and the rows that
--- became settled are exactly the batch's rows, so read_batch saw all that
--- NEEDLING_WITHOUT_CARTRIDGE needs: such a boot is "fast". The other boots keep their settled_seq
--- here and are returned.
-CREATE FUNCTION needletrace.advance_boot_progress(p_boots needletrace.batch_boot[])
-    RETURNS needletrace.boot_key[]
+-- A boot the batch did not settle by itself: its max_seq before the batch and its settled_seq.
+CREATE TYPE needletrace.boot_span AS (
+    clinic_id     text,
+    device_serial text,
+    boot_id       bigint,
+    old_max       bigint,
+    settled       bigint
+);
+
+-- An open hole (a row of needletrace.sequence_holes).
+CREATE TYPE needletrace.seq_hole AS (
+    clinic_id       text,
+    device_serial   text,
+    boot_id         bigint,
+    gap_start       bigint,
+    gap_end         bigint,
+    revealed_at     timestamptz,
+    revealed_by_seq bigint
+);
+
+-- Brings the open holes of the given boots (locked by the caller) up to date with transaction
+-- p_tx's rows: the range a boot's rows skipped above its old max_seq becomes holes, a hole that
+-- rows fill shrinks, splits or goes, and a hole with an earlier-received row above it than the
+-- one that revealed it takes that row's time. Reads the batch's rows (events_tx_idx), one index
+-- probe per row at or below the old max_seq, and the holes the rows touch: never a boot's
+-- history. Only the rows above settled_seq matter: those below it fill alerted gaps.
+-- No arithmetic that can overflow: x + 1 only where x < some seq, x - 1 only where x is a seq
+-- (>= 1, the decoder refuses 0).
+CREATE FUNCTION needletrace.track_holes(p_tx bigint, p_spans needletrace.boot_span[])
+    RETURNS void
     LANGUAGE plpgsql AS $$
 DECLARE
-    v_slow needletrace.boot_key[];
+    v_old needletrace.seq_hole[]; -- holes replaced
+    v_new needletrace.seq_hole[]; -- their pieces and the new holes
+BEGIN
+    WITH s AS MATERIALIZED (
+        SELECT * FROM unnest(p_spans)
+    ),
+    bt AS MATERIALIZED (
+        SELECT e.clinic_id, e.device_serial, e.boot_id, e.seq, e.received_at
+          FROM needletrace.events e
+         WHERE e.tx = p_tx
+    ),
+    -- The rows above settled_seq, each with the hole it fills (one probe of the holes' primary
+    -- key per row at or below the old max_seq; none: above it).
+    r AS MATERIALIZED (
+        SELECT bt.*, s.old_max, h.gap_start AS h_start, h.gap_end AS h_end,
+               h.revealed_at AS h_at, h.revealed_by_seq AS h_by
+          FROM bt JOIN s USING (clinic_id, device_serial, boot_id)
+          LEFT JOIN LATERAL (
+                   SELECT h.gap_start, h.gap_end, h.revealed_at, h.revealed_by_seq
+                     FROM needletrace.sequence_holes h
+                    WHERE bt.seq <= s.old_max
+                      AND h.clinic_id = bt.clinic_id AND h.device_serial = bt.device_serial
+                      AND h.boot_id = bt.boot_id AND h.gap_start <= bt.seq
+                    ORDER BY h.gap_start DESC LIMIT 1) h ON true
+         WHERE bt.seq > s.settled
+           AND (bt.seq > s.old_max OR h.gap_end >= bt.seq)
+    ),
+    -- The existing holes to rewrite: those rows fill, and those an earlier-received row of the
+    -- batch lies above (rare: replicas commit out of receive order).
+    ph AS (
+        SELECT r.clinic_id, r.device_serial, r.boot_id, r.h_start AS gap_start,
+               r.h_end AS gap_end, r.h_at AS revealed_at, r.h_by AS revealed_by_seq
+          FROM r WHERE r.h_start IS NOT NULL
+        UNION
+        SELECT h.*
+          FROM (SELECT r.clinic_id, r.device_serial, r.boot_id, min(r.received_at) AS r_min,
+                       max(r.seq) AS s_max
+                  FROM r GROUP BY 1, 2, 3) m
+          CROSS JOIN LATERAL (
+                   SELECT h.* FROM needletrace.sequence_holes h
+                    WHERE h.clinic_id = m.clinic_id AND h.device_serial = m.device_serial
+                      AND h.boot_id = m.boot_id
+                      AND h.revealed_at >= m.r_min AND h.gap_end < m.s_max) h
+    ),
+    -- The batch's rows (tag 1) and the tops of those holes (tag 0), each with its hole (h_*;
+    -- NULL: above the old max_seq), in one descending sweep per boot: r_incl is the earliest
+    -- receive time at or above each point, by_incl the lowest seq that has it. (One stream, no
+    -- join between CTEs: their row estimates are guesses.)
+    pts AS (
+        SELECT r.clinic_id, r.device_serial, r.boot_id, r.seq AS pos, 1 AS tag, r.received_at,
+               r.old_max, r.h_start, r.h_end, r.h_at, r.h_by
+          FROM r
+        UNION ALL
+        SELECT ph.clinic_id, ph.device_serial, ph.boot_id, ph.gap_end, 0, NULL, NULL,
+               ph.gap_start, ph.gap_end, ph.revealed_at, ph.revealed_by_seq
+          FROM ph
+    ),
+    sw1 AS (
+        SELECT pts.*, min(pts.received_at) OVER w AS r_incl
+          FROM pts
+        WINDOW w AS (PARTITION BY pts.clinic_id, pts.device_serial, pts.boot_id
+                     ORDER BY pts.pos DESC, pts.tag DESC ROWS UNBOUNDED PRECEDING)
+    ),
+    -- ... and, per hole, the row before each row (prev) and its last row (last).
+    sw AS (
+        SELECT sw1.*, min(sw1.pos) FILTER (WHERE sw1.received_at = sw1.r_incl) OVER w AS by_incl,
+               lag(sw1.pos) OVER (PARTITION BY sw1.clinic_id, sw1.device_serial, sw1.boot_id,
+                                               sw1.h_start, sw1.tag
+                                  ORDER BY sw1.pos) AS prev,
+               max(sw1.pos) FILTER (WHERE sw1.tag = 1)
+                   OVER (PARTITION BY sw1.clinic_id, sw1.device_serial, sw1.boot_id,
+                                      sw1.h_start) AS last
+          FROM sw1
+        WINDOW w AS (PARTITION BY sw1.clinic_id, sw1.device_serial, sw1.boot_id
+                     ORDER BY sw1.pos DESC, sw1.tag DESC ROWS UNBOUNDED PRECEDING)
+    ),
+    -- The pieces below each row: from the previous row (or the hole's start, or old max + 1) to
+    -- the row - 1; then the top piece of each rewritten hole, above its last row.
+    pieces AS (
+        SELECT sw.clinic_id, sw.device_serial, sw.boot_id,
+               CASE WHEN sw.tag = 0 THEN
+                        CASE WHEN sw.last IS NULL THEN sw.h_start
+                             WHEN sw.last < sw.h_end THEN sw.last + 1 END
+                    WHEN sw.prev IS NOT NULL THEN sw.prev + 1
+                    WHEN sw.h_start IS NOT NULL THEN sw.h_start
+                    ELSE sw.old_max + 1 END AS lo,
+               CASE WHEN sw.tag = 0 THEN sw.h_end ELSE sw.pos - 1 END AS hi,
+               sw.r_incl AS r_at, sw.by_incl AS r_by, sw.h_at AS o_at, sw.h_by AS o_by
+          FROM sw
+    )
+    SELECT (SELECT array_agg(ROW(ph.*)::needletrace.seq_hole) FROM ph),
+           (SELECT array_agg(ROW(p.clinic_id, p.device_serial, p.boot_id, p.lo, p.hi,
+                                 CASE WHEN p.o_at IS NULL OR (p.r_at, p.r_by) < (p.o_at, p.o_by)
+                                      THEN p.r_at ELSE p.o_at END,
+                                 CASE WHEN p.o_at IS NULL OR (p.r_at, p.r_by) < (p.o_at, p.o_by)
+                                      THEN p.r_by ELSE p.o_by END)::needletrace.seq_hole)
+              FROM pieces p
+             WHERE p.lo <= p.hi)
+      INTO v_old, v_new;
+
+    IF v_old IS NOT NULL THEN
+        DELETE FROM needletrace.sequence_holes h
+         USING unnest(v_old) AS o
+         WHERE h.clinic_id = o.clinic_id AND h.device_serial = o.device_serial
+           AND h.boot_id = o.boot_id AND h.gap_start = o.gap_start;
+    END IF;
+    IF v_new IS NOT NULL THEN
+        INSERT INTO needletrace.sequence_holes
+        SELECT * FROM unnest(v_new) ORDER BY 1, 2, 3, 4;
+    END IF;
+END
+$$;
+
+-- Upserts the progress of the batch's boots, in key order (the first row locks every batch
+-- takes), brings the holes of the boots it did not settle by itself up to date (track_holes), and
+-- returns those boots (slow), for settle_boots, and whether the batch holds rows at or below one's
+-- settled_seq (late: they fill alerted gaps; settle_boots then looks at the batch's samples).
+-- When the batch alone moves a boot forward -- the boot was settled to its max_seq (so it has no
+-- open hole), the batch's first seq is max_seq + 1 and the batch holds every seq from there to
+-- its last (its row count says so) -- the upsert settles the boot at once, to the batch's last
+-- seq (settle_boots would do exactly that), and the rows that became settled are exactly the
+-- batch's rows, so read_batch saw all that NEEDLING_WITHOUT_CARTRIDGE needs: such a boot is
+-- "fast". The other boots keep their settled_seq here and are returned.
+CREATE FUNCTION needletrace.advance_boot_progress(p_boots needletrace.batch_boot[], p_tx bigint,
+                                                  OUT slow needletrace.boot_key[],
+                                                  OUT late boolean)
+    LANGUAGE plpgsql AS $$
+DECLARE
+    v_spans needletrace.boot_span[];
 BEGIN
     WITH a AS MATERIALIZED (
         SELECT * FROM unnest(p_boots)
     ),
     b AS (
         INSERT INTO needletrace.boot_progress AS p
-               (clinic_id, device_serial, boot_id, max_seq, n_events, settled_seq)
-        SELECT a.clinic_id, a.device_serial, a.boot_id, a.max_seq, a.n,
+               (clinic_id, device_serial, boot_id, max_seq, n_events, prev_max_seq, settled_seq)
+        SELECT a.clinic_id, a.device_serial, a.boot_id, a.max_seq, a.n, 0,
                CASE WHEN a.min_seq = 1 AND a.n = a.max_seq THEN a.max_seq ELSE 0 END
           FROM a
          ORDER BY 1, 2, 3
         ON CONFLICT (clinic_id, device_serial, boot_id) DO UPDATE
            SET max_seq = greatest(p.max_seq, EXCLUDED.max_seq),
                n_events = p.n_events + EXCLUDED.n_events,
+               prev_max_seq = p.max_seq,
+               -- (seqs >= 1: subtracting two of them, or 1 from one, cannot overflow)
                settled_seq =
                    CASE WHEN p.settled_seq = p.max_seq
+                         AND EXCLUDED.max_seq > p.max_seq
                          AND EXCLUDED.n_events = EXCLUDED.max_seq - p.max_seq
-                        THEN CASE WHEN p.n_events = p.max_seq
-                                    OR (SELECT a.min_seq FROM a
-                                         WHERE a.clinic_id = EXCLUDED.clinic_id
-                                           AND a.device_serial = EXCLUDED.device_serial
-                                           AND a.boot_id = EXCLUDED.boot_id) = p.max_seq + 1
-                                  THEN EXCLUDED.max_seq ELSE p.settled_seq END
-                        ELSE p.settled_seq END,
+                         AND (SELECT a.min_seq FROM a
+                               WHERE a.clinic_id = EXCLUDED.clinic_id
+                                 AND a.device_serial = EXCLUDED.device_serial
+                                 AND a.boot_id = EXCLUDED.boot_id) - 1 = p.max_seq
+                        THEN EXCLUDED.max_seq ELSE p.settled_seq END,
                updated_at = now()
-        RETURNING p.clinic_id, p.device_serial, p.boot_id, p.max_seq, p.settled_seq
+        RETURNING p.clinic_id, p.device_serial, p.boot_id, p.max_seq, p.prev_max_seq,
+                  p.settled_seq
     )
     -- A boot is fast when the upsert settled it to its max_seq, that max_seq is the batch's last
     -- seq for the boot, and the batch's rows of the boot are contiguous.
-    SELECT array_agg(ROW(a.clinic_id, a.device_serial, a.boot_id)::needletrace.boot_key)
-               FILTER (WHERE NOT (b.settled_seq = a.max_seq AND b.max_seq = a.max_seq
-                                  AND a.n = a.max_seq - a.min_seq + 1))
-      INTO v_slow
+    SELECT array_agg(ROW(a.clinic_id, a.device_serial, a.boot_id, b.prev_max_seq,
+                         b.settled_seq)::needletrace.boot_span),
+           coalesce(bool_or(a.min_seq <= b.settled_seq), false)
+      INTO v_spans, late
       FROM a JOIN b ON b.clinic_id = a.clinic_id AND b.device_serial = a.device_serial
-                   AND b.boot_id = a.boot_id;
-    RETURN v_slow;
+                   AND b.boot_id = a.boot_id
+     WHERE NOT (b.settled_seq = a.max_seq AND b.max_seq = a.max_seq
+                AND a.n - 1 = a.max_seq - a.min_seq);
+    IF v_spans IS NOT NULL THEN
+        PERFORM needletrace.track_holes(p_tx, v_spans);
+        slow := ARRAY(SELECT ROW(v.clinic_id, v.device_serial, v.boot_id)::needletrace.boot_key
+                        FROM unnest(v_spans) AS v);
+    END IF;
 END
 $$;
 
@@ -162,12 +316,15 @@ DECLARE
     v_skew  interval := needletrace.setting('clock_skew_bound')::interval;
     v_batch needletrace.batch_summary := needletrace.read_batch(v_tx, v_skew);
     v_slow  needletrace.boot_key[]; -- the batch's boots that are not fast
+    v_late  boolean; -- some of their rows fill alerted gaps
     v_ids   bigint[] := '{}';
 BEGIN
     IF v_batch.boots IS NULL THEN
         RETURN; -- this transaction inserted no events
     END IF;
-    v_slow := needletrace.advance_boot_progress(v_batch.boots); -- the batch's first row locks
+    -- the batch's first row locks
+    SELECT a.slow, a.late INTO v_slow, v_late
+      FROM needletrace.advance_boot_progress(v_batch.boots, v_tx) a;
     IF v_batch.mounts THEN
         -- One raise for the four, in rule order as ever; CARTRIDGE_REUSED first records the first
         -- uses (locks on cartridge_first_use come before any alert's).
@@ -188,8 +345,8 @@ BEGIN
     END IF;
     IF v_slow IS NOT NULL OR v_batch.sessions IS NOT NULL THEN
         v_ids := v_ids || needletrace.raise_alerts(p_collector_id, 'needletrace.no_cartridge_alerted',
-                              needletrace.rule_needling_without_cartridge(v_tx, v_slow,
-                                                                          v_batch.sessions));
+                              needletrace.rule_needling_without_cartridge(
+                                  CASE WHEN v_late THEN v_tx END, v_slow, v_batch.sessions));
     END IF;
 
     RETURN QUERY SELECT * FROM needletrace.publish_alerts(v_ids);
@@ -201,11 +358,20 @@ COMMENT ON FUNCTION needletrace.evaluate_rules(text) IS
 COMMENT ON FUNCTION needletrace.read_batch(bigint, interval) IS
     'The events this transaction inserted, summed up for evaluate_rules: per boot, per session '
     'with needle activity, and which rules have candidates. Reads only; takes no lock.';
-COMMENT ON FUNCTION needletrace.advance_boot_progress(needletrace.batch_boot[]) IS
+COMMENT ON FUNCTION needletrace.advance_boot_progress(needletrace.batch_boot[], bigint) IS
     'Records the batch''s boots in boot_progress (highest seq, event count; settled_seq when the '
-    'batch alone completes the boot); returns the boots left for settle_boots.';
+    'batch alone completes the boot) and their open holes; returns the boots left for '
+    'settle_boots.';
+COMMENT ON FUNCTION needletrace.track_holes(bigint, needletrace.boot_span[]) IS
+    'Brings the open holes (sequence_holes) of the given boots up to date with the rows of a '
+    'transaction: opens, shrinks, splits or deletes them; reads only the batch and its holes.';
 
 -- ---- check_sequence_gaps -------------------------------------------------------------------------
+-- Reads only the holes due (sequence_holes_due_idx), locks only their boots -- a boot locked by a
+-- batch or by another replica's check is skipped and looked at again on the next run, so this
+-- never waits or deadlocks -- raises SEQUENCE_GAP once per hole, deletes the alerted holes and
+-- settles those boots. A lower hole is never due later than a higher one of its boot, so the
+-- alerted gaps of a boot stay below its open holes.
 CREATE FUNCTION needletrace.check_sequence_gaps(p_collector_id text)
     RETURNS TABLE(alert_id bigint, clinic_id text, rule text, payload text)
     LANGUAGE plpgsql AS $$
@@ -215,35 +381,41 @@ DECLARE
     v_boots needletrace.boot_key[];
     v_ids   bigint[];
 BEGIN
-    -- Boots that may hold a gap, locked; a boot locked by a batch or by another replica's check
-    -- is skipped (it is looked at again on the next run), so this never waits or deadlocks.
-    SELECT array_agg(ROW(b.clinic_id, b.device_serial, b.boot_id)::needletrace.boot_key)
+    SELECT array_agg(ROW(p.clinic_id, p.device_serial, p.boot_id)::needletrace.boot_key
+                     ORDER BY p.clinic_id, p.device_serial, p.boot_id)
       INTO v_boots
-      FROM (SELECT p.clinic_id, p.device_serial, p.boot_id
-              FROM needletrace.boot_progress p
-             WHERE p.settled_seq < p.max_seq
-             ORDER BY 1, 2, 3
-               FOR UPDATE SKIP LOCKED) b;
+      FROM (SELECT DISTINCT h.clinic_id, h.device_serial, h.boot_id
+              FROM needletrace.sequence_holes h
+             WHERE h.revealed_at <= now() - v_after) d
+     CROSS JOIN LATERAL (
+               SELECT b.clinic_id, b.device_serial, b.boot_id
+                 FROM needletrace.boot_progress b
+                WHERE b.clinic_id = d.clinic_id AND b.device_serial = d.device_serial
+                  AND b.boot_id = d.boot_id
+                  FOR UPDATE SKIP LOCKED) p;
     IF v_boots IS NULL THEN
         RETURN;
     END IF;
 
-    -- A new statement, so it sees everything committed before the locks were taken.
+    -- New statements, so they see everything committed before the locks were taken.
     v_ids := needletrace.raise_alerts(p_collector_id, 'needletrace.sequence_gaps_alerted',
                                       needletrace.rule_sequence_gap(v_boots, v_after));
+    DELETE FROM needletrace.sequence_holes h
+     USING unnest(v_boots) AS k
+     WHERE h.clinic_id = k.clinic_id AND h.device_serial = k.device_serial
+       AND h.boot_id = k.boot_id AND h.revealed_at <= now() - v_after;
 
     -- Alerted gaps count as settled: advance, and decide the activity samples that waited.
-    IF cardinality(v_ids) > 0 THEN
-        v_ids := v_ids || needletrace.raise_alerts(p_collector_id, 'needletrace.no_cartridge_alerted',
-                              needletrace.rule_needling_without_cartridge(NULL, v_boots, NULL));
-    END IF;
+    v_ids := v_ids || needletrace.raise_alerts(p_collector_id, 'needletrace.no_cartridge_alerted',
+                          needletrace.rule_needling_without_cartridge(NULL, v_boots, NULL));
 
     RETURN QUERY SELECT * FROM needletrace.publish_alerts(v_ids);
 END
 $$;
 COMMENT ON FUNCTION needletrace.check_sequence_gaps(text) IS
-    'Raises SEQUENCE_GAP for gaps due now, then NEEDLING_WITHOUT_CARTRIDGE for the samples they '
-    'settled. Called by each collector every few seconds in its own transaction.';
+    'Raises SEQUENCE_GAP for the open holes due now (sequence_holes), then '
+    'NEEDLING_WITHOUT_CARTRIDGE for the samples they settled. Called by each collector every few '
+    'seconds in its own transaction; reads and locks only what is due.';
 
 -- ---- roles and grants ------------------------------------------------------------------------------
 -- needletrace_staff: clinic staff / compliance officers who read and acknowledge alerts.
@@ -260,7 +432,8 @@ BEGIN
         'evaluate_rules(text)', 'check_sequence_gaps(text)',
         'mark_alerts_delivered(text, bigint[])', 'undelivered_alerts(text, int)',
         'publish_alerts(bigint[])', 'read_batch(bigint, interval)',
-        'advance_boot_progress(needletrace.batch_boot[])',
+        'advance_boot_progress(needletrace.batch_boot[], bigint)',
+        'track_holes(bigint, needletrace.boot_span[])',
         'raise_alerts(text, regclass, needletrace.alert_candidate[])',
         'settle_boots(needletrace.boot_key[], bigint)',
         'rule_cartridge_reused(bigint)', 'rule_cartridge_expired(bigint)',
@@ -283,8 +456,9 @@ GRANT SELECT, INSERT ON needletrace.cartridge_first_use, needletrace.depth_viola
                         needletrace.sequence_gaps_alerted, needletrace.boot_progress,
                         needletrace.alert_deliveries, needletrace.alert_acks
     TO needletrace_collector;
--- The upsert of per-boot progress is the only rewrite the rules need.
+-- The upsert of per-boot progress and the open holes are the only rewrites the rules need.
 GRANT UPDATE ON needletrace.boot_progress TO needletrace_collector;
+GRANT SELECT, INSERT, UPDATE, DELETE ON needletrace.sequence_holes TO needletrace_collector;
 GRANT SELECT ON needletrace.alerts_open TO needletrace_collector;
 
 GRANT USAGE ON SCHEMA needletrace TO needletrace_staff;
