@@ -51,6 +51,9 @@ void nt_outbox_request_undelivered(nt_outbox_t *o)
 
 void nt_outbox_tick(nt_outbox_t *o, int64_t now_us)
 {
+    if (o->n_delivered > 0) {
+        o->deliveries_aged = 1;
+    }
     if (now_us - o->gaps_checked_us >= NT_OUTBOX_GAP_CHECK_US) {
         o->gaps_due = 1;
     }
@@ -58,6 +61,13 @@ void nt_outbox_tick(nt_outbox_t *o, int64_t now_us)
         o->undelivered_more = 0;
         o->undelivered_wanted = 1;
     }
+}
+
+int nt_outbox_due_now(const nt_outbox_t *o)
+{
+    return o->gaps_due || o->n_refused > 0 || o->undelivered_wanted ||
+           o->n_delivered >= NT_OUTBOX_DELIVERED_BATCH ||
+           (o->n_delivered > 0 && o->deliveries_aged);
 }
 
 int nt_outbox_due(const nt_outbox_t *o)
@@ -103,6 +113,7 @@ void nt_outbox_committed(nt_outbox_t *o, int64_t now_us)
                 (o->n_delivered - o->delivered_in_txn) * sizeof(*o->delivered));
         o->n_delivered -= o->delivered_in_txn;
         o->delivered_in_txn = 0;
+        o->deliveries_aged = o->n_delivered > 0 && o->deliveries_aged;
     }
     if (o->refused_in_txn > 0) {
         memmove(o->refused, o->refused + o->refused_in_txn,

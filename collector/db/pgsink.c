@@ -7,6 +7,7 @@
 
 #include "needletrace/batch.h"
 #include "needletrace/common.h"
+#include "needletrace/decoder.h"
 #include "needletrace/isolate.h"
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
@@ -14,6 +15,9 @@
 #include "needletrace/pgconn.h"
 #include "needletrace/pqutil.h"
 #include "needletrace/txn.h"
+
+/* Maintenance transactions rolled back in a row before /readyz says so. */
+#define PGSINK_MAINT_STALLED 3
 
 typedef enum {
     SINK_DOWN = 0,   /* no connection; pgconn reconnects */
@@ -56,6 +60,7 @@ struct nt_pgsink_s {
     int last_was_batch;      /* maintenance and batches take turns when both are due */
     unsigned maint_failures; /* maintenance transactions rolled back in a row */
     int64_t maint_next_us;   /* no maintenance before this monotonic time */
+    char maint_error[512];   /* why the last one rolled back */
 
     int draining;
     nt_pgsink_drain_cb drain_cb;
@@ -270,6 +275,7 @@ static void pgsink__maintenance_rolled_back(nt_pgsink_t *s)
         "%llu ms, batches go on meanwhile",
         nt_txn_step_name(t), t->sqlstate, t->error, (unsigned long long)delay_ms);
     s->maint_next_us = nt_mono_us() + (int64_t)delay_ms * 1000;
+    snprintf(s->maint_error, sizeof(s->maint_error), "SQLSTATE %s: %.400s", t->sqlstate, t->error);
     s->last_was_batch = 0;
 }
 
@@ -415,6 +421,11 @@ static void pgsink__fill(nt_pgsink_t *s)
         }
         s->read_failure[0] = '\0';
         if (nt_isolate_is_poison(&s->iso, s->read_pos)) {
+            nt_topic_t topic;
+            nt_isolate_set_device(&s->iso,
+                                  nt_decoder_topic_parse(rec.topic, rec.topic_len, &topic) == 0
+                                      ? topic.device_serial
+                                      : "");
             nt_log(NT_LOG_ERROR, "db",
                    "quarantining the message at journal position %" PRIu64
                    " on \"%.*s\" as db_rejected: the database refused it: %s",
@@ -460,7 +471,7 @@ static void pgsink__begin(nt_pgsink_t *s, nt_batch_t *batch)
 /* 1 when alert bookkeeping waits and its own backoff allows it now. */
 static int pgsink__maintenance_due(const nt_pgsink_t *s)
 {
-    return nt_outbox_due(&s->outbox) && nt_mono_us() >= s->maint_next_us;
+    return nt_outbox_due_now(&s->outbox) && nt_mono_us() >= s->maint_next_us;
 }
 
 /* 1 when the building batch should go now. */
@@ -642,11 +653,16 @@ void nt_pgsink_request_undelivered(nt_pgsink_t *s)
 
 int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len)
 {
-    if (!s->iso.stalled) {
-        return 0;
+    if (s->iso.stalled) {
+        snprintf(reason, len, "the database refuses batches: %s", s->iso.stall);
+        return 1;
     }
-    snprintf(reason, len, "the database refuses batches: %s", s->iso.stall);
-    return 1;
+    if (s->maint_failures >= PGSINK_MAINT_STALLED) {
+        snprintf(reason, len, "alert bookkeeping failed %u times in a row: %s", s->maint_failures,
+                 s->maint_error);
+        return 1;
+    }
+    return 0;
 }
 
 int nt_pgsink_ready(const nt_pgsink_t *s)

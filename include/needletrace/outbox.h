@@ -23,12 +23,14 @@
 #define NT_OUTBOX_GAP_CHECK_US         (5 * 1000000)
 #define NT_OUTBOX_PAGE                 1000
 #define NT_OUTBOX_UNDELIVERED_EVERY_US (30 * 1000000)
+#define NT_OUTBOX_DELIVERED_BATCH      256 /* deliveries that make bookkeeping due at once */
 
 typedef struct {
     /* work waiting for a transaction */
     int64_t *delivered; /* alert ids acknowledged by the broker, not yet recorded */
     size_t n_delivered, cap_delivered;
-    int64_t *refused; /* alert ids the broker refused (PUBACK reason >= 128), not yet recorded */
+    int deliveries_aged; /* a tick saw deliveries waiting: record them now */
+    int64_t *refused;    /* alert ids the broker refused (PUBACK reason >= 128), not yet recorded */
     size_t n_refused, cap_refused;
     int gaps_due;
     int64_t gaps_checked_us; /* monotonic time of the last committed gap check */
@@ -59,6 +61,10 @@ void nt_outbox_request_undelivered(nt_outbox_t *o);
 void nt_outbox_tick(nt_outbox_t *o, int64_t now_us);
 /* 1 when some bookkeeping waits for a transaction. */
 int nt_outbox_due(const nt_outbox_t *o);
+/* 1 when it should run now: as nt_outbox_due, but acknowledged deliveries alone wait until there
+ * are NT_OUTBOX_DELIVERED_BATCH of them or a tick saw them (at most a tick, 1 s), so that a
+ * stream of alerts does not add a commit after every batch. */
+int nt_outbox_due_now(const nt_outbox_t *o);
 
 /* For the transaction in flight: the deliveries it records (*ids, returns their count, 0 when
  * none); they are forgotten only at nt_outbox_committed. */

@@ -59,8 +59,8 @@ void nt_pgsink_wakeup(nt_pgsink_t *s);
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
 /* 1 when connected and the checkpoint is read. */
 int nt_pgsink_ready(const nt_pgsink_t *s);
-/* 1 when batches fail for a reason no message causes (see isolate.h), with the reason in reason
- * (for /readyz); 0 otherwise. */
+/* 1 when batches fail for a reason no message causes (see isolate.h), or alert bookkeeping
+ * failed several times in a row, with the reason in reason (for /readyz); 0 otherwise. */
 int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len);
 /* Closes the connection and handles; frees itself when they are closed. */
 void nt_pgsink_close(nt_pgsink_t *s);

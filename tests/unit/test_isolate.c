@@ -3,6 +3,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -123,6 +124,9 @@ static void test_everything_refused_stalls(void **state)
     for (uint32_t i = 0; i < 100 && !x.stalled; i++) {
         if (nt_isolate_failed(&x, POS(i), POS(i + 1), 1, "23514", "check") == NT_ISOLATE_RETRY) {
             assert_true(nt_isolate_is_poison(&x, POS(i)));
+            char pen[16];
+            snprintf(pen, sizeof(pen), "pen-%u", i); /* a different pen each time */
+            nt_isolate_set_device(&x, pen);
             assert_int_equal(nt_isolate_committed(&x, POS(i), POS(i + 1)), 1);
             quarantined++;
         }
@@ -145,6 +149,51 @@ static void test_clean_commit_resets_the_streak(void **state)
     assert_false(x.stalled);
 }
 
+/* One pen's backlog of refused messages is its data, however long: never a stall. */
+static void test_one_pens_backlog_never_stalls(void **state)
+{
+    nt_isolate_t x;
+    nt_isolate_init(&x);
+    for (uint32_t i = 0; i < 10 * NT_ISOLATE_MAX_STREAK; i++) {
+        assert_int_equal(nt_isolate_failed(&x, POS(i), POS(i + 1), 1, "22023", "bad"),
+                         NT_ISOLATE_RETRY);
+        nt_isolate_set_device(&x, "NP1-0-0");
+        assert_int_equal(nt_isolate_committed(&x, POS(i), POS(i + 1)), 1);
+    }
+    assert_false(x.stalled);
+}
+
+/* The same batch refused on conflicts again and again is reported, not retried silently. */
+static void test_repeated_conflicts_are_reported(void **state)
+{
+    nt_isolate_t x;
+    nt_isolate_init(&x);
+    for (unsigned i = 1; i < NT_ISOLATE_MAX_REPEAT; i++) {
+        assert_int_equal(nt_isolate_failed(&x, POS(0), POS(50), 50, "55P03", "lock timeout"),
+                         NT_ISOLATE_BACKOFF);
+        assert_false(x.stalled);
+    }
+    assert_int_equal(nt_isolate_failed(&x, POS(0), POS(50), 50, "55P03", "lock timeout"),
+                     NT_ISOLATE_BACKOFF);
+    assert_true(x.stalled);
+    assert_non_null(strstr(x.stall, "55P03"));
+    nt_isolate_committed(&x, POS(0), POS(50));
+    assert_false(x.stalled);
+}
+
+/* A poison passed by a commit (e.g. a checkpoint re-read after its quarantine row committed)
+ * is forgotten: never a stale "quarantine row refused" stall later. */
+static void test_passed_poison_is_forgotten(void **state)
+{
+    nt_isolate_t x;
+    nt_isolate_init(&x);
+    assert_int_equal(nt_isolate_failed(&x, POS(4), POS(5), 1, "22023", "bad"), NT_ISOLATE_RETRY);
+    nt_isolate_committed(&x, POS(9), POS(20)); /* resumed past it */
+    assert_false(nt_isolate_is_poison(&x, POS(4)));
+    assert_int_equal(nt_isolate_failed(&x, POS(0), POS(30), 30, "22023", "bad"), NT_ISOLATE_RETRY);
+    assert_false(x.stalled);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -154,6 +203,9 @@ int main(void)
         cmocka_unit_test(test_a_failing_quarantine_row_stalls),
         cmocka_unit_test(test_everything_refused_stalls),
         cmocka_unit_test(test_clean_commit_resets_the_streak),
+        cmocka_unit_test(test_one_pens_backlog_never_stalls),
+        cmocka_unit_test(test_repeated_conflicts_are_reported),
+        cmocka_unit_test(test_passed_poison_is_forgotten),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
