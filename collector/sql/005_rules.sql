@@ -504,13 +504,17 @@ BEGIN
              WHERE cls.changes_within
             UNION ALL
             -- (the same for the sessions from p_sessions: their samples are the activity rows in
-            -- a_min..a_max)
-            SELECT e.clinic_id, e.device_serial, e.boot_id, e.session_id, e.seq, NULL::boolean
-              FROM cls JOIN needletrace.events e
-                ON e.clinic_id = cls.clinic_id AND e.device_serial = cls.device_serial
-               AND e.boot_id = cls.boot_id AND e.seq BETWEEN cls.a_min AND cls.a_max
-             WHERE cls.fast AND cls.changes_within AND e.kind = 'needle_activity'
-               AND e.session_id IS NOT DISTINCT FROM cls.session_id
+            -- a_min..a_max; one primary-key range per session, whatever the planner's estimates)
+            SELECT cls.clinic_id, cls.device_serial, cls.boot_id, e.session_id, e.seq, NULL::boolean
+              FROM cls CROSS JOIN LATERAL (
+                       SELECT e.session_id, e.seq
+                         FROM needletrace.events e
+                        WHERE e.clinic_id = cls.clinic_id AND e.device_serial = cls.device_serial
+                          AND e.boot_id = cls.boot_id AND e.seq BETWEEN cls.a_min AND cls.a_max
+                          AND e.kind = 'needle_activity'
+                          AND e.session_id IS NOT DISTINCT FROM cls.session_id
+                       OFFSET 0) e
+             WHERE cls.fast AND cls.changes_within
             UNION ALL
             SELECT chg.clinic_id, chg.device_serial, chg.boot_id, chg.session_id, chg.seq, chg.mount
               FROM chg JOIN cls
@@ -548,9 +552,13 @@ BEGIN
                    b.clinic_id, b.device_serial, b.boot_id, b.session_id, b.seq, b.last_unmount,
                    e.device_time
               FROM bad_any b
-              JOIN needletrace.events e
-                ON e.clinic_id = b.clinic_id AND e.device_serial = b.device_serial
-               AND e.boot_id = b.boot_id AND e.seq = b.seq
+              -- one primary-key lookup per sample, whatever the planner's estimates
+             CROSS JOIN LATERAL (
+                       SELECT e.device_time
+                         FROM needletrace.events e
+                        WHERE e.clinic_id = b.clinic_id AND e.device_serial = b.device_serial
+                          AND e.boot_id = b.boot_id AND e.seq = b.seq
+                       OFFSET 0) e
              ORDER BY b.clinic_id, b.device_serial, coalesce(b.session_id, ''), b.seq
         )
         SELECT needletrace.no_cartridge_alert(bad.clinic_id, bad.device_serial, bad.session_id,
