@@ -56,11 +56,11 @@ struct nt_pgsink_s {
     int64_t txn_started_us;
     char read_failure[512]; /* the journal read failure last logged, "" when none */
 
-    nt_isolate_t iso;        /* finding a message the database refuses */
-    int last_was_batch;      /* maintenance and batches take turns when both are due */
-    unsigned maint_failures; /* maintenance transactions rolled back in a row */
-    int64_t maint_next_us;   /* no maintenance before this monotonic time */
-    char maint_error[512];   /* why the last one rolled back */
+    nt_isolate_t iso;           /* finding a message the database refuses */
+    int last_was_batch;         /* maintenance and batches take turns when both are due */
+    unsigned maint_failures[3]; /* per kind of bookkeeping (NT_TXN_MAINT_* bit): failed in a row */
+    int64_t maint_next_us[3];   /* per kind: not before this monotonic time */
+    char maint_error[512];      /* why the last one rolled back */
 
     int draining;
     nt_pgsink_drain_cb drain_cb;
@@ -215,7 +215,11 @@ static void pgsink__committed(nt_pgsink_t *s)
         nt_pgconn_backoff_reset(s->conn);
         pgsink__batch_committed(s);
     } else {
-        s->maint_failures = 0;
+        for (int k = 0; k < 3; k++) {
+            if (s->txn.maint_mask & (1u << k)) {
+                s->maint_failures[k] = 0;
+            }
+        }
     }
     nt_outbox_committed(&s->outbox, nt_mono_us());
     if (s->outbox.alerts.n > 0 && s->on_alerts != NULL) {
@@ -262,20 +266,29 @@ static void pgsink__batch_rolled_back(nt_pgsink_t *s)
     nt_pgconn_backoff(s->conn, 1);
 }
 
-/* A maintenance transaction rolled back: its work stays due, retried after a backoff of its own
- * so that batches keep flowing meanwhile; logged once here. */
+/* The index of a kind of bookkeeping (one NT_TXN_MAINT_* bit) in the per-kind arrays. */
+static int pgsink__kind_index(unsigned kind)
+{
+    return kind == NT_TXN_MAINT_RECORD ? 0 : kind == NT_TXN_MAINT_GAPS ? 1 : 2;
+}
+
+/* A maintenance transaction rolled back: its work stays due; the kind of bookkeeping whose step
+ * failed is retried after a backoff of its own, so that neither batches nor the other kinds wait
+ * for it; logged once here. */
 static void pgsink__maintenance_rolled_back(nt_pgsink_t *s)
 {
     const nt_txn_t *t = &s->txn;
-    uint64_t delay_ms = nt_backoff_ms(1000, 60000, s->maint_failures++);
+    unsigned kind = nt_txn_step_kind(t);
+    int k = pgsink__kind_index(kind != 0 ? kind : NT_TXN_MAINT_UNDELIVERED);
+    uint64_t delay_ms = nt_backoff_ms(1000, 60000, s->maint_failures[k]++);
     nt_metrics.db_maintenance_failures++;
-    nt_log(
-        nt_pqutil_classify(t->sqlstate) == NT_PQ_TRANSIENT ? NT_LOG_INFO : NT_LOG_ERROR, "db",
-        "could not run the alert bookkeeping transaction (step %s): SQLSTATE %s: %s; retrying in "
-        "%llu ms, batches go on meanwhile",
-        nt_txn_step_name(t), t->sqlstate, t->error, (unsigned long long)delay_ms);
-    s->maint_next_us = nt_mono_us() + (int64_t)delay_ms * 1000;
-    snprintf(s->maint_error, sizeof(s->maint_error), "SQLSTATE %s: %.400s", t->sqlstate, t->error);
+    nt_log(nt_pqutil_classify(t->sqlstate) == NT_PQ_TRANSIENT ? NT_LOG_INFO : NT_LOG_ERROR, "db",
+           "could not run the alert bookkeeping transaction (step %s): SQLSTATE %s: %s; retrying "
+           "that step in %llu ms, batches and the other bookkeeping go on meanwhile",
+           nt_txn_step_name(t), t->sqlstate, t->error, (unsigned long long)delay_ms);
+    s->maint_next_us[k] = nt_mono_us() + (int64_t)delay_ms * 1000;
+    snprintf(s->maint_error, sizeof(s->maint_error), "step %s: SQLSTATE %s: %.400s",
+             nt_txn_step_name(t), t->sqlstate, t->error);
     s->last_was_batch = 0;
 }
 
@@ -469,9 +482,26 @@ static void pgsink__begin(nt_pgsink_t *s, nt_batch_t *batch)
 }
 
 /* 1 when alert bookkeeping waits and its own backoff allows it now. */
-static int pgsink__maintenance_due(const nt_pgsink_t *s)
+static unsigned pgsink__maintenance_due(const nt_pgsink_t *s)
 {
-    return nt_outbox_due_now(&s->outbox) && nt_mono_us() >= s->maint_next_us;
+    const nt_outbox_t *o = &s->outbox;
+    int64_t now = nt_mono_us();
+    unsigned mask = 0;
+    if (!nt_outbox_due_now(o)) {
+        return 0;
+    }
+    if ((o->n_refused > 0 || o->n_delivered >= NT_OUTBOX_DELIVERED_BATCH ||
+         (o->n_delivered > 0 && o->deliveries_aged)) &&
+        now >= s->maint_next_us[0]) {
+        mask |= NT_TXN_MAINT_RECORD;
+    }
+    if (o->gaps_due && now >= s->maint_next_us[1]) {
+        mask |= NT_TXN_MAINT_GAPS;
+    }
+    if (o->undelivered_wanted && now >= s->maint_next_us[2]) {
+        mask |= NT_TXN_MAINT_UNDELIVERED;
+    }
+    return mask;
 }
 
 /* 1 when the building batch should go now. */
@@ -512,8 +542,9 @@ static void pgsink__maybe_dispatch(nt_pgsink_t *s)
         return; /* busy, or backing off after a failed batch */
     }
     int batch = pgsink__batch_due(s);
-    int maintenance = pgsink__maintenance_due(s);
-    if (maintenance && (!batch || s->last_was_batch)) {
+    unsigned maintenance = pgsink__maintenance_due(s);
+    if (maintenance != 0 && (!batch || s->last_was_batch)) {
+        s->txn.maint_mask = maintenance; /* the kinds due and not backing off */
         pgsink__begin(s, NULL);
     } else if (batch) {
         pgsink__dispatch_batch(s);
@@ -657,10 +688,12 @@ int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len)
         snprintf(reason, len, "the database refuses batches: %s", s->iso.stall);
         return 1;
     }
-    if (s->maint_failures >= PGSINK_MAINT_STALLED) {
-        snprintf(reason, len, "alert bookkeeping failed %u times in a row: %s", s->maint_failures,
-                 s->maint_error);
-        return 1;
+    for (int k = 0; k < 3; k++) {
+        if (s->maint_failures[k] >= PGSINK_MAINT_STALLED) {
+            snprintf(reason, len, "alert bookkeeping failed %u times in a row: %s",
+                     s->maint_failures[k], s->maint_error);
+            return 1;
+        }
     }
     return 0;
 }

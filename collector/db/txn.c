@@ -41,26 +41,32 @@ static int txn__has_batch(const nt_txn_t *t)
     return t->batch != NULL;
 }
 
-/* Alert bookkeeping runs only in maintenance transactions (no batch): never inside a
- * transaction that carries events, whose locks and duration it would add to. */
+/* Alert bookkeeping runs only in maintenance transactions (no batch), and only the kinds in
+ * maint_mask: never inside a transaction that carries events, whose locks and duration it would
+ * add to, and a kind that keeps failing never holds back the others. */
+static int txn__maint(const nt_txn_t *t, unsigned kind)
+{
+    return t->batch == NULL && (t->maint_mask & kind) != 0;
+}
+
 static int txn__has_deliveries(const nt_txn_t *t)
 {
-    return t->batch == NULL && t->outbox->n_delivered > 0;
+    return txn__maint(t, NT_TXN_MAINT_RECORD) && t->outbox->n_delivered > 0;
 }
 
 static int txn__has_refusals(const nt_txn_t *t)
 {
-    return t->batch == NULL && t->outbox->n_refused > 0;
+    return txn__maint(t, NT_TXN_MAINT_RECORD) && t->outbox->n_refused > 0;
 }
 
 static int txn__gaps_due(const nt_txn_t *t)
 {
-    return t->batch == NULL && t->outbox->gaps_due;
+    return txn__maint(t, NT_TXN_MAINT_GAPS) && t->outbox->gaps_due;
 }
 
 static int txn__undelivered_wanted(const nt_txn_t *t)
 {
-    return t->batch == NULL && t->outbox->undelivered_wanted;
+    return txn__maint(t, NT_TXN_MAINT_UNDELIVERED) && t->outbox->undelivered_wanted;
 }
 
 /* ---- what a step sends ------------------------------------------------------------------------
@@ -300,6 +306,7 @@ void nt_txn_init(nt_txn_t *t, const nt_txn_ops_t *ops, void *conn, const char *c
     t->collector_id = collector_id;
     t->journal_id = journal_id;
     t->outbox = outbox;
+    t->maint_mask = NT_TXN_MAINT_ALL;
 }
 
 int nt_txn_begin(nt_txn_t *t, nt_batch_t *batch)
@@ -366,6 +373,18 @@ int nt_txn_done(nt_txn_t *t)
         return NT_TXN_COMMITTED;
     }
     return txn__run_from(t, t->step + 1);
+}
+
+unsigned nt_txn_step_kind(const nt_txn_t *t)
+{
+    const char *name = txn__steps[t->step].name;
+    if (strcmp(name, "delivered") == 0 || strcmp(name, "refused") == 0) {
+        return NT_TXN_MAINT_RECORD;
+    }
+    if (strcmp(name, "gaps") == 0) {
+        return NT_TXN_MAINT_GAPS;
+    }
+    return strcmp(name, "undelivered") == 0 ? NT_TXN_MAINT_UNDELIVERED : 0;
 }
 
 const char *nt_txn_step_name(const nt_txn_t *t)

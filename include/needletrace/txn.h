@@ -40,6 +40,13 @@ typedef struct {
     int (*put_copy)(void *conn, const void *data, size_t len);
 } nt_txn_ops_t;
 
+/* The kinds of alert bookkeeping, for nt_txn_t.maint_mask (all of them after nt_txn_init): a
+ * kind that keeps failing can be left out, so that it never holds back the others. */
+#define NT_TXN_MAINT_RECORD      1u /* delivered + refused */
+#define NT_TXN_MAINT_GAPS        2u
+#define NT_TXN_MAINT_UNDELIVERED 4u
+#define NT_TXN_MAINT_ALL         7u
+
 /* What nt_txn_done() says. */
 enum {
     NT_TXN_PENDING = 0,     /* the next statement was sent: wait for its results */
@@ -57,6 +64,7 @@ typedef struct {
     size_t step;         /* index in the step table */
     int table;           /* the table of the current COPY */
     int staging;         /* took the staging + ON CONFLICT path */
+    unsigned maint_mask; /* which bookkeeping a maintenance transaction runs (NT_TXN_MAINT_*) */
     int rolling_back;    /* ROLLBACK sent */
     int failed;          /* the current command failed */
     char sqlstate[6];    /* of the first failure */
@@ -84,5 +92,8 @@ int nt_txn_done(nt_txn_t *t);
 
 /* The name of the step in flight ("copy", "rules", ...), for logs and tests. */
 const char *nt_txn_step_name(const nt_txn_t *t);
+
+/* The kind of bookkeeping the step in flight belongs to (NT_TXN_MAINT_*), 0 for the others. */
+unsigned nt_txn_step_kind(const nt_txn_t *t);
 
 #endif

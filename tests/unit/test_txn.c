@@ -729,6 +729,28 @@ static void test_put_copy_failure(void **state)
     assert_int_equal(f->fake.n_copies, 1);
 }
 
+/* A maintenance transaction runs only the kinds of bookkeeping in its mask: a kind that keeps
+ * failing is left out by the sink, and the others still run. */
+static void test_maintenance_mask(void **state)
+{
+    fixture_t *f = *state;
+    assert_int_equal(nt_outbox_delivered(&f->outbox, 7), 0);
+    nt_outbox_tick(&f->outbox, T0);
+    nt_outbox_request_undelivered(&f->outbox);
+    assert_true(f->outbox.gaps_due);
+    f->txn.maint_mask = NT_TXN_MAINT_RECORD | NT_TXN_MAINT_UNDELIVERED;
+    assert_int_equal(drive(f, NULL, NULL), NT_TXN_COMMITTED);
+    assert_string_equal(f->trace, "begin delivered undelivered commit");
+
+    /* The step in flight names its kind (what the sink backs off when it fails). */
+    f->fake.n = 0;
+    f->txn.maint_mask = NT_TXN_MAINT_ALL;
+    server_t srv = {.error_at = 2, .sqlstate = "22003"};
+    assert_int_equal(drive(f, NULL, &srv), NT_TXN_ROLLED_BACK);
+    assert_string_equal(f->trace, "begin delivered gaps rollback");
+    assert_int_equal(nt_txn_step_kind(&f->txn), NT_TXN_MAINT_GAPS);
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -752,6 +774,7 @@ int main(void)
         T(test_wrong_column_count_rolls_back),
         T(test_send_failure),
         T(test_put_copy_failure),
+        T(test_maintenance_mask),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
