@@ -210,6 +210,22 @@ END
 $$;
 REVOKE ALL ON FUNCTION needletrace.ensure_role(text) FROM PUBLIC;
 
+-- Lets only the collector run the given functions of schema needletrace (signatures as in
+-- 'raise_alerts(text, regclass, needletrace.alert_candidate[])'): revoked from PUBLIC, granted
+-- to needletrace_collector. Used by every migration that adds functions that write.
+CREATE FUNCTION needletrace.collector_may_run(p_functions text[]) RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    f text;
+BEGIN
+    FOREACH f IN ARRAY p_functions LOOP
+        EXECUTE format('REVOKE EXECUTE ON FUNCTION needletrace.%s FROM PUBLIC', f);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION needletrace.%s TO needletrace_collector', f);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION needletrace.collector_may_run(text[]) FROM PUBLIC;
+
 -- Roles: the collector inserts and reads, and rewrites only its checkpoint; the auditor only reads.
 SELECT needletrace.ensure_role(r) FROM unnest(ARRAY['needletrace_collector', 'needletrace_auditor']) AS r;
 

@@ -502,20 +502,10 @@ COMMENT ON FUNCTION needletrace.mark_alerts_refused(text, bigint[]) IS
     'Puts alerts the broker refused back in the outbox with an exponential backoff.';
 
 -- ---- grants (the rest of the collector's are in 006_evaluate.sql) ----------------------------------
-DO $$
-DECLARE
-    f text;
-BEGIN
-    FOREACH f IN ARRAY ARRAY[
+SELECT needletrace.collector_may_run(ARRAY[
         'mark_alerts_refused(text, bigint[])', 'lock_outbox(bigint[])',
         'raise_within_budget(text, needletrace.alert_candidate[])',
-        'raise_summaries(text, needletrace.alert_candidate[], text[], int, int)']
-    LOOP
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION needletrace.%s FROM PUBLIC', f);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION needletrace.%s TO needletrace_collector', f);
-    END LOOP;
-END
-$$;
+        'raise_summaries(text, needletrace.alert_candidate[], text[], int, int)']);
 GRANT SELECT, INSERT, UPDATE, DELETE ON needletrace.alert_outbox TO needletrace_collector;
 GRANT SELECT, INSERT, UPDATE ON needletrace.alert_budget_sessions TO needletrace_collector;
 GRANT SELECT, INSERT ON needletrace.alerts_folded TO needletrace_collector;

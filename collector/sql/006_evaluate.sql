@@ -424,11 +424,7 @@ COMMENT ON FUNCTION needletrace.check_sequence_gaps(text) IS
 SELECT needletrace.ensure_role('needletrace_staff');
 
 -- The functions that write: only the collector runs them.
-DO $$
-DECLARE
-    f text;
-BEGIN
-    FOREACH f IN ARRAY ARRAY[
+SELECT needletrace.collector_may_run(ARRAY[
         'evaluate_rules(text)', 'check_sequence_gaps(text)',
         'mark_alerts_delivered(text, bigint[])', 'undelivered_alerts(text, int)',
         'publish_alerts(bigint[])', 'read_batch(bigint, interval)',
@@ -440,13 +436,7 @@ BEGIN
         'rule_sterile_barrier_broken(bigint)', 'rule_cartridge_recalled(bigint)',
         'rule_depth_out_of_range(bigint)', 'rule_clock_skew(bigint, interval)',
         'rule_sequence_gap(needletrace.boot_key[], interval)',
-        'rule_needling_without_cartridge(bigint, needletrace.boot_key[], needletrace.batch_session[])']
-    LOOP
-        EXECUTE format('REVOKE EXECUTE ON FUNCTION needletrace.%s FROM PUBLIC', f);
-        EXECUTE format('GRANT EXECUTE ON FUNCTION needletrace.%s TO needletrace_collector', f);
-    END LOOP;
-END
-$$;
+        'rule_needling_without_cartridge(bigint, needletrace.boot_key[], needletrace.batch_session[])']);
 
 GRANT SELECT ON needletrace.depth_policy, needletrace.depth_policy_clinic, needletrace.device_models,
                 needletrace.recalled_lots, needletrace.settings

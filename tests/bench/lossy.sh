@@ -25,14 +25,6 @@ BUILD=$(cd "${1:-$ROOT/build}" 2>/dev/null && pwd) || {
 SIZES=${BENCH_LOSSY_SIZES:-0 1000 10000}
 BEFORE=${BENCH_LOSSY_BEFORE:-50}
 SECONDS_H=${BENCH_LOSSY_S:-15}
-# a python3 with paho-mqtt (python3-paho-mqtt: the system's, which a pyenv shim may hide)
-PY=""
-for p in python3 /usr/bin/python3; do
-    if "$p" -c 'import paho.mqtt.client' 2>/dev/null; then
-        PY=$p
-        break
-    fi
-done
 
 export NT_TEST_NAME=bench-lossy
 # shellcheck source=../integration/lib.sh source-path=SCRIPTDIR/../integration
@@ -51,7 +43,10 @@ fn_now() { # FUNCTION: calls and total ms so far
              WHERE schemaname = 'needletrace' AND funcname = '$1'"
 }
 
-[[ -n $PY ]] || nt_fail "no python3 with paho-mqtt (install python3-paho-mqtt)"
+# shellcheck source=../integration/lib/pub.sh
+source "$NT_LIB_DIR/pub.sh"
+nt_find_python paho.mqtt.client
+PY=$NT_PY
 nt_start_pg
 nt_psql postgres "ALTER SYSTEM SET track_commit_timestamp = on" >/dev/null
 nt_psql postgres "ALTER SYSTEM SET shared_buffers = '256MB'" >/dev/null

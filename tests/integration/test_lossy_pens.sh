@@ -14,16 +14,11 @@ PENS=${NT_LOSSY_PENS:-1000}
 BEFORE=50  # seqs 1..50 but 2, then 5 more each while the healthy pen sends
 TRICKLE=5
 OUT="$NT_TMP/lossy.json"
-# a python3 with paho-mqtt (python3-paho-mqtt: the system's, which a pyenv shim may hide)
-PY=""
-for p in python3 /usr/bin/python3; do
-    if "$p" -c 'import paho.mqtt.client' 2>/dev/null; then
-        PY=$p
-        break
-    fi
-done
 
-[[ -n $PY ]] || nt_fail "no python3 with paho-mqtt (install python3-paho-mqtt)"
+# shellcheck source=lib/pub.sh
+source "$NT_LIB_DIR/pub.sh"
+nt_find_python paho.mqtt.client
+PY=$NT_PY
 nt_start_pg
 # pg_xact_commit_timestamp(xmin): each row's real commit time
 nt_psql postgres "ALTER SYSTEM SET track_commit_timestamp = on" >/dev/null
