@@ -91,9 +91,8 @@ static int journal__fail(nt_journal_t *j, const char *what, uint64_t start, int 
 {
     char name[64];
     journal__seg_name(name, sizeof(name), start);
-    nt_journal__errorf(
-        j, "could not %s journal segment \"%s/%s\": %s; refusing appends until reopened", what,
-        j->dir, name, strerror(err));
+    nt_journal__errorf(j, "could not %s journal segment \"%s/%s\": %s", what, j->dir, name,
+                       strerror(err));
     return nt_journal__refuse(j);
 }
 
@@ -104,9 +103,8 @@ static int journal__sync_dir(nt_journal_t *j)
         return 0;
     }
     if (fsync(j->dir_fd) != 0) {
-        nt_journal__errorf(
-            j, "could not sync journal directory \"%s\": %s; refusing appends until reopened",
-            j->dir, strerror(errno));
+        nt_journal__errorf(j, "could not sync journal directory \"%s\": %s", j->dir,
+                           strerror(errno));
         return nt_journal__refuse(j);
     }
     j->dir_dirty = 0;

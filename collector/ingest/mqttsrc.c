@@ -14,6 +14,8 @@
  * that the journal never overshoots its bound by more than one burst. */
 #define MQTTSRC_BURST_MESSAGES 4096
 #define MQTTSRC_BURST_BYTES    (8u * 1024u * 1024u)
+/* Longest wait between two tries of a journal that refuses writes. */
+#define MQTTSRC_RETRY_MAX_MS 10000
 
 struct nt_mqttsrc_s {
     nt_mqttconn_t *conn;
@@ -29,6 +31,7 @@ struct nt_mqttsrc_s {
 
     int full;          /* journal over its bound: PUBACKs held back (backpressure) */
     int failed;        /* the journal refused a write or sync: never ack, connection held */
+    int episode;       /* from a failure until a sync succeeds again (one ERROR log) */
     int reading;       /* inside nt_mqttconn_read (libmosquitto's callbacks) */
     unsigned retries;  /* journal retries since it failed */
     uint64_t unsynced; /* records appended since the last sync */
@@ -53,6 +56,13 @@ static int mqttsrc__sync(nt_mqttsrc_t *m)
         return rc;
     }
     m->unsynced = 0;
+    if (m->episode) {
+        m->episode = 0;
+        m->retries = 0;
+        nt_metrics.journal_failed = 0;
+        nt_log(NT_LOG_INFO, "mqtt", "the journal takes writes again (after %lld s)",
+               (long long)((nt_mono_us() - m->failed_at_us) / 1000000));
+    }
     nt_metrics.journal_syncs++;
     nt_metrics.journal_end = nt_journal_end(m->journal);
     nt_metrics.journal_bytes = nt_journal_bytes(m->journal);
@@ -112,7 +122,7 @@ static void mqttsrc__on_retry(uv_timer_t *t)
     }
     if (nt_journal_resume(m->journal) != 0) {
         const char *why = nt_journal_error(m->journal);
-        uint64_t delay = nt_backoff_ms(1000, 10000, m->retries++);
+        uint64_t delay = nt_backoff_ms(1000, MQTTSRC_RETRY_MAX_MS, m->retries++);
         int again = strcmp(why, m->retry_error) == 0;
         nt_log(again ? NT_LOG_DEBUG : NT_LOG_WARN, "mqtt",
                "the journal still cannot be written: %s; trying again in %llu ms", why,
@@ -122,15 +132,12 @@ static void mqttsrc__on_retry(uv_timer_t *t)
         return;
     }
     m->failed = 0;
-    m->retries = 0;
     m->retry_error[0] = '\0';
-    nt_metrics.journal_failed = 0;
     nt_metrics.journal_bytes = nt_journal_bytes(m->journal);
     nt_log(NT_LOG_INFO, "mqtt",
-           "the journal can be written again (a fresh segment at position %llu, after %lld s): "
-           "reconnecting to the broker, which redelivers what was not acknowledged",
-           (unsigned long long)nt_journal_end(m->journal),
-           (long long)((nt_mono_us() - m->failed_at_us) / 1000000));
+           "the journal is open on a fresh segment at position %llu: reconnecting to the broker, "
+           "which redelivers what was not acknowledged",
+           (unsigned long long)nt_journal_end(m->journal));
     nt_mqttconn_unhold(m->conn);
 }
 
@@ -145,10 +152,15 @@ static void mqttsrc__fail(nt_mqttsrc_t *m)
         return;
     }
     m->failed = 1;
-    m->failed_at_us = nt_mono_us();
-    nt_metrics.journal_failed = 1;
     nt_metrics.journal_failures++;
-    nt_log(NT_LOG_ERROR, "mqtt",
+    int first = !m->episode;
+    if (first) {
+        m->episode = 1;
+        m->failed_at_us = nt_mono_us();
+        nt_metrics.journal_failed = 1;
+    }
+    /* Once per episode: failing again right after a retry is the same story. */
+    nt_log(first ? NT_LOG_ERROR : NT_LOG_DEBUG, "mqtt",
            "the journal cannot be written: %s; dropping the broker connection without "
            "acknowledging the %llu messages read since the last sync (the broker redelivers "
            "them) and retrying on a fresh segment until the journal takes writes again",
@@ -159,7 +171,8 @@ static void mqttsrc__fail(nt_mqttsrc_t *m)
     if (!m->reading) {
         nt_mqttconn_lost(m->conn, "the journal cannot be written");
     }
-    uv_timer_start(&m->retry_timer, mqttsrc__on_retry, 1000, 0);
+    uv_timer_start(&m->retry_timer, mqttsrc__on_retry,
+                   nt_backoff_ms(1000, MQTTSRC_RETRY_MAX_MS, m->retries++), 0);
 }
 
 /* ---- the connection's callbacks ----------------------------------------------------------------
