@@ -173,7 +173,10 @@ static void run__on_recorded(nt_pgsink_t *s, int status, void *data)
 static void run__on_drain_poll(uv_timer_t *t)
 {
     run_t *r = t->data;
-    if (nt_publisher_in_flight(r->publisher) > 0 && nt_mqttsrc_ready(r->src)) {
+    /* While the journal is over its bound the PUBACKs of what was read are held back, and our
+     * publications wait behind them: not worth waiting for (published again after the start). */
+    if (nt_publisher_in_flight(r->publisher) > 0 && nt_mqttsrc_ready(r->src) &&
+        !nt_journal_full(r->journal)) {
         return;
     }
     uv_timer_stop(&r->drain_poll);

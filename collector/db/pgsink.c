@@ -342,6 +342,7 @@ static void pgsink__on_lost(nt_pgconn_t *c, void *data)
     s->state = SINK_DOWN;
     pgsink__discard_batches(s);
     nt_outbox_aborted(&s->outbox);
+    pgsink__recorded(s, NT_EDB); /* a graceful stop does not wait for the reconnect */
 }
 
 static void pgsink__on_retry(nt_pgconn_t *c, void *data)
