@@ -485,7 +485,7 @@ static void pgsink__recorded(nt_pgsink_t *s, int status)
 
 static void pgsink__check_drain(nt_pgsink_t *s)
 {
-    if (s->draining && s->drain_cb != NULL && s->state == SINK_IDLE &&
+    if (s->draining && s->drain_cb != NULL && (s->state == SINK_IDLE || s->state == SINK_BUSY) &&
         s->committed >= s->drain_target) {
         nt_pgsink_drain_cb cb = s->drain_cb;
         s->drain_cb = NULL;
@@ -572,9 +572,10 @@ static void pgsink__maybe_dispatch(nt_pgsink_t *s)
         pgsink__begin(s, NULL);
     } else if (batch) {
         pgsink__dispatch_batch(s);
-    } else if (s->building->messages == 0) {
-        pgsink__check_drain(s);
     }
+    /* Also while messages keep arriving (they are journaled and acknowledged during a stop, and
+     * committed at the next start): the drain is over once what was durable when it began is. */
+    pgsink__check_drain(s);
 }
 
 static void pgsink__on_tick(uv_timer_t *t)
