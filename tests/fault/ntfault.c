@@ -1,14 +1,23 @@
 /* ntfault.c -- fault injection from outside the collector, for the integration tests only.
  *
- * An LD_PRELOAD library (never linked into needletrace) that wraps pwrite(2) and, when
- * NTFAULT_KILL_AT_JOURNAL_WRITE=N is set, SIGKILLs the process just before its N-th write to
- * a journal segment (a file whose name ends in ".ntj"): the messages of that burst were
- * received from the broker but are neither durable nor acknowledged, so a correct collector
- * gets them again from the broker after a restart. */
+ * An LD_PRELOAD library (never linked into needletrace) that wraps the calls the journal makes
+ * on its segment files (files whose name ends in ".ntj"). Each fault is off unless its
+ * environment variable is set:
+ *
+ *   NTFAULT_KILL_AT_JOURNAL_WRITE=N   SIGKILLs the process just before its N-th write to a
+ *       segment: the messages of that burst were received from the broker but are neither
+ *       durable nor acknowledged, so a correct collector gets them again after a restart.
+ *   NTFAULT_TEAR_AT_JOURNAL_WRITE=N   writes only the first half of the N-th write to a segment,
+ *       then SIGKILLs the process: a torn tail, as a power cut mid-write leaves it (nothing of
+ *       that write was synced, so nothing of it was acknowledged).
+ *   NTFAULT_JOURNAL_ENOSPC_FILE=PATH  while PATH exists, every write to a segment and every
+ *       fdatasync/fsync of one fails with ENOSPC (a full disk that the test empties again by
+ *       removing PATH). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -17,6 +26,7 @@
 #include <unistd.h>
 
 typedef ssize_t (*ntfault_pwrite_fn)(int, const void *, size_t, off_t);
+typedef int (*ntfault_sync_fn)(int);
 
 static unsigned long ntfault_journal_writes;
 
@@ -33,18 +43,60 @@ static int ntfault_is_journal(int fd)
     return strcmp(path + n - 4, ".ntj") == 0;
 }
 
-static void ntfault_before_write(int fd)
+/* 1 while the disk-full control file exists. */
+static int ntfault_disk_full(void)
 {
-    const char *at = getenv("NTFAULT_KILL_AT_JOURNAL_WRITE");
-    if (at == NULL || !ntfault_is_journal(fd)) {
-        return;
+    const char *path = getenv("NTFAULT_JOURNAL_ENOSPC_FILE");
+    return path != NULL && access(path, F_OK) == 0;
+}
+
+/* Writes a fixed message to stderr (async-signal-safe, no allocation). */
+static void ntfault_say(const char *msg)
+{
+    ssize_t ignored = write(2, msg, strlen(msg));
+    (void)ignored;
+}
+
+/* Decides what happens to a write of count bytes to fd: 0 = write it all, -1 = fail with
+ * ENOSPC, 1 = tear it (write half, then die). Dies here for NTFAULT_KILL_AT_JOURNAL_WRITE. */
+static int ntfault_before_write(int fd)
+{
+    const char *kill_at = getenv("NTFAULT_KILL_AT_JOURNAL_WRITE");
+    const char *tear_at = getenv("NTFAULT_TEAR_AT_JOURNAL_WRITE");
+    const char *full = getenv("NTFAULT_JOURNAL_ENOSPC_FILE");
+    if ((kill_at == NULL && tear_at == NULL && full == NULL) || !ntfault_is_journal(fd)) {
+        return 0;
     }
-    if (++ntfault_journal_writes == strtoul(at, NULL, 10)) {
-        static const char msg[] = "ntfault: killing the process before a journal write\n";
-        ssize_t ignored = write(2, msg, sizeof(msg) - 1);
-        (void)ignored;
+    if (ntfault_disk_full()) {
+        return -1;
+    }
+    ++ntfault_journal_writes;
+    if (kill_at != NULL && ntfault_journal_writes == strtoul(kill_at, NULL, 10)) {
+        ntfault_say("ntfault: killing the process before a journal write\n");
         raise(SIGKILL);
     }
+    if (tear_at != NULL && ntfault_journal_writes == strtoul(tear_at, NULL, 10)) {
+        return 1;
+    }
+    return 0;
+}
+
+/* The wrapped pwrite: real is the libc function. */
+static ssize_t ntfault_pwrite(ntfault_pwrite_fn real, int fd, const void *buf, size_t count,
+                              off_t offset)
+{
+    int what = ntfault_before_write(fd);
+    if (what < 0) {
+        errno = ENOSPC;
+        return -1;
+    }
+    if (what > 0 && count > 1) {
+        ssize_t ignored = real(fd, buf, count / 2, offset);
+        (void)ignored;
+        ntfault_say("ntfault: tore a journal write in half; killing the process\n");
+        raise(SIGKILL);
+    }
+    return real(fd, buf, count, offset);
 }
 
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
@@ -53,8 +105,7 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
     if (real == NULL) {
         real = (ntfault_pwrite_fn)dlsym(RTLD_NEXT, "pwrite");
     }
-    ntfault_before_write(fd);
-    return real(fd, buf, count, offset);
+    return ntfault_pwrite(real, fd, buf, count, offset);
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
@@ -63,6 +114,34 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
     if (real == NULL) {
         real = (ntfault_pwrite_fn)dlsym(RTLD_NEXT, "pwrite64");
     }
-    ntfault_before_write(fd);
-    return real(fd, buf, count, offset);
+    return ntfault_pwrite(real, fd, buf, count, offset);
+}
+
+/* The wrapped fdatasync/fsync: ENOSPC on a segment while the disk is "full". */
+static int ntfault_sync(ntfault_sync_fn real, int fd)
+{
+    if (getenv("NTFAULT_JOURNAL_ENOSPC_FILE") != NULL && ntfault_is_journal(fd) &&
+        ntfault_disk_full()) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real(fd);
+}
+
+int fdatasync(int fd)
+{
+    static ntfault_sync_fn real;
+    if (real == NULL) {
+        real = (ntfault_sync_fn)dlsym(RTLD_NEXT, "fdatasync");
+    }
+    return ntfault_sync(real, fd);
+}
+
+int fsync(int fd)
+{
+    static ntfault_sync_fn real;
+    if (real == NULL) {
+        real = (ntfault_sync_fn)dlsym(RTLD_NEXT, "fsync");
+    }
+    return ntfault_sync(real, fd);
 }
