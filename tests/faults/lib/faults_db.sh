@@ -79,7 +79,7 @@ ft_journal_accept() {
         ft_pending "needletrace journal accept is not on main yet"
         return 1
     }
-    [[ -z $(nt_collector_pid c1) ]] || nt_stop_collector c1 TERM 30
+    [[ -z $(nt_collector_pid c1) ]] || ft_term_c1 "before journal accept"
     if NEEDLETRACE_JOURNAL_DIR="$NT_TMP/journal-c1" NEEDLETRACE_COLLECTOR_ID=it-c1 \
         "$NT_BIN" journal accept >>"$NT_TMP/journal-cmd.log" 2>&1; then
         ft_note "journal accept: $(tail -n 1 "$NT_TMP/journal-cmd.log")"
@@ -111,7 +111,7 @@ fault_db_restore() {
     FT_LOSS_OK_CHUNKS=("$b")
     ft_sim_bg --events 2000
     if nt__wait_quiet 30 ft__checkpoint_error; then
-        ft_note "stopped: $(ft__checkpoint_error | cut -c1-200)"
+        ft_note "the collector said: $(ft__checkpoint_error | cut -c1-200)"
         stored=$(ft__stored)
         ft_hold_alive 3
         [[ $(ft__stored) == "$stored" ]] || ft_fail "kept ingesting after reporting the mismatch"

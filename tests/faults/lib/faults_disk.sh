@@ -116,7 +116,6 @@ fault_flipped_bit() {
 ft__salvage() {
     ft_has_journal_cmd || {
         ft_pending "needletrace journal salvage/accept are not on main yet"
-        ft_start_c1
         return 0
     }
     if NEEDLETRACE_JOURNAL_DIR="$NT_TMP/journal-c1" NEEDLETRACE_COLLECTOR_ID=it-c1 \

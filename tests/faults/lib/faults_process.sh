@@ -174,14 +174,11 @@ fault_sigterm() {
     ft_begin
     ft_start_c1
     nt_wait_collector_ready c1
-    nt_stop_collector c1 TERM 20
+    ft_term_c1 "after creating the session"
     for s in "${states[@]}"; do
         "ft_term_at_$s"
-        nt_stop_collector c1 TERM 30
+        ft_term_c1 "while $s"
         results+=("$s:${NT_EXIT_MS}ms/exit$NT_EXIT_CODE")
-        if ((NT_EXIT_CODE != 0 || NT_EXIT_MS > 10000)); then
-            ft_fail "SIGTERM while $s: exit code $NT_EXIT_CODE after ${NT_EXIT_MS} ms"
-        fi
         $FT_TERM_UNDO
     done
     ft_note "SIGTERM: ${results[*]}"
@@ -200,7 +197,7 @@ fault_blackhole() {
     ft_begin
     ft_start_c1
     nt_wait_collector_ready c1
-    nt_stop_collector c1 TERM 20
+    ft_term_c1 "after creating the session"
     ft_sim --events 2000
     port=$(nt_free_port)
     ft_bg blackhole "$NT_PY" "$FT_FAULTLIB_DIR/ntblackhole.py" --port "$port"
@@ -213,10 +210,8 @@ fault_blackhole() {
     else
         ft_fail "/healthz did not answer within 10 s of the start (the loop is blocked)"
     fi
-    nt_stop_collector c1 TERM 30
+    ft_term_c1 "with the broker blackholed"
     ft_note "SIGTERM: exit code $NT_EXIT_CODE after ${NT_EXIT_MS} ms"
-    ((NT_EXIT_CODE == 0 && NT_EXIT_MS <= 10000)) ||
-        ft_fail "SIGTERM with the broker blackholed: exit code $NT_EXIT_CODE after ${NT_EXIT_MS} ms"
     ft_start_c1
     ft_fault_end
     ft_settle 120
