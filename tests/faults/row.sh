@@ -5,9 +5,12 @@
 #   FT_OUT=FILE FT_SEED=N FT_MODE=short|long bash tests/faults/row.sh FAULT /path/to/needletrace
 #
 # Run by tests/faults/run.sh, which prints the table; FAULT is one of run.sh --list.
+# shellcheck source-path=SCRIPTDIR
+# shellcheck disable=SC2034 # FT_RNG and NT_TEST_NAME are read by the sourced files
 set -euo pipefail
 FT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-FT_FAULTLIB_DIR=$(cd "$FT_DIR/../fault" && pwd)
+FT_FAULTLIB_DIR=$(cd "$FT_DIR/../fault" && pwd) # ntproxy.py, ntblackhole.py (read by lib/)
+export FT_FAULTLIB_DIR
 # shellcheck source=../integration/lib.sh
 source "$FT_DIR/../integration/lib.sh"
 # shellcheck source=../integration/lib/pub.sh

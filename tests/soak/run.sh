@@ -61,9 +61,10 @@ grep -qa AddressSanitizer "$BIN" || {
     exit 2
 }
 
+# shellcheck disable=SC2034 # read by lib.sh
 NT_TEST_NAME=soak
 # shellcheck source=../integration/lib.sh
-source "$ROOT/tests/integration/lib.sh"
+source "$SOAK_DIR/../integration/lib.sh"
 nt_setup "$BIN"
 # Reports go to files (the collector's stderr is a log file too): any file is a failure.
 export ASAN_OPTIONS="log_path=$NT_TMP/asan:detect_leaks=1:abort_on_error=0:quarantine_size_mb=16"
@@ -83,8 +84,12 @@ measure_rate() {
     local t0 ms
     t0=$(nt_now_ms)
     nt_simulate "$NT_TMP/burst.json" "${SIM[@]}" --events 20000 --seed 1
-    nt_wait_counts "$NT_TMP/burst.json" -- 300
+    nt_wait_for "the burst stored" 300 nt_sql_ge "$(($(nt_json "$NT_TMP/burst.json" \
+        .expected.raw_messages) + $(nt_json "$NT_TMP/burst.json" .expected.quarantine)))" \
+        "SELECT (SELECT count(*) FROM needletrace.raw_messages) +
+                (SELECT count(*) FROM needletrace.quarantine)"
     ms=$(($(nt_now_ms) - t0))
+    nt_wait_counts "$NT_TMP/burst.json" -- 300
     RATE=$((4000 * 1000 / ms / 2))
     ((RATE > 0)) || RATE=1
     nt_log "measured $((4000 * 1000 / ms)) messages/s (4,000 in $ms ms); soaking at half: $RATE/s"
@@ -135,7 +140,8 @@ nt_expect_true "RSS flat after the warm-up ($RSS_W -> $RSS_LAST KiB, tolerance 8
     test "$RSS_LAST" -le $((RSS_W + 8192 + RSS_W / 20))
 nt_expect_true "open fds flat after the warm-up ($FD_W -> $FD_LAST, tolerance 2)" \
     test "$FD_LAST" -le $((FD_W + 2))
-REPORTS=$(find "$NT_TMP" -maxdepth 1 -name 'asan.*' -o -maxdepth 1 -name 'ubsan.*' | xargs -r -n1 basename)
+REPORTS=$(find "$NT_TMP" -maxdepth 1 \( -name 'asan.*' -o -name 'ubsan.*' \) -printf '%f ')
+REPORTS=${REPORTS% }
 nt_expect_eq "sanitizer report files" none "${REPORTS:-none}"
 if [[ -n $REPORTS ]]; then
     head -n 40 "$NT_TMP"/asan.* "$NT_TMP"/ubsan.* 2>/dev/null || true

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # FT_REPS, FT_LOSS_OK_CHUNKS... are read by measure.sh
 # faults_db.sh -- faults of the database: PostgreSQL down, PostgreSQL slow (a lock held on a
 # table the batch needs), the database restored from an earlier dump. Sourced by row.sh.
 

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # FT_REPS, FT_LOSS_OK_CHUNKS... are read by measure.sh
 # faults_disk.sh -- faults of the journal's disk: full, a torn tail, a flipped bit.
 # Sourced by row.sh.
 

@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # FT_REPS, FT_LOSS_OK_CHUNKS... are read by measure.sh
 # faults_net.sh -- faults of the network: the broker restarted during publishing, the links to
 # the broker and to the database cut (a TCP proxy on loopback, tests/fault/ntproxy.py).
 # Sourced by row.sh.

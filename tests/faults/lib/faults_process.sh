@@ -1,4 +1,5 @@
 # shellcheck shell=bash
+# shellcheck disable=SC2034 # FT_REPS, FT_LOSS_OK_CHUNKS... are read by measure.sh
 # faults_process.sh -- faults of the collector's process: kill -9 at seeded moments, SIGTERM in
 # every state, a blackholed broker at start-up. Sourced by tests/faults/row.sh.
 

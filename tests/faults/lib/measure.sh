@@ -1,5 +1,6 @@
 # shellcheck shell=bash
-# shellcheck disable=SC2034 # FT_REPS, FT_NOTES... are set by the fault functions
+# shellcheck disable=SC2034,SC2153 # FT_REPS, FT_NOTES... are set by the fault functions; FT_OUT
+# and FT_SEED come from row.sh
 # measure.sh -- one row of the fault suite: its own environment (the integration harness's
 # PostgreSQL, mosquitto, collector and alert subscriber), the publisher and its oracle, the
 # fault's end, and the accounting that turns the database and what the alert subscriber
@@ -90,7 +91,7 @@ ft__cleanup() {
         umount -l "$FT_MOUNT" 2>/dev/null
     fi
     # the logs outlive the temp dir, next to the row's JSON (run.sh keeps them when a row fails)
-    mkdir -p "${FT_OUT%.json}.logs"
+    mkdir -p "${FT_OUT%.json}.logs" # FT_OUT: set by run.sh, checked by row.sh
     cp "$NT_TMP"/*.log "$NT_TMP"/*.out "$NT_TMP"/pg/postgres.log "${FT_OUT%.json}.logs/" 2>/dev/null
     (exit "$rc")
     nt__cleanup
