@@ -63,12 +63,16 @@ struct nt_pgsink_s {
     char maint_error[512];      /* why the last one rolled back */
 
     int draining;
+    uint64_t drain_target; /* the journal end when the drain began */
     nt_pgsink_drain_cb drain_cb;
     void *drain_data;
+    nt_pgsink_drain_cb record_cb; /* nt_pgsink_record_deliveries: waits for its transaction */
+    void *record_data;
 };
 
 static void pgsink__maybe_dispatch(nt_pgsink_t *s);
 static void pgsink__fill(nt_pgsink_t *s);
+static void pgsink__recorded(nt_pgsink_t *s, int status);
 
 static void pgsink__timer_closed(uv_handle_t *h)
 {
@@ -222,6 +226,9 @@ static void pgsink__committed(nt_pgsink_t *s)
         }
     }
     nt_outbox_committed(&s->outbox, nt_mono_us());
+    if (!had_batch && (s->txn.maint_mask & NT_TXN_MAINT_RECORD) && s->record_cb != NULL) {
+        pgsink__recorded(s, 0);
+    }
     if (s->outbox.alerts.n > 0 && s->on_alerts != NULL) {
         s->on_alerts(s, s->outbox.alerts.items, s->outbox.alerts.n, s->data);
     }
@@ -290,6 +297,9 @@ static void pgsink__maintenance_rolled_back(nt_pgsink_t *s)
     snprintf(s->maint_error, sizeof(s->maint_error), "step %s: SQLSTATE %s: %.400s",
              nt_txn_step_name(t), t->sqlstate, t->error);
     s->last_was_batch = 0;
+    if (s->record_cb != NULL) {
+        pgsink__recorded(s, NT_EDB); /* stopping: not retried; published again after a restart */
+    }
 }
 
 /* ROLLBACK finished: start over from the last commit. */
@@ -462,10 +472,20 @@ static void pgsink__fill(nt_pgsink_t *s)
     }
 }
 
+/* Calls the record_deliveries callback once with status. */
+static void pgsink__recorded(nt_pgsink_t *s, int status)
+{
+    nt_pgsink_drain_cb cb = s->record_cb;
+    s->record_cb = NULL;
+    if (cb != NULL) {
+        cb(s, status, s->record_data);
+    }
+}
+
 static void pgsink__check_drain(nt_pgsink_t *s)
 {
-    if (s->draining && s->drain_cb != NULL && s->state == SINK_IDLE && s->building->messages == 0 &&
-        s->read_pos >= nt_journal_end(s->journal)) {
+    if (s->draining && s->drain_cb != NULL && s->state == SINK_IDLE &&
+        s->committed >= s->drain_target) {
         nt_pgsink_drain_cb cb = s->drain_cb;
         s->drain_cb = NULL;
         cb(s, 0, s->drain_data);
@@ -487,6 +507,9 @@ static unsigned pgsink__maintenance_due(const nt_pgsink_t *s)
     const nt_outbox_t *o = &s->outbox;
     int64_t now = nt_mono_us();
     unsigned mask = 0;
+    if (s->record_cb != NULL && (o->n_refused > 0 || o->n_delivered > 0)) {
+        return NT_TXN_MAINT_RECORD; /* the last transaction of a graceful stop */
+    }
     if (!nt_outbox_due_now(o)) {
         return 0;
     }
@@ -543,7 +566,7 @@ static void pgsink__maybe_dispatch(nt_pgsink_t *s)
     }
     int batch = pgsink__batch_due(s);
     unsigned maintenance = pgsink__maintenance_due(s);
-    if (maintenance != 0 && (!batch || s->last_was_batch)) {
+    if (maintenance != 0 && (!batch || s->last_was_batch || s->record_cb != NULL)) {
         s->txn.maint_mask = maintenance; /* the kinds due and not backing off */
         pgsink__begin(s, NULL);
     } else if (batch) {
@@ -655,9 +678,23 @@ void nt_pgsink_wakeup(nt_pgsink_t *s)
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data)
 {
     s->draining = 1;
+    s->drain_target = nt_journal_end(s->journal);
     s->drain_cb = cb;
     s->drain_data = data;
     nt_pgsink_wakeup(s);
+}
+
+void nt_pgsink_record_deliveries(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data)
+{
+    s->record_cb = cb;
+    s->record_data = data;
+    if (s->outbox.n_delivered == 0 && s->outbox.n_refused == 0) {
+        pgsink__recorded(s, 0);
+    } else if (s->state != SINK_IDLE && s->state != SINK_BUSY) {
+        pgsink__recorded(s, NT_EDB);
+    } else {
+        pgsink__maybe_dispatch(s);
+    }
 }
 
 void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts)

@@ -55,8 +55,15 @@ void nt_pgsink_request_undelivered(nt_pgsink_t *s);
 int nt_pgsink_start(nt_pgsink_t *s);
 /* Tells the sink that the journal's durable end moved. Cheap; call after every sync. */
 void nt_pgsink_wakeup(nt_pgsink_t *s);
-/* Commits everything durable now, then calls cb (also on failure / when stopped). */
+/* Commits everything durable now (up to the journal end at the call; what is journaled later
+ * stays for the next start), then calls cb. */
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
+
+/* Records in the database, in one transaction now, the deliveries and refusals of alerts the
+ * broker answered so far (the last step of a graceful stop: a restart then does not publish them
+ * again). cb gets 0 once committed, or NT_EDB when the database cannot take it now (those alerts
+ * are published again later: at least once). Immediately 0 when there is nothing to record. */
+void nt_pgsink_record_deliveries(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
 /* 1 when connected and the checkpoint is read. */
 int nt_pgsink_ready(const nt_pgsink_t *s);
 /* 1 when batches fail for a reason no message causes (see isolate.h), or alert bookkeeping

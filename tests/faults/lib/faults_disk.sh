@@ -36,7 +36,7 @@ fault_disk_full() {
         FT_MOUNT=$NT_TMP/journal-c1
         how="a 16 MiB tmpfs filled up"
     else
-        env=(LD_PRELOAD="$FT_FAULT_LIB" NTFAULT_JOURNAL_ENOSPC_FILE="$NT_TMP/disk-full")
+        env=(LD_PRELOAD="$FT_FAULT_LIB" NTFAULT_ENOSPC_FILE="$NT_TMP/disk-full")
         how="ENOSPC from the fault library (no tmpfs: $(id -un))"
     fi
     ft_start_c1 NEEDLETRACE_JOURNAL_SEGMENT_BYTES=1MiB "${env[@]}"
