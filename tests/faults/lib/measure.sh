@@ -372,7 +372,7 @@ ft__delivery_figures() {
     nt_sql "WITH d AS (SELECT rule, clinic_id, device_serial, boot_id, seq, count(*) AS n
                          FROM faultsuite.received GROUP BY 1, 2, 3, 4, 5)
             SELECT (SELECT count(*) FROM d JOIN needletrace.alerts a USING (rule, clinic_id,
-                        device_serial, boot_id, seq)) || ' ' ||
+                        device_serial, boot_id, seq) WHERE $(ft__counted)) || ' ' ||
                    (SELECT coalesce(sum(n - 1), 0) FROM d)"
 }
 
