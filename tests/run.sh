@@ -5,7 +5,10 @@
 #   2. gcc build with -Werror in build/, then `ctest -L 'unit|valgrind'` there (unit tests, and
 #      the unit tests and the collector under valgrind);
 #   3. clang build with -Werror, ASan+UBSan and the libFuzzer target in build-asan/, then every
-#      ctest there: unit, integration (real mosquitto + PostgreSQL), fuzz smoke;
+#      ctest there: unit, integration (real mosquitto + PostgreSQL), fuzz smoke; then, as steps
+#      of their own, the short fault suite (ctest -L faults: tests/faults/run.sh --short) and
+#      the 1-minute soak (ctest -L soak: tests/soak/run.sh --minutes 1), both against the
+#      sanitizer build;
 #   4. prints a summary; exits non-zero if anything failed.
 #
 # Works as root (CI) and as a normal user (sudo is used to install packages if needed).
@@ -103,9 +106,14 @@ main() {
         step "clang+asan: build" build build-asan; then
         ASAN_OPTIONS=${ASAN_OPTIONS:-abort_on_error=0:detect_leaks=1} \
             UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-            step "clang+asan: ctest (unit, integration, fuzz)" run_ctest build-asan || true
+            step "clang+asan: ctest (unit, integration, fuzz)" run_ctest build-asan \
+            -LE 'faults|soak' || true
+        step "clang+asan: fault suite (ctest -L faults)" run_ctest build-asan -L faults || true
+        step "clang+asan: soak smoke (ctest -L soak)" run_ctest build-asan -L soak || true
     else
         skip "clang+asan: ctest (unit, integration, fuzz)" "build failed"
+        skip "clang+asan: fault suite (ctest -L faults)" "build failed"
+        skip "clang+asan: soak smoke (ctest -L soak)" "build failed"
     fi
 
     # summary

@@ -9,7 +9,11 @@
  * NTFAULT_ENOSPC_FILE=PATH: while PATH exists, every write to a journal segment (or to a segment
  * being created) and every fdatasync of one fails with ENOSPC -- a full disk that can be emptied
  * again by deleting PATH. NTFAULT_EIO_SYNC_FILE=PATH: while PATH exists, fdatasync of a journal
- * segment fails with EIO (the write itself succeeded: its pages are in doubt). */
+ * segment fails with EIO (the write itself succeeded: its pages are in doubt).
+ *
+ * NTFAULT_TEAR_AT_JOURNAL_WRITE=N: the N-th write to a journal segment writes only its first half,
+ * then the process SIGKILLs itself -- a torn tail as a power cut mid-write leaves it (nothing of
+ * that write was synced, so nothing of it was acknowledged). Used by tests/faults/. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
@@ -52,18 +56,34 @@ static int ntfault_armed(const char *var)
     return path != NULL && access(path, F_OK) == 0;
 }
 
-static void ntfault_before_write(int fd)
+/* Counts a write to a journal segment; SIGKILLs the process before the N-th one
+ * (NTFAULT_KILL_AT_JOURNAL_WRITE). Returns 1 when this write must be torn
+ * (NTFAULT_TEAR_AT_JOURNAL_WRITE). */
+static int ntfault_before_write(int fd)
 {
     const char *at = getenv("NTFAULT_KILL_AT_JOURNAL_WRITE");
-    if (at == NULL || !ntfault_is_journal(fd)) {
-        return;
+    const char *tear = getenv("NTFAULT_TEAR_AT_JOURNAL_WRITE");
+    if ((at == NULL && tear == NULL) || !ntfault_is_journal(fd)) {
+        return 0;
     }
-    if (++ntfault_journal_writes == strtoul(at, NULL, 10)) {
+    ++ntfault_journal_writes;
+    if (at != NULL && ntfault_journal_writes == strtoul(at, NULL, 10)) {
         static const char msg[] = "ntfault: killing the process before a journal write\n";
         ssize_t ignored = write(2, msg, sizeof(msg) - 1);
         (void)ignored;
         raise(SIGKILL);
     }
+    return tear != NULL && ntfault_journal_writes == strtoul(tear, NULL, 10);
+}
+
+/* Writes the first half of a torn write, then SIGKILLs the process. */
+static void ntfault_tear(ntfault_pwrite_fn real, int fd, const void *buf, size_t count, off_t off)
+{
+    static const char msg[] = "ntfault: tore a journal write in half; killing the process\n";
+    ssize_t ignored = real(fd, buf, count / 2, off);
+    ignored = write(2, msg, sizeof(msg) - 1);
+    (void)ignored;
+    raise(SIGKILL);
 }
 
 /* 1 (errno ENOSPC) when a write to fd must fail as on a full disk. */
@@ -98,7 +118,9 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
     if (real == NULL) {
         real = (ntfault_pwrite_fn)dlsym(RTLD_NEXT, "pwrite");
     }
-    ntfault_before_write(fd);
+    if (ntfault_before_write(fd)) {
+        ntfault_tear(real, fd, buf, count, offset);
+    }
     if (ntfault_disk_full(fd)) {
         return -1;
     }
@@ -111,7 +133,9 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
     if (real == NULL) {
         real = (ntfault_pwrite_fn)dlsym(RTLD_NEXT, "pwrite64");
     }
-    ntfault_before_write(fd);
+    if (ntfault_before_write(fd)) {
+        ntfault_tear(real, fd, buf, count, offset);
+    }
     if (ntfault_disk_full(fd)) {
         return -1;
     }
