@@ -86,30 +86,23 @@ static int journal_cmd__parse(const nt_opt_t *table, int argc, char **argv, jour
 
 /* ---- check ---------------------------------------------------------------------------------- */
 
-/* 1 when the damage is the newest segment's torn tail. */
-static int journal_cmd__torn(const nt_journal_report_t *r, size_t i, const nt_journal_damage_t *d)
+/* The state column of a segment. */
+static const char *journal_cmd__seg_state(const nt_journal_segment_report_t *s)
 {
-    return i + 1 == r->nsegs && d->records_after == 0 && !d->unsure;
-}
-
-static const char *journal_cmd__seg_state(const nt_journal_report_t *r, size_t i)
-{
-    const nt_journal_segment_report_t *s = &r->segs[i];
     if (s->header_error[0] != '\0') {
         return "BAD";
     }
     if (s->ndamage == 0) {
         return "ok";
     }
-    return s->ndamage == 1 && journal_cmd__torn(r, i, &s->damage[0]) ? "torn tail" : "DAMAGED";
+    return s->ndamage == 1 && s->damage[0].torn_tail ? "torn tail" : "DAMAGED";
 }
 
 /* Prints one segment's line and its problems. */
-static void journal_cmd__print_segment(const nt_journal_report_t *r, size_t i)
+static void journal_cmd__print_segment(const nt_journal_segment_report_t *s)
 {
-    const nt_journal_segment_report_t *s = &r->segs[i];
     printf("%-24s %20" PRIu64 " %10" PRIu64 " %12" PRIu64 "  %s\n", s->name, s->start, s->records,
-           s->file_bytes, journal_cmd__seg_state(r, i));
+           s->file_bytes, journal_cmd__seg_state(s));
     if (s->header_error[0] != '\0') {
         printf("  problem: the segment %s\n", s->header_error);
     }
@@ -119,7 +112,7 @@ static void journal_cmd__print_segment(const nt_journal_report_t *r, size_t i)
                d->reason, d->bytes);
         if (d->unsure) {
             printf("valid records may follow (the search for them gave up)\n");
-        } else if (journal_cmd__torn(r, i, d)) {
+        } else if (d->torn_tail) {
             printf("no valid record follows (torn tail)\n");
         } else {
             printf("%" PRIu64 " valid records follow\n", d->records_after);
@@ -139,7 +132,7 @@ static void journal_cmd__print_report(const char *dir, const nt_journal_report_t
         printf("%-24s %20s %10s %12s  %s\n", "segment", "start", "records", "bytes", "state");
     }
     for (size_t i = 0; i < r->nsegs; i++) {
-        journal_cmd__print_segment(r, i);
+        journal_cmd__print_segment(&r->segs[i]);
         records += r->segs[i].records;
         bytes += r->segs[i].record_bytes;
     }

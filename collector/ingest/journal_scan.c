@@ -157,9 +157,10 @@ static int scan__add_damage(nt_journal_t *j, nt_journal_segment_report_t *sr,
 
 /* Walks the records of the segment from the end of its header to the end of the file: counts
  * the valid ones (handing each to fn), and records every damaged stretch with the number of
- * valid records that follow it. 0, NT_EIO, NT_ENOMEM or what fn returned. */
-static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, nt_journal__record_fn fn,
-                         void *arg)
+ * valid records that follow it, and whether it is a torn tail (newest: the newest segment).
+ * 0, NT_EIO, NT_ENOMEM or what fn returned. */
+static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, int newest,
+                         nt_journal__record_fn fn, void *arg)
 {
     size_t cap = 0;
     uint64_t off = JOURNAL_HEADER_BYTES;
@@ -199,7 +200,9 @@ static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, nt_jo
         off = next;
     }
     for (size_t k = 0; k < sr->ndamage; k++) {
-        sr->damage[k].records_after = sr->records - sr->damage[k].records_after;
+        nt_journal_damage_t *d = &sr->damage[k];
+        d->records_after = sr->records - d->records_after;
+        d->torn_tail = newest && d->records_after == 0 && !d->unsure;
     }
     return 0;
 }
@@ -285,7 +288,7 @@ static int scan__segment(nt_journal_t *j, nt_journal_report_t *r, size_t i, uint
     if (rc == 0) {
         sr->lost_bytes = sc.size;
     } else if (rc == 1) {
-        rc = scan__records(&sc, sr, fn, arg);
+        rc = scan__records(&sc, sr, i + 1 == j->nsegs, fn, arg);
         for (size_t k = 0; k < sr->ndamage; k++) {
             sr->lost_bytes += sr->damage[k].bytes;
         }
@@ -297,12 +300,12 @@ static int scan__segment(nt_journal_t *j, nt_journal_report_t *r, size_t i, uint
 /* Describes the first damage of segment sr that is no torn tail into r->verdict: returns 1,
  * or 0 when there is none (a torn tail of the newest segment is then described). */
 static int scan__judge_records(const nt_journal_t *j, nt_journal_report_t *r,
-                               const nt_journal_segment_report_t *sr, int newest)
+                               const nt_journal_segment_report_t *sr)
 {
     for (size_t k = 0; k < sr->ndamage; k++) {
         const nt_journal_damage_t *d = &sr->damage[k];
         char why[128];
-        if (newest && d->records_after == 0 && !d->unsure) {
+        if (d->torn_tail) {
             r->state = NT_JOURNAL_TORN_TAIL;
             snprintf(r->verdict, sizeof(r->verdict),
                      "torn tail of journal segment \"%s/%s\" at offset %" PRIu64 ": %" PRIu64
@@ -341,7 +344,7 @@ static void scan__judge(const nt_journal_t *j, nt_journal_report_t *r)
                      sr->name, sr->header_error);
             return;
         }
-        if (scan__judge_records(j, r, sr, i + 1 == r->nsegs)) {
+        if (scan__judge_records(j, r, sr)) {
             return;
         }
     }

@@ -120,6 +120,8 @@ typedef struct {
     uint64_t records_after; /* valid records after it in the same file */
     int unsure;             /* 1: the search for valid records after it gave up (too many
                                candidates to check); some may follow */
+    int torn_tail;          /* 1: at the end of the newest segment, nothing valid after it (a
+                               crash mid-write leaves one; the next start cuts it) */
     char reason[96];        /* "record checksum mismatch", "impossible record length 9", ... */
 } nt_journal_damage_t;
 

@@ -205,7 +205,8 @@ static nt_journal_report_t *check(const char *dir)
             const nt_journal_damage_t *d = &s->damage[k];
             if (d->offset < prev_end || d->bytes == 0 || d->offset + d->bytes > s->file_bytes ||
                 d->records_after > s->records ||
-                memchr(d->reason, '\0', sizeof(d->reason)) == NULL) {
+                memchr(d->reason, '\0', sizeof(d->reason)) == NULL ||
+                (d->torn_tail && (i + 1 != r->nsegs || d->records_after != 0 || d->unsure))) {
                 abort();
             }
             prev_end = d->offset + d->bytes;

@@ -1242,6 +1242,45 @@ static void test_flipped_bit_older(void **state)
     assert_int_equal(open_rc(f->dir, 1024), 0);
 }
 
+/* The search for valid records after a bad one is bounded: 2 MiB in which every sixth offset
+ * passes the cheap checks with a 60000-byte length would cost about 20 GiB of CRC; the search
+ * gives up after its budget, and the damage is "unsure": corruption, never a torn tail. */
+static void test_resync_bounded(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[8];
+    uint64_t at = 0;
+    char path[256];
+    char err[1024];
+    enum { BYTES = 2 * 1024 * 1024 };
+    nt_journal_report_t *r = NULL;
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    append_records(j, 0, 5, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    uint8_t *bad = calloc(1, BYTES);
+    assert_non_null(bad);
+    for (size_t k = 0; k + 6 <= BYTES; k += 6) {
+        bad[k] = (uint8_t)(60000 & 0xff); /* length 60000, then zeros: topic length 0 */
+        bad[k + 1] = (uint8_t)(60000 >> 8);
+    }
+    seg_path(path, sizeof(path), f->dir, 0);
+    append_bytes(path, bad, BYTES);
+    free(bad);
+
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CORRUPT);
+    assert_int_equal(r->segs[0].records, 5);
+    assert_int_equal(r->segs[0].ndamage, 1);
+    assert_int_equal(r->segs[0].damage[0].offset, HDR + at);
+    assert_int_equal(r->segs[0].damage[0].bytes, BYTES);
+    assert_int_equal(r->segs[0].damage[0].unsure, 1);
+    assert_int_equal(r->segs[0].damage[0].torn_tail, 0);
+    nt_journal_report_free(r);
+    assert_int_equal(open_err(f->dir, 0, err, sizeof(err)), NT_ECORRUPT);
+    expect_contains(err, "valid records may follow it");
+}
+
 /* ---- check and salvage -------------------------------------------------------------------- */
 
 typedef struct {
@@ -1331,14 +1370,17 @@ static void test_check_report(void **state)
     assert_int_equal(x->bytes, record_size(d.bad1));
     assert_string_equal(x->reason, "record checksum mismatch");
     assert_int_equal(x->records_after, r->segs[1].records - 1); /* all but the one before it */
+    assert_int_equal(x->torn_tail, 0);
     x = &r->segs[2].damage[0];
     assert_int_equal(x->offset, HDR);
     assert_int_equal(x->bytes, record_size(d.bad2) + record_size(d.bad2 + 1));
     assert_int_equal(x->records_after, r->segs[2].records);
+    assert_int_equal(x->torn_tail, 0);
     x = &r->segs[r->nsegs - 1].damage[0];
     assert_int_equal(x->bytes, d.garbage);
     assert_int_equal(x->records_after, 0);
     assert_int_equal(x->unsure, 0);
+    assert_int_equal(x->torn_tail, 1); /* a torn tail, but the journal is corrupt before it */
     snprintf(expect, sizeof(expect),
              "corrupt record in journal segment \"%s/%020" PRIu64 ".ntj\" at offset %" PRIu64,
              f->dir, d.starts[1], HDR + d.pos[d.bad1] - d.starts[1]);
@@ -1379,6 +1421,7 @@ static void test_check_torn_then_clean(void **state)
     assert_int_equal(r->segs[0].records, 12);
     assert_int_equal(r->segs[0].damage[0].offset, HDR + at);
     assert_int_equal(r->segs[0].damage[0].bytes, 6);
+    assert_int_equal(r->segs[0].damage[0].torn_tail, 1);
     expect_contains(r->verdict, "torn tail of journal segment");
     nt_journal_report_free(r);
     assert_int_equal(file_size(path), HDR + at + 6); /* check cut nothing */
@@ -1529,6 +1572,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_fresh_segment_per_open, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flipped_bit_newest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flipped_bit_older, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resync_bounded, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_report, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_torn_then_clean, setup, teardown),
         cmocka_unit_test_setup_teardown(test_salvage_reports_loss, setup, teardown),
