@@ -15,7 +15,7 @@
  * are the whole file, header included; 2 = a sound header whose start is off by (mode >> 2) + 1;
  * 3 = a sound header with another journal id. A file is named after the start that mode 0
  * would give it. The files go to a directory of this process on tmpfs (/dev/shm), emptied at
- * every input. */
+ * every input; after each input the lowest free descriptor is what it was before (no fd leak). */
 #include <dirent.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -102,6 +102,17 @@ static void put64(uint8_t *p, uint64_t v)
 {
     put32(p, (uint32_t)v);
     put32(p + 4, (uint32_t)(v >> 32));
+}
+
+/* The lowest free file descriptor. */
+static int lowest_free_fd(void)
+{
+    int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        abort();
+    }
+    close(fd);
+    return fd;
 }
 
 /* Splits the input into segment files (see the top of the file). Returns how many. */
@@ -267,6 +278,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 1) {
         return 0;
     }
+    int free_fd = lowest_free_fd();
     size_t n = build(data, size, segs);
     for (size_t i = 0; i < n; i++) {
         write_file(&segs[i]);
@@ -305,5 +317,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(segs[i].bytes);
     }
     empty_dir(jdir, 0);
+    if (lowest_free_fd() != free_fd) {
+        abort(); /* a descriptor leaked */
+    }
     return 0;
 }
