@@ -1,9 +1,11 @@
-/* journal_internal.h -- what the journal's two files share: the on-disk format, the journal
- * structure and a few helpers. journal_open.c opens and recovers a journal; journal.c appends,
- * syncs, reads and releases. Not a public header: include needletrace/journal.h instead. */
+/* journal_internal.h -- what the journal's files share: the on-disk format, the journal
+ * structure and a few helpers. journal_open.c opens and recovers a journal; journal_scan.c
+ * checks every record of a directory (recovery, `journal check`) and salvages one; journal.c
+ * appends, syncs, reads and releases. Not a public header: include needletrace/journal.h. */
 #ifndef NEEDLETRACE_JOURNAL_INTERNAL_H
 #define NEEDLETRACE_JOURNAL_INTERNAL_H
 
+#include <inttypes.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -21,12 +23,19 @@
 /* Longest body a reader accepts; anything longer is a torn or corrupt length. */
 /* One byte more than the wire contract allows: an oversized message is journaled cut to
  * NT_MAX_PAYLOAD_BYTES + 1 so that it reaches quarantine as payload_too_large. */
-#define JOURNAL_MAX_PAYLOAD           (NT_MAX_PAYLOAD_BYTES + 1u)
-#define JOURNAL_MAX_BODY              (JOURNAL_MAX_PAYLOAD + 65535u + 64u)
-#define JOURNAL_MAX_RECORD            (JOURNAL_FRAME_BYTES + JOURNAL_MAX_BODY)
-#define JOURNAL_WBUF_BYTES            (1024u * 1024u) /* write buffer, flushed with one write */
-#define JOURNAL_RBUF_BYTES            (64u * 1024u)   /* read-ahead of nt_journal_read */
-#define JOURNAL_SCAN_BYTES            (1024u * 1024u) /* read size of the recovery scan */
+#define JOURNAL_MAX_PAYLOAD (NT_MAX_PAYLOAD_BYTES + 1u)
+#define JOURNAL_MAX_BODY    (JOURNAL_MAX_PAYLOAD + 65535u + 64u)
+#define JOURNAL_MAX_RECORD  (JOURNAL_FRAME_BYTES + JOURNAL_MAX_BODY)
+#define JOURNAL_WBUF_BYTES  (1024u * 1024u) /* write buffer, flushed with one write */
+#define JOURNAL_RBUF_BYTES  (64u * 1024u)   /* read-ahead of nt_journal_read */
+#define JOURNAL_SCAN_BYTES  (1024u * 1024u) /* read size of the recovery scan */
+/* After a bad record, the scan tries every later byte offset for a valid record: cheap checks
+ * first (length, topic length), then the CRC. The bytes it may checksum doing so are bounded
+ * per segment file to this base plus JOURNAL_RESYNC_FACTOR times the file's size, so that a
+ * hostile file cannot make recovery quadratic; past the bound the damage is "unsure". */
+#define JOURNAL_RESYNC_BASE           (16ull * 1024u * 1024u)
+#define JOURNAL_RESYNC_FACTOR         16u
+#define JOURNAL_ERROR_BYTES           1024u /* descriptions of failures (nt_journal_error) */
 #define JOURNAL_DEFAULT_MAX_BYTES     (1024ull * 1024u * 1024u)
 #define JOURNAL_DEFAULT_SEGMENT_BYTES (64ull * 1024u * 1024u)
 #define JOURNAL_NAME_DIGITS           20
@@ -47,8 +56,8 @@ typedef struct {
 } journal__seg_t;
 
 struct nt_journal_s {
-    char error[512];   /* the last failure, for the caller to log (nt_journal_error) */
-    char failure[512]; /* the failure that made the journal refuse appends (failed) */
+    char error[JOURNAL_ERROR_BYTES];   /* the last failure, for the caller to log */
+    char failure[JOURNAL_ERROR_BYTES]; /* the failure that made the journal refuse appends */
     char *dir;
     int dir_fd;
     int lock_fd;
@@ -66,9 +75,11 @@ struct nt_journal_s {
     size_t rcap;
     uint64_t rpos;
     size_t rlen;
-    int unsynced;  /* the newest segment was written since its last fdatasync */
-    int dir_dirty; /* a segment was created or deleted since the last directory fsync */
-    int failed;    /* a write failed: appends and syncs are refused until reopened */
+    int unsynced;     /* the newest segment was written since its last fdatasync */
+    int dir_dirty;    /* a segment was created or deleted since the last directory fsync */
+    int failed;       /* a write failed: appends and syncs are refused until reopened */
+    int readonly;     /* opened by nt_journal__open_readonly: nothing may be written */
+    size_t leftovers; /* *.ntj.tmp files seen by a read-only open (a writer removes them) */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
@@ -145,5 +156,28 @@ int nt_journal__create_seg(nt_journal_t *j, uint64_t start);
 
 /* Releases everything j holds, without flushing. */
 void nt_journal__free(nt_journal_t *j);
+
+/* Opens the journal in dir for reading only (`journal check|salvage`): nothing is created or
+ * removed, the directory's lock is taken shared (a running collector holds it exclusively: then
+ * NT_EIO) and the segment files are listed (j->segs, sizes unknown, no file open). 0 with *out
+ * set (free it with nt_journal__free); NT_ENOENT when dir does not exist, NT_EIO, NT_ENOMEM,
+ * each described in err. */
+int nt_journal__open_readonly(nt_journal_t **out, const char *dir, char *err, size_t errlen);
+
+/* Called by nt_journal__scan for every valid record, in order: rec points at the record (frame
+ * and body, len bytes), valid until the call returns. Returns 0 to go on, or a negative NT_E*
+ * code that ends the scan, which returns it. */
+typedef int (*nt_journal__record_fn)(void *arg, const uint8_t *rec, size_t len);
+
+/* Checks every listed segment of j (headers, contiguity, every record, finding the valid records
+ * after each bad one) without changing anything, and fills *report (zeroed by the caller;
+ * clear it with nt_journal__report_clear) with what it found and the journal's state (see
+ * nt_journal_check). fn, when not NULL, gets every valid record. 0, or NT_EIO (a read failed),
+ * NT_ENOMEM (described for nt_journal_error), or what fn returned. */
+int nt_journal__scan(nt_journal_t *j, nt_journal_report_t *report, nt_journal__record_fn fn,
+                     void *arg);
+
+/* Frees what nt_journal__scan allocated in report (not report itself). */
+void nt_journal__report_clear(nt_journal_report_t *report);
 
 #endif

@@ -1,4 +1,5 @@
-/* journal_open.c -- opens a journal directory: creates it, locks it, and recovers its segments. */
+/* journal_open.c -- opens a journal directory: creates it, locks it, recovers its segments and
+ * starts the fresh segment appends go to (read-only opens for check and salvage too). */
 #include "needletrace/journal.h"
 
 #include <dirent.h>
@@ -16,7 +17,6 @@
 #include <unistd.h>
 
 #include "needletrace/common.h"
-#include "needletrace/crc32c.h"
 #include "needletrace/log.h"
 
 #include "journal_internal.h"
@@ -114,20 +114,33 @@ static int journal__mkdirs(nt_journal_t *j, const char *dir)
     return 0;
 }
 
-/* Takes the exclusive lock on the directory. 0 or NT_EIO (described for nt_journal_error). */
+/* Takes the lock on the directory: exclusive for a collector, shared for a read-only open
+ * (check and salvage may run together, never beside a collector). A read-only open creates no
+ * lock file: a directory without one was never opened by a collector. 0 or NT_EIO (described
+ * for nt_journal_error). */
 static int journal__lock(nt_journal_t *j)
 {
-    j->lock_fd = openat(j->dir_fd, JOURNAL_LOCK_NAME, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int flags = j->readonly ? O_RDONLY : O_RDWR | O_CREAT;
+    j->lock_fd = openat(j->dir_fd, JOURNAL_LOCK_NAME, flags | O_CLOEXEC, 0600);
     if (j->lock_fd < 0) {
+        if (j->readonly && errno == ENOENT) {
+            return 0;
+        }
         nt_journal__errorf(j, "could not open lock file \"%s/%s\": %s", j->dir, JOURNAL_LOCK_NAME,
                            strerror(errno));
         return NT_EIO;
     }
-    if (flock(j->lock_fd, LOCK_EX | LOCK_NB) != 0) {
-        if (errno == EWOULDBLOCK) {
-            nt_journal__errorf(
-                j, "could not lock journal directory \"%s\": it is in use by another collector",
-                j->dir);
+    if (flock(j->lock_fd, (j->readonly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0) {
+        if (errno == EWOULDBLOCK && j->readonly) {
+            nt_journal__errorf(j,
+                               "could not lock journal directory \"%s\": a collector is running "
+                               "on it; stop it first",
+                               j->dir);
+        } else if (errno == EWOULDBLOCK) {
+            nt_journal__errorf(j,
+                               "could not lock journal directory \"%s\": it is in use by another "
+                               "collector, or by needletrace journal check or salvage",
+                               j->dir);
         } else {
             nt_journal__errorf(j, "could not lock journal directory \"%s\": %s", j->dir,
                                strerror(errno));
@@ -137,8 +150,9 @@ static int journal__lock(nt_journal_t *j)
     return 0;
 }
 
-/* Lists the segment files (sorted by start) and removes leftovers of an interrupted
- * segment creation. 0, NT_EIO or NT_ENOMEM (described for nt_journal_error). */
+/* Lists the segment files (sorted by start) and removes leftovers of an interrupted segment
+ * creation (a read-only open only counts them). 0, NT_EIO or NT_ENOMEM (described for
+ * nt_journal_error). */
 static int journal__list(nt_journal_t *j)
 {
     int rc = 0;
@@ -171,13 +185,17 @@ static int journal__list(nt_journal_t *j)
         } else if (len == JOURNAL_NAME_DIGITS + strlen(JOURNAL_TMP_SUFFIX) &&
                    strcmp(name + JOURNAL_NAME_DIGITS, JOURNAL_TMP_SUFFIX) == 0 &&
                    journal__parse_start(name, &start) == 0) {
-            if (unlinkat(j->dir_fd, name, 0) != 0) {
-                nt_journal__errorf(j, "could not remove \"%s/%s\": %s", j->dir, name,
-                                   strerror(errno));
-                rc = NT_EIO;
-                goto err;
+            if (j->readonly) {
+                j->leftovers++;
+            } else {
+                if (unlinkat(j->dir_fd, name, 0) != 0) {
+                    nt_journal__errorf(j, "could not remove \"%s/%s\": %s", j->dir, name,
+                                       strerror(errno));
+                    rc = NT_EIO;
+                    goto err;
+                }
+                j->dir_dirty = 1;
             }
-            j->dir_dirty = 1;
         }
         errno = 0;
     }
@@ -198,9 +216,10 @@ err:
 }
 
 /* Creates the segment that starts at start: header written and synced in a temporary file,
- * then renamed into place, so a segment file never exists without its header. The new
- * segment becomes the newest, open read-write; the directory still needs an fsync.
- * 0, NT_ENOMEM or NT_EIO (described for nt_journal_error). */
+ * then renamed into place (replacing a file of that name), so a segment file never exists
+ * without its header. The new segment becomes the newest, open read-write; the directory still
+ * needs an fsync. 0, NT_ENOMEM or NT_EIO (described for nt_journal_error; errno then tells the
+ * cause, e.g. ENOSPC). */
 int nt_journal__create_seg(nt_journal_t *j, uint64_t start)
 {
     char name[64];
@@ -210,6 +229,7 @@ int nt_journal__create_seg(nt_journal_t *j, uint64_t start)
     if (rc != 0) {
         nt_journal__errorf(j, "could not create journal segment in \"%s\": %s", j->dir,
                            nt_strerror(rc));
+        errno = ENOMEM;
         return rc;
     }
     journal__seg_name(name, sizeof(name), start);
@@ -223,21 +243,38 @@ int nt_journal__create_seg(nt_journal_t *j, uint64_t start)
 
     int fd = openat(j->dir_fd, tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0) {
+        int e = errno;
         nt_journal__errorf(j, "could not create journal segment \"%s/%s\": %s", j->dir, tmp,
-                           strerror(errno));
+                           strerror(e));
+        errno = e;
         return NT_EIO;
     }
     if (nt_journal__pwrite_full(fd, hdr, sizeof(hdr), 0) != 0 || fdatasync(fd) != 0 ||
         renameat(j->dir_fd, tmp, j->dir_fd, name) != 0) {
+        int e = errno;
         nt_journal__errorf(j, "could not create journal segment \"%s/%s\": %s", j->dir, name,
-                           strerror(errno));
+                           strerror(e));
         close(fd);
         unlinkat(j->dir_fd, tmp, 0);
+        errno = e;
         return NT_EIO;
     }
     j->segs[j->nsegs++] = (journal__seg_t){.start = start, .size = JOURNAL_HEADER_BYTES, .fd = fd};
     j->disk_bytes += JOURNAL_HEADER_BYTES;
     j->dir_dirty = 1;
+    return 0;
+}
+
+/* fsyncs the journal directory now, so that the segment just created (or replaced) is durable.
+ * 0 or NT_EIO (described for nt_journal_error). */
+static int journal__sync_dir_now(nt_journal_t *j)
+{
+    if (fsync(j->dir_fd) != 0) {
+        nt_journal__errorf(j, "could not sync journal directory \"%s\": %s", j->dir,
+                           strerror(errno));
+        return NT_EIO;
+    }
+    j->dir_dirty = 0;
     return 0;
 }
 
@@ -253,199 +290,109 @@ static int journal__create_first(nt_journal_t *j)
         }
     }
     int rc = nt_journal__create_seg(j, 0);
+    if (rc == 0) {
+        rc = journal__sync_dir_now(j);
+    }
     if (rc != 0) {
         return rc;
     }
-    if (fsync(j->dir_fd) != 0) {
-        nt_journal__errorf(j, "could not sync journal directory \"%s\": %s", j->dir,
-                           strerror(errno));
-        return NT_EIO;
-    }
-    j->dir_dirty = 0;
     nt_log(NT_LOG_INFO, "journal", "created journal \"%s\" with id %016" PRIx64, j->dir, j->id);
     return 0;
 }
 
-/* Checks every record of the segment file fd (size bytes) and returns in *valid the size
- * of its intact prefix. The newest segment is truncated there (a torn tail: logged as a
- * warning); in an older segment any bad record is NT_ECORRUPT. buf has JOURNAL_SCAN_BYTES. */
-static int journal__scan(nt_journal_t *j, int fd, const char *name, uint64_t size, int newest,
-                         uint8_t *buf, uint64_t *valid)
+/* Starts the segment that this process appends to, at the end of the journal: a new file after
+ * the newest segment, so that a file an earlier process was writing when it died is never
+ * written again. A newest segment with no record (left by the previous start, or cut to its
+ * header) is replaced by the new file, which takes its name by an atomic rename: a crash loop
+ * never piles up empty segments, and a crash at any step leaves either the old file or the new
+ * one (a *.ntj.tmp leftover is removed at the next open). The directory is fsynced. */
+static int journal__start_fresh(nt_journal_t *j)
 {
-    uint64_t off = JOURNAL_HEADER_BYTES;
-    uint64_t boff = 0; /* buf holds file bytes [boff, boff + blen) */
-    size_t blen = 0;
-    char why[96];
-
-    why[0] = '\0';
-    while (off < size) {
-        if (size - off < JOURNAL_FRAME_BYTES) {
-            snprintf(why, sizeof(why), "incomplete record header");
-            break;
+    journal__seg_t *s = journal__newest(j);
+    uint64_t start = journal__seg_end(s);
+    if (s->size == JOURNAL_HEADER_BYTES) {
+        if (s->fd >= 0) {
+            close(s->fd);
         }
-        /* Keep the whole of the longest possible record at off in buf. */
-        uint64_t need = size - off < JOURNAL_MAX_RECORD ? size - off : JOURNAL_MAX_RECORD;
-        if (off < boff || off + need > boff + blen) {
-            uint64_t want = size - off < JOURNAL_SCAN_BYTES ? size - off : JOURNAL_SCAN_BYTES;
-            ssize_t n = nt_journal__pread_full(fd, buf, (size_t)want, off);
-            if (n < 0 || (uint64_t)n != want) {
-                nt_journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
-                                   n < 0 ? strerror(errno) : "unexpected end of file");
-                return NT_EIO;
-            }
-            boff = off;
-            blen = (size_t)want;
-        }
-        const uint8_t *p = buf + (off - boff);
-        uint32_t len = journal__get32(p);
-        if (len < JOURNAL_FIXED_BYTES || len > JOURNAL_MAX_BODY) {
-            snprintf(why, sizeof(why), "impossible record length %" PRIu32, len);
-            break;
-        }
-        if (len > size - off - JOURNAL_FRAME_BYTES) {
-            snprintf(why, sizeof(why), "record length %" PRIu32 " extends past the end of the file",
-                     len);
-            break;
-        }
-        if (nt_crc32c(0, p + JOURNAL_FRAME_BYTES, len) != journal__get32(p + 4)) {
-            snprintf(why, sizeof(why), "record checksum mismatch");
-            break;
-        }
-        if (journal__get16(p + JOURNAL_FRAME_BYTES + 8) > len - JOURNAL_FIXED_BYTES) {
-            snprintf(why, sizeof(why), "topic length exceeds the record");
-            break;
-        }
-        off += JOURNAL_FRAME_BYTES + len;
+        j->disk_bytes -= s->size;
+        j->nsegs--;
     }
-    if (off < size) {
-        if (!newest) {
-            nt_journal__errorf(
-                j, "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s", j->dir,
-                name, off, why);
-            return NT_ECORRUPT;
+    int rc = nt_journal__create_seg(j, start);
+    if (rc != 0) {
+        int e = errno;
+        if (e == ENOSPC || e == EDQUOT) {
+            char name[64];
+            journal__seg_name(name, sizeof(name), start);
+            nt_journal__errorf(j,
+                               "could not start a fresh journal segment \"%s/%s\": %s: the file "
+                               "system of the journal is full; free space there (the records "
+                               "already journaled are intact)",
+                               j->dir, name, strerror(e));
         }
-        if (ftruncate(fd, (off_t)off) != 0 || fdatasync(fd) != 0) {
-            nt_journal__errorf(j, "could not truncate journal segment \"%s/%s\": %s", j->dir, name,
-                               strerror(errno));
-            return NT_EIO;
-        }
-        nt_log(NT_LOG_WARN, "journal",
-               "truncated torn tail of journal segment \"%s/%s\" at offset %" PRIu64
-               ": cut %" PRIu64 " bytes (%s)",
-               j->dir, name, off, size - off, why);
+        return rc;
     }
-    *valid = off;
-    return 0;
+    return journal__sync_dir_now(j);
 }
 
-/* Checks the header of segment s (open as fd, size bytes), then all its records. */
-static int journal__recover_seg(nt_journal_t *j, journal__seg_t *s, int fd, uint64_t size,
-                                int first, int newest, uint64_t prev_end, uint8_t *buf)
+/* Cuts the torn tail that the scan found at offset off of the newest segment (the bytes after
+ * the last valid record, none of them a valid record) and logs it once. */
+static int journal__cut_torn_tail(nt_journal_t *j, const nt_journal_report_t *r)
 {
-    char name[64];
-    uint8_t hdr[JOURNAL_HEADER_BYTES];
-    journal__seg_name(name, sizeof(name), s->start);
-
-    if (size < JOURNAL_HEADER_BYTES) {
-        nt_journal__errorf(j,
-                           "invalid header in journal segment \"%s/%s\": file is %" PRIu64
-                           " bytes, shorter than its header",
-                           j->dir, name, size);
-        return NT_ECORRUPT;
-    }
-    ssize_t n = nt_journal__pread_full(fd, hdr, sizeof(hdr), 0);
-    if (n != (ssize_t)sizeof(hdr)) {
-        nt_journal__errorf(j, "could not read journal segment \"%s/%s\": %s", j->dir, name,
-                           n < 0 ? strerror(errno) : "unexpected end of file");
-        return NT_EIO;
-    }
-    uint32_t version = journal__get32(hdr + 4);
-    uint64_t id = journal__get64(hdr + 8);
-    uint64_t start = journal__get64(hdr + 16);
-    if (memcmp(hdr, JOURNAL_MAGIC, 4) != 0) {
-        nt_journal__errorf(j, "invalid header in journal segment \"%s/%s\": wrong magic", j->dir,
-                           name);
-        return NT_ECORRUPT;
-    }
-    if (version != JOURNAL_VERSION) {
-        nt_journal__errorf(
-            j, "invalid header in journal segment \"%s/%s\": unsupported version %" PRIu32, j->dir,
-            name, version);
-        return NT_ECORRUPT;
-    }
-    if (first) {
-        j->id = id;
-    } else if (id != j->id) {
-        nt_journal__errorf(j,
-                           "invalid header in journal segment \"%s/%s\": journal id %016" PRIx64
-                           " does not match %016" PRIx64 " of the older segments",
-                           j->dir, name, id, j->id);
-        return NT_ECORRUPT;
-    }
-    if (start != s->start) {
-        nt_journal__errorf(j,
-                           "invalid header in journal segment \"%s/%s\": start position %" PRIu64
-                           " does not match the file name",
-                           j->dir, name, start);
-        return NT_ECORRUPT;
-    }
-    if (!first && s->start != prev_end) {
-        nt_journal__errorf(j,
-                           "journal segment \"%s/%s\" is not contiguous: it starts at %" PRIu64
-                           " but the previous segment ends at %" PRIu64,
-                           j->dir, name, s->start, prev_end);
-        return NT_ECORRUPT;
-    }
-    return journal__scan(j, fd, name, size, newest, buf, &s->size);
-}
-
-/* Scans every segment in order: headers, contiguity, every record. Keeps the newest
- * segment open for appending. */
-static int journal__recover(nt_journal_t *j)
-{
-    int rc = 0;
-    int fd = -1;
-    uint8_t *buf = malloc(JOURNAL_SCAN_BYTES);
-    if (buf == NULL) {
-        nt_journal__errorf(j, "could not recover journal \"%s\": %s", j->dir,
-                           nt_strerror(NT_ENOMEM));
-        return NT_ENOMEM;
-    }
-    uint64_t prev_end = 0;
-    for (size_t i = 0; i < j->nsegs; i++) {
-        journal__seg_t *s = &j->segs[i];
-        int newest = i + 1 == j->nsegs;
-        char name[64];
-        struct stat st;
-        journal__seg_name(name, sizeof(name), s->start);
-        fd = openat(j->dir_fd, name, (newest ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-        if (fd < 0 || fstat(fd, &st) != 0) {
-            nt_journal__errorf(j, "could not open journal segment \"%s/%s\": %s", j->dir, name,
-                               strerror(errno));
-            rc = NT_EIO;
-            goto err;
-        }
-        rc = journal__recover_seg(j, s, fd, (uint64_t)st.st_size, i == 0, newest, prev_end, buf);
-        if (rc != 0) {
-            goto err;
-        }
-        if (newest) {
-            s->fd = fd;
-        } else {
+    const nt_journal_segment_report_t *sr = &r->segs[r->nsegs - 1];
+    const nt_journal_damage_t *d = &sr->damage[0];
+    int fd = openat(j->dir_fd, sr->name, O_RDWR | O_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)d->offset) != 0 || fdatasync(fd) != 0) {
+        nt_journal__errorf(j, "could not truncate journal segment \"%s/%s\": %s", j->dir, sr->name,
+                           strerror(errno));
+        if (fd >= 0) {
             close(fd);
         }
-        fd = -1;
-        j->disk_bytes += s->size;
-        prev_end = journal__seg_end(s);
+        return NT_EIO;
     }
-    j->durable_end = prev_end;
-    free(buf);
+    close(fd);
+    nt_log(NT_LOG_WARN, "journal",
+           "truncated torn tail of journal segment \"%s/%s\" at offset %" PRIu64 ": cut %" PRIu64
+           " bytes (%s); no valid record follows it",
+           j->dir, sr->name, d->offset, d->bytes, d->reason);
+    journal__newest(j)->size = d->offset;
     return 0;
-err:
-    if (fd >= 0) {
-        close(fd);
+}
+
+/* Scans every segment (journal_scan.c); refuses a corrupt journal without changing anything,
+ * cuts a torn tail, and starts a fresh segment at the end. */
+static int journal__recover(nt_journal_t *j)
+{
+    nt_journal_report_t r;
+    memset(&r, 0, sizeof(r));
+    int rc = nt_journal__scan(j, &r, NULL, NULL);
+    if (rc != 0) {
+        goto done;
     }
-    free(buf);
+    if (r.state == NT_JOURNAL_CORRUPT) {
+        nt_journal__errorf(j,
+                           "%s; refusing to start: \"needletrace journal salvage --journal-dir %s "
+                           "--out NEWDIR\" copies every valid record to a new journal "
+                           "(\"needletrace journal check --journal-dir %s\" lists the damage)",
+                           r.verdict, j->dir, j->dir);
+        rc = NT_ECORRUPT;
+        goto done;
+    }
+    j->id = r.id;
+    for (size_t i = 0; i < j->nsegs; i++) {
+        j->segs[i].size = r.segs[i].file_bytes;
+        j->disk_bytes += r.segs[i].file_bytes;
+    }
+    if (r.state == NT_JOURNAL_TORN_TAIL) {
+        j->disk_bytes -= r.segs[r.nsegs - 1].damage[0].bytes;
+        rc = journal__cut_torn_tail(j, &r);
+        if (rc != 0) {
+            goto done;
+        }
+    }
+    j->durable_end = journal__seg_end(journal__newest(j));
+    rc = journal__start_fresh(j);
+done:
+    nt_journal__report_clear(&r);
     return rc;
 }
 
@@ -470,13 +417,85 @@ void nt_journal__free(nt_journal_t *j)
     free(j);
 }
 
-/* Opens or creates the journal in opts->dir, takes its lock and recovers every segment
- * (see journal.h). 0 with *out set; otherwise *out is NULL and nothing stays open. */
+/* Allocates a journal for dir: with buffers for appending and reading unless readonly. NULL
+ * when out of memory. */
+static nt_journal_t *journal__alloc(const char *dir, int readonly)
+{
+    nt_journal_t *j = calloc(1, sizeof(*j));
+    if (j == NULL) {
+        return NULL;
+    }
+    j->dir_fd = -1;
+    j->lock_fd = -1;
+    j->readonly = readonly;
+    j->dir = strdup(dir);
+    if (!readonly) {
+        j->wbuf = malloc(JOURNAL_WBUF_BYTES);
+        j->rbuf = malloc(JOURNAL_RBUF_BYTES);
+        j->rcap = JOURNAL_RBUF_BYTES;
+    }
+    if (j->dir == NULL || (!readonly && (j->wbuf == NULL || j->rbuf == NULL))) {
+        nt_journal__free(j);
+        return NULL;
+    }
+    return j;
+}
+
+/* Opens j->dir (which must exist), takes its lock and lists its segments. 0, NT_ENOENT (a
+ * read-only open of a directory that does not exist), NT_EIO or NT_ENOMEM (described). */
+static int journal__open_dir(nt_journal_t *j)
+{
+    j->dir_fd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (j->dir_fd < 0) {
+        int e = errno;
+        if (j->readonly && e == ENOENT) {
+            nt_journal__errorf(j, "journal directory \"%s\" does not exist", j->dir);
+            return NT_ENOENT;
+        }
+        nt_journal__errorf(j, "could not open journal directory \"%s\": %s", j->dir, strerror(e));
+        return NT_EIO;
+    }
+    int rc = journal__lock(j);
+    if (rc == 0) {
+        rc = journal__list(j);
+    }
+    return rc;
+}
+
+/* Copies the description of j's failure rc to err, when the caller gave one. */
+static void journal__describe(const nt_journal_t *j, int rc, char *err, size_t errlen)
+{
+    if (err != NULL && errlen > 0) {
+        snprintf(err, errlen, "%s", j->error[0] != '\0' ? j->error : nt_strerror(rc));
+    }
+}
+
+/* See journal_internal.h. */
+int nt_journal__open_readonly(nt_journal_t **out, const char *dir, char *err, size_t errlen)
+{
+    *out = NULL;
+    nt_journal_t *j = journal__alloc(dir, 1);
+    if (j == NULL) {
+        if (err != NULL && errlen > 0) {
+            snprintf(err, errlen, "could not open journal \"%s\": %s", dir, nt_strerror(NT_ENOMEM));
+        }
+        return NT_ENOMEM;
+    }
+    int rc = journal__open_dir(j);
+    if (rc != 0) {
+        journal__describe(j, rc, err, errlen);
+        nt_journal__free(j);
+        return rc;
+    }
+    *out = j;
+    return 0;
+}
+
+/* Opens or creates the journal in opts->dir, takes its lock, recovers every segment and starts
+ * a fresh one (see journal.h). 0 with *out set; otherwise *out is NULL and nothing stays open. */
 int nt_journal_init(nt_journal_t **out, const nt_journal_options_t *opts, char *err, size_t errlen)
 {
     int rc;
-    nt_journal_t *j = NULL;
-
     if (out == NULL) {
         return NT_EINVAL;
     }
@@ -484,7 +503,7 @@ int nt_journal_init(nt_journal_t **out, const nt_journal_options_t *opts, char *
     if (opts == NULL || opts->dir == NULL || opts->dir[0] == '\0') {
         return NT_EINVAL;
     }
-    j = calloc(1, sizeof(*j));
+    nt_journal_t *j = journal__alloc(opts->dir, 0);
     if (j == NULL) {
         if (err != NULL && errlen > 0) {
             snprintf(err, errlen, "could not open journal \"%s\": %s", opts->dir,
@@ -492,36 +511,13 @@ int nt_journal_init(nt_journal_t **out, const nt_journal_options_t *opts, char *
         }
         return NT_ENOMEM;
     }
-    j->dir_fd = -1;
-    j->lock_fd = -1;
     j->max_bytes = opts->max_bytes ? opts->max_bytes : JOURNAL_DEFAULT_MAX_BYTES;
     j->segment_bytes = opts->segment_bytes ? opts->segment_bytes : JOURNAL_DEFAULT_SEGMENT_BYTES;
-    j->dir = strdup(opts->dir);
-    j->wbuf = malloc(JOURNAL_WBUF_BYTES);
-    j->rbuf = malloc(JOURNAL_RBUF_BYTES);
-    j->rcap = JOURNAL_RBUF_BYTES;
-    if (j->dir == NULL || j->wbuf == NULL || j->rbuf == NULL) {
-        nt_journal__errorf(j, "could not open journal \"%s\": %s", opts->dir,
-                           nt_strerror(NT_ENOMEM));
-        rc = NT_ENOMEM;
-        goto err;
-    }
     rc = journal__mkdirs(j, j->dir);
     if (rc != 0) {
         goto err;
     }
-    j->dir_fd = open(j->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (j->dir_fd < 0) {
-        nt_journal__errorf(j, "could not open journal directory \"%s\": %s", j->dir,
-                           strerror(errno));
-        rc = NT_EIO;
-        goto err;
-    }
-    rc = journal__lock(j);
-    if (rc != 0) {
-        goto err;
-    }
-    rc = journal__list(j);
+    rc = journal__open_dir(j);
     if (rc != 0) {
         goto err;
     }
@@ -532,9 +528,7 @@ int nt_journal_init(nt_journal_t **out, const nt_journal_options_t *opts, char *
     *out = j;
     return 0;
 err:
-    if (err != NULL && errlen > 0) {
-        snprintf(err, errlen, "%s", j->error[0] != '\0' ? j->error : nt_strerror(rc));
-    }
+    journal__describe(j, rc, err, errlen);
     nt_journal__free(j);
     return rc;
 }

@@ -25,6 +25,9 @@ int nt_cmd_simulate(int argc, char **argv, char *const *envp);
 int nt_cmd_check_config(int argc, char **argv, char *const *envp);
 /* `needletrace alerts list|ack`: 1 when the database is unreachable or the alert unknown. */
 int nt_cmd_alerts(int argc, char **argv, char *const *envp);
+/* `needletrace journal check|salvage`: check 1 when the journal is corrupt (the collector would
+ * refuse to start on it); 1 when it cannot be read (a collector runs on it) or salvage fails. */
+int nt_cmd_journal(int argc, char **argv, char *const *envp);
 
 /* Prints a command's usage (--help to stdout, after a usage error to stderr). */
 typedef void (*nt_cmd_usage_fn)(FILE *out);

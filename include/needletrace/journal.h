@@ -13,7 +13,9 @@
  *   segment header (32 bytes): "NTJ1" | u32 version=1 | u64 journal_id | u64 start_pos | u64 0
  *   record: u32 body_len | u32 crc32c(body) | body
  *   body:   i64 received_us | u16 topic_len | topic bytes | payload bytes
- * A record at position p occupies [p, p + 8 + body_len). */
+ * A record at position p occupies [p, p + 8 + body_len). A record is valid when
+ * 10 <= body_len, topic_len <= body_len - 10, the payload is at most 256 KiB + 1 bytes (an
+ * oversized message is journaled cut to that, see journal_internal.h) and the CRC matches. */
 #ifndef NEEDLETRACE_JOURNAL_H
 #define NEEDLETRACE_JOURNAL_H
 
@@ -38,13 +40,23 @@ typedef struct {
     size_t payload_len;
 } nt_journal_record_t;
 
-/* Opens (creating if needed) the journal in opts->dir and recovers it: every segment
- * is scanned, and a torn or corrupt tail (bad length or CRC in the last segment) is
- * truncated, logged once as a warning with the number of bytes cut. Corruption before the
- * tail of the newest segment is NT_ECORRUPT (never silently skipped). Holds an exclusive
- * flock on the directory: a second collector on the same journal gets NT_EIO.
+/* Opens (creating if needed) the journal in opts->dir and recovers it. Every segment is
+ * scanned (see nt_journal_check()); then:
+ *  - a torn tail -- a bad record in the newest segment with no valid record anywhere after it
+ *    (a crash mid-write) -- is truncated, logged once as a warning with the bytes cut;
+ *  - corruption -- a bad record followed by a valid one, a bad record in any older segment, a
+ *    bad segment header, a missing segment -- is NT_ECORRUPT: nothing is changed, and err names
+ *    the segment file, the byte offset, the reason and the command that salvages the journal
+ *    (`needletrace journal salvage --journal-dir DIR --out NEWDIR`). Never silently skipped;
+ *  - appends go to a fresh segment that starts at the end: a segment written by an earlier
+ *    process is never appended to again. An empty newest segment (header only, e.g. left by
+ *    the previous start) is replaced by a fresh file of the same name, so repeated starts never
+ *    pile up empty segments. The directory is fsynced before the call returns.
+ * Holds an exclusive flock on the directory: a second collector (or a running
+ * `journal check|salvage`) on the same journal gets NT_EIO.
  * On success *out owns the journal; on failure nothing is left open and err (when not NULL)
- * gets a one-line description naming the file and the reason, for the caller to log.
+ * gets a one-line description naming the file and the reason, for the caller to log (a full
+ * disk says so: creating the fresh segment needs a little space).
  *
  * Failures are never logged by the journal itself: every function that fails describes the
  * failure for nt_journal_error(), and the caller, which decides what to do, logs it once. */
@@ -97,5 +109,82 @@ uint64_t nt_journal_end(const nt_journal_t *j);   /* position just past the last
 uint64_t nt_journal_bytes(const nt_journal_t *j); /* bytes on disk plus buffered, all segments */
 int nt_journal_full(const nt_journal_t *j);       /* 1 when nt_journal_bytes() >= max_bytes */
 uint64_t nt_journal_id(const nt_journal_t *j);    /* random id chosen when the dir was created */
+
+/* ---- checking and salvaging a journal directory (`needletrace journal check|salvage`) ------ */
+
+/* One unreadable stretch of a segment file: it starts with a bad record and ends where the next
+ * valid record starts (found by trying every byte offset), or at the end of the file. */
+typedef struct {
+    uint64_t offset;        /* byte offset in the file of the bad record */
+    uint64_t bytes;         /* bytes unreadable: up to the next valid record or the end */
+    uint64_t records_after; /* valid records after it in the same file */
+    int unsure;             /* 1: the search for valid records after it gave up (too many
+                               candidates to check); some may follow */
+    int torn_tail;          /* 1: at the end of the newest segment, nothing valid after it (a
+                               crash mid-write leaves one; the next start cuts it) */
+    char reason[96];        /* "record checksum mismatch", "impossible record length 9", ... */
+} nt_journal_damage_t;
+
+typedef struct {
+    char name[32];          /* file name, e.g. "00000000000000001234.ntj" */
+    uint64_t start;         /* position of its first record (from the name) */
+    uint64_t file_bytes;    /* size of the file, header included */
+    uint64_t records;       /* valid records in it */
+    uint64_t record_bytes;  /* bytes of those records */
+    uint64_t lost_bytes;    /* bytes no valid record holds: the damage, or the whole file when it
+                               is shorter than a header (a bad header itself is not counted) */
+    char header_error[160]; /* "" when the header is sound and the segment continues the one
+                               before; else the problem, worded to follow the segment's name:
+                               "has an invalid header: wrong magic", "is not contiguous: ..." */
+    nt_journal_damage_t *damage; /* in file order */
+    size_t ndamage;
+} nt_journal_segment_report_t;
+
+typedef enum {
+    NT_JOURNAL_CLEAN = 0, /* every byte of every segment is a valid record */
+    NT_JOURNAL_TORN_TAIL, /* only a torn tail in the newest segment: the next start cuts it */
+    NT_JOURNAL_CORRUPT,   /* anything else: the collector refuses to start */
+} nt_journal_state_t;
+
+typedef struct {
+    uint64_t id;                       /* journal id of the segments (0 when none is readable) */
+    nt_journal_segment_report_t *segs; /* oldest first */
+    size_t nsegs;
+    size_t leftovers;       /* *.ntj.tmp files of an interrupted segment creation */
+    uint64_t missing_bytes; /* positions no segment holds (gaps between segments) */
+    nt_journal_state_t state;
+    char verdict[512]; /* "" when clean; else the torn tail or the first corruption,
+                          as nt_journal_init() describes it (without the advice) */
+} nt_journal_report_t;
+
+/* Scans the journal in dir without changing anything (no truncation, no new segment, leftovers
+ * left in place): takes a shared lock on the directory, so it refuses while a collector runs.
+ * 0 with *out set (whatever the journal's state: see (*out)->state; free it with
+ * nt_journal_report_free()); NT_ENOENT when dir does not exist; NT_EIO when it cannot be locked
+ * (a collector runs on it) or read; NT_ENOMEM. On failure err describes it.
+ * See also nt_journal_salvage(). */
+int nt_journal_check(const char *dir, nt_journal_report_t **out, char *err, size_t errlen);
+
+void nt_journal_report_free(nt_journal_report_t *r); /* NULL is a no-op */
+
+/* What nt_journal_salvage() did. */
+typedef struct {
+    nt_journal_report_t *report; /* the old journal's, as nt_journal_check() gives it */
+    uint64_t records;            /* records copied */
+    uint64_t record_bytes;       /* their bytes in the old journal */
+    uint64_t lost_bytes;         /* damaged bytes left behind, plus report->missing_bytes */
+    uint64_t new_id;             /* the new journal's id (random: positions changed) */
+    uint64_t new_end;            /* end position of the new journal */
+} nt_journal_salvage_t;
+
+/* Copies every valid record of the journal in dir, in order (receive time, topic and payload
+ * kept), to a new journal created in out->dir with a new random id, and makes it durable. dir is
+ * only read (shared lock, as nt_journal_check()); out->dir must not exist or be an empty
+ * directory. On 0, *res holds the counts and the old journal's report (free it with
+ * nt_journal_report_free(res->report)). NT_EINVAL when out->dir is not empty; NT_ENOENT when
+ * dir does not exist; NT_EIO (a lock, a read or a write failed: the new directory may be
+ * incomplete and should be deleted); NT_ENOMEM. On failure res->report is NULL and err says why. */
+int nt_journal_salvage(const char *dir, const nt_journal_options_t *out, nt_journal_salvage_t *res,
+                       char *err, size_t errlen);
 
 #endif

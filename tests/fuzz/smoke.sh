@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # smoke.sh -- runs a libFuzzer binary for a bounded time on a scratch corpus; fails on any crash.
 #
-# usage: smoke.sh FUZZER [SECONDS]   (SECONDS defaults to 30)
-# The scratch corpus starts from tests/fuzz/corpus/ next to this script, if present, and is
-# deleted afterwards together with any crash artifacts (their paths are printed first).
+# usage: smoke.sh FUZZER [SECONDS [CORPUS_DIR]]   (SECONDS defaults to 30)
+# The scratch corpus starts from the seeds in CORPUS_DIR (default: tests/fuzz/corpus/ next to
+# this script), if present, and is deleted afterwards together with any crash artifacts (their
+# contents are printed first, in base64).
 set -euo pipefail
 
-if [[ $# -lt 1 || $# -gt 2 ]]; then
-    echo "usage: $0 FUZZER [SECONDS]" >&2
+if [[ $# -lt 1 || $# -gt 3 ]]; then
+    echo "usage: $0 FUZZER [SECONDS [CORPUS_DIR]]" >&2
     exit 2
 fi
 fuzzer=$1
@@ -22,13 +23,14 @@ if ! [[ $seconds =~ ^[0-9]+$ ]] || [[ $seconds -eq 0 ]]; then
 fi
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+seeds=${3:-$here/corpus}
 work=$(mktemp -d)
 cleanup() { rm -rf "$work"; }
 trap cleanup EXIT
 
 mkdir -p "$work/corpus" "$work/artifacts"
-if [[ -d $here/corpus ]]; then
-    find "$here/corpus" -maxdepth 1 -type f -exec cp {} "$work/corpus/" \;
+if [[ -d $seeds ]]; then
+    find "$seeds" -maxdepth 1 -type f -exec cp {} "$work/corpus/" \;
 fi
 
 status=0

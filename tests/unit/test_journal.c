@@ -1,5 +1,5 @@
-/* test_journal.c -- unit tests of the CRC-32C paths and of the journal: format, recovery, roll,
- * release. */
+/* test_journal.c -- unit tests of the CRC-32C paths and of the journal: format, recovery (torn
+ * tail or corruption, a fresh segment per open), roll, release, check and salvage. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -108,6 +108,30 @@ static int open_rc(const char *dir, uint64_t segment_bytes)
     return rc;
 }
 
+/* Opens dir expecting a failure: returns its code, with the description in err. */
+static int open_err(const char *dir, uint64_t segment_bytes, char *err, size_t errlen)
+{
+    nt_journal_options_t o = {.dir = dir, .segment_bytes = segment_bytes};
+    nt_journal_t *j = NULL;
+    err[0] = '\0';
+    int rc = nt_journal_init(&j, &o, err, errlen);
+    if (rc == 0) {
+        nt_journal_close(j);
+    } else {
+        assert_null(j);
+        nt_log(NT_LOG_ERROR, "journal", "%s", err);
+    }
+    return rc;
+}
+
+/* Asserts that haystack contains needle, printing both when not. */
+static void expect_contains(const char *haystack, const char *needle)
+{
+    if (strstr(haystack, needle) == NULL) {
+        fail_msg("\"%s\" not found in \"%s\"", needle, haystack);
+    }
+}
+
 /* Deterministic content of record i: topic and payload lengths vary with i. */
 static size_t make_topic(unsigned i, char *buf, size_t cap)
 {
@@ -145,26 +169,40 @@ static void append_records(nt_journal_t *j, unsigned first, unsigned n, uint64_t
     }
 }
 
-/* Reads records first..first+n-1 starting at pos[first] and checks every field. */
-static void check_records(nt_journal_t *j, unsigned first, unsigned n, const uint64_t *pos)
+/* Bytes record i occupies in a segment. */
+static uint64_t record_size(unsigned i)
 {
     char topic[128];
     uint8_t payload[512];
+    return FRAME + FIXED + make_topic(i, topic, sizeof(topic)) + make_payload(i, payload);
+}
+
+/* Checks that rec holds the content of record i (receive time, topic, payload). */
+static void expect_record(const nt_journal_record_t *rec, unsigned i)
+{
+    char topic[128];
+    uint8_t payload[512];
+    size_t tl = make_topic(i, topic, sizeof(topic));
+    size_t pl = make_payload(i, payload);
+    assert_int_equal(rec->next_pos, rec->pos + FRAME + FIXED + tl + pl);
+    assert_int_equal(rec->received_us, make_time(i));
+    assert_int_equal(rec->topic_len, tl);
+    assert_memory_equal(rec->topic, topic, tl);
+    assert_int_equal(rec->payload_len, pl);
+    if (pl > 0) {
+        assert_memory_equal(rec->payload, payload, pl);
+    }
+}
+
+/* Reads records first..first+n-1 starting at pos[first] and checks every field. */
+static void check_records(nt_journal_t *j, unsigned first, unsigned n, const uint64_t *pos)
+{
     nt_journal_record_t rec;
     uint64_t at = pos[first];
     for (unsigned i = first; i < first + n; i++) {
-        size_t tl = make_topic(i, topic, sizeof(topic));
-        size_t pl = make_payload(i, payload);
         assert_int_equal(nt_journal_read(j, at, &rec), 1);
         assert_int_equal(rec.pos, pos[i]);
-        assert_int_equal(rec.next_pos, pos[i] + FRAME + FIXED + tl + pl);
-        assert_int_equal(rec.received_us, make_time(i));
-        assert_int_equal(rec.topic_len, tl);
-        assert_memory_equal(rec.topic, topic, tl);
-        assert_int_equal(rec.payload_len, pl);
-        if (pl > 0) {
-            assert_memory_equal(rec.payload, payload, pl);
-        }
+        expect_record(&rec, i);
         at = rec.next_pos;
     }
 }
@@ -194,6 +232,32 @@ static size_t list_segments(const char *dir, uint64_t *starts, size_t cap)
     closedir(d);
     qsort(starts, n, sizeof(starts[0]), cmp_u64);
     return n;
+}
+
+/* A checksum of every entry of dir: names, sizes and contents, in name order; equal before and
+ * after a call proves the call changed nothing there. */
+static uint32_t dir_digest(const char *dir)
+{
+    struct dirent **names;
+    int n = scandir(dir, &names, NULL, alphasort);
+    assert_true(n >= 0);
+    uint32_t crc = nt_crc32c(0, &n, sizeof(n));
+    static uint8_t buf[64 * 1024];
+    for (int i = 0; i < n; i++) {
+        char path[512];
+        snprintf(path, sizeof(path), "%s/%s", dir, names[i]->d_name);
+        crc = nt_crc32c(crc, names[i]->d_name, strlen(names[i]->d_name) + 1);
+        int fd = open(path, O_RDONLY);
+        assert_true(fd >= 0);
+        ssize_t got;
+        while ((got = read(fd, buf, sizeof(buf))) > 0) {
+            crc = nt_crc32c(crc, buf, (size_t)got);
+        }
+        close(fd);
+        free(names[i]);
+    }
+    free(names);
+    return crc;
 }
 
 /* Creates an empty file. */
@@ -483,7 +547,7 @@ static void test_reopen_continues(void **state)
     assert_int_equal(nt_journal_id(j), id);
     assert_int_equal(nt_journal_start(j), 0);
     assert_int_equal(nt_journal_end(j), at);
-    assert_int_equal(nt_journal_bytes(j), HDR + at);
+    assert_int_equal(nt_journal_bytes(j), HDR + at + HDR); /* and the fresh segment */
     check_records(j, 0, 100, pos);
 
     append_records(j, 100, 100, pos, &at);
@@ -502,8 +566,9 @@ static void test_reopen_continues(void **state)
 
 enum { TORN_GARBAGE, TORN_SHORT_HEADER, TORN_PARTIAL, TORN_BAD_CRC, TORN_BAD_LEN, TORN_HUGE_LEN };
 
-/* Writes 20 good records, then damages the tail of the newest segment in one way, and
- * appends one more well-formed record after the damage: recovery must cut both. */
+/* Writes 20 good records, then damages the tail of the newest segment in one way, with no valid
+ * record after the damage: a torn tail, which recovery cuts; later appends go to a fresh
+ * segment. (A valid record after the damage makes it corruption: test_flipped_bit_newest.) */
 static void torn_tail(fixture_t *f, int kind)
 {
     uint64_t pos[32];
@@ -533,8 +598,6 @@ static void torn_tail(fixture_t *f, int kind)
     case TORN_BAD_CRC:
         rec[5] ^= 0x10;
         append_bytes(path, rec, n);
-        rec[5] ^= 0x10;
-        append_bytes(path, rec, n); /* a good record after the bad one is cut too */
         break;
     case TORN_BAD_LEN:
         put32(rec, 9); /* shorter than received_us + topic_len */
@@ -561,13 +624,16 @@ static void torn_tail(fixture_t *f, int kind)
 
     assert_int_equal(file_size(path), good);
     assert_int_equal(nt_journal_end(j), at);
-    assert_int_equal(nt_journal_bytes(j), good);
+    assert_int_equal(nt_journal_bytes(j), good + HDR);
     check_records(j, 0, 20, pos);
-    /* later appends work and continue the positions */
+    /* later appends work, continue the positions and go to a fresh segment */
+    uint64_t end = at;
     append_records(j, 20, 10, pos, &at);
     assert_int_equal(nt_journal_sync(j), 0);
     check_records(j, 0, 30, pos);
-    assert_int_equal(file_size(path), HDR + at);
+    assert_int_equal(file_size(path), good);
+    seg_path(path, sizeof(path), f->dir, end);
+    assert_int_equal(file_size(path), HDR + at - end);
     nt_journal_close(j);
 
     j = open_ok(f->dir, 0, 0);
@@ -680,7 +746,7 @@ static void test_segment_roll(void **state)
 
     j = open_ok(f->dir, 0, 1024);
     assert_int_equal(nt_journal_end(j), at);
-    assert_int_equal(nt_journal_bytes(j), sum);
+    assert_int_equal(nt_journal_bytes(j), sum + HDR);
     check_records(j, 0, N, pos);
     nt_journal_close(j);
 }
@@ -722,16 +788,18 @@ static void test_release(void **state)
 {
     fixture_t *f = *state;
     enum { N = 200 };
-    uint64_t pos[N];
+    uint64_t pos[N + 10];
     uint64_t at = 0;
     uint64_t starts[256];
     uint64_t after[256];
-    char path[256];
     nt_journal_record_t rec;
-    size_t nseg = make_segments(f, pos, N, &at, starts, 256);
-    assert_true(nseg >= 5);
+    make_segments(f, pos, N, &at, starts, 256);
 
     nt_journal_t *j = open_ok(f->dir, 0, 1024);
+    /* the segments written before, and the fresh one of this open, which holds no record */
+    size_t nseg = list_segments(f->dir, starts, 256);
+    assert_true(nseg >= 6);
+    assert_int_equal(starts[nseg - 1], at);
     uint64_t bytes0 = nt_journal_bytes(j);
 
     /* before the end of the first segment: nothing goes */
@@ -760,28 +828,36 @@ static void test_release(void **state)
     assert_int_equal(list_segments(f->dir, after, 256), nseg - 3);
     assert_int_equal(nt_journal_start(j), starts[3]);
 
-    /* past the end is refused; at the end everything but the newest goes */
+    /* at the start of the newest written segment: everything before it goes */
+    unsigned first = 0;
+    while (pos[first] != starts[nseg - 2]) {
+        first++;
+    }
+    assert_int_equal(nt_journal_release(j, starts[nseg - 2]), 0);
+    assert_int_equal(list_segments(f->dir, after, 256), 2);
+    check_records(j, first, N - first, pos);
+
+    /* past the end is refused; at the end everything but the newest goes: here the fresh,
+     * empty segment of this open */
     assert_int_equal(nt_journal_release(j, at + 1), NT_EINVAL);
     assert_int_equal(nt_journal_release(j, at), 0);
     assert_int_equal(list_segments(f->dir, after, 256), 1);
-    assert_int_equal(after[0], starts[nseg - 1]);
-    assert_int_equal(nt_journal_start(j), starts[nseg - 1]);
-    seg_path(path, sizeof(path), f->dir, starts[nseg - 1]);
-    assert_int_equal(nt_journal_bytes(j), file_size(path));
-
-    /* the kept records still read; new appends continue */
-    unsigned first = 0;
-    while (pos[first] != starts[nseg - 1]) {
-        first++;
-    }
-    check_records(j, first, N - first, pos);
+    assert_int_equal(after[0], at);
+    assert_int_equal(nt_journal_start(j), at);
+    assert_int_equal(nt_journal_bytes(j), HDR);
+    assert_int_equal(nt_journal_read(j, at, &rec), 0);
     assert_int_equal(nt_journal_release(j, 0), 0); /* behind start: a no-op */
+
+    /* new appends continue the positions */
+    append_records(j, N, 10, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    check_records(j, N, 10, pos);
     nt_journal_close(j);
 
     j = open_ok(f->dir, 0, 1024);
-    assert_int_equal(nt_journal_start(j), starts[nseg - 1]);
+    assert_int_equal(nt_journal_start(j), pos[N]);
     assert_int_equal(nt_journal_end(j), at);
-    check_records(j, first, N - first, pos);
+    check_records(j, N, 10, pos);
     nt_journal_close(j);
 }
 
@@ -1013,6 +1089,461 @@ static void test_open_errors(void **state)
     assert_int_equal(open_rc(path, 0), NT_EIO);
 }
 
+/* ---- recovery: a fresh segment per open, torn tail or corruption ---------------------------- */
+
+static void test_fresh_segment_per_open(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[32];
+    uint64_t at = 0;
+    uint64_t starts[16];
+    char path0[256];
+    char path1[256];
+    char path2[256];
+    char tmp[256];
+    struct stat st;
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    append_records(j, 0, 10, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    seg_path(path0, sizeof(path0), f->dir, 0);
+    uint64_t size0 = file_size(path0);
+
+    /* the next open appends to a new segment, never to the one written before */
+    j = open_ok(f->dir, 0, 0);
+    assert_int_equal(list_segments(f->dir, starts, 16), 2);
+    assert_int_equal(starts[1], at);
+    assert_int_equal(nt_journal_bytes(j), size0 + HDR);
+    uint64_t end1 = at;
+    append_records(j, 10, 5, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    assert_int_equal(file_size(path0), size0);
+    seg_path(path1, sizeof(path1), f->dir, end1);
+    assert_int_equal(file_size(path1), HDR + at - end1);
+
+    /* a crash loop: every open starts a fresh segment at the end, replacing the empty one the
+     * open before left (a new file each time), so empty segments never pile up */
+    seg_path(path2, sizeof(path2), f->dir, at);
+    ino_t prev = 0;
+    for (int k = 0; k < 50; k++) {
+        j = open_ok(f->dir, 0, 0);
+        assert_int_equal(list_segments(f->dir, starts, 16), 3);
+        assert_int_equal(starts[2], at);
+        assert_int_equal(stat(path2, &st), 0);
+        assert_int_equal(st.st_size, HDR);
+        assert_true(k == 0 || st.st_ino != prev);
+        prev = st.st_ino;
+        assert_int_equal(nt_journal_end(j), at);
+        assert_int_equal(nt_journal_bytes(j), size0 + file_size(path1) + HDR);
+        nt_journal_close(j);
+    }
+
+    /* a crash while creating the fresh segment leaves its temp file: removed by the next open;
+     * a crash right after its first partial write leaves a torn tail in it: cut, and the
+     * segment, empty again, replaced */
+    snprintf(tmp, sizeof(tmp), "%s/%020" PRIu64 ".ntj.tmp", f->dir, at);
+    touch(tmp);
+    append_bytes(path2, "\x30\x00\x00", 3);
+    j = open_ok(f->dir, 0, 0);
+    assert_int_equal(access(tmp, F_OK), -1);
+    assert_int_equal(list_segments(f->dir, starts, 16), 3);
+    assert_int_equal(file_size(path2), HDR);
+    check_records(j, 0, 15, pos);
+    assert_int_equal(nt_journal_end(j), at);
+    nt_journal_close(j);
+}
+
+/* Writes 30 records into one segment and flips one bit of record 10's payload: valid records
+ * follow it, so it is corruption, not a torn tail. */
+static void test_flipped_bit_newest(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[32];
+    uint64_t at = 0;
+    uint64_t starts[4];
+    char path[256];
+    char err[1024];
+    char expect[512];
+    uint8_t rec[256];
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    append_records(j, 0, 30, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    seg_path(path, sizeof(path), f->dir, 0);
+    patch_byte(path, HDR + pos[10] + FRAME + FIXED + 2, 0x04);
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(open_err(f->dir, 0, err, sizeof(err)), NT_ECORRUPT);
+    snprintf(expect, sizeof(expect),
+             "corrupt record in journal segment \"%s/00000000000000000000.ntj\" at offset %" PRIu64
+             ": record checksum mismatch; 19 valid records follow it",
+             f->dir, HDR + pos[10]);
+    expect_contains(err, expect);
+    snprintf(expect, sizeof(expect), "needletrace journal salvage --journal-dir %s --out NEWDIR",
+             f->dir);
+    expect_contains(err, expect);
+    /* refused without changing anything: no truncation, no new segment */
+    assert_int_equal(dir_digest(f->dir), before);
+    assert_int_equal(list_segments(f->dir, starts, 4), 1);
+
+    /* one valid record after a bad one at the very end is enough */
+    patch_byte(path, HDR + pos[10] + FRAME + FIXED + 2, 0x04);
+    size_t n = build_record(rec, 7, "clinics/a/handpieces/b/telemetry", "payload bytes");
+    rec[n - 1] ^= 0x01;
+    append_bytes(path, rec, n);
+    rec[n - 1] ^= 0x01;
+    append_bytes(path, rec, n);
+    assert_int_equal(open_err(f->dir, 0, err, sizeof(err)), NT_ECORRUPT);
+    snprintf(expect, sizeof(expect), "at offset %" PRIu64 ": record checksum mismatch; 1 valid",
+             HDR + at);
+    expect_contains(err, expect);
+
+    /* without the record after it, the bad one is a torn tail */
+    assert_int_equal(truncate(path, (off_t)(HDR + at + n)), 0);
+    j = open_ok(f->dir, 0, 0);
+    assert_int_equal(nt_journal_end(j), at);
+    check_records(j, 0, 30, pos);
+    nt_journal_close(j);
+    assert_int_equal(file_size(path), HDR + at);
+}
+
+/* A bad record in an older segment is corruption, even with nothing valid after it there. */
+static void test_flipped_bit_older(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[100];
+    uint64_t at = 0;
+    uint64_t starts[64];
+    char path[256];
+    char err[1024];
+    char expect[512];
+    size_t nseg = make_segments(f, pos, 100, &at, starts, 64);
+    assert_true(nseg >= 3);
+    unsigned last = 0; /* the last record of segment 1 */
+    while (pos[last + 1] < starts[2]) {
+        last++;
+    }
+    assert_true(pos[last] >= starts[1]);
+    seg_path(path, sizeof(path), f->dir, starts[1]);
+    uint64_t off = HDR + pos[last] - starts[1];
+    patch_byte(path, off + 4, 0x80); /* its CRC */
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(open_err(f->dir, 1024, err, sizeof(err)), NT_ECORRUPT);
+    snprintf(expect, sizeof(expect),
+             "corrupt record in journal segment \"%s/%020" PRIu64 ".ntj\" at offset %" PRIu64
+             ": record checksum mismatch; it is not in the newest segment",
+             f->dir, starts[1], off);
+    expect_contains(err, expect);
+    expect_contains(err, "needletrace journal salvage --journal-dir");
+    assert_int_equal(dir_digest(f->dir), before);
+    patch_byte(path, off + 4, 0x80);
+    assert_int_equal(open_rc(f->dir, 1024), 0);
+}
+
+/* The search for valid records after a bad one is bounded: 2 MiB in which every sixth offset
+ * passes the cheap checks with a 60000-byte length would cost about 20 GiB of CRC; the search
+ * gives up after its budget, and the damage is "unsure": corruption, never a torn tail. */
+static void test_resync_bounded(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[8];
+    uint64_t at = 0;
+    char path[256];
+    char err[1024];
+    enum { BYTES = 2 * 1024 * 1024 };
+    nt_journal_report_t *r = NULL;
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    append_records(j, 0, 5, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    uint8_t *bad = calloc(1, BYTES);
+    assert_non_null(bad);
+    for (size_t k = 0; k + 6 <= BYTES; k += 6) {
+        bad[k] = (uint8_t)(60000 & 0xff); /* length 60000, then zeros: topic length 0 */
+        bad[k + 1] = (uint8_t)(60000 >> 8);
+    }
+    seg_path(path, sizeof(path), f->dir, 0);
+    append_bytes(path, bad, BYTES);
+    free(bad);
+
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CORRUPT);
+    assert_int_equal(r->segs[0].records, 5);
+    assert_int_equal(r->segs[0].ndamage, 1);
+    assert_int_equal(r->segs[0].damage[0].offset, HDR + at);
+    assert_int_equal(r->segs[0].damage[0].bytes, BYTES);
+    assert_int_equal(r->segs[0].damage[0].unsure, 1);
+    assert_int_equal(r->segs[0].damage[0].torn_tail, 0);
+    nt_journal_report_free(r);
+    assert_int_equal(open_err(f->dir, 0, err, sizeof(err)), NT_ECORRUPT);
+    expect_contains(err, "valid records may follow it");
+}
+
+/* ---- check and salvage -------------------------------------------------------------------- */
+
+typedef struct {
+    uint64_t pos[100];
+    uint64_t at;
+    uint64_t starts[64];
+    size_t nseg;
+    unsigned bad1;  /* one bad record in segment 1 */
+    unsigned bad2;  /* two bad records in a row in segment 2: bad2 and bad2 + 1 */
+    size_t garbage; /* bytes of garbage after the last record of the newest segment */
+    uint64_t lost;  /* bytes of all that */
+    unsigned valid; /* valid records left */
+} damaged_t;
+
+/* Writes 100 records in segments of about 1 KiB, then damages segment 1 (one record), segment 2
+ * (two adjacent records) and the tail of the newest segment. */
+static void make_damaged(fixture_t *f, damaged_t *d)
+{
+    static const char garbage[] = "\x11\x22\x33 not a record at all";
+    char path[256];
+    memset(d, 0, sizeof(*d));
+    d->nseg = make_segments(f, d->pos, 100, &d->at, d->starts, 64);
+    assert_true(d->nseg >= 5);
+    d->bad1 = 0;
+    while (d->pos[d->bad1] < d->starts[1]) {
+        d->bad1++;
+    }
+    d->bad1++; /* the second record of segment 1 */
+    d->bad2 = 0;
+    while (d->pos[d->bad2] < d->starts[2]) {
+        d->bad2++;
+    }
+    assert_true(d->pos[d->bad2 + 2] < d->starts[3]);
+    seg_path(path, sizeof(path), f->dir, d->starts[1]);
+    patch_byte(path, HDR + d->pos[d->bad1] - d->starts[1] + FRAME, 0x01); /* received_us */
+    seg_path(path, sizeof(path), f->dir, d->starts[2]);
+    patch_byte(path, HDR + d->pos[d->bad2] - d->starts[2] + 1, 0x40);     /* length */
+    patch_byte(path, HDR + d->pos[d->bad2 + 1] - d->starts[2] + 6, 0x02); /* CRC */
+    seg_path(path, sizeof(path), f->dir, d->starts[d->nseg - 1]);
+    append_bytes(path, garbage, sizeof(garbage) - 1);
+    d->garbage = sizeof(garbage) - 1;
+    d->lost = record_size(d->bad1) + record_size(d->bad2) + record_size(d->bad2 + 1) + d->garbage;
+    d->valid = 100 - 3;
+}
+
+static void test_check_report(void **state)
+{
+    fixture_t *f = *state;
+    damaged_t d;
+    char err[1024];
+    char expect[512];
+    char tmp[256];
+    nt_journal_report_t *r = NULL;
+    make_damaged(f, &d);
+    snprintf(tmp, sizeof(tmp), "%s/%020d.ntj.tmp", f->dir, 12345);
+    touch(tmp);
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(dir_digest(f->dir), before); /* read only: not even the leftover removed */
+    assert_int_equal(r->state, NT_JOURNAL_CORRUPT);
+    assert_int_equal(r->nsegs, d.nseg);
+    assert_int_equal(r->leftovers, 1);
+    assert_int_equal(r->missing_bytes, 0);
+    uint64_t records = 0;
+    uint64_t lost = 0;
+    for (size_t i = 0; i < r->nsegs; i++) {
+        const nt_journal_segment_report_t *s = &r->segs[i];
+        char name[32];
+        snprintf(name, sizeof(name), "%020" PRIu64 ".ntj", d.starts[i]);
+        assert_string_equal(s->name, name);
+        assert_int_equal(s->start, d.starts[i]);
+        assert_string_equal(s->header_error, "");
+        assert_int_equal(s->ndamage, i == 1 || i == 2 || i + 1 == r->nsegs ? 1 : 0);
+        uint64_t end = i + 1 < r->nsegs ? d.starts[i + 1] : d.at;
+        assert_int_equal(s->file_bytes,
+                         HDR + end - d.starts[i] + (i + 1 == r->nsegs ? d.garbage : 0));
+        assert_int_equal(s->record_bytes + s->lost_bytes + HDR, s->file_bytes);
+        records += s->records;
+        lost += s->lost_bytes;
+    }
+    assert_int_equal(records, d.valid);
+    assert_int_equal(lost, d.lost);
+
+    const nt_journal_damage_t *x = &r->segs[1].damage[0];
+    assert_int_equal(x->offset, HDR + d.pos[d.bad1] - d.starts[1]);
+    assert_int_equal(x->bytes, record_size(d.bad1));
+    assert_string_equal(x->reason, "record checksum mismatch");
+    assert_int_equal(x->records_after, r->segs[1].records - 1); /* all but the one before it */
+    assert_int_equal(x->torn_tail, 0);
+    x = &r->segs[2].damage[0];
+    assert_int_equal(x->offset, HDR);
+    assert_int_equal(x->bytes, record_size(d.bad2) + record_size(d.bad2 + 1));
+    assert_int_equal(x->records_after, r->segs[2].records);
+    assert_int_equal(x->torn_tail, 0);
+    x = &r->segs[r->nsegs - 1].damage[0];
+    assert_int_equal(x->bytes, d.garbage);
+    assert_int_equal(x->records_after, 0);
+    assert_int_equal(x->unsure, 0);
+    assert_int_equal(x->torn_tail, 1); /* a torn tail, but the journal is corrupt before it */
+    snprintf(expect, sizeof(expect),
+             "corrupt record in journal segment \"%s/%020" PRIu64 ".ntj\" at offset %" PRIu64,
+             f->dir, d.starts[1], HDR + d.pos[d.bad1] - d.starts[1]);
+    expect_contains(r->verdict, expect);
+    nt_journal_report_free(r);
+    nt_journal_report_free(NULL);
+
+    /* a directory with no segment is clean; a missing one is an error */
+    assert_int_equal(nt_journal_check(f->tmp, &r, err, sizeof(err)), 0); /* no segments: clean */
+    assert_int_equal(r->state, NT_JOURNAL_CLEAN);
+    assert_int_equal(r->nsegs, 0);
+    nt_journal_report_free(r);
+    snprintf(tmp, sizeof(tmp), "%s/nowhere", f->tmp);
+    assert_int_equal(nt_journal_check(tmp, &r, err, sizeof(err)), NT_ENOENT);
+    assert_null(r);
+    expect_contains(err, "does not exist");
+}
+
+/* check names a torn tail but counts it as no corruption; open cuts it; then check is clean. */
+static void test_check_torn_then_clean(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[16];
+    uint64_t at = 0;
+    char path[256];
+    char err[1024];
+    nt_journal_report_t *r = NULL;
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    append_records(j, 0, 12, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    seg_path(path, sizeof(path), f->dir, 0);
+    append_bytes(path, "\x05\x00\x00\x00\x01\x02", 6);
+
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_TORN_TAIL);
+    assert_int_equal(r->nsegs, 1);
+    assert_int_equal(r->segs[0].records, 12);
+    assert_int_equal(r->segs[0].damage[0].offset, HDR + at);
+    assert_int_equal(r->segs[0].damage[0].bytes, 6);
+    assert_int_equal(r->segs[0].damage[0].torn_tail, 1);
+    expect_contains(r->verdict, "torn tail of journal segment");
+    nt_journal_report_free(r);
+    assert_int_equal(file_size(path), HDR + at + 6); /* check cut nothing */
+
+    /* the lock: check refuses beside a collector */
+    j = open_ok(f->dir, 0, 0);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), NT_EIO);
+    assert_null(r);
+    expect_contains(err, "a collector is running on it");
+    nt_journal_close(j);
+
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CLEAN);
+    assert_int_equal(r->nsegs, 2); /* the fresh segment of the open */
+    assert_int_equal(r->segs[0].records, 12);
+    assert_int_equal(r->segs[1].start, at);
+    assert_int_equal(r->segs[1].file_bytes, HDR);
+    assert_string_equal(r->verdict, "");
+    nt_journal_report_free(r);
+}
+
+/* Reads the whole journal in dir from its start and checks that it holds exactly the records
+ * expect[0..n) (record numbers), in order. */
+static void expect_journal(const char *dir, const unsigned *expect, unsigned n)
+{
+    nt_journal_record_t rec;
+    nt_journal_t *j = open_ok(dir, 0, 0);
+    uint64_t at = nt_journal_start(j);
+    for (unsigned k = 0; k < n; k++) {
+        assert_int_equal(nt_journal_read(j, at, &rec), 1);
+        expect_record(&rec, expect[k]);
+        at = rec.next_pos;
+    }
+    assert_int_equal(nt_journal_read(j, at, &rec), 0);
+    assert_int_equal(at, nt_journal_end(j));
+    nt_journal_close(j);
+}
+
+static void test_salvage_reports_loss(void **state)
+{
+    fixture_t *f = *state;
+    damaged_t d;
+    char err[1024];
+    char out[256];
+    unsigned expect[100];
+    nt_journal_salvage_t res;
+    nt_journal_report_t *r = NULL;
+    make_damaged(f, &d);
+    snprintf(out, sizeof(out), "%s/salvaged", f->tmp);
+    nt_journal_options_t o = {.dir = out, .segment_bytes = 2048};
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(nt_journal_salvage(f->dir, &o, &res, err, sizeof(err)), 0);
+    assert_int_equal(dir_digest(f->dir), before); /* the old journal is left as it was */
+    assert_int_equal(res.records, d.valid);
+    assert_int_equal(res.lost_bytes, d.lost);
+    assert_int_equal(res.record_bytes, d.at - (d.lost - d.garbage));
+    assert_int_equal(res.report->state, NT_JOURNAL_CORRUPT);
+    assert_true(res.new_id != res.report->id);
+    assert_int_equal(res.new_end, res.record_bytes);
+    assert_int_equal(res.report->segs[2].damage[0].bytes,
+                     record_size(d.bad2) + record_size(d.bad2 + 1));
+    nt_journal_report_free(res.report);
+
+    /* the new journal is clean and holds every valid record, in order */
+    assert_int_equal(nt_journal_check(out, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CLEAN);
+    nt_journal_report_free(r);
+    unsigned n = 0;
+    for (unsigned i = 0; i < 100; i++) {
+        if (i != d.bad1 && i != d.bad2 && i != d.bad2 + 1) {
+            expect[n++] = i;
+        }
+    }
+    assert_int_equal(n, d.valid);
+    expect_journal(out, expect, n);
+
+    /* never into a directory that holds anything; never beside a collector */
+    assert_int_equal(nt_journal_salvage(f->dir, &o, &res, err, sizeof(err)), NT_EINVAL);
+    assert_null(res.report);
+    expect_contains(err, "is not empty");
+    char out2[256];
+    snprintf(out2, sizeof(out2), "%s/salvaged2", f->tmp);
+    o.dir = out2;
+    nt_journal_t *j = open_ok(out, 0, 0);
+    assert_int_equal(nt_journal_salvage(out, &o, &res, err, sizeof(err)), NT_EIO);
+    expect_contains(err, "a collector is running on it");
+    nt_journal_close(j);
+}
+
+static void test_salvage_clean(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[200];
+    uint64_t at = 0;
+    uint64_t starts[128];
+    unsigned expect[200];
+    char err[1024];
+    char out[256];
+    nt_journal_salvage_t res;
+    make_segments(f, pos, 200, &at, starts, 128);
+    nt_journal_t *j = open_ok(f->dir, 0, 1024); /* adds the fresh, empty segment */
+    uint64_t id = nt_journal_id(j);
+    nt_journal_close(j);
+
+    snprintf(out, sizeof(out), "%s/new/journal", f->tmp);
+    nt_journal_options_t o = {.dir = out};
+    assert_int_equal(nt_journal_salvage(f->dir, &o, &res, err, sizeof(err)), 0);
+    assert_int_equal(res.records, 200);
+    assert_int_equal(res.record_bytes, at);
+    assert_int_equal(res.lost_bytes, 0);
+    assert_int_equal(res.report->state, NT_JOURNAL_CLEAN);
+    assert_int_equal(res.report->id, id);
+    assert_true(res.new_id != id);
+    assert_int_equal(res.new_end, at);
+    nt_journal_report_free(res.report);
+    for (unsigned i = 0; i < 200; i++) {
+        expect[i] = i;
+    }
+    expect_journal(out, expect, 200);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1038,6 +1569,14 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_big_record_and_limits, setup, teardown),
         cmocka_unit_test_setup_teardown(test_write_error_refuses_appends, setup, teardown),
         cmocka_unit_test_setup_teardown(test_open_errors, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fresh_segment_per_open, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flipped_bit_newest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_flipped_bit_older, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_resync_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_report, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_check_torn_then_clean, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_salvage_reports_loss, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_salvage_clean, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
