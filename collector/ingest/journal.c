@@ -246,16 +246,26 @@ static int journal__restart(nt_journal_t *j)
     uint64_t end = j->durable_end > s->start ? j->durable_end : s->start;
     uint64_t keep = JOURNAL_HEADER_BYTES + (end - s->start);
     journal__seg_name(name, sizeof(name), s->start);
-    if (s->size > keep) {
-        if (ftruncate(s->fd, (off_t)keep) != 0 || fdatasync(s->fd) != 0) {
-            nt_journal__errorf(
-                j, "could not cut journal segment \"%s/%s\" back to %" PRIu64 " bytes: %s", j->dir,
-                name, keep, strerror(errno));
-            return NT_EIO;
-        }
-        j->disk_bytes -= s->size - keep;
-        s->size = keep;
+    /* Always cut: a write that failed half way left bytes past s->size (never counted), and a
+     * later start would read them as records of a segment that no longer ends where the next
+     * begins. Then prove the disk takes a write buffer again (a full disk fails here, not after
+     * the reconnect), and give the space back. */
+    int err = 0;
+    if (ftruncate(s->fd, (off_t)keep) != 0) {
+        err = errno;
+    } else if ((err = posix_fallocate(s->fd, (off_t)keep, JOURNAL_WBUF_BYTES)) == EOPNOTSUPP ||
+               err == EINVAL) {
+        err = 0; /* the file system cannot preallocate: the next write finds out */
     }
+    if (err != 0 || ftruncate(s->fd, (off_t)keep) != 0 || fdatasync(s->fd) != 0) {
+        nt_journal__errorf(j,
+                           "could not cut journal segment \"%s/%s\" back to %" PRIu64
+                           " bytes and find room for more: %s",
+                           j->dir, name, keep, strerror(err != 0 ? err : errno));
+        return NT_EIO;
+    }
+    j->disk_bytes = j->disk_bytes - s->size + keep;
+    s->size = keep;
     j->unsynced = 0;
     j->durable_end = end;
     if (s->size > JOURNAL_HEADER_BYTES) {

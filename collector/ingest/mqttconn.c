@@ -15,6 +15,8 @@
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
 
+/* Addresses of the broker's name tried in turn (then it is looked up again). */
+#define MQTTCONN_ADDRS 8
 /* Our own publications (alerts) awaiting their PUBACK, at most. */
 #define MQTTCONN_SEND_MAXIMUM 4096
 
@@ -43,6 +45,9 @@ struct nt_mqttconn_s {
     int handles_open;      /* timers, plus 1 while resolving; freed at 0 */
     int64_t last_write_us; /* monotonic time of the last write to the broker */
     int at_boundary;       /* the last write left no packet half written */
+    char addrs[MQTTCONN_ADDRS][INET6_ADDRSTRLEN]; /* the broker's addresses, last lookup */
+    int naddrs;
+    int next_addr; /* the next to try; a new lookup once all were tried */
 
     mqttconn_state_t state;
     int held;          /* nt_mqttconn_hold: never connect again */
@@ -116,6 +121,7 @@ static void mqttconn__on_connect(struct mosquitto *mosq, void *data, int rc, int
     }
     c->state = MQTTCONN_CONNECTED;
     c->attempts = 0;
+    c->naddrs = 0; /* the next connection looks the name up again */
     uv_timer_stop(&c->connect_timer);
     nt_metrics.mqtt_connected = 1;
     nt_metrics.mqtt_connects++;
@@ -213,22 +219,33 @@ static void mqttconn__open_socket(nt_mqttconn_t *c, const char *addr)
 static void mqttconn__on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
 {
     nt_mqttconn_t *c = req->data;
-    char addr[INET6_ADDRSTRLEN] = "";
     c->resolving = 0;
-    if (status == 0 && res != NULL) {
-        const void *a = res->ai_family == AF_INET6
-                            ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
-                            : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
-        inet_ntop(res->ai_family, a, addr, sizeof(addr));
+    c->naddrs = 0;
+    c->next_addr = 0;
+    for (struct addrinfo *ai = status == 0 ? res : NULL; ai != NULL && c->naddrs < MQTTCONN_ADDRS;
+         ai = ai->ai_next) {
+        struct sockaddr_storage ss;
+        memcpy(&ss, ai->ai_addr, ai->ai_addrlen < sizeof(ss) ? ai->ai_addrlen : sizeof(ss));
+        char *out = c->addrs[c->naddrs];
+        int rc =
+            ai->ai_family == AF_INET6  ? uv_ip6_name((const struct sockaddr_in6 *)(const void *)&ss,
+                                                     out, sizeof(c->addrs[0]))
+            : ai->ai_family == AF_INET ? uv_ip4_name((const struct sockaddr_in *)(const void *)&ss,
+                                                     out, sizeof(c->addrs[0]))
+                                       : -1;
+        if (rc == 0) {
+            c->naddrs++;
+        }
     }
     uv_freeaddrinfo(res);
     if (c->state == MQTTCONN_RESOLVING) {
-        if (addr[0] == '\0') {
+        if (c->naddrs == 0) {
             char why[512];
             snprintf(why, sizeof(why), "could not look up \"%s\": %s", c->cfg->mqtt_host,
                      status < 0 ? uv_strerror(status) : "no address");
             nt_mqttconn_lost(c, why);
         } else {
+            const char *addr = c->addrs[c->next_addr++];
             mqttconn__open_socket(c, c->cfg->mqtt_tls ? c->cfg->mqtt_host : addr);
         }
     }
@@ -269,6 +286,11 @@ static void mqttconn__connect(nt_mqttconn_t *c)
     if (inet_pton(AF_INET, c->cfg->mqtt_host, &a4) == 1 ||
         inet_pton(AF_INET6, c->cfg->mqtt_host, &a6) == 1) {
         mqttconn__open_socket(c, c->cfg->mqtt_host); /* numeric: nothing to look up */
+        return;
+    }
+    if (c->next_addr < c->naddrs && !c->cfg->mqtt_tls) {
+        /* The last lookup gave more than one address: try the next before looking up again. */
+        mqttconn__open_socket(c, c->addrs[c->next_addr++]);
         return;
     }
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -473,11 +495,15 @@ int nt_mqttconn_ping(nt_mqttconn_t *c)
     if (c->state != MQTTCONN_CONNECTED || !c->at_boundary || c->cfg->mqtt_tls || fd < 0) {
         return NT_EAGAIN;
     }
-    /* An empty socket buffer takes 2 bytes whole; anything else (EAGAIN) skips this ping
-     * rather than leave half a packet. */
-    if (send(fd, pingreq, sizeof(pingreq), MSG_DONTWAIT | MSG_NOSIGNAL) !=
-        (ssize_t)sizeof(pingreq)) {
-        return NT_EAGAIN;
+    ssize_t n = send(fd, pingreq, sizeof(pingreq), MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n == 1) {
+        /* Half a PINGREQ went out: nothing else may follow it on this connection. */
+        nt_mqttconn_abort(c);
+        nt_mqttconn_lost(c, "could not write a whole PINGREQ");
+        return NT_EMQTT;
+    }
+    if (n != (ssize_t)sizeof(pingreq)) {
+        return NT_EAGAIN; /* nothing written (socket buffer full): write the queue instead */
     }
     c->last_write_us = nt_mono_us();
     return 0;

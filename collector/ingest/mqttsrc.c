@@ -245,9 +245,11 @@ static void mqttsrc__on_tick(nt_mqttconn_t *c, void *data)
 {
     nt_mqttsrc_t *m = data;
     int64_t interval_us = (m->cfg->mqtt_keepalive_s - 2) * INT64_C(1000000);
-    if (!mqttsrc__may_write(m) && nt_mono_us() - nt_mqttconn_last_write_us(c) >= interval_us &&
-        nt_mqttconn_ping(c) != 0 && mqttsrc__flush(m, 1) != 0) {
-        return;
+    if (!mqttsrc__may_write(m) && nt_mono_us() - nt_mqttconn_last_write_us(c) >= interval_us) {
+        int rc = nt_mqttconn_ping(c);
+        if (rc == NT_EMQTT || (rc != 0 && mqttsrc__flush(m, 1) != 0)) {
+            return; /* the connection is gone */
+        }
     }
     nt_mqttsrc_poke(m);
 }

@@ -74,8 +74,8 @@ int nt_mqttconn_write(nt_mqttconn_t *c);
  * its own PINGREQ waits behind the PUBACKs an owner holds back): written straight to the socket,
  * only at a packet boundary (the last write left nothing half written) and only in plain TCP (a
  * TLS stream belongs to libmosquitto). The PINGRESP is read as usual, which keeps both the broker's
- * and libmosquitto's keep-alive satisfied. 0, or NT_EAGAIN when it cannot be done now (then write
- * the queue instead). */
+ * and libmosquitto's keep-alive satisfied. 0; NT_EAGAIN when it cannot be done now (then write
+ * the queue instead); NT_EMQTT when only half of it went out (the connection was cut: lost). */
 int nt_mqttconn_ping(nt_mqttconn_t *c);
 
 /* 1 when libmosquitto has bytes queued for the broker. */

@@ -6,10 +6,12 @@
  * received from the broker but are neither durable nor acknowledged, so a correct collector
  * gets them again from the broker after a restart.
  *
- * NTFAULT_ENOSPC_FILE=PATH: while PATH exists, every write to a journal segment (or to a segment
- * being created) and every fdatasync of one fails with ENOSPC -- a full disk that can be emptied
- * again by deleting PATH. NTFAULT_EIO_SYNC_FILE=PATH: while PATH exists, fdatasync of a journal
- * segment fails with EIO (the write itself succeeded: its pages are in doubt).
+ * NTFAULT_ENOSPC_FILE=PATH: while PATH exists, the journal's disk is full: a write to a segment (or
+ * to one being created) of more than 4 KiB writes half and returns that (a short write, as on a
+ * disk that fills up mid-write), a smaller one fails with ENOSPC, and so do fdatasync and
+ * posix_fallocate of a segment -- a full disk that can be emptied again by deleting PATH.
+ * NTFAULT_EIO_SYNC_FILE=PATH: while PATH exists, fdatasync of a journal segment fails with EIO (the
+ * write itself succeeded: its pages are in doubt).
  *
  * NTFAULT_TEAR_AT_JOURNAL_WRITE=N: the N-th write to a journal segment writes only its first half,
  * then the process SIGKILLs itself -- a torn tail as a power cut mid-write leaves it (nothing of
@@ -19,6 +21,7 @@
 #endif
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -112,6 +115,30 @@ int fdatasync(int fd)
     return real(fd);
 }
 
+int posix_fallocate(int fd, off_t offset, off_t len)
+{
+    static int (*real)(int, off_t, off_t);
+    if (real == NULL) {
+        real = (int (*)(int, off_t, off_t))dlsym(RTLD_NEXT, "posix_fallocate");
+    }
+    if (ntfault_disk_full(fd)) {
+        return ENOSPC;
+    }
+    return real(fd, offset, len);
+}
+
+int posix_fallocate64(int fd, off64_t offset, off64_t len)
+{
+    static int (*real)(int, off64_t, off64_t);
+    if (real == NULL) {
+        real = (int (*)(int, off64_t, off64_t))dlsym(RTLD_NEXT, "posix_fallocate64");
+    }
+    if (ntfault_disk_full(fd)) {
+        return ENOSPC;
+    }
+    return real(fd, offset, len);
+}
+
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
 {
     static ntfault_pwrite_fn real;
@@ -122,7 +149,7 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
         ntfault_tear(real, fd, buf, count, offset);
     }
     if (ntfault_disk_full(fd)) {
-        return -1;
+        return count > 4096 ? real(fd, buf, count / 2, offset) : -1;
     }
     return real(fd, buf, count, offset);
 }
@@ -137,7 +164,7 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
         ntfault_tear(real, fd, buf, count, offset);
     }
     if (ntfault_disk_full(fd)) {
-        return -1;
+        return count > 4096 ? real(fd, buf, count / 2, offset) : -1;
     }
     return real(fd, buf, count, offset);
 }
