@@ -20,6 +20,8 @@
 
 /* SIGTERM must end the process within 10 s; keep a margin for closing. */
 #define RUN_DRAIN_DEADLINE_MS 8000
+/* After the teardown, how long the loop may wait for a name lookup that cannot be cancelled. */
+#define RUN_HARD_STOP_MS 1000
 
 typedef struct {
     uv_loop_t loop;
@@ -33,6 +35,8 @@ typedef struct {
     uv_signal_t sigint;
     uv_timer_t deadline;
     uv_timer_t drain_poll; /* a graceful stop waits for the PUBACKs of alerts in flight */
+    uv_timer_t hard_stop;  /* after the teardown: ends the loop even if a lookup still runs */
+    int loop_busy;         /* the loop could not be closed (a name lookup was still running) */
     int handles;           /* signals and timers initialised */
     int stopping;
     int stopped;
@@ -122,6 +126,11 @@ static int run__ready(void *data, char *reason, size_t len)
 /* ---- stopping ---------------------------------------------------------------------------------
  */
 
+static void run__on_hard_stop(uv_timer_t *t)
+{
+    uv_stop(t->loop);
+}
+
 /* Closes everything that is open; the loop then ends once the handles are closed. The one
  * teardown, for every way out. */
 static void run__finish(run_t *r)
@@ -151,6 +160,10 @@ static void run__finish(run_t *r)
         uv_close((uv_handle_t *)&r->drain_poll, NULL);
         uv_close((uv_handle_t *)&r->sigterm, NULL);
         uv_close((uv_handle_t *)&r->sigint, NULL);
+        /* A name lookup already running on libuv's thread pool cannot be cancelled and keeps
+         * the loop alive until the resolver gives up: do not wait for it. */
+        uv_timer_start(&r->hard_stop, run__on_hard_stop, RUN_HARD_STOP_MS, 0);
+        uv_unref((uv_handle_t *)&r->hard_stop);
     }
 }
 
@@ -263,8 +276,10 @@ static int run__open(run_t *r)
     uv_signal_init(&r->loop, &r->sigint);
     uv_timer_init(&r->loop, &r->deadline);
     uv_timer_init(&r->loop, &r->drain_poll);
+    uv_timer_init(&r->loop, &r->hard_stop);
     r->handles = 1;
-    r->sigterm.data = r->sigint.data = r->deadline.data = r->drain_poll.data = r;
+    r->sigterm.data = r->sigint.data = r->deadline.data = r->drain_poll.data = r->hard_stop.data =
+        r;
     uv_signal_start(&r->sigterm, run__on_signal, SIGTERM);
     uv_signal_start(&r->sigint, run__on_signal, SIGINT);
     return 0;
@@ -306,7 +321,15 @@ static int run__serve(run_t *r)
         code = -1;
     }
     uv_run(&r->loop, UV_RUN_DEFAULT);
-    uv_loop_close(&r->loop);
+    if (r->handles) {
+        uv_close((uv_handle_t *)&r->hard_stop, NULL);
+        uv_run(&r->loop, UV_RUN_NOWAIT);
+    }
+    if (uv_loop_close(&r->loop) == UV_EBUSY) {
+        r->loop_busy = 1;
+        nt_log(NT_LOG_WARN, "run",
+               "a name lookup of the broker is still running: exiting without waiting for it");
+    }
     /* Records appended but not yet synced were never acknowledged; sync them anyway, so that a
      * restart commits them without waiting for the broker to redeliver. */
     if (nt_journal_sync(r->journal) != 0) {
@@ -336,5 +359,11 @@ int nt_cmd_run(int argc, char **argv, char *const *envp)
     srandom((unsigned)(nt_now_us() ^ getpid()));
     code = run__serve(&r);
     nt_config_close(&r.cfg);
+    if (r.loop_busy) {
+        /* libuv joins its thread pool at exit, which would wait for the lookup. The journal is
+         * closed and everything else is released; only the lookup's thread remains. */
+        fflush(NULL);
+        _exit(code);
+    }
     return code;
 }

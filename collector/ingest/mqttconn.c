@@ -58,6 +58,7 @@ struct nt_mqttconn_s {
 };
 
 static void mqttconn__schedule_reconnect(nt_mqttconn_t *c);
+static void mqttconn__on_connect_timer(uv_timer_t *t);
 
 /* One of the connection's handles (or its lookup) is done; the last one frees it. */
 static void mqttconn__unref(nt_mqttconn_t *c)
@@ -206,6 +207,8 @@ static void mqttconn__open_socket(nt_mqttconn_t *c, const char *addr)
         nt_mqttconn_lost(c, "libmosquitto refused the CONNECT properties");
         return;
     }
+    uv_timer_start(&c->connect_timer, mqttconn__on_connect_timer,
+                   (uint64_t)c->cfg->mqtt_connect_timeout_ms, 0);
     int rc = mosquitto_connect_bind_async(c->mosq, addr, c->cfg->mqtt_port,
                                           (int)c->cfg->mqtt_keepalive_s, NULL);
     if (rc != MOSQ_ERR_SUCCESS) {
@@ -278,9 +281,7 @@ static void mqttconn__connect(nt_mqttconn_t *c)
         mqttconn__schedule_reconnect(c); /* an abandoned lookup has not ended yet */
         return;
     }
-    c->state = MQTTCONN_RESOLVING;
-    uv_timer_start(&c->connect_timer, mqttconn__on_connect_timer,
-                   (uint64_t)c->cfg->mqtt_connect_timeout_ms, 0);
+    c->state = MQTTCONN_RESOLVING; /* a lookup is bounded by the resolver's own timeouts */
     struct in6_addr a6;
     struct in_addr a4;
     if (inet_pton(AF_INET, c->cfg->mqtt_host, &a4) == 1 ||
@@ -475,6 +476,17 @@ int nt_mqttconn_read(nt_mqttconn_t *c)
 
 int nt_mqttconn_write(nt_mqttconn_t *c)
 {
+    if (c->state == MQTTCONN_CONNECTING && c->cfg->mqtt_tls) {
+        /* libmosquitto's write returns at once while the TLS handshake is under way: only its
+         * read drives the handshake (and reads CONNACK once it is done). */
+        int rc = mosquitto_loop_read(c->mosq, 1);
+        if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(c->mosq) < 0) {
+            nt_mqttconn_lost(c, rc == MOSQ_ERR_SUCCESS ? "connection closed"
+                                : rc == MOSQ_ERR_ERRNO ? strerror(errno)
+                                                       : mosquitto_strerror(rc));
+            return NT_EMQTT;
+        }
+    }
     if (!mosquitto_want_write(c->mosq)) {
         return 0;
     }

@@ -30,6 +30,7 @@ struct nt_mqttsrc_s {
     int refs;               /* the connection and the retry timer; freed when both closed */
 
     int full;          /* journal over its bound: PUBACKs held back (backpressure) */
+    int overflow;      /* far over it (a broker ignoring the receive maximum): disconnected */
     int failed;        /* the journal refused a write or sync: never ack, connection held */
     int episode;       /* from a failure until a sync succeeds again (one ERROR log) */
     int reading;       /* inside nt_mqttconn_read (libmosquitto's callbacks) */
@@ -43,6 +44,14 @@ struct nt_mqttsrc_s {
 };
 
 static void mqttsrc__fail(nt_mqttsrc_t *m);
+
+/* Journal bytes past which the broker is not keeping to the receive maximum: the bound plus as
+ * many of the largest messages as it may send unacknowledged. */
+static uint64_t mqttsrc__hard_cap(const nt_mqttsrc_t *m)
+{
+    return (uint64_t)m->cfg->journal_max_bytes +
+           (uint64_t)m->cfg->mqtt_receive_maximum * (NT_MAX_PAYLOAD_BYTES + 1024u);
+}
 
 /* Makes every appended record durable and tells the owner. 0, or NT_EIO (then nothing
  * appended since the last successful sync may ever be acknowledged). */
@@ -168,7 +177,7 @@ static void mqttsrc__fail(nt_mqttsrc_t *m)
     m->unsynced = 0;
     nt_mqttconn_hold(m->conn);
     nt_mqttconn_abort(m->conn);
-    if (!m->reading) {
+    if (!m->reading && nt_mqttconn_open(m->conn)) {
         nt_mqttconn_lost(m->conn, "the journal cannot be written");
     }
     uv_timer_start(&m->retry_timer, mqttsrc__on_retry,
@@ -306,7 +315,20 @@ static void mqttsrc__read_burst(nt_mqttsrc_t *m)
                (unsigned long long)nt_journal_bytes(m->journal),
                (long long)m->cfg->mqtt_receive_maximum);
     }
-    mqttsrc__flush(m, 0);
+    if (mqttsrc__flush(m, 0) == 0 && m->full && !m->overflow &&
+        nt_journal_bytes(m->journal) > mqttsrc__hard_cap(m)) {
+        /* More than a broker that keeps to the receive maximum can send (QoS 0 is not flow
+         * controlled): cut the connection, acknowledging nothing more, and stay away until the
+         * journal is below its bound again. The broker keeps the session. */
+        m->overflow = 1;
+        nt_log(NT_LOG_WARN, "mqtt",
+               "journal at %llu bytes while PUBACKs are held back: the broker sends more than "
+               "the receive maximum allows; disconnecting until the journal is below its bound",
+               (unsigned long long)nt_journal_bytes(m->journal));
+        nt_mqttconn_hold(m->conn);
+        nt_mqttconn_abort(m->conn);
+        nt_mqttconn_lost(m->conn, "the broker ignores the receive maximum");
+    }
 }
 
 static void mqttsrc__on_io(nt_mqttconn_t *c, int status, int events, void *data)
@@ -395,12 +417,20 @@ int nt_mqttsrc_start(nt_mqttsrc_t *m)
 
 void nt_mqttsrc_poke(nt_mqttsrc_t *m)
 {
-    if (m->full && !nt_journal_full(m->journal)) {
+    /* Hysteresis: acknowledging resumes an eighth below the bound, so that a journal at its
+     * bound does not flap (and log) at every commit. */
+    uint64_t max = (uint64_t)m->cfg->journal_max_bytes;
+    if (m->full && nt_journal_bytes(m->journal) <= max - max / 8) {
         m->full = 0;
         nt_metrics.backpressure = 0;
         nt_log(NT_LOG_INFO, "mqtt",
-               "journal below its bound again (%llu bytes): acknowledging at full speed",
-               (unsigned long long)nt_journal_bytes(m->journal));
+               "journal below its bound again (%llu bytes): acknowledging at full speed%s",
+               (unsigned long long)nt_journal_bytes(m->journal),
+               m->overflow ? "; reconnecting to the broker" : "");
+        if (m->overflow) {
+            m->overflow = 0;
+            nt_mqttconn_unhold(m->conn);
+        }
     }
     if (nt_mqttconn_open(m->conn) && nt_mqttconn_want_write(m->conn) && mqttsrc__flush(m, 0) != 0) {
         return;

@@ -45,6 +45,44 @@ nt_expect_true "exited within 10 s (${NT_EXIT_MS} ms)" test "$NT_EXIT_MS" -lt 10
 kill "$hole_pid" 2>/dev/null || true
 wait "$hole_pid" 2>/dev/null || true
 
+# A name lookup that hangs (a DNS server that never answers): it runs on libuv's thread pool and
+# cannot be cancelled, so SIGTERM must not wait for it. Needs root (a mount namespace with its
+# own /etc/resolv.conf pointing at a silent server on 127.0.0.1:53); skipped otherwise.
+if [[ $(id -u) == 0 ]] && unshare -m true 2>/dev/null; then
+    printf 'nameserver 127.0.0.1\noptions timeout:30 attempts:1\n' >"$NT_TMP/resolv.conf"
+    "$NT_PY" -c 'import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 53))
+print("ready", flush=True)
+while True:
+    s.recv(4096)' >"$NT_TMP/silent-dns.log" 2>&1 &
+    dns_pid=$!
+    if nt_wait_for "the silent DNS server" 10 grep -q ready "$NT_TMP/silent-dns.log"; then
+        cat >"$NT_TMP/in-ns.sh" <<WRAP
+#!/usr/bin/env bash
+exec unshare -m bash -c 'mount --bind "$NT_TMP/resolv.conf" /etc/resolv.conf && exec "\$0" "\$@"' "$NT_BIN" "\$@"
+WRAP
+        chmod +x "$NT_TMP/in-ns.sh"
+        real_bin=$NT_BIN
+        NT_BIN=$NT_TMP/in-ns.sh
+        nt_start_collector c3 NEEDLETRACE_MQTT_URL="mqtt://broker.needletrace.test:1883"
+        NT_BIN=$real_bin
+        nt_wait_for "/healthz of c3" 20 curl -fsS --max-time 1 "http://127.0.0.1:${NT_CHTTP[c3]}/healthz"
+        nt_hold "/healthz answers while the broker's name lookup hangs" 3 \
+            curl -fsS --max-time 1 "http://127.0.0.1:${NT_CHTTP[c3]}/healthz"
+        nt_stop_collector c3 TERM 40
+        nt_expect_eq "exit code after SIGTERM during a hanging lookup" 0 "$NT_EXIT_CODE"
+        nt_expect_true "exited within 10 s during a hanging lookup (${NT_EXIT_MS} ms)" \
+            test "$NT_EXIT_MS" -lt 10000
+    else
+        nt_log "skipped the hanging-lookup case: could not bind 127.0.0.1:53"
+    fi
+    kill "$dns_pid" 2>/dev/null || true
+    wait "$dns_pid" 2>/dev/null || true
+else
+    nt_log "skipped the hanging-lookup case: needs root and unshare -m"
+fi
+
 nt_start_broker
 nt_start_collector c2 NEEDLETRACE_MQTT_URL="mqtt://localhost:$NT_BROKER_PORT"
 nt_wait_collector_ready c2
