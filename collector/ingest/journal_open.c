@@ -372,9 +372,35 @@ static int journal__cut_tail(nt_journal_t *j, const nt_journal_report_t *r)
     return 0;
 }
 
+/* fdatasyncs the newest segment before a fresh one follows it (one with no record is replaced
+ * instead): what the process that wrote it had not synced when it stopped or died (never
+ * acknowledged) may still be in the page cache only. So every older segment is durable whole,
+ * as a roll leaves it, and a page of zeros in one is corruption, never a power cut. 0 or NT_EIO
+ * (described). */
+static int journal__sync_newest(nt_journal_t *j)
+{
+    const journal__seg_t *s = journal__newest(j);
+    char name[64];
+    if (s->size == JOURNAL_HEADER_BYTES) {
+        return 0;
+    }
+    journal__seg_name(name, sizeof(name), s->start);
+    int fd = openat(j->dir_fd, name, O_RDWR | O_CLOEXEC);
+    if (fd < 0 || fdatasync(fd) != 0) {
+        nt_journal__errorf(j, "could not sync journal segment \"%s/%s\": %s", j->dir, name,
+                           strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        return NT_EIO;
+    }
+    close(fd);
+    return 0;
+}
+
 /* Scans every segment (journal_scan.c); refuses a corrupt journal without changing anything,
- * cuts a torn tail or an unwritten page after a power cut, and starts a fresh segment at the
- * end. */
+ * cuts a torn tail or an unwritten page after a power cut, syncs the newest segment and starts
+ * a fresh one at the end. */
 static int journal__recover(nt_journal_t *j)
 {
     nt_journal_report_t r;
@@ -404,7 +430,10 @@ static int journal__recover(nt_journal_t *j)
         }
     }
     j->durable_end = journal__seg_end(journal__newest(j));
-    rc = journal__start_fresh(j);
+    rc = journal__sync_newest(j);
+    if (rc == 0) {
+        rc = journal__start_fresh(j);
+    }
 done:
     nt_journal__report_clear(&r);
     return rc;

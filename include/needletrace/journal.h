@@ -58,7 +58,8 @@ typedef struct {
  *    nothing is changed, and err names the segment file, the byte offset, the reason and the
  *    command that salvages the journal (`needletrace journal salvage --journal-dir DIR --out
  *    NEWDIR`). Never silently skipped;
- *  - appends go to a fresh segment that starts at the end: a segment written by an earlier
+ *  - appends go to a fresh segment that starts at the end, after the newest segment is
+ *    fdatasynced (so every older segment is durable whole): a segment written by an earlier
  *    process is never appended to again. An empty newest segment (header only, e.g. left by
  *    the previous start) is replaced by a fresh file of the same name, so repeated starts never
  *    pile up empty segments. The directory is fsynced before the call returns.

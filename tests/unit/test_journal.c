@@ -1505,7 +1505,7 @@ static void test_unwritten_page_misaligned(void **state)
     expect_hole_corrupt(*state, HOLE_MISALIGNED);
 }
 
-/* (c) The same page of zeros in an older segment is corruption (a roll syncs a segment whole before
+/* (c) The same page of zeros in an older segment is corruption (a segment is synced whole before
  * the next one starts); once that segment is the newest again, it is an unwritten page. */
 static void test_unwritten_page_older(void **state)
 {
