@@ -33,8 +33,12 @@ static void journal_cmd__usage(FILE *out)
           "         and every damaged stretch: its byte offset in the file, the reason, the bytes\n"
           "         unreadable and how many valid records follow it. A torn tail (bad bytes at\n"
           "         the end of the newest segment, no valid record after them) is what a crash\n"
-          "         mid-write leaves: the collector cuts it at its next start. Anything else is\n"
-          "         corruption: the collector refuses to start until the journal is salvaged.\n"
+          "         mid-write leaves: the collector cuts it at its next start. So is an unwritten\n"
+          "         page after a power cut: in the newest segment, bad bytes that hold a whole\n"
+          "         4096-byte page of zeros (4096-aligned) before valid records, which were\n"
+          "         written after the last sync and never acknowledged; the collector cuts the\n"
+          "         segment there. Anything else is corruption: the collector refuses to start\n"
+          "         until the journal is salvaged.\n"
           "salvage  copies every valid record, in order (receive time, topic, payload), to a new\n"
           "         journal with a new id in NEWDIR, reports the records copied and the byte\n"
           "         ranges lost per segment, and says what to do next. The old directory is left\n"
@@ -42,7 +46,8 @@ static void journal_cmd__usage(FILE *out)
           "  --out NEWDIR          the new journal directory: must not exist, or be empty\n"
           "\n"
           "Exit status: 0 success (check: the collector can start on the journal, a torn tail\n"
-          "included), 1 corruption found (check) or a failure, 2 bad usage or configuration.\n",
+          "or an unwritten page included), 1 corruption found (check) or a failure, 2 bad usage\n"
+          "or configuration.\n",
           out);
 }
 
@@ -95,11 +100,15 @@ static const char *journal_cmd__seg_state(const nt_journal_segment_report_t *s)
     if (s->ndamage == 0) {
         return "ok";
     }
+    if (s->damage[0].unwritten_page) {
+        return "power cut"; /* cut at its first damage: what follows does not count */
+    }
     return s->ndamage == 1 && s->damage[0].torn_tail ? "torn tail" : "DAMAGED";
 }
 
-/* Prints one segment's line and its problems. */
-static void journal_cmd__print_segment(const nt_journal_segment_report_t *s)
+/* Prints one segment's line and its problems; cut: the collector cuts the segment at its first
+ * damage (an unwritten page after a power cut) at its next start. */
+static void journal_cmd__print_segment(const nt_journal_segment_report_t *s, int cut)
 {
     printf("%-24s %20" PRIu64 " %10" PRIu64 " %12" PRIu64 "  %s\n", s->name, s->start, s->records,
            s->file_bytes, journal_cmd__seg_state(s));
@@ -114,6 +123,15 @@ static void journal_cmd__print_segment(const nt_journal_segment_report_t *s)
             printf("valid records may follow (the search for them gave up)\n");
         } else if (d->torn_tail) {
             printf("no valid record follows (torn tail)\n");
+        } else if (d->unwritten_page && k == 0 && cut) {
+            printf("%" PRIu64 " valid-looking records follow, never acknowledged: the page at "
+                   "offset %" PRIu64 " is all zeros (unwritten page after a power cut: the "
+                   "collector cuts here at start)\n",
+                   d->records_after, d->zero_page);
+        } else if (d->unwritten_page) {
+            printf("%" PRIu64 " valid records follow; the page at offset %" PRIu64
+                   " is all zeros (unwritten page after a power cut)\n",
+                   d->records_after, d->zero_page);
         } else {
             printf("%" PRIu64 " valid records follow\n", d->records_after);
         }
@@ -132,7 +150,8 @@ static void journal_cmd__print_report(const char *dir, const nt_journal_report_t
         printf("%-24s %20s %10s %12s  %s\n", "segment", "start", "records", "bytes", "state");
     }
     for (size_t i = 0; i < r->nsegs; i++) {
-        journal_cmd__print_segment(&r->segs[i]);
+        journal_cmd__print_segment(&r->segs[i],
+                                   r->state == NT_JOURNAL_POWER_CUT && i + 1 == r->nsegs);
         records += r->segs[i].records;
         bytes += r->segs[i].record_bytes;
     }
@@ -153,6 +172,12 @@ static void journal_cmd__print_report(const char *dir, const nt_journal_report_t
     case NT_JOURNAL_TORN_TAIL:
         printf("result: %s; the collector cuts it at its next start (a crash mid-write leaves "
                "one)\n",
+               r->verdict);
+        break;
+    case NT_JOURNAL_POWER_CUT:
+        printf("result: %s; the collector cuts the segment there at its next start (pages "
+               "written after the last sync reach the disk in any order: the broker sends those "
+               "records again)\n",
                r->verdict);
         break;
     case NT_JOURNAL_CORRUPT:

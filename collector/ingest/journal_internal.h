@@ -33,8 +33,15 @@
  * first (length, topic length), then the CRC. The bytes it may checksum doing so are bounded
  * per segment file to this base plus JOURNAL_RESYNC_FACTOR times the file's size, so that a
  * hostile file cannot make recovery quadratic; past the bound the damage is "unsure". */
-#define JOURNAL_RESYNC_BASE           (16ull * 1024u * 1024u)
-#define JOURNAL_RESYNC_FACTOR         16u
+#define JOURNAL_RESYNC_BASE   (16ull * 1024u * 1024u)
+#define JOURNAL_RESYNC_FACTOR 16u
+/* A power cut can leave a page of the newest segment that was written (pwrite) after the last
+ * fdatasync but never reached the disk: it reads as zeros, and pages after it may hold the
+ * records that were written back. A damaged stretch of the newest segment that holds a whole
+ * page of zeros at a file offset that is a multiple of this size is such a page (see
+ * nt_journal_init). A smaller file system block or a torn sector leaves no such page: the damage
+ * is then corruption, the safe side. */
+#define JOURNAL_PAGE_BYTES            4096u
 #define JOURNAL_ERROR_BYTES           1024u /* descriptions of failures (nt_journal_error) */
 #define JOURNAL_DEFAULT_MAX_BYTES     (1024ull * 1024u * 1024u)
 #define JOURNAL_DEFAULT_SEGMENT_BYTES (64ull * 1024u * 1024u)
@@ -48,6 +55,10 @@ _Static_assert(JOURNAL_WBUF_BYTES >= JOURNAL_FRAME_BYTES + JOURNAL_FIXED_BYTES +
                "the write buffer must hold the largest record an append accepts");
 _Static_assert(JOURNAL_SCAN_BYTES >= JOURNAL_MAX_RECORD,
                "a recovery read must hold the largest record");
+_Static_assert(JOURNAL_SCAN_BYTES >= JOURNAL_PAGE_BYTES, "a recovery read must hold a whole page");
+_Static_assert(JOURNAL_HEADER_BYTES < JOURNAL_PAGE_BYTES,
+               "the first page holds the header: it is never a page of zeros after a bad record "
+               "(nt_journal_damage_t.zero_page is 0 for none)");
 
 typedef struct {
     uint64_t start; /* position of its first record; also its name */

@@ -334,12 +334,15 @@ static int journal__start_fresh(nt_journal_t *j)
     return journal__sync_dir_now(j);
 }
 
-/* Cuts the torn tail that the scan found at offset off of the newest segment (the bytes after
- * the last valid record, none of them a valid record) and logs it once. */
-static int journal__cut_torn_tail(nt_journal_t *j, const nt_journal_report_t *r)
+/* Cuts the newest segment at its first damage, which the scan found to be a torn tail (the
+ * bytes after the last valid record, none of them a valid record) or an unwritten page after a
+ * power cut (with it, every record after it: written after the last fdatasync, so never
+ * acknowledged), and logs it once. */
+static int journal__cut_tail(nt_journal_t *j, const nt_journal_report_t *r)
 {
     const nt_journal_segment_report_t *sr = &r->segs[r->nsegs - 1];
     const nt_journal_damage_t *d = &sr->damage[0];
+    const uint64_t cut = sr->file_bytes - d->offset;
     int fd = openat(j->dir_fd, sr->name, O_RDWR | O_CLOEXEC);
     if (fd < 0 || ftruncate(fd, (off_t)d->offset) != 0 || fdatasync(fd) != 0) {
         nt_journal__errorf(j, "could not truncate journal segment \"%s/%s\": %s", j->dir, sr->name,
@@ -350,16 +353,54 @@ static int journal__cut_torn_tail(nt_journal_t *j, const nt_journal_report_t *r)
         return NT_EIO;
     }
     close(fd);
-    nt_log(NT_LOG_WARN, "journal",
-           "truncated torn tail of journal segment \"%s/%s\" at offset %" PRIu64 ": cut %" PRIu64
-           " bytes (%s); no valid record follows it",
-           j->dir, sr->name, d->offset, d->bytes, d->reason);
+    if (r->state == NT_JOURNAL_POWER_CUT) {
+        nt_log(NT_LOG_WARN, "journal",
+               "truncated journal segment \"%s/%s\" at offset %" PRIu64
+               " after a power cut: cut %" PRIu64 " bytes (%s); the page at offset %" PRIu64
+               " was never written (it reads as zeros), so the %" PRIu64
+               " valid-looking records after it were discarded: written after the last sync, "
+               "they were never acknowledged",
+               j->dir, sr->name, d->offset, cut, d->reason, d->zero_page, d->records_after);
+    } else {
+        nt_log(NT_LOG_WARN, "journal",
+               "truncated torn tail of journal segment \"%s/%s\" at offset %" PRIu64
+               ": cut %" PRIu64 " bytes (%s); no valid record follows it",
+               j->dir, sr->name, d->offset, cut, d->reason);
+    }
     journal__newest(j)->size = d->offset;
+    j->disk_bytes -= cut;
+    return 0;
+}
+
+/* fdatasyncs the newest segment before a fresh one follows it (one with no record is replaced
+ * instead): what the process that wrote it had not synced when it stopped or died (never
+ * acknowledged) may still be in the page cache only. So every older segment is durable whole,
+ * as a roll leaves it, and a page of zeros in one is corruption, never a power cut. 0 or NT_EIO
+ * (described). */
+static int journal__sync_newest(nt_journal_t *j)
+{
+    const journal__seg_t *s = journal__newest(j);
+    char name[64];
+    if (s->size == JOURNAL_HEADER_BYTES) {
+        return 0;
+    }
+    journal__seg_name(name, sizeof(name), s->start);
+    int fd = openat(j->dir_fd, name, O_RDWR | O_CLOEXEC);
+    if (fd < 0 || fdatasync(fd) != 0) {
+        nt_journal__errorf(j, "could not sync journal segment \"%s/%s\": %s", j->dir, name,
+                           strerror(errno));
+        if (fd >= 0) {
+            close(fd);
+        }
+        return NT_EIO;
+    }
+    close(fd);
     return 0;
 }
 
 /* Scans every segment (journal_scan.c); refuses a corrupt journal without changing anything,
- * cuts a torn tail, and starts a fresh segment at the end. */
+ * cuts a torn tail or an unwritten page after a power cut, syncs the newest segment and starts
+ * a fresh one at the end. */
 static int journal__recover(nt_journal_t *j)
 {
     nt_journal_report_t r;
@@ -382,15 +423,17 @@ static int journal__recover(nt_journal_t *j)
         j->segs[i].size = r.segs[i].file_bytes;
         j->disk_bytes += r.segs[i].file_bytes;
     }
-    if (r.state == NT_JOURNAL_TORN_TAIL) {
-        j->disk_bytes -= r.segs[r.nsegs - 1].damage[0].bytes;
-        rc = journal__cut_torn_tail(j, &r);
+    if (r.state == NT_JOURNAL_TORN_TAIL || r.state == NT_JOURNAL_POWER_CUT) {
+        rc = journal__cut_tail(j, &r);
         if (rc != 0) {
             goto done;
         }
     }
     j->durable_end = journal__seg_end(journal__newest(j));
-    rc = journal__start_fresh(j);
+    rc = journal__sync_newest(j);
+    if (rc == 0) {
+        rc = journal__start_fresh(j);
+    }
 done:
     nt_journal__report_clear(&r);
     return rc;

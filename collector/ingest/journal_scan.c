@@ -142,6 +142,31 @@ static int scan__resync(scan__seg_t *sc, uint64_t off, uint64_t *next, int *unsu
     return 0;
 }
 
+/* Finds the first whole page of zeros inside the file bytes [from, to), at a file offset that is a
+ * multiple of JOURNAL_PAGE_BYTES: *page is its offset, or 0 when there is none (the first page
+ * holds the header, so it is never one). 0 or NT_EIO. */
+static int scan__zero_page(scan__seg_t *sc, uint64_t from, uint64_t to, uint64_t *page)
+{
+    *page = 0;
+    uint64_t a = (from + JOURNAL_PAGE_BYTES - 1) / JOURNAL_PAGE_BYTES * JOURNAL_PAGE_BYTES;
+    for (; a + JOURNAL_PAGE_BYTES <= to; a += JOURNAL_PAGE_BYTES) {
+        const uint8_t *p;
+        int rc = scan__load(sc, a, JOURNAL_PAGE_BYTES, &p);
+        if (rc != 0) {
+            return rc;
+        }
+        size_t k = 0;
+        while (k < JOURNAL_PAGE_BYTES && p[k] == 0) {
+            k++;
+        }
+        if (k == JOURNAL_PAGE_BYTES) {
+            *page = a;
+            return 0;
+        }
+    }
+    return 0;
+}
+
 /* Adds one damaged stretch to the segment's report. 0 or NT_ENOMEM (described). */
 static int scan__add_damage(nt_journal_t *j, nt_journal_segment_report_t *sr,
                             const nt_journal_damage_t *d, size_t *cap)
@@ -157,7 +182,11 @@ static int scan__add_damage(nt_journal_t *j, nt_journal_segment_report_t *sr,
 
 /* Walks the records of the segment from the end of its header to the end of the file: counts
  * the valid ones (handing each to fn), and records every damaged stretch with the number of
- * valid records that follow it, and whether it is a torn tail (newest: the newest segment).
+ * valid records that follow it, and whether it is a torn tail or an unwritten page (newest: the
+ * newest segment). Only in the newest segment, and only between a bad record and the valid
+ * record found after it, is a page of zeros looked for: the bytes of valid records are never
+ * examined, so a payload that holds zeros is no sign of anything. (A flipped bit in a record
+ * whose own payload holds a whole aligned page of zeros cannot be told from an unwritten page.)
  * 0, NT_EIO, NT_ENOMEM or what fn returned. */
 static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, int newest,
                          nt_journal__record_fn fn, void *arg)
@@ -187,6 +216,9 @@ static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, int n
         }
         uint64_t next = sc->size;
         int rc = scan__resync(sc, off, &next, &d.unsure);
+        if (rc == 0 && newest && next < sc->size) {
+            rc = scan__zero_page(sc, off, next, &d.zero_page);
+        }
         if (rc != 0) {
             return rc;
         }
@@ -203,6 +235,7 @@ static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, int n
         nt_journal_damage_t *d = &sr->damage[k];
         d->records_after = sr->records - d->records_after;
         d->torn_tail = newest && d->records_after == 0 && !d->unsure;
+        d->unwritten_page = newest && d->records_after > 0 && !d->unsure && d->zero_page != 0;
     }
     return 0;
 }
@@ -297,14 +330,35 @@ static int scan__segment(nt_journal_t *j, nt_journal_report_t *r, size_t i, uint
     return rc;
 }
 
-/* Describes the first damage of segment sr that is no torn tail into r->verdict: returns 1,
- * or 0 when there is none (a torn tail of the newest segment is then described). */
+/* Why the damage d of segment sr is corruption, for the verdict (newest: sr is the newest
+ * segment). */
+static void scan__why_corrupt(char *why, size_t len, const nt_journal_damage_t *d, int newest)
+{
+    if (d->records_after > 0 && newest) {
+        snprintf(why, len,
+                 "%" PRIu64 " valid records follow it, so it is no torn tail, and it holds no "
+                 "whole 4096-byte page of zeros, so it is no page left unwritten by a power cut",
+                 d->records_after);
+    } else if (d->records_after > 0) {
+        snprintf(why, len, "%" PRIu64 " valid records follow it, so it is no torn tail",
+                 d->records_after);
+    } else if (d->unsure) {
+        snprintf(why, len, "valid records may follow it (the search for them gave up)");
+    } else {
+        snprintf(why, len, "it is not in the newest segment, so it is no torn tail");
+    }
+}
+
+/* Describes into r->verdict the first damage of segment sr (newest: the newest segment) that
+ * decides the journal's state: corruption, or an unwritten page after a power cut (the start
+ * cuts the segment there: nothing after it counts); returns 1. Returns 0 when there is none: a
+ * torn tail, the only damage of the newest segment, is then described. */
 static int scan__judge_records(const nt_journal_t *j, nt_journal_report_t *r,
-                               const nt_journal_segment_report_t *sr)
+                               const nt_journal_segment_report_t *sr, int newest)
 {
     for (size_t k = 0; k < sr->ndamage; k++) {
         const nt_journal_damage_t *d = &sr->damage[k];
-        char why[128];
+        char why[192];
         if (d->torn_tail) {
             r->state = NT_JOURNAL_TORN_TAIL;
             snprintf(r->verdict, sizeof(r->verdict),
@@ -313,14 +367,19 @@ static int scan__judge_records(const nt_journal_t *j, nt_journal_report_t *r,
                      j->dir, sr->name, d->offset, d->bytes, d->reason);
             return 0;
         }
-        if (d->records_after > 0) {
-            snprintf(why, sizeof(why), "%" PRIu64 " valid records follow it, so it is no torn tail",
-                     d->records_after);
-        } else if (d->unsure) {
-            snprintf(why, sizeof(why), "valid records may follow it (the search for them gave up)");
-        } else {
-            snprintf(why, sizeof(why), "it is not in the newest segment, so it is no torn tail");
+        if (d->unwritten_page) {
+            r->state = NT_JOURNAL_POWER_CUT;
+            snprintf(
+                r->verdict, sizeof(r->verdict),
+                "unwritten page after a power cut in journal segment \"%s/%s\" at offset %" PRIu64
+                " (%s): the page at offset %" PRIu64 " is all zeros, and the %" PRIu64
+                " valid-looking records after it were written after the last sync, never "
+                "acknowledged; %" PRIu64 " bytes to cut",
+                j->dir, sr->name, d->offset, d->reason, d->zero_page, d->records_after,
+                sr->file_bytes - d->offset);
+            return 1;
         }
+        scan__why_corrupt(why, sizeof(why), d, newest);
         r->state = NT_JOURNAL_CORRUPT;
         snprintf(r->verdict, sizeof(r->verdict),
                  "corrupt record in journal segment \"%s/%s\" at offset %" PRIu64 ": %s; %s",
@@ -331,7 +390,8 @@ static int scan__judge_records(const nt_journal_t *j, nt_journal_report_t *r,
 }
 
 /* Sets r->state and r->verdict from the segments' findings: the first bad header or damage that
- * is no torn tail makes the journal corrupt. */
+ * is no torn tail makes the journal corrupt, unless it is an unwritten page of the newest
+ * segment. */
 static void scan__judge(const nt_journal_t *j, nt_journal_report_t *r)
 {
     r->state = NT_JOURNAL_CLEAN;
@@ -344,7 +404,7 @@ static void scan__judge(const nt_journal_t *j, nt_journal_report_t *r)
                      sr->name, sr->header_error);
             return;
         }
-        if (scan__judge_records(j, r, sr)) {
+        if (scan__judge_records(j, r, sr, i + 1 == r->nsegs)) {
             return;
         }
     }

@@ -44,11 +44,22 @@ typedef struct {
  * scanned (see nt_journal_check()); then:
  *  - a torn tail -- a bad record in the newest segment with no valid record anywhere after it
  *    (a crash mid-write) -- is truncated, logged once as a warning with the bytes cut;
- *  - corruption -- a bad record followed by a valid one, a bad record in any older segment, a
- *    bad segment header, a missing segment -- is NT_ECORRUPT: nothing is changed, and err names
- *    the segment file, the byte offset, the reason and the command that salvages the journal
- *    (`needletrace journal salvage --journal-dir DIR --out NEWDIR`). Never silently skipped;
- *  - appends go to a fresh segment that starts at the end: a segment written by an earlier
+ *  - an unwritten page after a power cut -- the first bad record of the newest segment, when the
+ *    unreadable stretch from it to the next valid record holds a whole 4096-byte page of zeros
+ *    at a file offset that is a multiple of 4096 -- is truncated like a torn tail, the valid
+ *    records after it included, logged once as a warning with the bytes cut and the records
+ *    discarded. Pages written after the last fdatasync reach the disk in any order, and one that
+ *    never did reads as zeros; every record after it was written after that fdatasync, so none
+ *    was acknowledged (the broker sends them again). Only that stretch is examined: a valid
+ *    record is never bad, whatever its payload holds. The same page in an older segment, or
+ *    non-zero bytes (a flipped bit, garbage), is corruption;
+ *  - corruption -- a bad record followed by a valid one (but for the unwritten page above), a bad
+ *    record in any older segment, a bad segment header, a missing segment -- is NT_ECORRUPT:
+ *    nothing is changed, and err names the segment file, the byte offset, the reason and the
+ *    command that salvages the journal (`needletrace journal salvage --journal-dir DIR --out
+ *    NEWDIR`). Never silently skipped;
+ *  - appends go to a fresh segment that starts at the end, after the newest segment is
+ *    fdatasynced (so every older segment is durable whole): a segment written by an earlier
  *    process is never appended to again. An empty newest segment (header only, e.g. left by
  *    the previous start) is replaced by a fresh file of the same name, so repeated starts never
  *    pile up empty segments. The directory is fsynced before the call returns.
@@ -122,6 +133,13 @@ typedef struct {
                                candidates to check); some may follow */
     int torn_tail;          /* 1: at the end of the newest segment, nothing valid after it (a
                                crash mid-write leaves one; the next start cuts it) */
+    int unwritten_page;     /* 1: in the newest segment, valid records after it and a page of
+                               zeros (zero_page) in it: a page never written back before a power
+                               cut. When it is the segment's first damage, the next start cuts
+                               the segment there (see nt_journal_init()) */
+    uint64_t zero_page;     /* byte offset in the file of the first whole 4096-byte page of zeros
+                               (4096-aligned) in this stretch; 0 when none was looked for (only
+                               in the newest segment, with valid records after it) or found */
     char reason[96];        /* "record checksum mismatch", "impossible record length 9", ... */
 } nt_journal_damage_t;
 
@@ -143,6 +161,9 @@ typedef struct {
 typedef enum {
     NT_JOURNAL_CLEAN = 0, /* every byte of every segment is a valid record */
     NT_JOURNAL_TORN_TAIL, /* only a torn tail in the newest segment: the next start cuts it */
+    NT_JOURNAL_POWER_CUT, /* the first damage of the newest segment is an unwritten page after a
+                             power cut, and none before it: the next start cuts it and what
+                             follows */
     NT_JOURNAL_CORRUPT,   /* anything else: the collector refuses to start */
 } nt_journal_state_t;
 
@@ -153,8 +174,8 @@ typedef struct {
     size_t leftovers;       /* *.ntj.tmp files of an interrupted segment creation */
     uint64_t missing_bytes; /* positions no segment holds (gaps between segments) */
     nt_journal_state_t state;
-    char verdict[512]; /* "" when clean; else the torn tail or the first corruption,
-                          as nt_journal_init() describes it (without the advice) */
+    char verdict[512]; /* "" when clean; else the torn tail, the unwritten page or the first
+                          corruption, as nt_journal_init() describes it (without the advice) */
 } nt_journal_report_t;
 
 /* Scans the journal in dir without changing anything (no truncation, no new segment, leftovers

@@ -3,8 +3,12 @@
  * segment files built from the input. No input may crash them, leak memory or descriptors, or
  * break these invariants:
  *  - check changes no file; its verdict agrees with nt_journal_init (corrupt <=> NT_ECORRUPT);
+ *  - an unwritten page (power cut) is only reported in the newest segment, with valid records
+ *    after it, and its page lies inside the damage, 4096-aligned, and holds only zeros; a power
+ *    cut verdict is the newest segment's first damage, every older segment sound;
  *  - after a successful init, every record in [start, end) reads in order: positions increase,
- *    lengths are bounded, and there are as many as check counted; a second check is clean;
+ *    lengths are bounded, and there are as many as check counted (less, after a power cut, the
+ *    records after the unwritten page: cut); a second check is clean;
  *  - salvage copies exactly the records check counted, loses exactly the bytes it reported,
  *    and its new journal checks clean.
  *
@@ -31,6 +35,7 @@
 #include "needletrace/log.h"
 
 #define HDR         32u
+#define PAGE        4096u
 #define FUZZ_ID     0x6e74667a7a6a726eull
 #define MAX_SEGS    3
 #define MAX_PAYLOAD (NT_MAX_PAYLOAD_BYTES + 1u)
@@ -201,6 +206,33 @@ static uint64_t report_lost(const nt_journal_report_t *r)
     return n;
 }
 
+/* An unwritten page reported in damage d of segment i (of r) is where it may be. */
+static int bad_unwritten_page(const nt_journal_report_t *r, size_t i, const nt_journal_damage_t *d)
+{
+    if (d->zero_page == 0) {
+        return d->unwritten_page;
+    }
+    return i + 1 != r->nsegs || d->zero_page % PAGE != 0 || d->zero_page < d->offset ||
+           d->zero_page + PAGE > d->offset + d->bytes ||
+           (d->unwritten_page && (d->records_after == 0 || d->unsure || d->torn_tail));
+}
+
+/* A power cut verdict: the newest segment's first damage is an unwritten page, every older
+ * segment is sound. */
+static int bad_power_cut(const nt_journal_report_t *r)
+{
+    if (r->state != NT_JOURNAL_POWER_CUT) {
+        return 0;
+    }
+    const nt_journal_segment_report_t *s = &r->segs[r->nsegs - 1];
+    for (size_t i = 0; i + 1 < r->nsegs; i++) {
+        if (r->segs[i].ndamage != 0 || r->segs[i].header_error[0] != '\0') {
+            return 1;
+        }
+    }
+    return s->header_error[0] != '\0' || s->ndamage == 0 || !s->damage[0].unwritten_page;
+}
+
 /* Checks dir and returns its report; aborts when the check itself fails. */
 static nt_journal_report_t *check(const char *dir)
 {
@@ -217,13 +249,50 @@ static nt_journal_report_t *check(const char *dir)
             if (d->offset < prev_end || d->bytes == 0 || d->offset + d->bytes > s->file_bytes ||
                 d->records_after > s->records ||
                 memchr(d->reason, '\0', sizeof(d->reason)) == NULL ||
-                (d->torn_tail && (i + 1 != r->nsegs || d->records_after != 0 || d->unsure))) {
+                (d->torn_tail && (i + 1 != r->nsegs || d->records_after != 0 || d->unsure)) ||
+                bad_unwritten_page(r, i, d)) {
                 abort();
             }
             prev_end = d->offset + d->bytes;
         }
     }
+    if (bad_power_cut(r)) {
+        abort();
+    }
     return r;
+}
+
+/* Every page of zeros that check reported holds only zeros in the file as written. */
+static void expect_zero_pages(const nt_journal_report_t *r, const seg_t *segs, size_t n)
+{
+    for (size_t i = 0; i < r->nsegs; i++) {
+        const nt_journal_segment_report_t *s = &r->segs[i];
+        for (size_t k = 0; k < s->ndamage; k++) {
+            uint64_t z = s->damage[k].zero_page;
+            if (z == 0) {
+                continue;
+            }
+            if (i >= n || segs[i].start != s->start || z + PAGE > segs[i].len) {
+                abort();
+            }
+            for (size_t b = 0; b < PAGE; b++) {
+                if (segs[i].bytes[z + b] != 0) {
+                    abort();
+                }
+            }
+        }
+    }
+}
+
+/* The records a successful init keeps: all valid ones, but for those after an unwritten page of
+ * the newest segment, which it cuts. */
+static uint64_t records_kept(const nt_journal_report_t *r)
+{
+    uint64_t n = report_records(r);
+    if (r->state == NT_JOURNAL_POWER_CUT) {
+        n -= r->segs[r->nsegs - 1].damage[0].records_after;
+    }
+    return n;
 }
 
 /* Reads every record of an open journal from its start: returns how many. */
@@ -288,6 +357,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     for (size_t i = 0; i < n; i++) {
         expect_unchanged(&segs[i]);
     }
+    expect_zero_pages(r, segs, n);
     salvage(r);
 
     nt_journal_t *j = NULL;
@@ -298,12 +368,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         abort();
     }
     if (rc == 0) {
-        if (read_all(j) != report_records(r)) {
+        if (read_all(j) != records_kept(r)) {
             abort();
         }
         nt_journal_close(j);
         nt_journal_report_t *again = check(jdir);
-        if (again->state != NT_JOURNAL_CLEAN || report_records(again) != report_records(r)) {
+        if (again->state != NT_JOURNAL_CLEAN || report_records(again) != records_kept(r)) {
             abort();
         }
         nt_journal_report_free(again);

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """make_corpus_journal.py -- writes the seed corpus of fuzz_journal.c into tests/fuzz/corpus_journal/:
-a clean segment with a few records, a torn tail, a flipped bit with valid records after it, two
+a clean segment with a few records, a torn tail, a flipped bit with valid records after it, an
+unwritten page after a power cut (a 4096-aligned page of zeros with a valid record after it), two
 and three segments (one with a bad record in an older segment), a header written by the input,
 a segment that is not contiguous and one of another journal.
 
@@ -60,6 +61,10 @@ def main():
         "torn_tail_partial": bytes([0]) + seg(0, five + records(5, 1)[:-3]),
         "torn_tail_zeros": bytes([0]) + seg(0, five + bytes(40)),
         "flipped_bit_mid": bytes([0]) + seg(0, flip(five, first + 12)),
+        # file bytes 32..4095 records (the last one cut by the page), 4096..8191 zeros, then one
+        # record: 8182 bytes of input, under the smoke test's -max_len=8192
+        "unwritten_page": bytes([0]) + seg(0, records(0, 80)[: 4096 - 32] + bytes(4096)
+                                           + record(1, b"", b"")),
         "bad_length_mid": bytes([0]) + seg(0, flip(five, first + 1, 0x01)),
         "two_segments": bytes([1]) + seg(0, records(0, 3)) + seg(0, records(3, 3)),
         "older_bad": bytes([2]) + seg(0, records(0, 3)) + seg(0, flip(records(3, 3), 20))

@@ -5,7 +5,8 @@
 # nothing; `journal check` exits 1 and names it; `journal salvage` copies every other record to
 # a new journal that `check` passes and that a collector opens and replays without doubling a
 # row (a collector with no checkpoint yet: the old one's checkpoint belongs to the old journal
-# id, see `journal accept`). `check` refuses beside a running collector; a full disk at start-up
+# id, see `journal accept`). A page of zeros in a copy of it (an unwritten page after a power
+# cut) is no corruption: `check` exits 0 and says the collector cuts there. `check` refuses beside a running collector; a full disk at start-up
 # says so (when this runs as root and can mount a small tmpfs in its own mount namespace).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
@@ -109,6 +110,26 @@ expect_line "the salvaged journal is clean" "$NT_TMP/check-new.log" "result: cle
 expect_line "the salvaged journal holds every valid record" "$NT_TMP/check-new.log" \
     "total: $valid valid records"
 new_end=$(sed -n 's/^copied [0-9]* records (\([0-9]*\) bytes).*/\1/p' "$NT_TMP/salvage.log")
+
+# ---- an unwritten page after a power cut (a copy): check exits 0, the collector would cut there --
+pc=$NT_TMP/journal-powercut
+cp -a "$new" "$pc"
+pcseg=$(find "$pc" -name '*.ntj' -printf '%s %p\n' | sort -n | tail -n 1 | cut -d' ' -f2)
+if (($(stat -c %s "$pcseg") >= 16384)); then
+    dd if=/dev/zero of="$pcseg" bs=4096 seek=2 count=1 conv=notrunc status=none # file page 2
+    rc=$(run_cmd "$NT_TMP/check-powercut.log" "$NT_BIN" journal check --journal-dir "$pc")
+    cat "$NT_TMP/check-powercut.log"
+    nt_expect_eq "journal check on an unwritten page after a power cut: exit code" 0 "$rc"
+    expect_line "check says the collector cuts at the unwritten page" \
+        "$NT_TMP/check-powercut.log" \
+        "is all zeros (unwritten page after a power cut: the collector cuts here at start)"
+    expect_line "check names the page" "$NT_TMP/check-powercut.log" \
+        "the page at offset 8192 is all zeros"
+    expect_line "check's result is the unwritten page" "$NT_TMP/check-powercut.log" \
+        "result: unwritten page after a power cut in journal segment"
+else
+    nt_log "skipped the unwritten page: the salvaged segment is shorter than 16 KiB"
+fi
 
 # ---- a collector opens the salvaged journal and replays it: nothing doubled --------------------
 nt_start_collector c2

@@ -1,5 +1,6 @@
 /* test_journal.c -- unit tests of the CRC-32C paths and of the journal: format, recovery (torn
- * tail or corruption, a fresh segment per open), roll, release, check and salvage. */
+ * tail, unwritten page after a power cut or corruption, a fresh segment per open), roll,
+ * release, check and salvage. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -1281,6 +1282,337 @@ static void test_resync_bounded(void **state)
     expect_contains(err, "valid records may follow it");
 }
 
+/* ---- an unwritten page after a power cut ---------------------------------------------------- */
+
+#define PAGE         4096u
+#define HOLE_RECORDS 120u /* about six pages */
+
+enum { HOLE_ZERO_PAGE, HOLE_FLIPPED_BIT, HOLE_GARBAGE_PAGE, HOLE_SHORT_ZEROS, HOLE_MISALIGNED };
+
+/* Overwrites len bytes of path at off with the byte b. */
+static void fill_bytes(const char *path, uint64_t off, uint8_t b, size_t len)
+{
+    uint8_t *buf = malloc(len);
+    assert_non_null(buf);
+    memset(buf, b, len);
+    int fd = open(path, O_RDWR);
+    assert_true(fd >= 0);
+    assert_int_equal(pwrite(fd, buf, len, (off_t)off), (ssize_t)len);
+    close(fd);
+    free(buf);
+}
+
+/* The first of records 0..n-1 (positions pos, in the segment that starts at 0) whose bytes reach
+ * past file offset off: the one a change of the byte at off damages. */
+static unsigned first_reaching(const uint64_t *pos, unsigned n, uint64_t off)
+{
+    unsigned i = 0;
+    while (i < n && HDR + pos[i] + record_size(i) <= off) {
+        i++;
+    }
+    return i;
+}
+
+/* The first of records 0..n-1 that starts at file offset off or after it. */
+static unsigned first_from(const uint64_t *pos, unsigned n, uint64_t off)
+{
+    unsigned i = 0;
+    while (i < n && HDR + pos[i] < off) {
+        i++;
+    }
+    return i;
+}
+
+/* Writes HOLE_RECORDS records into the first segment in two syncs, as the collector does: the
+ * first 30 (acknowledged: they end before the file's third page), then the rest (the third page
+ * on). pos gets their positions, path the segment's file; returns its size. */
+static uint64_t write_hole_records(fixture_t *f, uint64_t *pos, char *path, size_t cap)
+{
+    uint64_t at = 0;
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    append_records(j, 0, 30, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    assert_true(HDR + at < 2 * PAGE);
+    append_records(j, 30, HOLE_RECORDS - 30, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    seg_path(path, cap, f->dir, 0);
+    assert_int_equal(file_size(path), HDR + at);
+    assert_true(HDR + at > 5 * PAGE);
+    return HDR + at;
+}
+
+/* The file offset of the first byte that damage(kind) changes. */
+static uint64_t hole_start(int kind)
+{
+    switch (kind) {
+    case HOLE_FLIPPED_BIT:
+        return 2 * PAGE + 100;
+    case HOLE_MISALIGNED:
+        return 2 * PAGE + 512;
+    default:
+        return 2 * PAGE;
+    }
+}
+
+/* Damages the file's third page, [2 * PAGE, 3 * PAGE), in one way: valid records follow. */
+static void damage(const char *path, int kind)
+{
+    switch (kind) {
+    case HOLE_ZERO_PAGE: /* the page never reached the disk */
+        fill_bytes(path, 2 * PAGE, 0, PAGE);
+        break;
+    case HOLE_FLIPPED_BIT:
+        patch_byte(path, hole_start(kind), 0x08);
+        break;
+    case HOLE_GARBAGE_PAGE:
+        fill_bytes(path, 2 * PAGE, 0xa5, PAGE);
+        break;
+    case HOLE_SHORT_ZEROS: /* one byte short of a page */
+        fill_bytes(path, 2 * PAGE, 0, PAGE - 1);
+        fill_bytes(path, 3 * PAGE - 1, 0x5a, 1);
+        break;
+    case HOLE_MISALIGNED: /* a page of zeros that starts 512 bytes into a page */
+        fill_bytes(path, hole_start(kind), 0, PAGE);
+        break;
+    }
+}
+
+/* (a) An unwritten page in the newest segment: check reports it distinctly (no corruption); open
+ * cuts the segment at the first bad record, the valid-looking records after the page included,
+ * and says so; the broker's redelivery appends them again. */
+static void test_unwritten_page_newest(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[HOLE_RECORDS];
+    char path[256];
+    char err[1024];
+    char expect[512];
+    nt_journal_report_t *r = NULL;
+    uint64_t size = write_hole_records(f, pos, path, sizeof(path));
+    damage(path, HOLE_ZERO_PAGE);
+    unsigned bad = first_reaching(pos, HOLE_RECORDS, 2 * PAGE);
+    unsigned after = first_from(pos, HOLE_RECORDS, 3 * PAGE);
+    assert_true(bad >= 30 && after > bad + 1 && after < HOLE_RECORDS);
+    const uint64_t cut_at = HDR + pos[bad];
+    const unsigned discarded = HOLE_RECORDS - after;
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(dir_digest(f->dir), before); /* check cuts nothing */
+    assert_int_equal(r->state, NT_JOURNAL_POWER_CUT);
+    assert_int_equal(r->segs[0].records, bad + discarded);
+    assert_int_equal(r->segs[0].ndamage, 1);
+    const nt_journal_damage_t *d = &r->segs[0].damage[0];
+    assert_int_equal(d->offset, cut_at);
+    assert_int_equal(d->bytes, HDR + pos[after] - cut_at);
+    assert_int_equal(d->records_after, discarded);
+    assert_int_equal(d->zero_page, 2 * PAGE);
+    assert_int_equal(d->unwritten_page, 1);
+    assert_int_equal(d->torn_tail, 0);
+    assert_int_equal(d->unsure, 0);
+    snprintf(expect, sizeof(expect),
+             "unwritten page after a power cut in journal segment "
+             "\"%s/00000000000000000000.ntj\" at offset %" PRIu64,
+             f->dir, cut_at);
+    expect_contains(r->verdict, expect);
+    snprintf(expect, sizeof(expect),
+             "the page at offset %u is all zeros, and the %u valid-looking records after it",
+             2 * PAGE, discarded);
+    expect_contains(r->verdict, expect);
+    snprintf(expect, sizeof(expect), "%" PRIu64 " bytes to cut", size - cut_at);
+    expect_contains(r->verdict, expect);
+    nt_journal_report_free(r);
+
+    capture_t cap;
+    capture_start(&cap, f);
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    char *log = capture_stop(&cap);
+    expect_contains(log, "truncated journal segment"); /* logged as JSON: quotes escaped */
+    expect_contains(log, "00000000000000000000.ntj");
+    snprintf(expect, sizeof(expect),
+             "at offset %" PRIu64 " after a power cut: cut %" PRIu64 " bytes", cut_at,
+             size - cut_at);
+    expect_contains(log, expect);
+    snprintf(expect, sizeof(expect),
+             "the page at offset %u was never written (it reads as zeros), so the %u "
+             "valid-looking records after it were discarded",
+             2 * PAGE, discarded);
+    expect_contains(log, expect);
+    free(log);
+    assert_int_equal(file_size(path), cut_at);
+    assert_int_equal(nt_journal_end(j), pos[bad]);
+    check_records(j, 0, bad, pos);
+
+    /* the broker sends the records that were never acknowledged again: they follow in a fresh
+     * segment, at the same positions */
+    uint64_t at = pos[bad];
+    append_records(j, bad, HOLE_RECORDS - bad, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    check_records(j, 0, HOLE_RECORDS, pos);
+    nt_journal_close(j);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CLEAN);
+    nt_journal_report_free(r);
+}
+
+/* (b), (d) A flipped bit, a page of non-zero garbage, a zero run one byte short of a page or one
+ * not aligned to a page, with valid records after it, is corruption: refused, nothing changed. */
+static void expect_hole_corrupt(fixture_t *f, int kind)
+{
+    uint64_t pos[HOLE_RECORDS];
+    char path[256];
+    char err[1024];
+    nt_journal_report_t *r = NULL;
+    write_hole_records(f, pos, path, sizeof(path));
+    damage(path, kind);
+    unsigned bad = first_reaching(pos, HOLE_RECORDS, hole_start(kind));
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CORRUPT);
+    assert_int_equal(r->segs[0].ndamage, 1);
+    const nt_journal_damage_t *d = &r->segs[0].damage[0];
+    assert_int_equal(d->offset, HDR + pos[bad]);
+    assert_true(d->records_after > 0);
+    assert_int_equal(d->zero_page, 0);
+    assert_int_equal(d->unwritten_page, 0);
+    nt_journal_report_free(r);
+    assert_int_equal(open_err(f->dir, 0, err, sizeof(err)), NT_ECORRUPT);
+    expect_contains(err, "so it is no torn tail, and it holds no whole 4096-byte page of zeros, "
+                         "so it is no page left unwritten by a power cut");
+    expect_contains(err, "needletrace journal salvage --journal-dir");
+    assert_int_equal(dir_digest(f->dir), before);
+}
+
+static void test_unwritten_page_flipped_bit(void **state)
+{
+    expect_hole_corrupt(*state, HOLE_FLIPPED_BIT);
+}
+
+static void test_unwritten_page_garbage(void **state)
+{
+    expect_hole_corrupt(*state, HOLE_GARBAGE_PAGE);
+}
+
+static void test_unwritten_page_short_zeros(void **state)
+{
+    expect_hole_corrupt(*state, HOLE_SHORT_ZEROS);
+}
+
+static void test_unwritten_page_misaligned(void **state)
+{
+    expect_hole_corrupt(*state, HOLE_MISALIGNED);
+}
+
+/* (c) The same page of zeros in an older segment is corruption (a segment is synced whole before
+ * the next one starts); once that segment is the newest again, it is an unwritten page. */
+static void test_unwritten_page_older(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[HOLE_RECORDS + 5];
+    char path[256];
+    char newer[256];
+    char err[1024];
+    nt_journal_report_t *r = NULL;
+    uint64_t at = write_hole_records(f, pos, path, sizeof(path)) - HDR;
+    nt_journal_t *j = open_ok(f->dir, 0, 0); /* a fresh segment after it */
+    append_records(j, HOLE_RECORDS, 5, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    damage(path, HOLE_ZERO_PAGE);
+    unsigned bad = first_reaching(pos, HOLE_RECORDS, 2 * PAGE);
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CORRUPT);
+    assert_int_equal(r->nsegs, 2);
+    assert_int_equal(r->segs[0].ndamage, 1);
+    assert_int_equal(r->segs[0].damage[0].offset, HDR + pos[bad]);
+    assert_true(r->segs[0].damage[0].records_after > 0);
+    assert_int_equal(r->segs[0].damage[0].unwritten_page, 0);
+    assert_int_equal(r->segs[1].ndamage, 0);
+    nt_journal_report_free(r);
+    assert_int_equal(open_err(f->dir, 0, err, sizeof(err)), NT_ECORRUPT);
+    expect_contains(err, "corrupt record in journal segment");
+    expect_contains(err, "valid records follow it, so it is no torn tail");
+    assert_int_equal(dir_digest(f->dir), before);
+
+    seg_path(newer, sizeof(newer), f->dir, pos[HOLE_RECORDS]);
+    assert_int_equal(unlink(newer), 0);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_POWER_CUT);
+    nt_journal_report_free(r);
+}
+
+/* Only the stretch between a bad record and the next valid one counts: a record whose payload
+ * holds whole pages of zeros is valid; a bad record beside it, or a bad acknowledged record
+ * before an unwritten page, is corruption; after the first unwritten page, more of them and a
+ * torn tail are cut with it. */
+static void test_unwritten_page_only_in_damage(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[HOLE_RECORDS];
+    uint64_t at = 0;
+    char path[256];
+    char err[1024];
+    nt_journal_report_t *r = NULL;
+    uint8_t *zeros = calloc(1, 3 * PAGE);
+    assert_non_null(zeros);
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    append_records(j, 0, 20, pos, &at);
+    assert_int_equal(
+        nt_journal_append(j, 1, "clinics/z/handpieces/z/telemetry", 32, zeros, 3 * PAGE), 0);
+    at += FRAME + FIXED + 32 + 3 * PAGE;
+    append_records(j, 20, 10, pos, &at);
+    assert_int_equal(nt_journal_sync(j), 0);
+    nt_journal_close(j);
+    free(zeros);
+    seg_path(path, sizeof(path), f->dir, 0);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CLEAN);
+    assert_int_equal(r->segs[0].records, 31);
+    nt_journal_report_free(r);
+
+    patch_byte(path, HDR + pos[19] + FRAME + FIXED + 1, 0x02); /* the record before it */
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CORRUPT);
+    assert_int_equal(r->segs[0].ndamage, 1);
+    assert_int_equal(r->segs[0].damage[0].offset, HDR + pos[19]);
+    assert_int_equal(r->segs[0].damage[0].bytes, record_size(19));
+    assert_int_equal(r->segs[0].damage[0].zero_page, 0);
+    nt_journal_report_free(r);
+    assert_int_equal(open_rc(f->dir, 0), NT_ECORRUPT);
+    assert_int_equal(nftw(f->dir, rm_entry, 16, FTW_DEPTH | FTW_PHYS), 0);
+
+    /* a flipped bit in an acknowledged record before an unwritten page: refused */
+    write_hole_records(f, pos, path, sizeof(path));
+    damage(path, HOLE_ZERO_PAGE);
+    patch_byte(path, HDR + pos[3] + FRAME + FIXED + 1, 0x02);
+    assert_int_equal(open_rc(f->dir, 0), NT_ECORRUPT);
+    patch_byte(path, HDR + pos[3] + FRAME + FIXED + 1, 0x02);
+
+    /* a second unwritten page and a torn tail after the first: all cut at the first */
+    fill_bytes(path, 4 * PAGE, 0, PAGE);
+    append_bytes(path, "\x30\x00\x00", 3);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_POWER_CUT);
+    assert_int_equal(r->segs[0].ndamage, 3);
+    assert_int_equal(r->segs[0].damage[1].unwritten_page, 1);
+    assert_int_equal(r->segs[0].damage[1].zero_page, 4 * PAGE);
+    assert_int_equal(r->segs[0].damage[2].torn_tail, 1);
+    unsigned bad = first_reaching(pos, HOLE_RECORDS, 2 * PAGE);
+    assert_int_equal(r->segs[0].damage[0].offset, HDR + pos[bad]);
+    assert_int_equal(r->segs[0].damage[0].records_after,
+                     r->segs[0].records - bad); /* every valid-looking record after it */
+    nt_journal_report_free(r);
+    j = open_ok(f->dir, 0, 0);
+    assert_int_equal(nt_journal_end(j), pos[bad]);
+    check_records(j, 0, bad, pos);
+    nt_journal_close(j);
+    assert_int_equal(file_size(path), HDR + pos[bad]);
+}
+
 /* ---- check and salvage -------------------------------------------------------------------- */
 
 typedef struct {
@@ -1573,6 +1905,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_flipped_bit_newest, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flipped_bit_older, setup, teardown),
         cmocka_unit_test_setup_teardown(test_resync_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_newest, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_flipped_bit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_garbage, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_short_zeros, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_misaligned, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_older, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_only_in_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_report, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_torn_then_clean, setup, teardown),
         cmocka_unit_test_setup_teardown(test_salvage_reports_loss, setup, teardown),
