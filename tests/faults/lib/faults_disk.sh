@@ -119,9 +119,14 @@ ft__salvage() {
         ft_pending "needletrace journal salvage/accept are not on main yet"
         return 0
     }
-    if NEEDLETRACE_JOURNAL_DIR="$NT_TMP/journal-c1" NEEDLETRACE_COLLECTOR_ID=it-c1 \
-        "$NT_BIN" journal salvage >>"$NT_TMP/journal-cmd.log" 2>&1; then
-        ft_note "journal salvage: $(tail -n 1 "$NT_TMP/journal-cmd.log" | cut -c1-200)"
+    local dir=$NT_TMP/journal-c1
+    rm -rf "$dir.salvaged"
+    if NEEDLETRACE_JOURNAL_DIR="$dir" NEEDLETRACE_COLLECTOR_ID=it-c1 \
+        "$NT_BIN" journal salvage --out "$dir.salvaged" >>"$NT_TMP/journal-cmd.log" 2>&1; then
+        ft_note "journal salvage: $(grep -iE 'copied|lost' "$NT_TMP/journal-cmd.log" | head -n 2 |
+            tr '\n' ' ' | cut -c1-200)"
+        # The operator's part: the salvaged journal takes the damaged one's place.
+        mv "$dir" "$dir.damaged" && mv "$dir.salvaged" "$dir"
     else
         ft_fail "needletrace journal salvage failed: $(tail -n 1 "$NT_TMP/journal-cmd.log")"
     fi
