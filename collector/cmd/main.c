@@ -20,6 +20,8 @@ static void main__usage(FILE *out)
                  "  simulate      publish telemetry from a simulated fleet\n"
                  "  check-config  validate the configuration and print it\n"
                  "  alerts        list and acknowledge compliance alerts\n"
+                 "  journal accept  reset the checkpoint after it was found not to fit the "
+                 "journal\n"
                  "  version       print the version\n\n"
                  "Run 'needletrace COMMAND --help' for the options of a command.\n");
 }
@@ -45,6 +47,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "alerts") == 0) {
         return nt_cmd_alerts(argc - 1, argv + 1, environ);
+    }
+    if (strcmp(cmd, "journal") == 0 && argc > 2 && strcmp(argv[2], "accept") == 0) {
+        return nt_cmd_journal_accept(argc - 2, argv + 2, environ);
     }
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {
         printf("needletrace %s\n", NT_VERSION);

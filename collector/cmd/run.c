@@ -145,8 +145,17 @@ static void run__finish(run_t *r)
 static void run__on_drained(nt_pgsink_t *s, int status, void *data)
 {
     run_t *r = data;
-    nt_log(NT_LOG_INFO, "run", "everything journaled is committed (journal position %llu); exiting",
-           (unsigned long long)nt_journal_end(r->journal));
+    if (status != 0) {
+        nt_log(NT_LOG_WARN, "run",
+               "exiting without committing: ingest is stopped (see the checkpoint error above); "
+               "the journal keeps its positions [%llu, %llu)",
+               (unsigned long long)nt_journal_start(r->journal),
+               (unsigned long long)nt_journal_end(r->journal));
+    } else {
+        nt_log(NT_LOG_INFO, "run",
+               "everything journaled is committed (journal position %llu); exiting",
+               (unsigned long long)nt_journal_end(r->journal));
+    }
     run__finish(r);
 }
 

@@ -86,6 +86,10 @@ size_t nt_metrics_render(char *buf, size_t buflen)
     metrics__one(&o, "db_stalled", "gauge",
                  "1 while the database refuses batches for a reason no message causes.",
                  (uint64_t)m->db_stalled);
+    metrics__one(&o, "db_checkpoint_mismatch", "gauge",
+                 "1 while ingest is stopped because the database checkpoint does not fit the "
+                 "journal (see the log; resolve with needletrace journal accept).",
+                 (uint64_t)m->db_checkpoint_mismatch);
     metrics__one(&o, "db_maintenance_failures_total", "counter",
                  "Alert bookkeeping transactions rolled back (retried after a backoff).",
                  m->db_maintenance_failures);

@@ -214,18 +214,19 @@ static int txn__send_undelivered(nt_txn_t *t)
                      NULL);
 }
 
+/* Moves the checkpoint from where the batch starts to where it ends; the database refuses when
+ * the checkpoint is not where this collector left it (SQLSTATE NT_TXN_CHECKPOINT_MOVED). */
 static int txn__send_checkpoint(nt_txn_t *t)
 {
-    char jid[24], pos[24];
+    char jid[24], from[24], to[24];
     snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)t->journal_id);
-    snprintf(pos, sizeof(pos), "%" PRIu64, t->batch->end_pos);
-    return txn__call(t,
-                     "INSERT INTO needletrace.collector_checkpoints "
-                     "(collector_id, journal_id, journal_pos, updated_at) "
-                     "VALUES ($1, $2, $3, now()) ON CONFLICT (collector_id) DO UPDATE SET "
-                     "journal_id = EXCLUDED.journal_id, journal_pos = EXCLUDED.journal_pos, "
-                     "updated_at = EXCLUDED.updated_at",
-                     jid, pos);
+    snprintf(from, sizeof(from), "%" PRIu64, t->batch->first_pos);
+    snprintf(to, sizeof(to), "%" PRIu64, t->batch->end_pos);
+    const char *params[4] = {t->collector_id, jid, from, to};
+    return t->ops->send(t->conn,
+                        "SELECT needletrace.advance_checkpoint($1, $2::bigint, $3::bigint, "
+                        "$4::bigint)",
+                        4, params);
 }
 
 static int txn__send_commit(nt_txn_t *t)

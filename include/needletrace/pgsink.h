@@ -8,7 +8,12 @@
  * raised to its owner for publishing. When idle it runs maintenance transactions for the
  * alert outbox (outbox.h). On any connection error the batches are dropped, the connection
  * re-made with capped exponential backoff plus jitter, the checkpoint re-read, and reading
- * resumes from it, so nothing is lost or doubled. */
+ * resumes from it, so nothing is lost or doubled. A checkpoint that does not fit the journal
+ * (another journal's, ahead of its end, behind its start, not on a record: checkpoint.h) stops
+ * ingest -- connected, committing and releasing nothing, logged once per connect, reported by
+ * nt_pgsink_stalled() -- until an operator runs `needletrace journal accept` and restarts. Journal
+ * segments are released only up to a checkpoint confirmed on the current connection: read back
+ * at connect, or committed by a COMMIT whose answer arrived. */
 #ifndef NEEDLETRACE_PGSINK_H
 #define NEEDLETRACE_PGSINK_H
 
@@ -36,7 +41,8 @@ typedef void (*nt_pgsink_alerts_cb)(nt_pgsink_t *s, const nt_alert_t *alerts, si
 
 /* Called after each commit with the new checkpoint (the journal is already released). */
 typedef void (*nt_pgsink_commit_cb)(nt_pgsink_t *s, uint64_t checkpoint, void *data);
-/* Called once when a drain finished: status 0 = everything durable was committed. */
+/* Called once when a drain finished: status 0 = everything durable was committed; NT_EDB =
+ * nothing could be, because the checkpoint does not fit the journal (see checkpoint.h). */
 typedef void (*nt_pgsink_drain_cb)(nt_pgsink_t *s, int status, void *data);
 
 /* Creates the sink over journal (which must outlive it); on_commit follows every batch commit.
@@ -55,12 +61,15 @@ void nt_pgsink_request_undelivered(nt_pgsink_t *s);
 int nt_pgsink_start(nt_pgsink_t *s);
 /* Tells the sink that the journal's durable end moved. Cheap; call after every sync. */
 void nt_pgsink_wakeup(nt_pgsink_t *s);
-/* Commits everything durable now, then calls cb (also on failure / when stopped). */
+/* Commits everything durable now, then calls cb (at once when ingest is stopped by a checkpoint
+ * mismatch; the owner bounds the wait otherwise). */
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
-/* 1 when connected and the checkpoint is read. */
+/* 1 when connected and the checkpoint is read (whether it fits the journal or not: see
+ * nt_pgsink_stalled). */
 int nt_pgsink_ready(const nt_pgsink_t *s);
-/* 1 when batches fail for a reason no message causes (see isolate.h), or alert bookkeeping
- * failed several times in a row, with the reason in reason (for /readyz); 0 otherwise. */
+/* 1 when ingest is stopped because the checkpoint does not fit the journal (checkpoint.h), batches
+ * fail for a reason no message causes (see isolate.h), or alert bookkeeping failed several times
+ * in a row, with the reason in reason (for /readyz); 0 otherwise. */
 int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len);
 /* Closes the connection and handles; frees itself when they are closed. */
 void nt_pgsink_close(nt_pgsink_t *s);

@@ -13,7 +13,9 @@
  *   refused      mark_alerts_refused(): the ones it refused (retried later)      |  ...
  *   gaps         check_sequence_gaps(): the time-based rule, when due            |  transactions
  *   undelivered  undelivered_alerts(): a page of alerts not yet published        /  only
- *   checkpoint   the collector's journal position, in the same transaction as its rows
+ *   checkpoint   advance_checkpoint(): the collector's journal position moves from the batch's
+ *                first position to its end, in the same transaction as its rows; refused with
+ *                SQLSTATE NT_TXN_CHECKPOINT_MOVED when it is not where this collector left it
  *   commit       COMMIT
  * Any other failed statement rolls the transaction back (ROLLBACK); the owner reads t->sqlstate
  * and t->error, decides what the failure means (isolate.h) and logs it.
@@ -46,6 +48,10 @@ typedef struct {
 #define NT_TXN_MAINT_GAPS        2u
 #define NT_TXN_MAINT_UNDELIVERED 4u
 #define NT_TXN_MAINT_ALL         7u
+
+/* The SQLSTATE of a checkpoint that is not where the collector left it (advance_checkpoint in
+ * collector/sql/007_checkpoint_resets.sql): compare it with the journal again. */
+#define NT_TXN_CHECKPOINT_MOVED "NT001"
 
 /* What nt_txn_done() says. */
 enum {

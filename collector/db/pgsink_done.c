@@ -1,0 +1,161 @@
+/* pgsink_done.c -- a transaction of the sink ended: settle a commit (release the journal, hand
+ * the alerts over), or decide what a rollback means and log it once. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "needletrace/common.h"
+#include "needletrace/log.h"
+#include "needletrace/metrics.h"
+#include "needletrace/pqutil.h"
+#include "pgsink_internal.h"
+
+/* ---- after a commit ---------------------------------------------------------------------------
+ */
+
+/* The batch's COMMIT succeeded on this connection: its checkpoint is confirmed, the journal
+ * behind it may go. (A COMMIT whose answer was lost never comes here: the connection is dropped,
+ * and the checkpoint is read back at the next connect before anything is released.) */
+static void pgsink__batch_committed(nt_pgsink_t *s)
+{
+    nt_batch_t *b = s->sending;
+    if (s->iso.stalled) {
+        nt_log(NT_LOG_INFO, "db", "the database takes batches again");
+    }
+    nt_isolate_committed(&s->iso, b->first_pos, b->end_pos);
+    nt_metrics.db_stalled = 0;
+    s->committed = b->end_pos;
+    nt_metrics.db_batches++;
+    nt_metrics.db_messages += b->messages;
+    nt_metrics.db_events += b->events;
+    nt_metrics.db_quarantined += b->rejected;
+    for (int r = 0; r < NT_REASON__COUNT; r++) {
+        nt_metrics.db_quarantined_by_reason[r] += b->rejected_by_reason[r];
+    }
+    nt_metrics.db_commit_us_sum += (uint64_t)(nt_mono_us() - s->txn_started_us);
+    nt_metrics.db_last_commit_unix_us = (uint64_t)nt_now_us();
+    nt_metrics.journal_checkpoint = s->committed;
+    nt_log(NT_LOG_DEBUG, "db",
+           "committed %u messages (%u events, %u quarantined) up to position %" PRIu64, b->messages,
+           b->events, b->rejected, s->committed);
+    nt_batch_reset(b);
+    nt_pgsink__release(s, s->committed);
+    nt_metrics.journal_bytes = nt_journal_bytes(s->journal);
+    if (s->on_commit != NULL) {
+        s->on_commit(s, s->committed, s->data);
+    }
+}
+
+void nt_pgsink__committed(nt_pgsink_t *s)
+{
+    int had_batch = s->txn.batch != NULL;
+    nt_pgconn_disarm_watchdog(s->conn);
+    s->state = NT_PGSINK__IDLE;
+    s->last_was_batch = had_batch;
+    if (had_batch) {
+        nt_pgconn_backoff_reset(s->conn);
+        pgsink__batch_committed(s);
+    } else {
+        for (int k = 0; k < NT_PGSINK__KINDS; k++) {
+            if (s->txn.maint_mask & (1u << k)) {
+                s->maint_failures[k] = 0;
+            }
+        }
+    }
+    nt_outbox_committed(&s->outbox, nt_mono_us());
+    if (s->outbox.alerts.n > 0 && s->on_alerts != NULL) {
+        s->on_alerts(s, s->outbox.alerts.items, s->outbox.alerts.n, s->data);
+    }
+    nt_outbox_published(&s->outbox);
+    nt_pgsink__fill(s);
+    nt_pgsink__maybe_dispatch(s);
+}
+
+/* ---- after a rollback -------------------------------------------------------------------------
+ */
+
+/* A batch transaction rolled back: isolate the message the database refuses (retry at once with
+ * smaller batches), or retry the same after a backoff; logged once here. */
+static void pgsink__batch_rolled_back(nt_pgsink_t *s)
+{
+    const nt_txn_t *t = &s->txn;
+    const nt_batch_t *b = t->batch;
+    nt_isolate_action_t act =
+        nt_isolate_failed(&s->iso, b->first_pos, b->end_pos, b->messages, t->sqlstate, t->error);
+    if (act == NT_ISOLATE_RETRY) {
+        nt_metrics.db_isolations++;
+        nt_log(NT_LOG_WARN, "db",
+               "the database refused a batch of %u messages (journal %" PRIu64 "..%" PRIu64
+               "): SQLSTATE %s: %s; retrying %s",
+               b->messages, b->first_pos, b->end_pos, t->sqlstate, t->error,
+               s->iso.poison_pos == b->first_pos ? "with that message quarantined"
+                                                 : "in smaller batches to find the message");
+        return;
+    }
+    if (s->iso.stalled) {
+        nt_metrics.db_stalled = 1;
+        nt_log(NT_LOG_ERROR, "db",
+               "could not commit a batch of %u messages (journal %" PRIu64 "..%" PRIu64
+               "): %s%s; retrying after a pause",
+               b->messages, b->first_pos, b->end_pos, s->iso.stall,
+               strcmp(t->sqlstate, "42P01") == 0
+                   ? " (has the schema been created? run needletrace migrate)"
+                   : "");
+    } else {
+        nt_log(NT_LOG_INFO, "db",
+               "a batch conflicted with another transaction: SQLSTATE %s: %s; "
+               "retrying",
+               t->sqlstate, t->error);
+    }
+    nt_pgconn_backoff(s->conn, 1);
+}
+
+/* The index of a kind of bookkeeping (one NT_TXN_MAINT_* bit) in the per-kind arrays. */
+static int pgsink__kind_index(unsigned kind)
+{
+    return kind == NT_TXN_MAINT_RECORD ? 0 : kind == NT_TXN_MAINT_GAPS ? 1 : 2;
+}
+
+/* A maintenance transaction rolled back: its work stays due; the kind of bookkeeping whose step
+ * failed is retried after a backoff of its own, so that neither batches nor the other kinds wait
+ * for it; logged once here. */
+static void pgsink__maintenance_rolled_back(nt_pgsink_t *s)
+{
+    const nt_txn_t *t = &s->txn;
+    unsigned kind = nt_txn_step_kind(t);
+    int k = pgsink__kind_index(kind != 0 ? kind : NT_TXN_MAINT_UNDELIVERED);
+    uint64_t delay_ms = nt_backoff_ms(1000, 60000, s->maint_failures[k]++);
+    nt_metrics.db_maintenance_failures++;
+    nt_log(nt_pqutil_classify(t->sqlstate) == NT_PQ_TRANSIENT ? NT_LOG_INFO : NT_LOG_ERROR, "db",
+           "could not run the alert bookkeeping transaction (step %s): SQLSTATE %s: %s; retrying "
+           "that step in %llu ms, batches and the other bookkeeping go on meanwhile",
+           nt_txn_step_name(t), t->sqlstate, t->error, (unsigned long long)delay_ms);
+    s->maint_next_us[k] = nt_mono_us() + (int64_t)delay_ms * 1000;
+    snprintf(s->maint_error, sizeof(s->maint_error), "step %s: SQLSTATE %s: %.400s",
+             nt_txn_step_name(t), t->sqlstate, t->error);
+    s->last_was_batch = 0;
+}
+
+void nt_pgsink__rolled_back(nt_pgsink_t *s)
+{
+    nt_pgconn_disarm_watchdog(s->conn);
+    nt_outbox_aborted(&s->outbox);
+    s->state = NT_PGSINK__IDLE;
+    if (s->txn.batch != NULL && strcmp(s->txn.sqlstate, NT_TXN_CHECKPOINT_MOVED) == 0) {
+        /* Not this batch's fault: the checkpoint changed under the collector. Compare it with
+         * the journal again (the comparison logs what it finds). */
+        nt_log(NT_LOG_ERROR, "db", "could not commit a batch: %s; reading the checkpoint again",
+               s->txn.error);
+        nt_pgsink__discard_batches(s);
+        nt_pgsink__read_checkpoint(s);
+        return;
+    }
+    if (s->txn.batch != NULL) {
+        pgsink__batch_rolled_back(s); /* reads the batch: before it is discarded */
+    } else {
+        pgsink__maintenance_rolled_back(s);
+    }
+    nt_pgsink__discard_batches(s);
+    nt_pgsink__fill(s);
+    nt_pgsink__maybe_dispatch(s);
+}
