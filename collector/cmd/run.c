@@ -226,9 +226,12 @@ static int run__open(run_t *r)
         .max_delay_ms = (uint32_t)r->cfg.batch_max_delay_ms,
         .reconnect_min_ms = (uint32_t)r->cfg.mqtt_reconnect_min_ms,
         .reconnect_max_ms = (uint32_t)r->cfg.mqtt_reconnect_max_ms,
+        .statement_timeout_ms = (uint64_t)r->cfg.database_statement_timeout_ms,
+        .watchdog_ms = (uint64_t)r->cfg.database_watchdog_ms,
     };
-    if (nt_pgsink_init(&r->loop, &r->sink, &sopts, r->journal, run__on_commit, r) != 0) {
-        nt_log(NT_LOG_ERROR, "run", "could not start the database sink: out of memory");
+    int rc = nt_pgsink_init(&r->loop, &r->sink, &sopts, r->journal, run__on_commit, r);
+    if (rc != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not start the database sink: %s", nt_strerror(rc));
         return 1;
     }
     nt_pgsink_set_alerts_cb(r->sink, run__on_alerts);

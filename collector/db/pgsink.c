@@ -47,6 +47,9 @@ void nt_pgsink__release(nt_pgsink_t *s, uint64_t pos)
 static int pgsink__full(const nt_pgsink_t *s, const nt_batch_t *b)
 {
     uint32_t limit = nt_isolate_limit(&s->iso, b->messages > 0 ? b->first_pos : s->read_pos);
+    if (s->slow_limit != 0 && (limit == 0 || s->slow_limit < limit)) {
+        limit = s->slow_limit;
+    }
     return b->events >= s->opts.max_events || b->messages >= s->opts.max_events ||
            b->bytes >= s->opts.max_bytes || (limit != 0 && b->messages >= limit);
 }
@@ -138,7 +141,7 @@ static void pgsink__begin(nt_pgsink_t *s, nt_batch_t *batch)
     if (batch != NULL && batch->end_pos > s->known_end) {
         s->known_end = batch->end_pos; /* its checkpoint may be committed from now on */
     }
-    nt_pgconn_arm_watchdog(s->conn, NT_PGCONN_TXN_TIMEOUT_MS);
+    nt_pgconn_arm_watchdog(s->conn, s->opts.watchdog_ms != 0 ? s->opts.watchdog_ms : 120000);
     s->txn_started_us = nt_mono_us();
     nt_txn_begin(&s->txn, batch); /* a send failure dropped the connection: on_lost ran */
 }
@@ -240,10 +243,12 @@ static int pgsink__ops_put_copy(void *conn, const void *data, size_t len)
 
 static const nt_txn_ops_t pgsink__txn_ops = {pgsink__ops_send, pgsink__ops_put_copy};
 
-/* The sink's two batches and its connection. 0 or NT_ENOMEM (nothing left allocated). */
+/* The sink's two batches and its connection. 0, NT_ENOMEM or NT_ECONFIG (the connection string
+ * is not valid libpq syntax); nothing left allocated on failure. */
 static int pgsink__alloc(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgsink_options_t *opts)
 {
-    nt_pgconn_options_t copts = {opts->conninfo, opts->reconnect_min_ms, opts->reconnect_max_ms};
+    nt_pgconn_options_t copts = {opts->conninfo, opts->reconnect_min_ms, opts->reconnect_max_ms,
+                                 opts->collector_id, opts->statement_timeout_ms};
     s->collector_id = strdup(opts->collector_id);
     if (s->collector_id == NULL || nt_batch_init(&s->batches[0], opts->collector_id) != 0) {
         goto err;
@@ -251,9 +256,12 @@ static int pgsink__alloc(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgsink_option
     if (nt_batch_init(&s->batches[1], opts->collector_id) != 0) {
         goto err_batch;
     }
-    if (nt_pgconn_init(loop, &s->conn, &copts, &nt_pgsink__conn_cbs, s) != 0) {
+    int rc = nt_pgconn_init(loop, &s->conn, &copts, &nt_pgsink__conn_cbs, s);
+    if (rc != 0) {
         nt_batch_close(&s->batches[1]);
-        goto err_batch;
+        nt_batch_close(&s->batches[0]);
+        free(s->collector_id);
+        return rc;
     }
     return 0;
 err_batch:
@@ -270,9 +278,10 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     if (s == NULL) {
         return NT_ENOMEM;
     }
-    if (pgsink__alloc(s, loop, opts) != 0) {
+    int rc = pgsink__alloc(s, loop, opts);
+    if (rc != 0) {
         free(s);
-        return NT_ENOMEM;
+        return rc;
     }
     s->opts = *opts;
     s->journal = journal;
@@ -343,6 +352,10 @@ int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len)
 {
     if (s->state == NT_PGSINK__MISMATCH) {
         snprintf(reason, len, "%s", s->mismatch);
+        return 1;
+    }
+    if (s->slow[0] != '\0') {
+        snprintf(reason, len, "%s", s->slow);
         return 1;
     }
     if (s->iso.stalled) {

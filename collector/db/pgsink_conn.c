@@ -158,6 +158,9 @@ static void pgsink__on_rows(nt_pgconn_t *c, const PGresult *res, void *data)
 static void pgsink__on_error(nt_pgconn_t *c, const char *sqlstate, const char *message, void *data)
 {
     nt_pgsink_t *s = data;
+    if (strcmp(sqlstate, NT_PGSINK__QUERY_CANCELED) == 0) {
+        nt_metrics.db_statement_timeouts++;
+    }
     if (s->state == NT_PGSINK__BUSY) {
         nt_txn_error(&s->txn, sqlstate, message);
     } else if (s->state == NT_PGSINK__CHECKPOINT && !s->checkpoint_failed) {

@@ -46,10 +46,25 @@ static void pgsink__batch_committed(nt_pgsink_t *s)
     }
 }
 
+/* A transaction committed: the database answers in time again (for batches, when it was a
+ * batch's statement that was too slow); the batch bound grows back, doubling per commit. */
+static void pgsink__in_time(nt_pgsink_t *s, int had_batch)
+{
+    if (had_batch && s->slow_limit != 0) {
+        s->slow_limit = s->slow_limit >= s->opts.max_events / 2 ? 0 : s->slow_limit * 2;
+    }
+    if (s->slow[0] != '\0' && (had_batch || !s->slow_batch)) {
+        nt_log(NT_LOG_INFO, "db", "the database answers in time again");
+        s->slow[0] = '\0';
+        nt_metrics.db_slow = 0;
+    }
+}
+
 void nt_pgsink__committed(nt_pgsink_t *s)
 {
     int had_batch = s->txn.batch != NULL;
     nt_pgconn_disarm_watchdog(s->conn);
+    pgsink__in_time(s, had_batch);
     s->state = NT_PGSINK__IDLE;
     s->last_was_batch = had_batch;
     if (had_batch) {
@@ -110,6 +125,37 @@ static void pgsink__batch_rolled_back(nt_pgsink_t *s)
     nt_pgconn_backoff(s->conn, 1);
 }
 
+/* A statement ran too long and was cancelled (SQLSTATE 57014): the database is slow, not the
+ * rows wrong. A batch is retried after a backoff with half as many messages (never quarantined);
+ * logged once here, said on /readyz and in needletrace_db_slow until a commit. Returns 1 when it
+ * handled a batch's rollback. */
+static int pgsink__too_slow(nt_pgsink_t *s)
+{
+    const nt_txn_t *t = &s->txn;
+    const nt_batch_t *b = t->batch;
+    nt_metrics.db_slow = 1;
+    s->slow_batch = b != NULL;
+    if (b == NULL) {
+        snprintf(s->slow, sizeof(s->slow),
+                 "the database is slow: the alert bookkeeping step %s was cancelled after "
+                 "running too long",
+                 nt_txn_step_name(t));
+        return 0; /* logged and backed off as any failed bookkeeping */
+    }
+    s->slow_limit = b->messages > 1 ? b->messages / 2 : 1;
+    snprintf(s->slow, sizeof(s->slow),
+             "the database is slow: a batch's statement (step %s) was cancelled after running too "
+             "long; retrying with at most %u messages per batch",
+             nt_txn_step_name(t), s->slow_limit);
+    nt_log(NT_LOG_WARN, "db",
+           "a batch of %u messages (journal %" PRIu64 "..%" PRIu64
+           ") ran too long and was cancelled at step %s: %s; retrying with at most %u messages "
+           "per batch after a pause",
+           b->messages, b->first_pos, b->end_pos, nt_txn_step_name(t), t->error, s->slow_limit);
+    nt_pgconn_backoff(s->conn, 1);
+    return 1;
+}
+
 /* The index of a kind of bookkeeping (one NT_TXN_MAINT_* bit) in the per-kind arrays. */
 static int pgsink__kind_index(unsigned kind)
 {
@@ -150,9 +196,10 @@ void nt_pgsink__rolled_back(nt_pgsink_t *s)
         nt_pgsink__read_checkpoint(s);
         return;
     }
-    if (s->txn.batch != NULL) {
+    int handled = strcmp(s->txn.sqlstate, NT_PGSINK__QUERY_CANCELED) == 0 && pgsink__too_slow(s);
+    if (!handled && s->txn.batch != NULL) {
         pgsink__batch_rolled_back(s); /* reads the batch: before it is discarded */
-    } else {
+    } else if (!handled) {
         pgsink__maintenance_rolled_back(s);
     }
     nt_pgsink__discard_batches(s);

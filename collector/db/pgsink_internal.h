@@ -17,6 +17,8 @@
 
 /* Maintenance transactions rolled back in a row before /readyz says so. */
 #define NT_PGSINK__MAINT_STALLED 3
+/* The SQLSTATE of a statement cancelled (statement_timeout, or a cancel request). */
+#define NT_PGSINK__QUERY_CANCELED "57014"
 /* Kinds of bookkeeping with their own backoff (NT_TXN_MAINT_* bits). */
 #define NT_PGSINK__KINDS 3
 
@@ -61,6 +63,10 @@ struct nt_pgsink_s {
     int linger_expired;
     int64_t txn_started_us;
     char read_failure[512]; /* the journal read failure last logged, "" when none */
+
+    uint32_t slow_limit; /* after a statement timeout: at most this many messages per batch */
+    int slow_batch;      /* the last statement timeout was a batch's (a maintenance one else) */
+    char slow[200];      /* why the database is called slow, for /readyz ("" when it is not) */
 
     nt_isolate_t iso;                          /* finding a message the database refuses */
     int last_was_batch;                        /* maintenance and batches take turns */

@@ -8,7 +8,11 @@
  * raised to its owner for publishing. When idle it runs maintenance transactions for the
  * alert outbox (outbox.h). On any connection error the batches are dropped, the connection
  * re-made with capped exponential backoff plus jitter, the checkpoint re-read, and reading
- * resumes from it, so nothing is lost or doubled. A checkpoint that does not fit the journal
+ * resumes from it, so nothing is lost or doubled. A batch whose statement is cancelled for running
+ * too long (SQLSTATE 57014: the connection's statement_timeout, or the watchdog's cancel request)
+ * is no poison: it is retried after a backoff in batches of half its size, the bound doubling
+ * again after each commit, while /readyz and needletrace_db_slow say the database is slow. A
+ * checkpoint that does not fit the journal
  * (another journal's, ahead of its end, behind its start, not on a record: checkpoint.h) stops
  * ingest -- connected, committing and releasing nothing, logged once per connect, reported by
  * nt_pgsink_stalled() -- until an operator runs `needletrace journal accept` and restarts. Journal
@@ -33,6 +37,8 @@ typedef struct {
     uint32_t max_delay_ms; /* batch bound: wait for more records at most this long */
     uint32_t reconnect_min_ms;
     uint32_t reconnect_max_ms;
+    uint64_t statement_timeout_ms; /* the connection's statement_timeout; 0 = none */
+    uint64_t watchdog_ms; /* a transaction without an answer this long: cancel (pgconn.h) */
 } nt_pgsink_options_t;
 
 /* Called after a commit with the alerts it raised, and with undelivered alerts found after
@@ -46,7 +52,8 @@ typedef void (*nt_pgsink_commit_cb)(nt_pgsink_t *s, uint64_t checkpoint, void *d
 typedef void (*nt_pgsink_drain_cb)(nt_pgsink_t *s, int status, void *data);
 
 /* Creates the sink over journal (which must outlive it); on_commit follows every batch commit.
- * Nothing is connected before nt_pgsink_start. Returns 0 or NT_ENOMEM. */
+ * Nothing is connected before nt_pgsink_start. Returns 0, NT_ECONFIG (opts->conninfo is not
+ * valid libpq syntax) or NT_ENOMEM. */
 int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t *opts,
                    nt_journal_t *journal, nt_pgsink_commit_cb on_commit, void *data);
 /* Sets the alert callback (before nt_pgsink_start). */
@@ -67,9 +74,10 @@ void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
 /* 1 when connected and the checkpoint is read (whether it fits the journal or not: see
  * nt_pgsink_stalled). */
 int nt_pgsink_ready(const nt_pgsink_t *s);
-/* 1 when ingest is stopped because the checkpoint does not fit the journal (checkpoint.h), batches
- * fail for a reason no message causes (see isolate.h), or alert bookkeeping failed several times
- * in a row, with the reason in reason (for /readyz); 0 otherwise. */
+/* 1 when ingest is stopped because the checkpoint does not fit the journal (checkpoint.h), the
+ * database is slow (a statement was cancelled for running too long, and no batch has committed
+ * since), batches fail for a reason no message causes (see isolate.h), or alert bookkeeping failed
+ * several times in a row, with the reason in reason (for /readyz); 0 otherwise. */
 int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len);
 /* Closes the connection and handles; frees itself when they are closed. */
 void nt_pgsink_close(nt_pgsink_t *s);
