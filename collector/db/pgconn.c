@@ -10,11 +10,13 @@
 #include "needletrace/fdwatch.h"
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
+#include "needletrace/pglookup.h"
 #include "needletrace/pgparams.h"
 #include "needletrace/pqutil.h"
 
 typedef enum {
     PGCONN_WAITING = 0, /* disconnected; the retry timer will connect */
+    PGCONN_RESOLVING,   /* looking the host names up (pglookup.h) */
     PGCONN_CONNECTING,  /* PQconnectPoll in progress */
     PGCONN_READY,       /* connected */
     PGCONN_CLOSED,
@@ -38,6 +40,8 @@ struct nt_pgconn_s {
     int in_flight;       /* a command was sent and has not finished */
     int cancelling;      /* the watchdog fired and sent a cancel request: in its grace */
     nt_bgcall_t *cancel; /* the cancel request in flight (NULL when none) */
+    nt_bgcall_t *lookup; /* the host name lookup in flight (NULL when none) */
+    char addrs[512];     /* the addresses last looked up, as logged */
     unsigned attempts;   /* consecutive failures, for the backoff */
     char error[512];
 };
@@ -175,7 +179,9 @@ static void pgconn__on_watchdog(uv_timer_t *t)
         nt_pgconn_fail(c, why);
         return;
     }
-    snprintf(why, sizeof(why), "no answer from the database within %llu s",
+    snprintf(why, sizeof(why),
+             c->state == PGCONN_RESOLVING ? "the lookup of the database host took more than %llu s"
+                                          : "no answer from the database within %llu s",
              (unsigned long long)(c->watchdog_ms / 1000));
     if (c->state != PGCONN_READY || !c->in_flight || pgconn__send_cancel(c) != 0) {
         nt_pgconn_fail(c, why);
@@ -194,9 +200,10 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
         return;
     }
     nt_metrics.db_errors++;
-    if (c->state == PGCONN_CONNECTING && c->attempts > 0) {
+    int connecting = c->state == PGCONN_CONNECTING || c->state == PGCONN_RESOLVING;
+    if (connecting && c->attempts > 0) {
         nt_log(NT_LOG_DEBUG, "db", "could not connect to the database: %s", why);
-    } else if (c->state == PGCONN_CONNECTING) {
+    } else if (connecting) {
         nt_log(NT_LOG_WARN, "db", "could not connect to the database: %s; retrying", why);
     } else {
         nt_log(NT_LOG_WARN, "db", "lost the database connection: %s; retrying from the checkpoint",
@@ -205,6 +212,8 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
     nt_fdwatch_drop(&c->watch);
     uv_timer_stop(&c->watchdog);
     pgconn__forget_cancel(c);
+    nt_bgcall_abandon(c->lookup);
+    c->lookup = NULL;
     if (c->conn != NULL) {
         PQfinish(c->conn);
         c->conn = NULL;
@@ -218,11 +227,10 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
     }
 }
 
-void nt_pgconn_connect(nt_pgconn_t *c)
+/* Starts libpq's asynchronous connect with the parameters as they are. */
+static void pgconn__start(nt_pgconn_t *c)
 {
-    uv_timer_stop(&c->retry_timer);
     c->state = PGCONN_CONNECTING;
-    nt_pgconn_arm_watchdog(c, NT_PGCONN_CONNECT_TIMEOUT_MS);
     c->conn = PQconnectStartParams(c->params.keys, c->params.values, 0);
     if (c->conn == NULL || PQstatus(c->conn) == CONNECTION_BAD) {
         nt_pgconn_fail(c, pgconn__pq_error(c));
@@ -230,6 +238,81 @@ void nt_pgconn_connect(nt_pgconn_t *c)
     }
     PQsetNoticeProcessor(c->conn, pgconn__notice, c);
     pgconn__watch(c, UV_WRITABLE);
+}
+
+/* Logs the addresses looked up, when they changed. */
+static void pgconn__log_addrs(nt_pgconn_t *c, const nt_pglookup_t *l)
+{
+    char buf[sizeof(c->addrs)];
+    size_t len = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < l->nhosts; i++) {
+        for (size_t a = 0; l->hosts[i].resolve && a < l->naddrs; a++) {
+            if (l->addrs[a].host == i && len < sizeof(buf)) {
+                len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%s=%s", len ? ", " : "",
+                                        l->hosts[i].name, l->addrs[a].addr);
+            }
+        }
+    }
+    if (strcmp(buf, c->addrs) != 0) {
+        nt_log(NT_LOG_INFO, "db", "database host addresses: %s%s%s", buf,
+               l->failed > 0 ? "; could not look up " : "", l->failed > 0 ? l->error : "");
+        snprintf(c->addrs, sizeof(c->addrs), "%s", buf);
+    }
+}
+
+/* On the lookup's thread. */
+static void pgconn__lookup_run(void *arg)
+{
+    nt_pglookup_run(arg);
+}
+
+/* The lookup ended: connect to the addresses found (the names stay the hosts, for TLS), or fail
+ * (retried after the backoff; logged once in a row, by nt_pgconn_fail). */
+static void pgconn__looked_up(nt_bgcall_t *b, void *arg, void *data)
+{
+    nt_pgconn_t *c = data;
+    nt_pglookup_t *l = arg;
+    char why[400];
+    c->lookup = NULL;
+    if (nt_pgparams_set_addrs(&c->params, l->hosts, l->nhosts, l->addrs, l->naddrs) != 0) {
+        snprintf(why, sizeof(why), "could not look up the database host %s", l->error);
+        nt_pgconn_fail(c, why);
+        return;
+    }
+    pgconn__log_addrs(c, l);
+    pgconn__start(c);
+}
+
+/* Looks the host names up first when the connection parameters have some (pglookup.h): on a
+ * thread of its own, bounded by the connect watchdog. */
+void nt_pgconn_connect(nt_pgconn_t *c)
+{
+    uv_timer_stop(&c->retry_timer);
+    c->state = PGCONN_RESOLVING;
+    nt_pgconn_arm_watchdog(c, NT_PGCONN_CONNECT_TIMEOUT_MS);
+    nt_pglookup_t *l = calloc(1, sizeof(*l));
+    int n = l != NULL ? nt_pgparams_hosts(&c->params, l->hosts, NT_PGLOOKUP_MAX_HOSTS) : NT_ENOMEM;
+    if (n < 0) {
+        free(l);
+        nt_pgconn_fail(c, n == NT_ECONFIG ? "database.url has a port list that does not match its "
+                                            "host list"
+                          : n == NT_ETOOBIG ? "database.url has too many hosts"
+                                            : nt_strerror(n));
+        return;
+    }
+    l->nhosts = (size_t)n;
+    if (!nt_pglookup_needed(l)) {
+        free(l);
+        pgconn__start(c); /* a socket, or addresses given: libpq looks nothing up */
+        return;
+    }
+    int rc =
+        nt_bgcall_start(c->loop, pgconn__lookup_run, l, free, pgconn__looked_up, c, &c->lookup);
+    if (rc != 0) {
+        free(l);
+        nt_pgconn_fail(c, "could not start the database host lookup");
+    }
 }
 
 /* One step of the asynchronous connect; on_connected once it is done. */
@@ -431,6 +514,8 @@ void nt_pgconn_close(nt_pgconn_t *c)
     c->state = PGCONN_CLOSED;
     nt_fdwatch_drop(&c->watch);
     pgconn__forget_cancel(c);
+    nt_bgcall_abandon(c->lookup);
+    c->lookup = NULL;
     if (c->conn != NULL) {
         PQfinish(c->conn);
         c->conn = NULL;

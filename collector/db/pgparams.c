@@ -147,3 +147,105 @@ const char *nt_pgparams_get(const nt_pgparams_t *p, const char *key)
     }
     return NULL;
 }
+
+/* Copies item number i of the comma-separated list into buf ("" when the list is shorter).
+ * Returns NT_ETOOBIG when it does not fit. */
+static int pgparams__item(const char *list, size_t i, char *buf, size_t len)
+{
+    const char *p = list;
+    for (; i > 0 && p != NULL; i--) {
+        p = strchr(p, ',');
+        p = p != NULL ? p + 1 : NULL;
+    }
+    size_t n = p != NULL ? strcspn(p, ",") : 0;
+    if (n >= len) {
+        return NT_ETOOBIG;
+    }
+    memcpy(buf, p != NULL ? p : "", n);
+    buf[n] = '\0';
+    return 0;
+}
+
+static size_t pgparams__count(const char *list)
+{
+    size_t n = 1;
+    for (const char *p = list; *p != '\0'; p++) {
+        n += *p == ',';
+    }
+    return n;
+}
+
+int nt_pgparams_hosts(const nt_pgparams_t *p, nt_pgparams_host_t *hosts, size_t max)
+{
+    const char *host = pgparams__configured(p, "host", "PGHOST");
+    if (host == NULL || pgparams__configured(p, "hostaddr", "PGHOSTADDR") != NULL ||
+        pgparams__configured(p, "service", "PGSERVICE") != NULL) {
+        return 0;
+    }
+    const char *port = pgparams__configured(p, "port", "PGPORT");
+    size_t n = pgparams__count(host);
+    size_t nports = port != NULL ? pgparams__count(port) : 0;
+    if (n > max) {
+        return NT_ETOOBIG;
+    }
+    if (nports > 1 && nports != n) {
+        return NT_ECONFIG;
+    }
+    for (size_t i = 0; i < n; i++) {
+        nt_pgparams_host_t *h = &hosts[i];
+        if (pgparams__item(host, i, h->name, sizeof(h->name)) != 0 ||
+            pgparams__item(port != NULL ? port : "", nports > 1 ? i : 0, h->port,
+                           sizeof(h->port)) != 0) {
+            return NT_ETOOBIG;
+        }
+        h->resolve = h->name[0] != '\0' && h->name[0] != '/' && h->name[0] != '@';
+    }
+    return (int)n;
+}
+
+/* Appends item to the comma-separated list in buf at *len (sized by the caller); a separator
+ * before it unless it is the first. */
+static void pgparams__append(char *buf, size_t *len, int first, const char *item)
+{
+    size_t n = strlen(item);
+    if (!first) {
+        buf[(*len)++] = ',';
+    }
+    memcpy(buf + *len, item, n);
+    *len += n;
+    buf[*len] = '\0';
+}
+
+int nt_pgparams_set_addrs(nt_pgparams_t *p, const nt_pgparams_host_t *hosts, size_t nhosts,
+                          const nt_pgparams_addr_t *addrs, size_t naddrs)
+{
+    size_t cap = (nhosts + naddrs + 1) * (sizeof(hosts[0].name) + 1);
+    char *host = malloc(cap), *hostaddr = malloc(cap), *port = malloc(cap);
+    size_t lh = 0, la = 0, lp = 0, entries = 0;
+    if (host == NULL || hostaddr == NULL || port == NULL) {
+        free(host);
+        free(hostaddr);
+        free(port);
+        return NT_ENOMEM;
+    }
+    host[0] = hostaddr[0] = port[0] = '\0';
+    for (size_t i = 0; i < nhosts; i++) {
+        for (size_t a = 0; a < (hosts[i].resolve ? naddrs : 1); a++) {
+            if (hosts[i].resolve && addrs[a].host != i) {
+                continue;
+            }
+            int first = entries++ == 0;
+            pgparams__append(host, &lh, first, hosts[i].name);
+            pgparams__append(hostaddr, &la, first, hosts[i].resolve ? addrs[a].addr : "");
+            pgparams__append(port, &lp, first, hosts[i].port);
+        }
+    }
+    free(p->host);
+    free(p->hostaddr);
+    free(p->port);
+    p->host = host;
+    p->hostaddr = hostaddr;
+    p->port = port;
+    pgparams__build(p);
+    return entries > 0 ? 0 : NT_EINVAL;
+}

@@ -1,12 +1,14 @@
 /* pgconn.h -- one PostgreSQL connection's lifecycle on the loop: connect, watchdog, reconnect.
  *
  * Non-blocking libpq (PQconnectStartParams over the arrays of pgparams.h, the socket watched by
- * fdwatch.h and re-read after every connect poll). TCP keepalives and a user timeout notice a
- * peer that vanished; the server's statement_timeout cancels a statement that runs too long; a
- * watchdog armed by the owner notices a database that stops answering, cancels the statement in
- * flight and, if that is not answered either, drops the connection. Any failure of the
- * connection drops it and connects again after a capped exponential backoff with jitter; the
- * owner hears on_lost and starts over from its checkpoint when on_connected comes again.
+ * fdwatch.h and re-read after every connect poll); host names are looked up first, off the loop
+ * (pglookup.h), and passed as hostaddr, so that libpq never blocks the loop in getaddrinfo. TCP
+ * keepalives and a user timeout notice a peer that vanished; the server's statement_timeout cancels
+ * a statement that runs too long; a watchdog armed by the owner notices a database that stops
+ * answering, cancels the statement in flight and, if that is not answered either, drops the
+ * connection. Any failure of the connection drops it and connects again after a capped exponential
+ * backoff with jitter; the owner hears on_lost and starts over from its checkpoint when
+ * on_connected comes again.
  *
  * The owner sends one command at a time (nt_pgconn_send) and gets its results through the
  * callbacks: on_copy_in when the server waits for COPY data, on_rows for each row set, on_error
@@ -49,8 +51,10 @@ typedef struct {
 int nt_pgconn_init(uv_loop_t *loop, nt_pgconn_t **out, const nt_pgconn_options_t *opts,
                    const nt_pgconn_cbs_t *cbs, void *data);
 
-/* Starts connecting now. The watchdog is armed for NT_PGCONN_CONNECT_TIMEOUT_MS; the owner
- * disarms it once its first query (e.g. the checkpoint) answered. */
+/* Starts connecting now: looks the host names up, then connects. The watchdog is armed for
+ * NT_PGCONN_CONNECT_TIMEOUT_MS (lookup and connect together); the owner disarms it once its first
+ * query (e.g. the checkpoint) answered. A name that gives no address fails the attempt, retried
+ * after the backoff like any failed connect. */
 void nt_pgconn_connect(nt_pgconn_t *c);
 
 /* Sends one command: with nparams 0, by the simple protocol (several statements allowed);

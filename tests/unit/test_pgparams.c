@@ -6,11 +6,13 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
 
 #include "needletrace/common.h"
+#include "needletrace/pglookup.h"
 #include "needletrace/pgparams.h"
 
 /* Every keyword appears once, and the arrays end with NULL. */
@@ -98,12 +100,131 @@ static void test_malformed(void **state)
     }
 }
 
+/* The host list to look up: socket directories and empty entries are not, the port list is one
+ * port for all or one per host, and there is nothing to look up when the string gives
+ * addresses, a service, or no host at all. */
+static void test_hosts(void **state)
+{
+    (void)state;
+    nt_pgparams_t p;
+    nt_pgparams_host_t h[4];
+    char err[128];
+    unsetenv("PGHOST");
+    unsetenv("PGPORT");
+    unsetenv("PGHOSTADDR");
+    unsetenv("PGSERVICE");
+    assert_int_equal(
+        nt_pgparams_init(&p, "host=db1,/var/run/pg,db2 port=5432,5433,5434", "c", 0, err, 128), 0);
+    assert_int_equal(nt_pgparams_hosts(&p, h, 4), 3);
+    assert_string_equal(h[0].name, "db1");
+    assert_string_equal(h[0].port, "5432");
+    assert_int_equal(h[0].resolve, 1);
+    assert_string_equal(h[1].name, "/var/run/pg");
+    assert_int_equal(h[1].resolve, 0);
+    assert_string_equal(h[2].port, "5434");
+    assert_int_equal(nt_pgparams_hosts(&p, h, 2), NT_ETOOBIG);
+    nt_pgparams_close(&p);
+
+    assert_int_equal(nt_pgparams_init(&p, "postgresql://a,b:6000/db", "c", 0, err, 128), 0);
+    assert_int_equal(nt_pgparams_hosts(&p, h, 4), 2);
+    assert_string_equal(h[0].name, "a");
+    assert_string_equal(h[0].port, "");
+    assert_string_equal(h[1].port, "6000");
+    nt_pgparams_close(&p);
+
+    assert_int_equal(nt_pgparams_init(&p, "host=a,b port=1,2,3", "c", 0, err, 128), 0);
+    assert_int_equal(nt_pgparams_hosts(&p, h, 4), NT_ECONFIG);
+    nt_pgparams_close(&p);
+
+    static const char *const nothing[] = {"dbname=x", "host=a hostaddr=10.0.0.1",
+                                          "host=a service=prod", "host=/tmp"};
+    for (size_t i = 0; i < NT_ARRAY_SIZE(nothing); i++) {
+        assert_int_equal(nt_pgparams_init(&p, nothing[i], "c", 0, err, 128), 0);
+        int n = nt_pgparams_hosts(&p, h, 4);
+        assert_true(n == 0 || (n == 1 && !h[0].resolve));
+        nt_pgparams_close(&p);
+    }
+
+    setenv("PGHOST", "envhost", 1);
+    setenv("PGPORT", "7777", 1);
+    assert_int_equal(nt_pgparams_init(&p, "dbname=x", "c", 0, err, 128), 0);
+    assert_int_equal(nt_pgparams_hosts(&p, h, 4), 1);
+    assert_string_equal(h[0].name, "envhost");
+    assert_string_equal(h[0].port, "7777");
+    nt_pgparams_close(&p);
+    unsetenv("PGHOST");
+    unsetenv("PGPORT");
+}
+
+/* One entry per address, the name kept as host; socket directories where they were. */
+static void test_set_addrs(void **state)
+{
+    (void)state;
+    nt_pgparams_t p;
+    nt_pgparams_host_t h[4];
+    char err[128];
+    assert_int_equal(nt_pgparams_init(&p,
+                                      "host=db1,/var/run/pg,db2 port=5432,5433,5434 "
+                                      "sslmode=verify-full",
+                                      "c", 0, err, 128),
+                     0);
+    assert_int_equal(nt_pgparams_hosts(&p, h, 4), 3);
+    const nt_pgparams_addr_t addrs[] = {{0, "10.0.0.1"}, {2, "::1"}, {0, "10.0.0.2"}};
+    assert_int_equal(nt_pgparams_set_addrs(&p, h, 3, addrs, 3), 0);
+    assert_well_formed(&p);
+    assert_string_equal(nt_pgparams_get(&p, "host"), "db1,db1,/var/run/pg,db2");
+    assert_string_equal(nt_pgparams_get(&p, "hostaddr"), "10.0.0.1,10.0.0.2,,::1");
+    assert_string_equal(nt_pgparams_get(&p, "port"), "5432,5432,5433,5434");
+    assert_string_equal(nt_pgparams_get(&p, "sslmode"), "verify-full");
+    /* the configured lists are still what the next lookup starts from */
+    assert_int_equal(nt_pgparams_hosts(&p, h, 4), 3);
+    assert_string_equal(h[2].name, "db2");
+
+    nt_pgparams_close(&p);
+
+    /* nothing found: no entry left */
+    assert_int_equal(nt_pgparams_init(&p, "host=db1", "c", 0, err, 128), 0);
+    assert_int_equal(nt_pgparams_hosts(&p, h, 4), 1);
+    assert_int_equal(nt_pgparams_set_addrs(&p, h, 1, NULL, 0), NT_EINVAL);
+    nt_pgparams_close(&p);
+}
+
+/* Numeric addresses and localhost (from /etc/hosts) are found; socket directories are not looked
+ * up; a second address of one name is kept once. */
+static void test_lookup(void **state)
+{
+    (void)state;
+    nt_pglookup_t l;
+    memset(&l, 0, sizeof(l));
+    snprintf(l.hosts[0].name, sizeof(l.hosts[0].name), "127.0.0.1");
+    l.hosts[0].resolve = 1;
+    snprintf(l.hosts[1].name, sizeof(l.hosts[1].name), "/tmp");
+    snprintf(l.hosts[2].name, sizeof(l.hosts[2].name), "localhost");
+    l.hosts[2].resolve = 1;
+    l.nhosts = 3;
+    assert_true(nt_pglookup_needed(&l));
+    nt_pglookup_run(&l);
+    assert_int_equal(l.failed, 0);
+    assert_string_equal(l.error, "");
+    assert_true(l.naddrs >= 2);
+    assert_int_equal(l.addrs[0].host, 0);
+    assert_string_equal(l.addrs[0].addr, "127.0.0.1");
+    for (size_t i = 1; i < l.naddrs; i++) {
+        assert_int_equal(l.addrs[i].host, 2);
+        for (size_t j = i + 1; j < l.naddrs; j++) {
+            assert_string_not_equal(l.addrs[i].addr, l.addrs[j].addr);
+        }
+    }
+    l.hosts[0].resolve = l.hosts[2].resolve = 0;
+    assert_false(nt_pglookup_needed(&l));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_keyword_string),
-        cmocka_unit_test(test_uri_and_no_timeout),
-        cmocka_unit_test(test_malformed),
+        cmocka_unit_test(test_keyword_string), cmocka_unit_test(test_uri_and_no_timeout),
+        cmocka_unit_test(test_malformed),      cmocka_unit_test(test_hosts),
+        cmocka_unit_test(test_set_addrs),      cmocka_unit_test(test_lookup),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
