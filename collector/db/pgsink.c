@@ -126,12 +126,27 @@ static void pgsink__end_drain(nt_pgsink_t *s, int status)
     }
 }
 
+static void pgsink__begin(nt_pgsink_t *s, nt_batch_t *batch);
+
+/* Everything durable is committed: one last small transaction marks this replica stopped (so that
+ * the others take its undelivered alerts over at once) and records the deliveries still waiting;
+ * then the drain ends, whatever that transaction's fate. */
 static void pgsink__check_drain(nt_pgsink_t *s)
 {
-    if (s->state == NT_PGSINK__IDLE && s->building->messages == 0 &&
-        s->read_pos >= nt_journal_end(s->journal)) {
-        pgsink__end_drain(s, 0);
+    if (!s->draining || s->drain_cb == NULL || s->state != NT_PGSINK__IDLE ||
+        s->building->messages != 0 || s->read_pos < nt_journal_end(s->journal)) {
+        return;
     }
+    if (!s->stop_marked) {
+        s->stop_marked = 1;
+        s->txn.maint_mask = NT_TXN_MAINT_STOPPED;
+        if (s->outbox.n_delivered > 0 || s->outbox.n_refused > 0) {
+            s->txn.maint_mask |= NT_TXN_MAINT_RECORD;
+        }
+        pgsink__begin(s, NULL);
+        return;
+    }
+    pgsink__end_drain(s, 0);
 }
 
 /* Sends BEGIN for batch (NULL: maintenance) under the transaction watchdog. */
@@ -146,14 +161,21 @@ static void pgsink__begin(nt_pgsink_t *s, nt_batch_t *batch)
     nt_txn_begin(&s->txn, batch); /* a send failure dropped the connection: on_lost ran */
 }
 
-/* 1 when alert bookkeeping waits and its own backoff allows it now. */
+/* The kinds of bookkeeping that wait and whose own backoff allows them now (NT_TXN_MAINT_*): the
+ * heartbeat when due, the alert bookkeeping the outbox asks for. */
 static unsigned pgsink__maintenance_due(const nt_pgsink_t *s)
 {
     const nt_outbox_t *o = &s->outbox;
     int64_t now = nt_mono_us();
     unsigned mask = 0;
+    if (s->stop_marked) {
+        return 0; /* a heartbeat now would undo the stop mark; the drain ends */
+    }
+    if (now >= s->heartbeat_next_us && now >= s->maint_next_us[3]) {
+        mask |= NT_TXN_MAINT_HEARTBEAT;
+    }
     if (!nt_outbox_due_now(o)) {
-        return 0;
+        return mask;
     }
     if ((o->n_refused > 0 || o->n_delivered >= NT_OUTBOX_DELIVERED_BATCH ||
          (o->n_delivered > 0 && o->deliveries_aged)) &&
@@ -364,7 +386,7 @@ int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len)
     }
     for (int k = 0; k < NT_PGSINK__KINDS; k++) {
         if (s->maint_failures[k] >= NT_PGSINK__MAINT_STALLED) {
-            snprintf(reason, len, "alert bookkeeping failed %u times in a row: %s",
+            snprintf(reason, len, "bookkeeping (alerts, heartbeat) failed %u times in a row: %s",
                      s->maint_failures[k], s->maint_error);
             return 1;
         }

@@ -55,6 +55,8 @@ static void pgsink__resume(nt_pgsink_t *s)
            s->check.verdict == NT_CHECKPOINT_NONE ? "no checkpoint yet, starting" : "resuming", pos,
            nt_journal_end(s->journal) - pos);
     s->state = NT_PGSINK__IDLE;
+    s->heartbeat_next_us = 0; /* the heartbeat goes first: alive before any alert is raised */
+    s->last_was_batch = 1;
     nt_pgsink__fill(s);
     nt_pgsink__maybe_dispatch(s);
 }

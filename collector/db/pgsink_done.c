@@ -76,6 +76,9 @@ void nt_pgsink__committed(nt_pgsink_t *s)
                 s->maint_failures[k] = 0;
             }
         }
+        if (s->txn.maint_mask & NT_TXN_MAINT_HEARTBEAT) {
+            s->heartbeat_next_us = nt_mono_us() + NT_PGSINK__HEARTBEAT_US;
+        }
     }
     nt_outbox_committed(&s->outbox, nt_mono_us());
     if (s->outbox.alerts.n > 0 && s->on_alerts != NULL) {
@@ -159,7 +162,12 @@ static int pgsink__too_slow(nt_pgsink_t *s)
 /* The index of a kind of bookkeeping (one NT_TXN_MAINT_* bit) in the per-kind arrays. */
 static int pgsink__kind_index(unsigned kind)
 {
-    return kind == NT_TXN_MAINT_RECORD ? 0 : kind == NT_TXN_MAINT_GAPS ? 1 : 2;
+    for (int k = 0; k < NT_PGSINK__KINDS; k++) {
+        if (kind == 1u << k) {
+            return k;
+        }
+    }
+    return -1; /* the stop mark: no retry */
 }
 
 /* A maintenance transaction rolled back: its work stays due; the kind of bookkeeping whose step
@@ -170,10 +178,17 @@ static void pgsink__maintenance_rolled_back(nt_pgsink_t *s)
     const nt_txn_t *t = &s->txn;
     unsigned kind = nt_txn_step_kind(t);
     int k = pgsink__kind_index(kind != 0 ? kind : NT_TXN_MAINT_UNDELIVERED);
-    uint64_t delay_ms = nt_backoff_ms(1000, 60000, s->maint_failures[k]++);
     nt_metrics.db_maintenance_failures++;
+    if (k < 0) {
+        nt_log(NT_LOG_WARN, "db",
+               "could not mark this collector stopped: SQLSTATE %s: %s; the other replicas take "
+               "its undelivered alerts over once its heartbeat is older than replica_gone_after",
+               t->sqlstate, t->error);
+        return;
+    }
+    uint64_t delay_ms = nt_backoff_ms(1000, 60000, s->maint_failures[k]++);
     nt_log(nt_pqutil_classify(t->sqlstate) == NT_PQ_TRANSIENT ? NT_LOG_INFO : NT_LOG_ERROR, "db",
-           "could not run the alert bookkeeping transaction (step %s): SQLSTATE %s: %s; retrying "
+           "could not run the bookkeeping transaction (step %s): SQLSTATE %s: %s; retrying "
            "that step in %llu ms, batches and the other bookkeeping go on meanwhile",
            nt_txn_step_name(t), t->sqlstate, t->error, (unsigned long long)delay_ms);
     s->maint_next_us[k] = nt_mono_us() + (int64_t)delay_ms * 1000;

@@ -19,8 +19,12 @@
 #define NT_PGSINK__MAINT_STALLED 3
 /* The SQLSTATE of a statement cancelled (statement_timeout, or a cancel request). */
 #define NT_PGSINK__QUERY_CANCELED "57014"
-/* Kinds of bookkeeping with their own backoff (NT_TXN_MAINT_* bits). */
-#define NT_PGSINK__KINDS 3
+/* Kinds of bookkeeping with their own backoff: index k is the NT_TXN_MAINT_* bit 1 << k
+ * (record, gaps, undelivered, heartbeat). */
+#define NT_PGSINK__KINDS 4
+/* How often this replica records that it is alive (collector_heartbeat): well below the
+ * setting replica_gone_after (default 1 minute). */
+#define NT_PGSINK__HEARTBEAT_US (5 * 1000000)
 
 typedef enum {
     NT_PGSINK__DOWN = 0,   /* no connection; pgconn reconnects */
@@ -73,6 +77,9 @@ struct nt_pgsink_s {
     unsigned maint_failures[NT_PGSINK__KINDS]; /* per kind of bookkeeping: failed in a row */
     int64_t maint_next_us[NT_PGSINK__KINDS];   /* per kind: not before this monotonic time */
     char maint_error[512];                     /* why the last one rolled back */
+
+    int64_t heartbeat_next_us; /* the next heartbeat is due then (0: at once) */
+    int stop_marked;           /* the drain's last transaction (collector_stopped) was run */
 
     int draining;
     nt_pgsink_drain_cb drain_cb;

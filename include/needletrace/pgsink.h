@@ -6,15 +6,16 @@
  * its connection (txn.h over pgconn.h: COPY, rules, alert bookkeeping, checkpoint, COMMIT),
  * releases the journal up to each commit's checkpoint, and hands the alerts each commit
  * raised to its owner for publishing. When idle it runs maintenance transactions for the
- * alert outbox (outbox.h). On any connection error the batches are dropped, the connection
- * re-made with capped exponential backoff plus jitter, the checkpoint re-read, and reading
- * resumes from it, so nothing is lost or doubled. A batch whose statement is cancelled for running
- * too long (SQLSTATE 57014: the connection's statement_timeout, or the watchdog's cancel request)
- * is no poison: it is retried after a backoff in batches of half its size, the bound doubling
- * again after each commit, while /readyz and needletrace_db_slow say the database is slow. A
- * checkpoint that does not fit the journal
- * (another journal's, ahead of its end, behind its start, not on a record: checkpoint.h) stops
- * ingest -- connected, committing and releasing nothing, logged once per connect, reported by
+ * alert outbox (outbox.h) and this replica's heartbeat (collector_heartbeat: at connect, then
+ * every 5 s; the other replicas take over its undelivered alerts only once it is gone). On any
+ * connection error the batches are dropped, the connection re-made with capped exponential backoff
+ * plus jitter, the checkpoint re-read, and reading resumes from it, so nothing is lost or doubled.
+ * A batch whose statement is cancelled for running too long (SQLSTATE 57014: the connection's
+ * statement_timeout, or the watchdog's cancel request) is no poison: it is retried after a backoff
+ * in batches of half its size, the bound doubling again after each commit, while /readyz and
+ * needletrace_db_slow say the database is slow. A checkpoint that does not fit the journal (another
+ * journal's, ahead of its end, behind its start, not on a record: checkpoint.h) stops ingest --
+ * connected, committing and releasing nothing, logged once per connect, reported by
  * nt_pgsink_stalled() -- until an operator runs `needletrace journal accept` and restarts. Journal
  * segments are released only up to a checkpoint confirmed on the current connection: read back
  * at connect, or committed by a COMMIT whose answer arrived. */
@@ -68,8 +69,10 @@ void nt_pgsink_request_undelivered(nt_pgsink_t *s);
 int nt_pgsink_start(nt_pgsink_t *s);
 /* Tells the sink that the journal's durable end moved. Cheap; call after every sync. */
 void nt_pgsink_wakeup(nt_pgsink_t *s);
-/* Commits everything durable now, then calls cb (at once when ingest is stopped by a checkpoint
- * mismatch; the owner bounds the wait otherwise). */
+/* Commits everything durable now, then runs one last small transaction that marks this replica
+ * stopped (collector_stopped: its undelivered alerts go to the other replicas at once) and
+ * records the alert deliveries still waiting, then calls cb -- at once when ingest is stopped by
+ * a checkpoint mismatch; the owner bounds the wait otherwise. */
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
 /* 1 when connected and the checkpoint is read (whether it fits the journal or not: see
  * nt_pgsink_stalled). */

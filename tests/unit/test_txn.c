@@ -754,6 +754,39 @@ static void test_maintenance_mask(void **state)
     assert_int_equal(nt_txn_step_kind(&f->txn), NT_TXN_MAINT_GAPS);
 }
 
+/* The replica's liveness: the heartbeat first (alone when nothing else is due), the stop mark
+ * last (with the deliveries still waiting); neither ever rides in a batch's transaction. */
+static void test_heartbeat_and_stop_mark(void **state)
+{
+    fixture_t *f = *state;
+    f->txn.maint_mask = NT_TXN_MAINT_HEARTBEAT;
+    assert_int_equal(drive(f, NULL, NULL), NT_TXN_COMMITTED);
+    assert_string_equal(f->trace, "begin heartbeat commit");
+    assert_string_equal(f->fake.stmts[1].sql, "SELECT needletrace.collector_heartbeat($1)");
+    assert_int_equal(f->fake.stmts[1].nparams, 1);
+    assert_string_equal(f->fake.stmts[1].params[0], COLLECTOR);
+
+    f->fake.n = 0;
+    assert_int_equal(nt_outbox_delivered(&f->outbox, 9), 0);
+    f->txn.maint_mask = NT_TXN_MAINT_STOPPED | NT_TXN_MAINT_RECORD;
+    assert_int_equal(drive(f, NULL, NULL), NT_TXN_COMMITTED);
+    assert_string_equal(f->trace, "begin delivered stopped commit");
+    assert_string_equal(f->fake.stmts[2].sql, "SELECT needletrace.collector_stopped($1)");
+
+    f->fake.n = 0;
+    f->txn.maint_mask = NT_TXN_MAINT_HEARTBEAT | NT_TXN_MAINT_STOPPED;
+    server_t srv = {.error_at = 1, .sqlstate = "42883"};
+    assert_int_equal(drive(f, NULL, &srv), NT_TXN_ROLLED_BACK);
+    assert_string_equal(f->trace, "begin heartbeat rollback");
+    assert_int_equal(nt_txn_step_kind(&f->txn), NT_TXN_MAINT_HEARTBEAT);
+
+    f->fake.n = 0;
+    make_batch(f, 0);
+    f->txn.maint_mask = NT_TXN_MAINT_HEARTBEAT | NT_TXN_MAINT_STOPPED;
+    assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
+    assert_string_equal(f->trace, "begin copy copy rules checkpoint commit");
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -778,6 +811,7 @@ int main(void)
         T(test_send_failure),
         T(test_put_copy_failure),
         T(test_maintenance_mask),
+        T(test_heartbeat_and_stop_mark),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);
