@@ -81,7 +81,10 @@ nt_stop_collector c1 TERM
 
 # ---- (d) a lookup that hangs -----------------------------------------------------------------
 SLOW=db.slow-dns.test
+# (verify_asan_link_order=0: a gcc sanitizer build links libasan dynamically, and would refuse
+# a preloaded library before it)
 nt_start_collector c1 LD_PRELOAD="$(dirname "$NT_BIN")/libntfault.so" \
+    ASAN_OPTIONS="$ASAN_OPTIONS:verify_asan_link_order=0" \
     NTFAULT_GETADDRINFO_HOST="$SLOW" NTFAULT_GETADDRINFO_DELAY_MS=60000 \
     NEEDLETRACE_DATABASE_URL="postgresql://postgres@$SLOW:$NT_PG_PORT/needletrace"
 nt_wait_for "readyz says not connected while the lookup hangs" 10 not_connected
