@@ -32,7 +32,8 @@ typedef struct {
     uv_signal_t sigterm;
     uv_signal_t sigint;
     uv_timer_t deadline;
-    int handles; /* signals and deadline initialised */
+    uv_timer_t drain_poll; /* a graceful stop waits for the PUBACKs of alerts in flight */
+    int handles;           /* signals and timers initialised */
     int stopping;
     int stopped;
     int exit_code; /* 0, or 1 after a runtime failure */
@@ -59,6 +60,9 @@ static void run__on_commit(nt_pgsink_t *s, uint64_t checkpoint, void *data)
 static void run__on_alerts(nt_pgsink_t *s, const nt_alert_t *alerts, size_t n, void *data)
 {
     run_t *r = data;
+    if (r->stopping) {
+        return; /* stopping: they stay undelivered; the next start (or a replica) publishes them */
+    }
     size_t deferred = nt_publisher_publish_all(r->publisher, alerts, n);
     if (deferred > 0) {
         nt_log(NT_LOG_WARN, "run",
@@ -91,6 +95,11 @@ static int run__ready(void *data, char *reason, size_t len)
         snprintf(reason, len, "shutting down");
         return 0;
     }
+    const char *journal = nt_mqttsrc_journal_failure(r->src);
+    if (journal != NULL) {
+        snprintf(reason, len, "the journal cannot be written (retrying): %s", journal);
+        return 0;
+    }
     if (!nt_mqttsrc_ready(r->src)) {
         snprintf(reason, len, "not connected to the broker");
         return 0;
@@ -103,7 +112,8 @@ static int run__ready(void *data, char *reason, size_t len)
         return 0;
     }
     if (nt_journal_full(r->journal)) {
-        snprintf(reason, len, "journal is full");
+        snprintf(reason, len,
+                 "journal is full: PUBACKs held back until the database catches up (backpressure)");
         return 0;
     }
     return 1;
@@ -136,10 +146,38 @@ static void run__finish(run_t *r)
     }
     if (r->handles) {
         uv_timer_stop(&r->deadline);
+        uv_timer_stop(&r->drain_poll);
         uv_close((uv_handle_t *)&r->deadline, NULL);
+        uv_close((uv_handle_t *)&r->drain_poll, NULL);
         uv_close((uv_handle_t *)&r->sigterm, NULL);
         uv_close((uv_handle_t *)&r->sigint, NULL);
     }
+}
+
+static void run__on_recorded(nt_pgsink_t *s, int status, void *data)
+{
+    run_t *r = data;
+    if (status != 0) {
+        nt_log(NT_LOG_WARN, "run",
+               "could not record the last alert deliveries: those alerts are published again "
+               "after the restart (at least once)");
+    }
+    nt_log(NT_LOG_INFO, "run",
+           "everything journaled before the stop is committed (journal position %llu); exiting",
+           (unsigned long long)nt_metrics.journal_checkpoint);
+    run__finish(r);
+}
+
+/* Waits until the broker answered every alert in flight (or the connection is gone), then
+ * records those deliveries, so that a restart does not publish them again. */
+static void run__on_drain_poll(uv_timer_t *t)
+{
+    run_t *r = t->data;
+    if (nt_publisher_in_flight(r->publisher) > 0 && nt_mqttsrc_ready(r->src)) {
+        return;
+    }
+    uv_timer_stop(&r->drain_poll);
+    nt_pgsink_record_deliveries(r->sink, run__on_recorded, r);
 }
 
 static void run__on_drained(nt_pgsink_t *s, int status, void *data)
@@ -151,12 +189,10 @@ static void run__on_drained(nt_pgsink_t *s, int status, void *data)
                "the journal keeps its positions [%llu, %llu)",
                (unsigned long long)nt_journal_start(r->journal),
                (unsigned long long)nt_journal_end(r->journal));
-    } else {
-        nt_log(NT_LOG_INFO, "run",
-               "everything journaled is committed (journal position %llu); exiting",
-               (unsigned long long)nt_journal_end(r->journal));
+        run__finish(r);
+        return;
     }
-    run__finish(r);
+    uv_timer_start(&r->drain_poll, run__on_drain_poll, 0, 20);
 }
 
 static void run__on_deadline(uv_timer_t *t)
@@ -177,24 +213,6 @@ static void run__drain(run_t *r)
     nt_pgsink_drain(r->sink, run__on_drained, r);
 }
 
-/* The journal cannot be written (disk full, I/O error): commit what is durable, then exit 1
- * so that the supervisor restarts the collector, which reopens and recovers the journal.
- * Nothing that was not durable was acknowledged: the broker redelivers it. */
-static void run__on_journal_failed(nt_mqttsrc_t *m, void *data)
-{
-    run_t *r = data;
-    r->exit_code = 1;
-    if (r->stopping) {
-        return;
-    }
-    r->stopping = 1;
-    nt_log(NT_LOG_ERROR, "run",
-           "stopping: the journal in \"%s\" cannot be written; committing what is durable, then "
-           "exiting so that a restart recovers it",
-           r->cfg.journal_dir);
-    run__drain(r);
-}
-
 static void run__on_signal(uv_signal_t *h, int signum)
 {
     run_t *r = h->data;
@@ -205,9 +223,10 @@ static void run__on_signal(uv_signal_t *h, int signum)
         return;
     }
     r->stopping = 1;
-    nt_log(NT_LOG_INFO, "run", "received %s: stopping reads, committing what is journaled",
-           strsignal(signum));
-    nt_mqttsrc_pause(r->src);
+    nt_log(NT_LOG_INFO, "run",
+           "received %s: committing what is journaled and recording the alerts the broker "
+           "acknowledged, then disconnecting (within %d ms)",
+           strsignal(signum), RUN_DRAIN_DEADLINE_MS);
     run__drain(r);
 }
 
@@ -238,7 +257,7 @@ static int run__open(run_t *r)
     if (nt_mqttsrc_init(&r->loop, &r->src, &r->cfg, r->journal, run__on_synced, r) != 0) {
         return 1; /* logged by the source */
     }
-    nt_mqttsrc_set_callbacks(r->src, run__on_mqtt_connected, run__on_journal_failed);
+    nt_mqttsrc_set_connected_cb(r->src, run__on_mqtt_connected);
     if (nt_publisher_init(&r->publisher, r->src, run__on_alert_delivered, r) != 0) {
         nt_log(NT_LOG_ERROR, "run", "could not start the alert publisher: out of memory");
         return 1;
@@ -252,8 +271,9 @@ static int run__open(run_t *r)
     uv_signal_init(&r->loop, &r->sigterm);
     uv_signal_init(&r->loop, &r->sigint);
     uv_timer_init(&r->loop, &r->deadline);
+    uv_timer_init(&r->loop, &r->drain_poll);
     r->handles = 1;
-    r->sigterm.data = r->sigint.data = r->deadline.data = r;
+    r->sigterm.data = r->sigint.data = r->deadline.data = r->drain_poll.data = r;
     uv_signal_start(&r->sigterm, run__on_signal, SIGTERM);
     uv_signal_start(&r->sigint, run__on_signal, SIGINT);
     return 0;

@@ -68,6 +68,16 @@ const nt_config__key_t nt_config__keys[] = {
                 INT64_C(4294967295),
                 "MQTT v5 session expiry interval in seconds: how long the broker keeps the "
                 "session (and queues QoS 1 messages) while the collector is away."),
+    CONFIG__NUM("mqtt", "receive_maximum", NT_CONFIG__INT, mqtt_receive_maximum, "1000", 1, 65535,
+                "MQTT v5 receive maximum: messages the broker may send before their PUBACK. "
+                "The flow control of backpressure: while the journal is over journal.max_bytes "
+                "the collector stays connected and reads (keep-alive, PUBACKs of alerts) but "
+                "acknowledges nothing, so the broker sends at most this many more and queues "
+                "the rest."),
+    CONFIG__NUM("mqtt", "connect_timeout_ms", NT_CONFIG__INT, mqtt_connect_timeout_ms, "10000", 100,
+                600000,
+                "How long one connection attempt to the broker (name lookup, TCP, TLS, CONNACK) "
+                "may take before it is abandoned and retried with backoff."),
     CONFIG__NUM("mqtt", "reconnect_min_ms", NT_CONFIG__INT, mqtt_reconnect_min_ms, "250", 10,
                 600000,
                 "First delay before reconnecting to the broker, in milliseconds; doubles after "

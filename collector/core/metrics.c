@@ -59,11 +59,15 @@ size_t nt_metrics_render(char *buf, size_t buflen)
     metrics__one(&o, "mqtt_connected", "gauge", "1 while connected to the broker.",
                  (uint64_t)m->mqtt_connected);
     metrics__one(&o, "backpressure", "gauge",
-                 "1 while reading from the broker is paused because the journal is full.",
+                 "1 while PUBACKs are held back because the journal is over its bound.",
                  (uint64_t)m->backpressure);
     metrics__one(&o, "backpressure_episodes_total", "counter",
-                 "Times reading was paused because the journal was full.",
-                 m->backpressure_episodes);
+                 "Times the journal went over its bound.", m->backpressure_episodes);
+    metrics__one(&o, "journal_failed", "gauge",
+                 "1 while the journal refuses writes (disk full, I/O error): nothing is read.",
+                 (uint64_t)m->journal_failed);
+    metrics__one(&o, "journal_failures_total", "counter", "Times a journal write or sync failed.",
+                 m->journal_failures);
     metrics__one(&o, "journal_syncs_total", "counter", "fdatasync calls on the journal.",
                  m->journal_syncs);
     metrics__one(&o, "journal_bytes", "gauge", "Bytes held by the journal.", m->journal_bytes);

@@ -126,27 +126,12 @@ static void pgsink__end_drain(nt_pgsink_t *s, int status)
     }
 }
 
-static void pgsink__begin(nt_pgsink_t *s, nt_batch_t *batch);
-
-/* Everything durable is committed: one last small transaction marks this replica stopped (so that
- * the others take its undelivered alerts over at once) and records the deliveries still waiting;
- * then the drain ends, whatever that transaction's fate. */
+/* Everything durable when the drain began is committed: the drain ends. */
 static void pgsink__check_drain(nt_pgsink_t *s)
 {
-    if (!s->draining || s->drain_cb == NULL || s->state != NT_PGSINK__IDLE ||
-        s->building->messages != 0 || s->read_pos < nt_journal_end(s->journal)) {
-        return;
+    if (s->state == NT_PGSINK__IDLE && s->committed >= s->drain_target) {
+        pgsink__end_drain(s, 0);
     }
-    if (!s->stop_marked) {
-        s->stop_marked = 1;
-        s->txn.maint_mask = NT_TXN_MAINT_STOPPED;
-        if (s->outbox.n_delivered > 0 || s->outbox.n_refused > 0) {
-            s->txn.maint_mask |= NT_TXN_MAINT_RECORD;
-        }
-        pgsink__begin(s, NULL);
-        return;
-    }
-    pgsink__end_drain(s, 0);
 }
 
 /* Sends BEGIN for batch (NULL: maintenance) under the transaction watchdog. */
@@ -169,7 +154,12 @@ static unsigned pgsink__maintenance_due(const nt_pgsink_t *s)
     int64_t now = nt_mono_us();
     unsigned mask = 0;
     if (s->stop_marked) {
-        return 0; /* a heartbeat now would undo the stop mark; the drain ends */
+        return 0; /* a heartbeat now would undo the stop mark */
+    }
+    if (s->record_cb != NULL) {
+        /* the last transaction of a graceful stop: the deliveries so far, and the stop mark */
+        return NT_TXN_MAINT_STOPPED |
+               (o->n_refused > 0 || o->n_delivered > 0 ? NT_TXN_MAINT_RECORD : 0);
     }
     if (now >= s->heartbeat_next_us && now >= s->maint_next_us[3]) {
         mask |= NT_TXN_MAINT_HEARTBEAT;
@@ -234,8 +224,9 @@ void nt_pgsink__maybe_dispatch(nt_pgsink_t *s)
     }
     int batch = pgsink__batch_due(s);
     unsigned maintenance = pgsink__maintenance_due(s);
-    if (maintenance != 0 && (!batch || s->last_was_batch)) {
+    if (maintenance != 0 && (!batch || s->last_was_batch || s->record_cb != NULL)) {
         s->txn.maint_mask = maintenance; /* the kinds due and not backing off */
+        s->stop_marked = (maintenance & NT_TXN_MAINT_STOPPED) != 0;
         pgsink__begin(s, NULL);
     } else if (batch) {
         pgsink__dispatch_batch(s);
@@ -343,9 +334,30 @@ void nt_pgsink_wakeup(nt_pgsink_t *s)
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data)
 {
     s->draining = 1;
+    s->drain_target = nt_journal_end(s->journal);
     s->drain_cb = cb;
     s->drain_data = data;
     nt_pgsink_wakeup(s);
+}
+
+void nt_pgsink__recorded(nt_pgsink_t *s, int status)
+{
+    nt_pgsink_drain_cb cb = s->record_cb;
+    s->record_cb = NULL;
+    if (cb != NULL) {
+        cb(s, status, s->record_data);
+    }
+}
+
+void nt_pgsink_record_deliveries(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data)
+{
+    s->record_cb = cb;
+    s->record_data = data;
+    if (s->state != NT_PGSINK__IDLE && s->state != NT_PGSINK__BUSY) {
+        nt_pgsink__recorded(s, NT_EDB); /* not connected, or ingest stopped */
+    } else {
+        nt_pgsink__maybe_dispatch(s);
+    }
 }
 
 void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts)

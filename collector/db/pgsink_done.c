@@ -81,6 +81,9 @@ void nt_pgsink__committed(nt_pgsink_t *s)
         }
     }
     nt_outbox_committed(&s->outbox, nt_mono_us());
+    if (!had_batch && (s->txn.maint_mask & NT_TXN_MAINT_STOPPED)) {
+        nt_pgsink__recorded(s, 0); /* the last transaction of a graceful stop */
+    }
     if (s->outbox.alerts.n > 0 && s->on_alerts != NULL) {
         s->on_alerts(s, s->outbox.alerts.items, s->outbox.alerts.n, s->data);
     }
@@ -167,7 +170,7 @@ static int pgsink__kind_index(unsigned kind)
             return k;
         }
     }
-    return -1; /* the stop mark: no retry */
+    return 2; /* begin or commit: backed off with the undelivered fetch */
 }
 
 /* A maintenance transaction rolled back: its work stays due; the kind of bookkeeping whose step
@@ -177,13 +180,15 @@ static void pgsink__maintenance_rolled_back(nt_pgsink_t *s)
 {
     const nt_txn_t *t = &s->txn;
     unsigned kind = nt_txn_step_kind(t);
-    int k = pgsink__kind_index(kind != 0 ? kind : NT_TXN_MAINT_UNDELIVERED);
+    int k = pgsink__kind_index(kind);
     nt_metrics.db_maintenance_failures++;
-    if (k < 0) {
+    if (t->maint_mask & NT_TXN_MAINT_STOPPED) {
         nt_log(NT_LOG_WARN, "db",
-               "could not mark this collector stopped: SQLSTATE %s: %s; the other replicas take "
-               "its undelivered alerts over once its heartbeat is older than replica_gone_after",
-               t->sqlstate, t->error);
+               "could not record the last deliveries and mark this collector stopped (step %s): "
+               "SQLSTATE %s: %s; the other replicas take its undelivered alerts over once its "
+               "heartbeat is older than replica_gone_after",
+               nt_txn_step_name(t), t->sqlstate, t->error);
+        nt_pgsink__recorded(s, NT_EDB); /* stopping: not retried */
         return;
     }
     uint64_t delay_ms = nt_backoff_ms(1000, 60000, s->maint_failures[k]++);

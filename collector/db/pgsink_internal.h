@@ -79,11 +79,14 @@ struct nt_pgsink_s {
     char maint_error[512];                     /* why the last one rolled back */
 
     int64_t heartbeat_next_us; /* the next heartbeat is due then (0: at once) */
-    int stop_marked;           /* the drain's last transaction (collector_stopped) was run */
+    int stop_marked;           /* the last transaction of a graceful stop has begun */
 
     int draining;
+    uint64_t drain_target; /* the journal end when the drain began */
     nt_pgsink_drain_cb drain_cb;
     void *drain_data;
+    nt_pgsink_drain_cb record_cb; /* nt_pgsink_record_deliveries: waits for its transaction */
+    void *record_data;
 };
 
 /* The connection callbacks (pgsink_conn.c). */
@@ -101,6 +104,9 @@ void nt_pgsink__release(nt_pgsink_t *s, uint64_t pos);
 /* Sends the checkpoint query (state NT_PGSINK__CHECKPOINT): at connect, and on the same
  * connection when the database says the checkpoint moved (pgsink_conn.c). */
 void nt_pgsink__read_checkpoint(nt_pgsink_t *s);
+
+/* Calls the nt_pgsink_record_deliveries callback once with status (pgsink.c). */
+void nt_pgsink__recorded(nt_pgsink_t *s, int status);
 
 /* COMMIT succeeded on the current connection (pgsink_done.c). */
 void nt_pgsink__committed(nt_pgsink_t *s);

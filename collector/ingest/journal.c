@@ -91,9 +91,8 @@ static int journal__fail(nt_journal_t *j, const char *what, uint64_t start, int 
 {
     char name[64];
     journal__seg_name(name, sizeof(name), start);
-    nt_journal__errorf(
-        j, "could not %s journal segment \"%s/%s\": %s; refusing appends until reopened", what,
-        j->dir, name, strerror(err));
+    nt_journal__errorf(j, "could not %s journal segment \"%s/%s\": %s", what, j->dir, name,
+                       strerror(err));
     return nt_journal__refuse(j);
 }
 
@@ -104,9 +103,8 @@ static int journal__sync_dir(nt_journal_t *j)
         return 0;
     }
     if (fsync(j->dir_fd) != 0) {
-        nt_journal__errorf(
-            j, "could not sync journal directory \"%s\": %s; refusing appends until reopened",
-            j->dir, strerror(errno));
+        nt_journal__errorf(j, "could not sync journal directory \"%s\": %s", j->dir,
+                           strerror(errno));
         return nt_journal__refuse(j);
     }
     j->dir_dirty = 0;
@@ -235,6 +233,72 @@ int nt_journal_sync(nt_journal_t *j)
     }
     j->durable_end = journal__seg_end(journal__newest(j));
     return 0;
+}
+
+/* Cuts the newest segment back to its durable part and starts a fresh segment at the durable end
+ * (the empty newest segment is reused), after a failed write or sync. */
+static int journal__restart(nt_journal_t *j)
+{
+    journal__seg_t *s = journal__newest(j);
+    char name[64];
+    /* A roll synced the previous segment whole: what it holds is durable even if no sync of
+     * the journal reported it yet. */
+    uint64_t end = j->durable_end > s->start ? j->durable_end : s->start;
+    uint64_t keep = JOURNAL_HEADER_BYTES + (end - s->start);
+    journal__seg_name(name, sizeof(name), s->start);
+    if (s->size > keep) {
+        if (ftruncate(s->fd, (off_t)keep) != 0 || fdatasync(s->fd) != 0) {
+            nt_journal__errorf(
+                j, "could not cut journal segment \"%s/%s\" back to %" PRIu64 " bytes: %s", j->dir,
+                name, keep, strerror(errno));
+            return NT_EIO;
+        }
+        j->disk_bytes -= s->size - keep;
+        s->size = keep;
+    }
+    j->unsynced = 0;
+    j->durable_end = end;
+    if (s->size > JOURNAL_HEADER_BYTES) {
+        int rc = nt_journal__create_seg(j, end);
+        if (rc != 0) {
+            return rc; /* described */
+        }
+    }
+    if (fsync(j->dir_fd) != 0) {
+        nt_journal__errorf(j, "could not sync journal directory \"%s\": %s", j->dir,
+                           strerror(errno));
+        return NT_EIO;
+    }
+    j->dir_dirty = 0;
+    return 0;
+}
+
+/* After a failed write or sync: forgets what was appended since the last successful sync (never
+ * acknowledged), cuts the newest segment back to its durable part, and starts a fresh segment at
+ * the durable end. 0: appends are accepted again; NT_EIO (described): still refusing. */
+int nt_journal_resume(nt_journal_t *j)
+{
+    if (j == NULL) {
+        return NT_EINVAL;
+    }
+    if (!j->failed) {
+        return 0;
+    }
+    j->wlen = 0;
+    int rc = journal__restart(j);
+    if (rc != 0) {
+        return rc;
+    }
+    j->failed = 0;
+    j->failure[0] = '\0';
+    j->rlen = 0;
+    return 0;
+}
+
+/* 1 while the journal refuses appends after a failed write or sync (nt_journal_resume). */
+int nt_journal_failed(const nt_journal_t *j)
+{
+    return j->failed;
 }
 
 /* Writes what is buffered (no fdatasync: unsynced records were never acknowledged) and

@@ -1,6 +1,7 @@
 /* mqttconn.c -- one libmosquitto connection on the loop: connect, reconnect, keepalive, TLS. */
 #include "needletrace/mqttconn.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
@@ -14,12 +15,12 @@
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
 
-#define MQTTCONN_RECEIVE_MAXIMUM 65535
 /* Our own publications (alerts) awaiting their PUBACK, at most. */
 #define MQTTCONN_SEND_MAXIMUM 4096
 
 typedef enum {
     MQTTCONN_IDLE = 0,   /* not started, or waiting for the reconnect timer */
+    MQTTCONN_RESOLVING,  /* looking the broker's name up (uv_getaddrinfo, off the loop) */
     MQTTCONN_CONNECTING, /* socket open, CONNACK not yet received */
     MQTTCONN_CONNECTED,
     MQTTCONN_CLOSING,
@@ -36,21 +37,26 @@ struct nt_mqttconn_s {
     nt_fdwatch_t watch;         /* a fresh poll handle per socket */
     uv_timer_t misc_timer;      /* 1 s: mosquitto_loop_misc (keepalive) */
     uv_timer_t reconnect_timer; /* backoff between connection attempts */
-    int handles_open;
+    uv_timer_t connect_timer;   /* bounds one attempt: lookup, TCP, TLS, CONNACK */
+    uv_getaddrinfo_t resolver;
+    int resolving;         /* a lookup is in flight: it holds the connection open until it ends */
+    int handles_open;      /* timers, plus 1 while resolving; freed at 0 */
+    int64_t last_write_us; /* monotonic time of the last write to the broker */
+    int at_boundary;       /* the last write left no packet half written */
 
     mqttconn_state_t state;
     int held;          /* nt_mqttconn_hold: never connect again */
     int want_read;     /* the owner's last wish, also applied to the next socket */
-    int configured;    /* host, port and CONNECT properties handed to libmosquitto */
+    int configured;    /* CONNECT properties handed to libmosquitto */
     unsigned attempts; /* failed connection attempts since the last success */
     char topic[NT_MAX_TOPIC_LEN + 64];
 };
 
 static void mqttconn__schedule_reconnect(nt_mqttconn_t *c);
 
-static void mqttconn__timer_closed(uv_handle_t *h)
+/* One of the connection's handles (or its lookup) is done; the last one frees it. */
+static void mqttconn__unref(nt_mqttconn_t *c)
 {
-    nt_mqttconn_t *c = h->data;
     if (--c->handles_open == 0) {
         if (c->cbs.on_closed != NULL) {
             c->cbs.on_closed(c, c->data);
@@ -61,18 +67,24 @@ static void mqttconn__timer_closed(uv_handle_t *h)
     }
 }
 
+static void mqttconn__timer_closed(uv_handle_t *h)
+{
+    mqttconn__unref(h->data);
+}
+
 void nt_mqttconn_lost(nt_mqttconn_t *c, const char *why)
 {
     if (c->state == MQTTCONN_CONNECTED) {
         nt_metrics.mqtt_connection_losses++;
         nt_log(NT_LOG_WARN, "mqtt", "lost connection to broker %s:%d: %s", c->cfg->mqtt_host,
                c->cfg->mqtt_port, why);
-    } else if (c->state == MQTTCONN_CONNECTING) {
+    } else if (c->state == MQTTCONN_CONNECTING || c->state == MQTTCONN_RESOLVING) {
         nt_log(c->attempts == 0 ? NT_LOG_WARN : NT_LOG_DEBUG, "mqtt",
                "could not connect to broker %s:%d: %s", c->cfg->mqtt_host, c->cfg->mqtt_port, why);
     }
     nt_metrics.mqtt_connected = 0;
     nt_fdwatch_drop(&c->watch);
+    uv_timer_stop(&c->connect_timer);
     if (c->cbs.on_lost != NULL) {
         c->cbs.on_lost(c, c->data);
     }
@@ -104,6 +116,7 @@ static void mqttconn__on_connect(struct mosquitto *mosq, void *data, int rc, int
     }
     c->state = MQTTCONN_CONNECTED;
     c->attempts = 0;
+    uv_timer_stop(&c->connect_timer);
     nt_metrics.mqtt_connected = 1;
     nt_metrics.mqtt_connects++;
     nt_log(NT_LOG_INFO, "mqtt",
@@ -158,28 +171,119 @@ static void mqttconn__on_io(nt_fdwatch_t *w, int status, int events, void *data)
     c->cbs.on_io(c, status, events, c->data);
 }
 
-static void mqttconn__connect(nt_mqttconn_t *c)
+/* Hands the CONNECT properties (session expiry) to libmosquitto once. Its only v5 connect call
+ * that takes them, mosquitto_connect_bind_v5, also connects -- blocking. It stores the properties
+ * before it checks its arguments, so a call with a keep-alive it refuses (1 s: below its minimum
+ * of 5) stores them without touching the network; mosquitto_connect_bind_async then connects with
+ * them. 0 or NT_EMQTT. (A libmosquitto that stopped keeping them would start sessions that do not
+ * outlive a disconnect: the broker-restart and kill -9 tests would lose messages.) */
+static int mqttconn__prime(nt_mqttconn_t *c)
 {
-    if (c->held) {
+    if (c->configured) {
+        return 0;
+    }
+    int rc = mosquitto_connect_bind_v5(c->mosq, "localhost", 1883, 1, NULL, c->connect_props);
+    if (rc != MOSQ_ERR_INVAL) {
+        nt_log(NT_LOG_ERROR, "mqtt", "could not hand the session expiry to libmosquitto: %s",
+               mosquitto_strerror(rc));
+        return NT_EMQTT;
+    }
+    c->configured = 1;
+    return 0;
+}
+
+/* Starts the TCP connection to addr (a numeric address, or the name itself for TLS, whose
+ * certificate check needs it) without blocking: the CONNECT packet waits for the socket. */
+static void mqttconn__open_socket(nt_mqttconn_t *c, const char *addr)
+{
+    if (mqttconn__prime(c) != 0) {
+        nt_mqttconn_lost(c, "libmosquitto refused the CONNECT properties");
         return;
     }
-    c->state = MQTTCONN_CONNECTING;
-    int rc;
-    if (!c->configured) {
-        /* libmosquitto 2.0 has no asynchronous v5 connect: the first attempt stores host,
-         * port and CONNECT properties (session expiry) with a blocking TCP connect; every
-         * later attempt reuses them without blocking. */
-        c->configured = 1;
-        rc = mosquitto_connect_bind_v5(c->mosq, c->cfg->mqtt_host, c->cfg->mqtt_port,
-                                       (int)c->cfg->mqtt_keepalive_s, NULL, c->connect_props);
-    } else {
-        rc = mosquitto_reconnect_async(c->mosq);
-    }
+    int rc = mosquitto_connect_bind_async(c->mosq, addr, c->cfg->mqtt_port,
+                                          (int)c->cfg->mqtt_keepalive_s, NULL);
     if (rc != MOSQ_ERR_SUCCESS) {
         nt_mqttconn_lost(c, rc == MOSQ_ERR_ERRNO ? strerror(errno) : mosquitto_strerror(rc));
         return;
     }
-    nt_mqttconn_watch(c, c->want_read);
+    c->state = MQTTCONN_CONNECTING;
+    nt_mqttconn_watch(c, c->want_read, 1);
+}
+
+static void mqttconn__on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res)
+{
+    nt_mqttconn_t *c = req->data;
+    char addr[INET6_ADDRSTRLEN] = "";
+    c->resolving = 0;
+    if (status == 0 && res != NULL) {
+        const void *a = res->ai_family == AF_INET6
+                            ? (const void *)&((struct sockaddr_in6 *)res->ai_addr)->sin6_addr
+                            : (const void *)&((struct sockaddr_in *)res->ai_addr)->sin_addr;
+        inet_ntop(res->ai_family, a, addr, sizeof(addr));
+    }
+    uv_freeaddrinfo(res);
+    if (c->state == MQTTCONN_RESOLVING) {
+        if (addr[0] == '\0') {
+            char why[512];
+            snprintf(why, sizeof(why), "could not look up \"%s\": %s", c->cfg->mqtt_host,
+                     status < 0 ? uv_strerror(status) : "no address");
+            nt_mqttconn_lost(c, why);
+        } else {
+            mqttconn__open_socket(c, c->cfg->mqtt_tls ? c->cfg->mqtt_host : addr);
+        }
+    }
+    mqttconn__unref(c); /* the lookup's hold on the connection */
+}
+
+static void mqttconn__on_connect_timer(uv_timer_t *t)
+{
+    nt_mqttconn_t *c = t->data;
+    if (c->state == MQTTCONN_RESOLVING || c->state == MQTTCONN_CONNECTING) {
+        char why[96];
+        snprintf(why, sizeof(why), "no answer within %lld ms",
+                 (long long)c->cfg->mqtt_connect_timeout_ms);
+        if (c->state == MQTTCONN_CONNECTING) {
+            nt_mqttconn_abort(c);
+        }
+        nt_mqttconn_lost(c, why);
+    }
+}
+
+/* One connection attempt, every step off the loop: the name is looked up on libuv's thread pool
+ * (libmosquitto's own lookup would block), then libmosquitto opens a non-blocking socket to the
+ * address found; the connect timer bounds the whole attempt. */
+static void mqttconn__connect(nt_mqttconn_t *c)
+{
+    if (c->held || c->state == MQTTCONN_CLOSING) {
+        return;
+    }
+    if (c->resolving) {
+        mqttconn__schedule_reconnect(c); /* an abandoned lookup has not ended yet */
+        return;
+    }
+    c->state = MQTTCONN_RESOLVING;
+    uv_timer_start(&c->connect_timer, mqttconn__on_connect_timer,
+                   (uint64_t)c->cfg->mqtt_connect_timeout_ms, 0);
+    struct in6_addr a6;
+    struct in_addr a4;
+    if (inet_pton(AF_INET, c->cfg->mqtt_host, &a4) == 1 ||
+        inet_pton(AF_INET6, c->cfg->mqtt_host, &a6) == 1) {
+        mqttconn__open_socket(c, c->cfg->mqtt_host); /* numeric: nothing to look up */
+        return;
+    }
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
+    c->resolver.data = c;
+    int rc = uv_getaddrinfo(c->loop, &c->resolver, mqttconn__on_resolved, c->cfg->mqtt_host, NULL,
+                            &hints);
+    if (rc != 0) {
+        char why[512];
+        snprintf(why, sizeof(why), "could not look up \"%s\": %s", c->cfg->mqtt_host,
+                 uv_strerror(rc));
+        nt_mqttconn_lost(c, why);
+        return;
+    }
+    c->resolving = 1;
+    c->handles_open++;
 }
 
 static void mqttconn__on_reconnect_timer(uv_timer_t *t)
@@ -219,7 +323,7 @@ static int mqttconn__configure(nt_mqttconn_t *c)
 {
     const nt_config_t *cfg = c->cfg;
     mosquitto_int_option(c->mosq, MOSQ_OPT_PROTOCOL_VERSION, MQTT_PROTOCOL_V5);
-    mosquitto_int_option(c->mosq, MOSQ_OPT_RECEIVE_MAXIMUM, MQTTCONN_RECEIVE_MAXIMUM);
+    mosquitto_int_option(c->mosq, MOSQ_OPT_RECEIVE_MAXIMUM, (int)cfg->mqtt_receive_maximum);
     mosquitto_int_option(c->mosq, MOSQ_OPT_TCP_NODELAY, 1);
     mosquitto_int_option(c->mosq, MOSQ_OPT_SEND_MAXIMUM, MQTTCONN_SEND_MAXIMUM);
     /* Threaded mode makes libmosquitto queue PUBACKs until the owner calls loop_write. */
@@ -290,9 +394,11 @@ int nt_mqttconn_init(uv_loop_t *loop, nt_mqttconn_t **out, const nt_config_t *cf
     }
     uv_timer_init(loop, &c->misc_timer);
     uv_timer_init(loop, &c->reconnect_timer);
+    uv_timer_init(loop, &c->connect_timer);
     c->misc_timer.data = c;
     c->reconnect_timer.data = c;
-    c->handles_open = 2;
+    c->connect_timer.data = c;
+    c->handles_open = 3;
     *out = c;
     return 0;
 }
@@ -304,7 +410,7 @@ int nt_mqttconn_start(nt_mqttconn_t *c)
     return 0;
 }
 
-int nt_mqttconn_watch(nt_mqttconn_t *c, int want_read)
+int nt_mqttconn_watch(nt_mqttconn_t *c, int want_read, int may_write)
 {
     c->want_read = want_read;
     int fd = mosquitto_socket(c->mosq);
@@ -312,7 +418,14 @@ int nt_mqttconn_watch(nt_mqttconn_t *c, int want_read)
         nt_mqttconn_lost(c, "connection closed");
         return NT_EMQTT;
     }
-    int events = (want_read ? UV_READABLE : 0) | (mosquitto_want_write(c->mosq) ? UV_WRITABLE : 0);
+    /* Before CONNACK the queue holds only CONNECT (a reconnect clears libmosquitto's queue):
+     * always written. The socket reads until CONNACK whatever the owner wants. */
+    if (c->state != MQTTCONN_CONNECTED) {
+        may_write = 1;
+        want_read = 1;
+    }
+    int events = (want_read ? UV_READABLE : 0) |
+                 (may_write && mosquitto_want_write(c->mosq) ? UV_WRITABLE : 0);
     if (nt_fdwatch_set(&c->watch, fd, events) != 0) {
         mosquitto_disconnect(c->mosq);
         nt_mqttconn_lost(c, "could not watch the broker socket");
@@ -344,10 +457,29 @@ int nt_mqttconn_write(nt_mqttconn_t *c)
         return 0;
     }
     int rc = mosquitto_loop_write(c->mosq, 1);
+    c->last_write_us = nt_mono_us();
+    c->at_boundary = !mosquitto_want_write(c->mosq);
     if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(c->mosq) < 0) {
         nt_mqttconn_lost(c, rc != MOSQ_ERR_SUCCESS ? mosquitto_strerror(rc) : "connection closed");
         return NT_EMQTT;
     }
+    return 0;
+}
+
+int nt_mqttconn_ping(nt_mqttconn_t *c)
+{
+    static const unsigned char pingreq[2] = {0xC0, 0x00};
+    int fd = mosquitto_socket(c->mosq);
+    if (c->state != MQTTCONN_CONNECTED || !c->at_boundary || c->cfg->mqtt_tls || fd < 0) {
+        return NT_EAGAIN;
+    }
+    /* An empty socket buffer takes 2 bytes whole; anything else (EAGAIN) skips this ping
+     * rather than leave half a packet. */
+    if (send(fd, pingreq, sizeof(pingreq), MSG_DONTWAIT | MSG_NOSIGNAL) !=
+        (ssize_t)sizeof(pingreq)) {
+        return NT_EAGAIN;
+    }
+    c->last_write_us = nt_mono_us();
     return 0;
 }
 
@@ -393,6 +525,23 @@ void nt_mqttconn_hold(nt_mqttconn_t *c)
     uv_timer_stop(&c->reconnect_timer);
 }
 
+void nt_mqttconn_unhold(nt_mqttconn_t *c)
+{
+    if (!c->held) {
+        return;
+    }
+    c->held = 0;
+    if (c->state == MQTTCONN_IDLE && !uv_is_active((uv_handle_t *)&c->reconnect_timer)) {
+        c->attempts = 0;
+        mqttconn__connect(c);
+    }
+}
+
+int64_t nt_mqttconn_last_write_us(const nt_mqttconn_t *c)
+{
+    return c->last_write_us;
+}
+
 int nt_mqttconn_connected(const nt_mqttconn_t *c)
 {
     return c->state == MQTTCONN_CONNECTED;
@@ -421,6 +570,11 @@ void nt_mqttconn_close(nt_mqttconn_t *c, int graceful)
     nt_fdwatch_drop(&c->watch);
     uv_timer_stop(&c->misc_timer);
     uv_timer_stop(&c->reconnect_timer);
+    uv_timer_stop(&c->connect_timer);
+    if (c->resolving) {
+        uv_cancel((uv_req_t *)&c->resolver); /* its callback still runs, and lets go of c */
+    }
     uv_close((uv_handle_t *)&c->misc_timer, mqttconn__timer_closed);
     uv_close((uv_handle_t *)&c->reconnect_timer, mqttconn__timer_closed);
+    uv_close((uv_handle_t *)&c->connect_timer, mqttconn__timer_closed);
 }

@@ -14,24 +14,35 @@
  * that the journal never overshoots its bound by more than one burst. */
 #define MQTTSRC_BURST_MESSAGES 4096
 #define MQTTSRC_BURST_BYTES    (8u * 1024u * 1024u)
+/* Longest wait between two tries of a journal that refuses writes. */
+#define MQTTSRC_RETRY_MAX_MS 10000
 
 struct nt_mqttsrc_s {
     nt_mqttconn_t *conn;
     nt_journal_t *journal;
+    const nt_config_t *cfg;
     nt_mqttsrc_synced_cb on_synced;
     nt_mqttsrc_connected_cb on_connected;
-    nt_mqttsrc_failed_cb on_failed;
     void *data;
     nt_mqttsrc_puback_cb on_puback;
     void *puback_data;
+    uv_timer_t retry_timer; /* while the journal refuses writes: tries it again */
+    int refs;               /* the connection and the retry timer; freed when both closed */
 
-    int paused;         /* nt_mqttsrc_pause: never read again */
-    int full;           /* journal at its bound: reading suspended */
-    int journal_failed; /* an append or sync failed: never ack, drop the connection */
-    uint64_t unsynced;  /* records appended since the last sync */
+    int full;          /* journal over its bound: PUBACKs held back (backpressure) */
+    int failed;        /* the journal refused a write or sync: never ack, connection held */
+    int episode;       /* from a failure until a sync succeeds again (one ERROR log) */
+    int reading;       /* inside nt_mqttconn_read (libmosquitto's callbacks) */
+    unsigned retries;  /* journal retries since it failed */
+    uint64_t unsynced; /* records appended since the last sync */
+    uint64_t unacked;  /* messages read since the last write to the broker (PUBACKs queued) */
     uint64_t burst_bytes;
     uint64_t received;
+    int64_t failed_at_us;
+    char retry_error[512]; /* the last retry failure logged, "" when none */
 };
+
+static void mqttsrc__fail(nt_mqttsrc_t *m);
 
 /* Makes every appended record durable and tells the owner. 0, or NT_EIO (then nothing
  * appended since the last successful sync may ever be acknowledged). */
@@ -45,6 +56,13 @@ static int mqttsrc__sync(nt_mqttsrc_t *m)
         return rc;
     }
     m->unsynced = 0;
+    if (m->episode) {
+        m->episode = 0;
+        m->retries = 0;
+        nt_metrics.journal_failed = 0;
+        nt_log(NT_LOG_INFO, "mqtt", "the journal takes writes again (after %lld s)",
+               (long long)((nt_mono_us() - m->failed_at_us) / 1000000));
+    }
     nt_metrics.journal_syncs++;
     nt_metrics.journal_end = nt_journal_end(m->journal);
     nt_metrics.journal_bytes = nt_journal_bytes(m->journal);
@@ -52,44 +70,120 @@ static int mqttsrc__sync(nt_mqttsrc_t *m)
     return 0;
 }
 
-/* Makes every appended record durable, then lets libmosquitto write (PUBACKs included).
- * This is the only place that releases acknowledgements. Returns 0, or NT_EIO / NT_EMQTT
- * when nothing more can be written on this connection. */
-static int mqttsrc__flush(nt_mqttsrc_t *m)
+/* Whether libmosquitto may write now. Its one queue holds PUBACKs, pings and our publications in
+ * order; while the journal is over its bound the PUBACKs of what was read are held back, so that
+ * the broker sends no more than the receive maximum -- except once per keep-alive interval
+ * (mqttsrc__keepalive), so that the connection lives. Before CONNACK the queue holds no PUBACK. */
+static int mqttsrc__may_write(const nt_mqttsrc_t *m)
 {
-    if (m->journal_failed) {
+    return !m->full || m->unacked == 0 || !nt_mqttconn_connected(m->conn);
+}
+
+/* Makes every appended record durable, then lets libmosquitto write (PUBACKs included) when
+ * allowed, or always with force. This is the only place that releases acknowledgements. Returns
+ * 0, or NT_EIO / NT_EMQTT when nothing more can be written on this connection. */
+static int mqttsrc__flush(nt_mqttsrc_t *m, int force)
+{
+    if (m->failed) {
         return NT_EIO;
     }
-    int rc = mqttsrc__sync(m);
-    if (rc != 0) {
-        /* Never acknowledge: cut the connection so the broker redelivers. */
-        m->journal_failed = 1;
-        nt_log(NT_LOG_ERROR, "mqtt",
-               "could not sync the journal: %s; dropping the broker connection without "
-               "acknowledging %llu messages",
-               nt_journal_error(m->journal), (unsigned long long)m->unsynced);
-        nt_mqttconn_abort(m->conn);
+    if (mqttsrc__sync(m) != 0) {
+        mqttsrc__fail(m); /* never acknowledge: the broker redelivers */
         return NT_EIO;
     }
-    return nt_mqttconn_write(m->conn);
+    if (!force && !mqttsrc__may_write(m)) {
+        return 0;
+    }
+    int rc = nt_mqttconn_write(m->conn);
+    if (rc == 0 && !nt_mqttconn_want_write(m->conn)) {
+        m->unacked = 0;
+    }
+    return rc;
 }
 
 /* Watches the socket for what the source wants now (or remembers it for the next socket). */
 static void mqttsrc__watch(nt_mqttsrc_t *m)
 {
-    int want_read = !m->paused && !m->full;
+    int want_read = !m->failed;
     if (nt_mqttconn_open(m->conn)) {
-        nt_mqttconn_watch(m->conn, want_read);
+        nt_mqttconn_watch(m->conn, want_read, mqttsrc__may_write(m));
     } else {
         nt_mqttconn_want_read(m->conn, want_read);
     }
 }
 
+/* ---- a journal that cannot be written ------------------------------------------------------ */
+
+static void mqttsrc__on_retry(uv_timer_t *t)
+{
+    nt_mqttsrc_t *m = t->data;
+    if (!m->failed) {
+        return;
+    }
+    if (nt_journal_resume(m->journal) != 0) {
+        const char *why = nt_journal_error(m->journal);
+        uint64_t delay = nt_backoff_ms(1000, MQTTSRC_RETRY_MAX_MS, m->retries++);
+        int again = strcmp(why, m->retry_error) == 0;
+        nt_log(again ? NT_LOG_DEBUG : NT_LOG_WARN, "mqtt",
+               "the journal still cannot be written: %s; trying again in %llu ms", why,
+               (unsigned long long)delay);
+        snprintf(m->retry_error, sizeof(m->retry_error), "%s", why);
+        uv_timer_start(&m->retry_timer, mqttsrc__on_retry, delay, 0);
+        return;
+    }
+    m->failed = 0;
+    m->retry_error[0] = '\0';
+    nt_metrics.journal_bytes = nt_journal_bytes(m->journal);
+    nt_log(NT_LOG_INFO, "mqtt",
+           "the journal is open on a fresh segment at position %llu: reconnecting to the broker, "
+           "which redelivers what was not acknowledged",
+           (unsigned long long)nt_journal_end(m->journal));
+    nt_mqttconn_unhold(m->conn);
+}
+
+/* The journal refused a write or sync: what was read since the last sync is not durable and its
+ * PUBACKs sit in libmosquitto's queue, so nothing may be written on this connection again. Cut it
+ * (the broker redelivers everything unacknowledged; libmosquitto empties its queue when it
+ * reconnects), hold the reconnect, and try the journal again with backoff on a fresh segment
+ * (nt_journal_resume): ENOSPC is backpressure, not an exit. */
+static void mqttsrc__fail(nt_mqttsrc_t *m)
+{
+    if (m->failed) {
+        return;
+    }
+    m->failed = 1;
+    nt_metrics.journal_failures++;
+    int first = !m->episode;
+    if (first) {
+        m->episode = 1;
+        m->failed_at_us = nt_mono_us();
+        nt_metrics.journal_failed = 1;
+    }
+    /* Once per episode: failing again right after a retry is the same story. */
+    nt_log(first ? NT_LOG_ERROR : NT_LOG_DEBUG, "mqtt",
+           "the journal cannot be written: %s; dropping the broker connection without "
+           "acknowledging the %llu messages read since the last sync (the broker redelivers "
+           "them) and retrying on a fresh segment until the journal takes writes again",
+           nt_journal_error(m->journal), (unsigned long long)m->unsynced);
+    m->unsynced = 0;
+    nt_mqttconn_hold(m->conn);
+    nt_mqttconn_abort(m->conn);
+    if (!m->reading) {
+        nt_mqttconn_lost(m->conn, "the journal cannot be written");
+    }
+    uv_timer_start(&m->retry_timer, mqttsrc__on_retry,
+                   nt_backoff_ms(1000, MQTTSRC_RETRY_MAX_MS, m->retries++), 0);
+}
+
+/* ---- the connection's callbacks ----------------------------------------------------------------
+ */
+
 static void mqttsrc__on_message(nt_mqttconn_t *c, const struct mosquitto_message *msg, void *data)
 {
     nt_mqttsrc_t *m = data;
     m->received++;
-    if (m->journal_failed) {
+    m->unacked++;
+    if (m->failed) {
         return;
     }
     size_t topic_len = msg->topic != NULL ? strlen(msg->topic) : 0;
@@ -106,12 +200,7 @@ static void mqttsrc__on_message(nt_mqttconn_t *c, const struct mosquitto_message
     int rc = nt_journal_append(m->journal, nt_now_us(), msg->topic != NULL ? msg->topic : "",
                                topic_len > 65535 ? 65535 : topic_len, msg->payload, len);
     if (rc != 0) {
-        m->journal_failed = 1;
-        nt_log(NT_LOG_ERROR, "mqtt",
-               "could not append to the journal: %s; dropping the broker connection without "
-               "acknowledging",
-               nt_journal_error(m->journal));
-        nt_mqttconn_abort(m->conn);
+        mqttsrc__fail(m);
         return;
     }
     m->unsynced++;
@@ -120,16 +209,15 @@ static void mqttsrc__on_message(nt_mqttconn_t *c, const struct mosquitto_message
     nt_metrics.mqtt_bytes_received += len;
 }
 
-/* The connection is gone. Records appended in a burst that never synced are harmless (never
- * acked): the broker redelivers them. Make them durable anyway so the counters stay honest. */
+/* The connection is gone: libmosquitto drops the queued PUBACKs when it reconnects, and the
+ * broker redelivers what they would have acknowledged. Records appended in a burst that never
+ * synced are harmless (never acked); make them durable anyway so the counters stay honest. */
 static void mqttsrc__on_lost(nt_mqttconn_t *c, void *data)
 {
     nt_mqttsrc_t *m = data;
-    if (!m->journal_failed && mqttsrc__sync(m) != 0) {
-        nt_log(NT_LOG_ERROR, "mqtt",
-               "could not sync the journal: %s; the broker redelivers the %llu unacknowledged "
-               "messages",
-               nt_journal_error(m->journal), (unsigned long long)m->unsynced);
+    m->unacked = 0;
+    if (!m->failed && mqttsrc__sync(m) != 0) {
+        mqttsrc__fail(m);
     }
 }
 
@@ -149,70 +237,87 @@ static void mqttsrc__on_published(nt_mqttconn_t *c, int mid, int reason, void *d
     }
 }
 
+/* Every second (after libmosquitto's keep-alive work): while PUBACKs are held back, ping once per
+ * keep-alive interval (2 s early) ahead of them, so that the broker and libmosquitto both see the
+ * connection alive; where that cannot be done (TLS), write the queue -- PUBACKs included -- once
+ * per interval instead. */
 static void mqttsrc__on_tick(nt_mqttconn_t *c, void *data)
 {
-    nt_mqttsrc_poke(data);
+    nt_mqttsrc_t *m = data;
+    int64_t interval_us = (m->cfg->mqtt_keepalive_s - 2) * INT64_C(1000000);
+    if (!mqttsrc__may_write(m) && nt_mono_us() - nt_mqttconn_last_write_us(c) >= interval_us &&
+        nt_mqttconn_ping(c) != 0 && mqttsrc__flush(m, 1) != 0) {
+        return;
+    }
+    nt_mqttsrc_poke(m);
+}
+
+static void mqttsrc__unref(nt_mqttsrc_t *m)
+{
+    if (--m->refs == 0) {
+        free(m);
+    }
 }
 
 /* The connection's handles are closed: nothing can call the source any more. */
 static void mqttsrc__on_closed(nt_mqttconn_t *c, void *data)
 {
-    free(data);
+    mqttsrc__unref(data);
 }
 
-/* Reads up to one burst of packets, journals them, syncs once, then acks them all.
- * libmosquitto reads one packet per mosquitto_loop_read() call and its errno is no
- * guide (the wake-up socketpair of threaded mode fills up), so the socket's receive
+static void mqttsrc__retry_closed(uv_handle_t *h)
+{
+    mqttsrc__unref(h->data);
+}
+
+/* Reads up to one burst of packets, journals them, syncs once, then acks them all (unless
+ * PUBACKs are held back). libmosquitto reads one packet per mosquitto_loop_read() call and its
+ * errno is no guide (the wake-up socketpair of threaded mode fills up), so the socket's receive
  * queue tells when the burst is over. */
 static void mqttsrc__read_burst(nt_mqttsrc_t *m)
 {
     uint64_t start = m->received;
     m->burst_bytes = 0;
+    int rc;
     do {
-        if (nt_mqttconn_read(m->conn) != 0) {
-            return; /* whatever this burst appended was never acknowledged: redelivered */
-        }
-    } while (nt_mqttconn_open(m->conn) && !m->journal_failed &&
+        m->reading = 1;
+        rc = nt_mqttconn_read(m->conn);
+        m->reading = 0;
+    } while (rc == 0 && nt_mqttconn_open(m->conn) && !m->failed &&
              m->received - start < MQTTSRC_BURST_MESSAGES && m->burst_bytes < MQTTSRC_BURST_BYTES &&
-             !nt_journal_full(m->journal) && nt_mqttconn_pending(m->conn) > 0);
-    if (!nt_mqttconn_open(m->conn) || mqttsrc__flush(m) != 0) {
+             (m->full || !nt_journal_full(m->journal)) && nt_mqttconn_pending(m->conn) > 0);
+    if (m->failed) {
+        nt_mqttconn_lost(m->conn, "the journal cannot be written");
         return;
     }
+    if (rc != 0 || !nt_mqttconn_open(m->conn)) {
+        return; /* whatever this burst appended was never acknowledged: redelivered */
+    }
     if (!m->full && nt_journal_full(m->journal)) {
+        /* Before the flush: this burst's PUBACKs are the first held back. */
         m->full = 1;
         nt_metrics.backpressure = 1;
         nt_metrics.backpressure_episodes++;
         nt_log(NT_LOG_WARN, "mqtt",
-               "journal is full (%llu bytes): pausing reads from the broker until the database "
-               "catches up",
-               (unsigned long long)nt_journal_bytes(m->journal));
+               "journal is full (%llu bytes): holding PUBACKs back until the database catches up "
+               "(the broker may send at most mqtt.receive_maximum = %lld messages unacknowledged)",
+               (unsigned long long)nt_journal_bytes(m->journal),
+               (long long)m->cfg->mqtt_receive_maximum);
     }
-}
-
-/* The journal refused a write: nothing read since the last sync is acknowledged; drop the
- * connection (the broker redelivers), never reconnect, and let the owner stop the process. */
-static void mqttsrc__journal_failed(nt_mqttsrc_t *m)
-{
-    nt_mqttconn_hold(m->conn);
-    nt_mqttconn_lost(m->conn, "the journal cannot be written");
-    if (m->on_failed != NULL) {
-        nt_mqttsrc_failed_cb cb = m->on_failed;
-        m->on_failed = NULL;
-        cb(m, m->data);
-    }
+    mqttsrc__flush(m, 0);
 }
 
 static void mqttsrc__on_io(nt_mqttconn_t *c, int status, int events, void *data)
 {
     nt_mqttsrc_t *m = data;
-    if (m->journal_failed) {
-        mqttsrc__journal_failed(m);
+    if (m->failed) {
+        nt_mqttconn_lost(c, "the journal cannot be written");
         return;
     }
     if (status < 0) {
         events = UV_READABLE; /* let libmosquitto find out what happened on the socket */
     }
-    if ((events & UV_WRITABLE) && mqttsrc__flush(m) != 0) {
+    if ((events & UV_WRITABLE) && mqttsrc__flush(m, 0) != 0) {
         return;
     }
     if ((events & UV_READABLE) && nt_mqttconn_open(c)) {
@@ -242,6 +347,7 @@ int nt_mqttsrc_init(uv_loop_t *loop, nt_mqttsrc_t **out, const nt_config_t *cfg,
         return NT_ENOMEM;
     }
     m->journal = journal;
+    m->cfg = cfg;
     m->on_synced = on_synced;
     m->data = data;
     int rc = nt_mqttconn_init(loop, &m->conn, cfg, &cbs, m);
@@ -249,15 +355,16 @@ int nt_mqttsrc_init(uv_loop_t *loop, nt_mqttsrc_t **out, const nt_config_t *cfg,
         free(m);
         return rc;
     }
+    uv_timer_init(loop, &m->retry_timer);
+    m->retry_timer.data = m;
+    m->refs = 2;
     *out = m;
     return 0;
 }
 
-void nt_mqttsrc_set_callbacks(nt_mqttsrc_t *m, nt_mqttsrc_connected_cb on_connected,
-                              nt_mqttsrc_failed_cb on_failed)
+void nt_mqttsrc_set_connected_cb(nt_mqttsrc_t *m, nt_mqttsrc_connected_cb on_connected)
 {
     m->on_connected = on_connected;
-    m->on_failed = on_failed;
 }
 
 void nt_mqttsrc_set_puback_cb(nt_mqttsrc_t *m, nt_mqttsrc_puback_cb cb, void *data)
@@ -273,7 +380,7 @@ int nt_mqttsrc_publish(nt_mqttsrc_t *m, const char *topic, const void *payload, 
     if (rc != 0) {
         return rc;
     }
-    if (mqttsrc__flush(m) == 0) {
+    if (mqttsrc__flush(m, 0) == 0) {
         mqttsrc__watch(m);
     }
     return 0;
@@ -289,32 +396,32 @@ void nt_mqttsrc_poke(nt_mqttsrc_t *m)
     if (m->full && !nt_journal_full(m->journal)) {
         m->full = 0;
         nt_metrics.backpressure = 0;
-        nt_log(NT_LOG_INFO, "mqtt", "journal below its bound again (%llu bytes): resuming reads",
+        nt_log(NT_LOG_INFO, "mqtt",
+               "journal below its bound again (%llu bytes): acknowledging at full speed",
                (unsigned long long)nt_journal_bytes(m->journal));
     }
-    if (nt_mqttconn_open(m->conn) && nt_mqttconn_want_write(m->conn) && mqttsrc__flush(m) != 0) {
+    if (nt_mqttconn_open(m->conn) && nt_mqttconn_want_write(m->conn) && mqttsrc__flush(m, 0) != 0) {
         return;
     }
     mqttsrc__watch(m);
 }
 
-void nt_mqttsrc_pause(nt_mqttsrc_t *m)
-{
-    m->paused = 1;
-    if (!nt_mqttconn_open(m->conn) || mqttsrc__flush(m) == 0) {
-        mqttsrc__watch(m);
-    }
-}
-
 int nt_mqttsrc_ready(const nt_mqttsrc_t *m)
 {
-    return nt_mqttconn_connected(m->conn);
+    return nt_mqttconn_connected(m->conn) && !m->failed;
+}
+
+const char *nt_mqttsrc_journal_failure(const nt_mqttsrc_t *m)
+{
+    return m->failed ? nt_journal_error(m->journal) : NULL;
 }
 
 void nt_mqttsrc_close(nt_mqttsrc_t *m)
 {
     /* DISCONNECT only after everything read is durable: its write also sends the PUBACKs. */
     int graceful =
-        nt_mqttconn_connected(m->conn) && nt_mqttconn_open(m->conn) && mqttsrc__flush(m) == 0;
-    nt_mqttconn_close(m->conn, graceful); /* frees m in mqttsrc__on_closed */
+        nt_mqttconn_connected(m->conn) && nt_mqttconn_open(m->conn) && mqttsrc__flush(m, 1) == 0;
+    nt_mqttconn_close(m->conn, graceful);
+    uv_timer_stop(&m->retry_timer);
+    uv_close((uv_handle_t *)&m->retry_timer, mqttsrc__retry_closed); /* m freed once both closed */
 }

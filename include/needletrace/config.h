@@ -26,10 +26,12 @@ typedef struct {
     char *mqtt_ca_file;
     char *mqtt_cert_file;
     char *mqtt_key_file;
-    int64_t mqtt_keepalive_s;      /* default 30, 5..3600 */
-    int64_t mqtt_session_expiry_s; /* MQTT v5 session expiry; default 86400 */
-    int64_t mqtt_reconnect_min_ms; /* default 250 */
-    int64_t mqtt_reconnect_max_ms; /* default 30000 */
+    int64_t mqtt_keepalive_s;        /* default 30, 5..3600 */
+    int64_t mqtt_session_expiry_s;   /* MQTT v5 session expiry; default 86400 */
+    int64_t mqtt_receive_maximum;    /* default 1000, 1..65535 */
+    int64_t mqtt_connect_timeout_ms; /* default 10000 */
+    int64_t mqtt_reconnect_min_ms;   /* default 250 */
+    int64_t mqtt_reconnect_max_ms;   /* default 30000 */
     /* [collector] */
     char *collector_id; /* default: host name; [A-Za-z0-9._-]{1,64} */
     /* [database] */

@@ -70,6 +70,17 @@ int nt_journal_append(nt_journal_t *j, int64_t received_us, const char *topic, s
  * then nothing appended since the last successful sync may be acknowledged. */
 int nt_journal_sync(nt_journal_t *j);
 
+/* After a failed write or sync (the journal refuses appends): forgets what was appended since
+ * the last successful sync -- never acknowledged, so the broker redelivers it --, cuts the newest
+ * segment back to what was synced, and starts a fresh segment at the durable end (an fdatasync
+ * that failed leaves that segment's later pages in doubt: they are never trusted again).
+ * 0 when appends are accepted again; NT_EIO (described for nt_journal_error) when the disk still
+ * refuses: try again later. 0 at once when the journal has not failed. */
+int nt_journal_resume(nt_journal_t *j);
+
+/* 1 while the journal refuses appends after a failed write or sync. */
+int nt_journal_failed(const nt_journal_t *j);
+
 /* Reads the durable record at pos into *rec. The record's pointers stay valid until the
  * next nt_journal_read/nt_journal_release/nt_journal_close on this journal.
  * Returns 1 when a record was read, 0 when pos == nt_journal_end(j) (nothing more yet),

@@ -16,8 +16,10 @@ typedef struct {
     uint64_t mqtt_connects;
     uint64_t mqtt_connection_losses;
     int mqtt_connected;
-    int backpressure; /* 1 while reading from the broker is paused because the journal is full */
+    int backpressure; /* 1 while PUBACKs are held back because the journal is over its bound */
     uint64_t backpressure_episodes;
+    int journal_failed; /* 1 while the journal refuses writes */
+    uint64_t journal_failures;
     /* journal */
     uint64_t journal_syncs;
     uint64_t journal_bytes;      /* gauge */

@@ -1,8 +1,9 @@
 /* mqttconn.h -- one MQTT connection on the loop: libmosquitto client, connect, reconnect, TLS.
  *
  * Owns the libmosquitto handle (MQTT v5, fixed client id, persistent session with an expiry,
- * QoS 1, credentials and TLS from the configuration), connects without blocking the loop after
- * the first attempt, reconnects with capped exponential backoff and jitter, keeps the session
+ * QoS 1, credentials and TLS from the configuration), connects without ever blocking the loop
+ * (the name is looked up with uv_getaddrinfo, the socket is non-blocking, mqtt.connect_timeout_ms
+ * bounds an attempt), reconnects with capped exponential backoff and jitter, keeps the session
  * alive (mosquitto_loop_misc every second) and subscribes to the configured topic (as
  * $share/<group>/... when a share group is set) after every CONNACK.
  *
@@ -14,6 +15,7 @@
 #define NEEDLETRACE_MQTTCONN_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <uv.h>
 
 #include "needletrace/config.h"
@@ -50,10 +52,11 @@ int nt_mqttconn_init(uv_loop_t *loop, nt_mqttconn_t **out, const nt_config_t *cf
 int nt_mqttconn_start(nt_mqttconn_t *c);
 
 /* Sets what the owner wants to hear about: UV_READABLE when want_read, UV_WRITABLE whenever
- * libmosquitto has bytes to write. want_read also applies to the socket of the next connection
- * attempt (1 until the owner says otherwise). Returns 0, or NT_EMQTT when the connection was
- * lost (the loss is handled: on_lost was called). */
-int nt_mqttconn_watch(nt_mqttconn_t *c, int want_read);
+ * libmosquitto has bytes to write and may_write allows it (before CONNACK the socket is always
+ * read and written: only CONNECT and CONNACK pass). want_read also applies to the socket of the
+ * next connection attempt (1 until the owner says otherwise). Returns 0, or NT_EMQTT when the
+ * connection was lost (the loss is handled: on_lost was called). */
+int nt_mqttconn_watch(nt_mqttconn_t *c, int want_read, int may_write);
 
 /* Records whether the owner wants to read, for the socket of the next connection attempt,
  * without touching the current one (for use while no socket is open). */
@@ -66,6 +69,14 @@ int nt_mqttconn_read(nt_mqttconn_t *c);
 /* Writes what libmosquitto queued (PUBACKs, publications, pings). The owner calls it only
  * once every message read so far is durable. 0, or NT_EMQTT when the connection was lost. */
 int nt_mqttconn_write(nt_mqttconn_t *c);
+
+/* Sends a PINGREQ ahead of what libmosquitto has queued (its one queue keeps packets in order, so
+ * its own PINGREQ waits behind the PUBACKs an owner holds back): written straight to the socket,
+ * only at a packet boundary (the last write left nothing half written) and only in plain TCP (a
+ * TLS stream belongs to libmosquitto). The PINGRESP is read as usual, which keeps both the broker's
+ * and libmosquitto's keep-alive satisfied. 0, or NT_EAGAIN when it cannot be done now (then write
+ * the queue instead). */
+int nt_mqttconn_ping(nt_mqttconn_t *c);
 
 /* 1 when libmosquitto has bytes queued for the broker. */
 int nt_mqttconn_want_write(const nt_mqttconn_t *c);
@@ -87,8 +98,14 @@ void nt_mqttconn_abort(nt_mqttconn_t *c);
  * schedules a reconnect (unless held or closing). Safe to call more than once. */
 void nt_mqttconn_lost(nt_mqttconn_t *c, const char *why);
 
-/* No further connection attempts (e.g. after the journal failed). */
+/* No further connection attempts (e.g. while the journal cannot be written). */
 void nt_mqttconn_hold(nt_mqttconn_t *c);
+
+/* Ends a hold: connects at once when no attempt is under way. */
+void nt_mqttconn_unhold(nt_mqttconn_t *c);
+
+/* Monotonic time (nt_mono_us) of the last write to the broker; 0 before the first. */
+int64_t nt_mqttconn_last_write_us(const nt_mqttconn_t *c);
 
 /* 1 after CONNACK, until the connection is lost or closed. */
 int nt_mqttconn_connected(const nt_mqttconn_t *c);

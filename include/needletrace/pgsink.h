@@ -69,11 +69,19 @@ void nt_pgsink_request_undelivered(nt_pgsink_t *s);
 int nt_pgsink_start(nt_pgsink_t *s);
 /* Tells the sink that the journal's durable end moved. Cheap; call after every sync. */
 void nt_pgsink_wakeup(nt_pgsink_t *s);
-/* Commits everything durable now, then runs one last small transaction that marks this replica
- * stopped (collector_stopped: its undelivered alerts go to the other replicas at once) and
- * records the alert deliveries still waiting, then calls cb -- at once when ingest is stopped by
- * a checkpoint mismatch; the owner bounds the wait otherwise. */
+/* Commits everything durable now (up to the journal end at the call; what is journaled later
+ * stays for the next start), then calls cb -- at once, with NT_EDB, when ingest is stopped by a
+ * checkpoint mismatch; the owner bounds the wait otherwise. */
 void nt_pgsink_drain(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
+
+/* The last step of a graceful stop, in one transaction now: records in the database the
+ * deliveries and refusals of alerts the broker answered so far (a restart then does not publish
+ * them again) and marks this replica stopped (collector_stopped: the other replicas take its
+ * undelivered alerts over at once; no heartbeat follows). cb gets 0 once committed, or NT_EDB when
+ * the database cannot take it now (not connected, ingest stopped, or the transaction failed: those
+ * alerts are published again later, at least once, and the others take over once the heartbeat
+ * is older than replica_gone_after). */
+void nt_pgsink_record_deliveries(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *data);
 /* 1 when connected and the checkpoint is read (whether it fits the journal or not: see
  * nt_pgsink_stalled). */
 int nt_pgsink_ready(const nt_pgsink_t *s);

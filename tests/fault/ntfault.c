@@ -6,6 +6,11 @@
  * received from the broker but are neither durable nor acknowledged, so a correct collector
  * gets them again from the broker after a restart.
  *
+ * NTFAULT_ENOSPC_FILE=PATH: while PATH exists, every write to a journal segment (or to a segment
+ * being created) and every fdatasync of one fails with ENOSPC -- a full disk that can be emptied
+ * again by deleting PATH. NTFAULT_EIO_SYNC_FILE=PATH: while PATH exists, fdatasync of a journal
+ * segment fails with EIO (the write itself succeeded: its pages are in doubt).
+ *
  * It also wraps getaddrinfo(3): with NTFAULT_GETADDRINFO_HOST=name and
  * NTFAULT_GETADDRINFO_DELAY_MS=N, a lookup of that name sleeps N ms first (a resolver that does
  * not answer), on whichever thread makes it. */
@@ -13,6 +18,7 @@
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
+#include <errno.h>
 #include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
@@ -26,8 +32,8 @@ typedef ssize_t (*ntfault_pwrite_fn)(int, const void *, size_t, off_t);
 
 static unsigned long ntfault_journal_writes;
 
-/* 1 when fd is open on a journal segment. */
-static int ntfault_is_journal(int fd)
+/* 1 when fd is open on a journal segment (with tmp: or on one being created). */
+static int ntfault_is_journal_file(int fd, int tmp)
 {
     char link[64], path[4096];
     snprintf(link, sizeof(link), "/proc/self/fd/%d", fd);
@@ -36,7 +42,20 @@ static int ntfault_is_journal(int fd)
         return 0;
     }
     path[n] = '\0';
-    return strcmp(path + n - 4, ".ntj") == 0;
+    return strcmp(path + n - 4, ".ntj") == 0 ||
+           (tmp && n >= 8 && strcmp(path + n - 8, ".ntj.tmp") == 0);
+}
+
+static int ntfault_is_journal(int fd)
+{
+    return ntfault_is_journal_file(fd, 0);
+}
+
+/* 1 when the control file named by the environment variable var exists. */
+static int ntfault_armed(const char *var)
+{
+    const char *path = getenv(var);
+    return path != NULL && access(path, F_OK) == 0;
 }
 
 static void ntfault_before_write(int fd)
@@ -53,6 +72,32 @@ static void ntfault_before_write(int fd)
     }
 }
 
+/* 1 (errno ENOSPC) when a write to fd must fail as on a full disk. */
+static int ntfault_disk_full(int fd)
+{
+    if (ntfault_armed("NTFAULT_ENOSPC_FILE") && ntfault_is_journal_file(fd, 1)) {
+        errno = ENOSPC;
+        return 1;
+    }
+    return 0;
+}
+
+int fdatasync(int fd)
+{
+    static int (*real)(int);
+    if (real == NULL) {
+        real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+    }
+    if (ntfault_disk_full(fd)) {
+        return -1;
+    }
+    if (ntfault_armed("NTFAULT_EIO_SYNC_FILE") && ntfault_is_journal(fd)) {
+        errno = EIO;
+        return -1;
+    }
+    return real(fd);
+}
+
 ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
 {
     static ntfault_pwrite_fn real;
@@ -60,6 +105,9 @@ ssize_t pwrite(int fd, const void *buf, size_t count, off_t offset)
         real = (ntfault_pwrite_fn)dlsym(RTLD_NEXT, "pwrite");
     }
     ntfault_before_write(fd);
+    if (ntfault_disk_full(fd)) {
+        return -1;
+    }
     return real(fd, buf, count, offset);
 }
 
@@ -70,6 +118,9 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
         real = (ntfault_pwrite_fn)dlsym(RTLD_NEXT, "pwrite64");
     }
     ntfault_before_write(fd);
+    if (ntfault_disk_full(fd)) {
+        return -1;
+    }
     return real(fd, buf, count, offset);
 }
 
