@@ -24,8 +24,8 @@ typedef struct {
 
 static const nt_opt_t accept__options[] = {
     {"reason", NT_OPT_STRING, offsetof(accept__opts_t, reason), 0, 0, 0, 0, NULL, "TEXT",
-     "why the journal's unaccounted positions are accepted (stored with the reset, e.g. the\n"
-     "incident or ticket); default empty",
+     "why the unaccounted positions are accepted, stored with\n"
+     "the reset (the incident, a ticket); default empty",
      NULL},
     {"help", NT_OPT_HELP, 0, 0, 0, 0, 0, NULL, NULL, "print this help", NULL},
     {NULL, NT_OPT_END, 0, 0, 0, 0, 0, NULL, NULL, NULL, NULL},
