@@ -442,7 +442,7 @@ int nt_cmd_alerts(int argc, char **argv, char *const *envp)
     }
     rc = alerts__parse(argc, argv, &is_list, &lo, &ao);
     if (rc == 0) {
-        rc = nt_alerts__connect(cfg.database_url, &conn);
+        rc = nt_cmd_connect(cfg.database_url, "needletrace-alerts", &conn);
     }
     nt_config_close(&cfg);
     if (rc != 0) {

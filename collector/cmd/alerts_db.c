@@ -15,65 +15,8 @@
 #include "needletrace/pqutil.h"
 
 #define ALERTS__ACK_ATTEMPTS 3 /* tries of the ack insert on a key collision */
-/* libpq's own connect_timeout default is "wait forever"; a conninfo that sets one wins. */
-#define ALERTS__CONNECT_TIMEOUT "10"
 /* Timestamps in the table, in the session's time zone (PGTZ or the server's TimeZone). */
 #define ALERTS__TS_FORMAT "'YYYY-MM-DD HH24:MI:SSOF'"
-
-/* ---- connection ------------------------------------------------------------------------- */
-
-/* See alerts_internal.h. */
-int nt_alerts__connect(const char *conninfo, PGconn **out)
-{
-    char *perr = NULL;
-    PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
-    if (opts == NULL) {
-        /* The parser's message may quote the string, password and all: keep it out. */
-        fprintf(stderr, "needletrace: invalid value for database.url: not a valid libpq "
-                        "connection string or URI\n");
-        PQfreemem(perr);
-        return NT_ECONFIG;
-    }
-    PQconninfoFree(opts);
-
-    /* Later entries override earlier ones, and dbname expands into the whole conninfo: a
-     * connect_timeout of the user's wins over ours; client_encoding is ours (UTF-8 in, UTF-8
-     * out, whatever PGCLIENTENCODING says). */
-    const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname",
-                                NT_PQUTIL_ENCODING_KEY, NULL};
-    const char *const values[] = {ALERTS__CONNECT_TIMEOUT, "needletrace-alerts", conninfo,
-                                  NT_PQUTIL_ENCODING_VALUE, NULL};
-    PGconn *conn = PQconnectdbParams(keys, values, 1);
-    if (conn == NULL) {
-        fprintf(stderr, "needletrace: could not connect to the database: out of memory\n");
-        return NT_EDB;
-    }
-    if (PQstatus(conn) != CONNECTION_OK) {
-        char buf[512];
-        /* libpq says "connection to server at "H", port P failed: FATAL:  why": the target is
-         * named below already, keep the why. */
-        const char *why = PQerrorMessage(conn);
-        const char *failed = strstr(why, " failed: ");
-        if (strncmp(why, "connection to server ", 21) == 0 && failed != NULL &&
-            failed < why + strcspn(why, "\n")) {
-            why = failed + 9;
-        }
-        const char *host = PQhost(conn);
-        const char *port = PQport(conn);
-        const char *db = PQdb(conn);
-        const char *user = PQuser(conn);
-        fprintf(stderr,
-                "needletrace: could not connect to database \"%s\" on %s%s%s as user \"%s\": %s\n",
-                db != NULL ? db : "", host != NULL && host[0] != '\0' ? host : "localhost",
-                port != NULL && port[0] != '\0' ? ":" : "", port != NULL ? port : "",
-                user != NULL ? user : "", nt_pqutil_message(why, buf, sizeof(buf)));
-        PQfinish(conn);
-        return NT_EDB;
-    }
-    PQsetNoticeProcessor(conn, nt_pqutil_notice, (void *)"alerts");
-    *out = conn;
-    return 0;
-}
 
 /* Prints "needletrace: could not <what>: <server message>", with a hint when the schema is
  * older than this command (relations of migration 002 missing). */

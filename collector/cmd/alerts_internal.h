@@ -40,11 +40,6 @@ size_t nt_alerts__utf8_decode(const unsigned char *s, uint32_t *cp);
 /* Returns 1 for Unicode category Cc (C0 controls, DEL, C1 controls), else 0. */
 int nt_alerts__is_control(uint32_t cp);
 
-/* Connects to conninfo (a libpq string or URI). Returns 0 with *out set; NT_ECONFIG when
- * conninfo is not valid libpq syntax, NT_EDB when the server could not be reached or refused
- * us: both after printing an error that names the target (never the password). */
-int nt_alerts__connect(const char *conninfo, PGconn **out);
-
 /* `alerts list`: prints the table (or JSON lines) to stdout. Returns 0; NT_EINVAL when the
  * server rejects --since; NT_EDB or NT_ENOMEM; each after printing why to stderr. */
 int nt_alerts__list(PGconn *conn, const nt_alerts__list_opts_t *o);

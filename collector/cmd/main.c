@@ -20,7 +20,8 @@ static void main__usage(FILE *out)
                  "  simulate      publish telemetry from a simulated fleet\n"
                  "  check-config  validate the configuration and print it\n"
                  "  alerts        list and acknowledge compliance alerts\n"
-                 "  journal       check a journal directory, salvage a damaged one\n"
+                 "  journal       check a journal directory, salvage a damaged one, accept a\n"
+                 "                journal that does not fit the database's checkpoint\n"
                  "  version       print the version\n\n"
                  "Run 'needletrace COMMAND --help' for the options of a command.\n");
 }
@@ -48,6 +49,9 @@ int main(int argc, char **argv)
         return nt_cmd_alerts(argc - 1, argv + 1, environ);
     }
     if (strcmp(cmd, "journal") == 0) {
+        if (argc > 2 && strcmp(argv[2], "accept") == 0) {
+            return nt_cmd_journal_accept(argc - 2, argv + 2, environ);
+        }
         return nt_cmd_journal(argc - 1, argv + 1, environ);
     }
     if (strcmp(cmd, "version") == 0 || strcmp(cmd, "--version") == 0) {

@@ -199,6 +199,15 @@ static void run__on_drain_poll(uv_timer_t *t)
 static void run__on_drained(nt_pgsink_t *s, int status, void *data)
 {
     run_t *r = data;
+    if (status != 0) {
+        nt_log(NT_LOG_WARN, "run",
+               "exiting without committing: ingest is stopped (see the checkpoint error above); "
+               "the journal keeps its positions [%llu, %llu)",
+               (unsigned long long)nt_journal_start(r->journal),
+               (unsigned long long)nt_journal_end(r->journal));
+        run__finish(r);
+        return;
+    }
     uv_timer_start(&r->drain_poll, run__on_drain_poll, 0, 20);
 }
 
@@ -252,9 +261,12 @@ static int run__open(run_t *r)
         .max_delay_ms = (uint32_t)r->cfg.batch_max_delay_ms,
         .reconnect_min_ms = (uint32_t)r->cfg.mqtt_reconnect_min_ms,
         .reconnect_max_ms = (uint32_t)r->cfg.mqtt_reconnect_max_ms,
+        .statement_timeout_ms = (uint64_t)r->cfg.database_statement_timeout_ms,
+        .watchdog_ms = (uint64_t)r->cfg.database_watchdog_ms,
     };
-    if (nt_pgsink_init(&r->loop, &r->sink, &sopts, r->journal, run__on_commit, r) != 0) {
-        nt_log(NT_LOG_ERROR, "run", "could not start the database sink: out of memory");
+    int rc = nt_pgsink_init(&r->loop, &r->sink, &sopts, r->journal, run__on_commit, r);
+    if (rc != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not start the database sink: %s", nt_strerror(rc));
         return 1;
     }
     nt_pgsink_set_alerts_cb(r->sink, run__on_alerts);

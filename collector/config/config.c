@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <libpq-fe.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -439,6 +440,31 @@ static int config__check_journal(const nt_config_t *cfg, char *err, size_t errle
     return 0;
 }
 
+/* The connection string parses (without quoting it: it may hold a password), and the watchdog
+ * gives the server's statement timeout room to fire first. 0 or NT_ECONFIG. */
+static int config__check_database(const nt_config_t *cfg, char *err, size_t errlen)
+{
+    char *perr = NULL;
+    PQconninfoOption *parsed = PQconninfoParse(cfg->database_url, &perr);
+    if (parsed == NULL) {
+        PQfreemem(perr);
+        return nt_config__bad(err, errlen, config__key("database.url"), NT_CONFIG__REDACTED,
+                              "configuration", "not a valid libpq connection string or URI");
+    }
+    PQconninfoFree(parsed);
+    if (cfg->database_statement_timeout_ms != 0 &&
+        cfg->database_watchdog_ms <= cfg->database_statement_timeout_ms) {
+        char value[32];
+        char with[80];
+        snprintf(value, sizeof(value), "%" PRId64, cfg->database_watchdog_ms);
+        snprintf(with, sizeof(with), "database.statement_timeout_ms is %" PRId64,
+                 cfg->database_statement_timeout_ms);
+        return nt_config__bad(err, errlen, config__key("database.watchdog_ms"), value, with,
+                              "must exceed database.statement_timeout_ms");
+    }
+    return 0;
+}
+
 /* Derives http host and port (0 = off) from http.listen. 0 or NT_ECONFIG. */
 static int config__check_http(nt_config_t *cfg, char *err, size_t errlen)
 {
@@ -503,6 +529,7 @@ int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
         (rc = config__derive_client_id(cfg, err, errlen)) != 0 ||
         (rc = config__check_mqtt(cfg, err, errlen)) != 0 ||
         (rc = config__check_journal(cfg, err, errlen)) != 0 ||
+        (rc = config__check_database(cfg, err, errlen)) != 0 ||
         (rc = config__check_http(cfg, err, errlen)) != 0 ||
         (rc = config__read_password(cfg, err, errlen)) != 0 ||
         (rc = config__check_credentials(cfg, err, errlen)) != 0) {

@@ -94,6 +94,18 @@ const nt_config__key_t nt_config__keys[] = {
     CONFIG__STR("database", "url", database_url, "postgresql:///needletrace", NULL, 0, NULL,
                 "libpq connection string or URI. A password in it is redacted when printed; "
                 "prefer a ~/.pgpass file or PGPASSWORD."),
+    CONFIG__NUM("database", "statement_timeout_ms", NT_CONFIG__INT, database_statement_timeout_ms,
+                "30000", 0, 3600000,
+                "PostgreSQL statement_timeout of the collector's connection, in milliseconds: a "
+                "statement that runs longer (e.g. waiting for a lock) is cancelled by the server, "
+                "and its batch is retried in smaller batches while /readyz says the database is "
+                "slow. 0: no timeout."),
+    CONFIG__NUM("database", "watchdog_ms", NT_CONFIG__INT, database_watchdog_ms, "120000", 1000,
+                86400000,
+                "A transaction without an answer from the database for this long has its "
+                "statement cancelled (a cancel request); without an answer 5 s later the "
+                "connection is dropped and made again. Must exceed "
+                "database.statement_timeout_ms."),
     CONFIG__STR("journal", "dir", journal_dir, "/var/lib/needletrace/journal", NULL, 0, NULL,
                 "Durable spool directory (created with mode 0700). One collector per directory."),
     CONFIG__NUM("journal", "max_bytes", NT_CONFIG__SIZE, journal_max_bytes, "1GiB",

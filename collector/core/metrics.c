@@ -90,6 +90,20 @@ size_t nt_metrics_render(char *buf, size_t buflen)
     metrics__one(&o, "db_stalled", "gauge",
                  "1 while the database refuses batches for a reason no message causes.",
                  (uint64_t)m->db_stalled);
+    metrics__one(&o, "db_checkpoint_mismatch", "gauge",
+                 "1 while ingest is stopped because the database checkpoint does not fit the "
+                 "journal (see the log; resolve with needletrace journal accept).",
+                 (uint64_t)m->db_checkpoint_mismatch);
+    metrics__one(&o, "db_slow", "gauge",
+                 "1 from a statement cancelled for running too long (database.statement_timeout_ms "
+                 "or the watchdog) until the next commit; batches are retried smaller meanwhile.",
+                 (uint64_t)m->db_slow);
+    metrics__one(&o, "db_statement_timeouts_total", "counter",
+                 "Statements cancelled for running too long (SQLSTATE 57014).",
+                 m->db_statement_timeouts);
+    metrics__one(&o, "db_cancel_requests_total", "counter",
+                 "Cancel requests the watchdog sent for a statement without an answer.",
+                 m->db_cancel_requests);
     metrics__one(&o, "db_maintenance_failures_total", "counter",
                  "Alert bookkeeping transactions rolled back (retried after a backoff).",
                  m->db_maintenance_failures);

@@ -5,14 +5,18 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "needletrace/bgcall.h"
 #include "needletrace/common.h"
 #include "needletrace/fdwatch.h"
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
+#include "needletrace/pglookup.h"
+#include "needletrace/pgparams.h"
 #include "needletrace/pqutil.h"
 
 typedef enum {
     PGCONN_WAITING = 0, /* disconnected; the retry timer will connect */
+    PGCONN_RESOLVING,   /* looking the host names up (pglookup.h) */
     PGCONN_CONNECTING,  /* PQconnectPoll in progress */
     PGCONN_READY,       /* connected */
     PGCONN_CLOSED,
@@ -20,7 +24,7 @@ typedef enum {
 
 struct nt_pgconn_s {
     uv_loop_t *loop;
-    char *conninfo;
+    nt_pgparams_t params;
     uint32_t reconnect_min_ms;
     uint32_t reconnect_max_ms;
     nt_pgconn_cbs_t cbs;
@@ -33,8 +37,12 @@ struct nt_pgconn_s {
     uint64_t watchdog_ms;
     int handles_open;
     pgconn_state_t state;
-    int in_flight;     /* a command was sent and has not finished */
-    unsigned attempts; /* consecutive failures, for the backoff */
+    int in_flight;       /* a command was sent and has not finished */
+    int cancelling;      /* the watchdog fired and sent a cancel request: in its grace */
+    nt_bgcall_t *cancel; /* the cancel request in flight (NULL when none) */
+    nt_bgcall_t *lookup; /* the host name lookup in flight (NULL when none) */
+    char addrs[512];     /* the addresses last looked up, as logged */
+    unsigned attempts;   /* consecutive failures, for the backoff */
     char error[512];
 };
 
@@ -44,7 +52,7 @@ static void pgconn__timer_closed(uv_handle_t *h)
 {
     nt_pgconn_t *c = h->data;
     if (--c->handles_open == 0) {
-        free(c->conninfo);
+        nt_pgparams_close(&c->params);
         free(c);
     }
 }
@@ -95,13 +103,95 @@ static void pgconn__schedule_retry(nt_pgconn_t *c)
     uv_timer_start(&c->retry_timer, pgconn__on_retry_timer, delay, 0);
 }
 
+/* A cancel request on its thread: PQcancel's result. */
+typedef struct {
+    PGcancel *cancel;
+    int pid;
+    int ok;
+    char err[256];
+} pgconn__cancel_t;
+
+static void pgconn__cancel_run(void *arg)
+{
+    pgconn__cancel_t *x = arg;
+    x->ok = PQcancel(x->cancel, x->err, sizeof(x->err));
+}
+
+static void pgconn__cancel_free(void *arg)
+{
+    pgconn__cancel_t *x = arg;
+    PQfreeCancel(x->cancel);
+    free(x);
+}
+
+static void pgconn__cancel_done(nt_bgcall_t *b, void *arg, void *data)
+{
+    nt_pgconn_t *c = data;
+    pgconn__cancel_t *x = arg;
+    c->cancel = NULL;
+    if (!x->ok) {
+        char buf[256];
+        nt_log(NT_LOG_WARN, "db", "could not send the cancel request for backend %d: %s", x->pid,
+               nt_pqutil_message(x->err, buf, sizeof(buf)));
+    }
+}
+
+/* Stops waiting for a cancel request in flight; it is still sent, on its thread. */
+static void pgconn__forget_cancel(nt_pgconn_t *c)
+{
+    nt_bgcall_abandon(c->cancel);
+    c->cancel = NULL;
+    c->cancelling = 0;
+}
+
+/* Sends a cancel request for the statement in flight, without blocking the loop. 0, or NT_E*
+ * when it could not be started (the caller drops the connection). */
+static int pgconn__send_cancel(nt_pgconn_t *c)
+{
+    pgconn__cancel_t *x = calloc(1, sizeof(*x));
+    if (x == NULL) {
+        return NT_ENOMEM;
+    }
+    x->cancel = PQgetCancel(c->conn);
+    x->pid = PQbackendPID(c->conn);
+    if (x->cancel == NULL) {
+        free(x);
+        return NT_EDB;
+    }
+    nt_bgcall_abandon(c->cancel); /* an older one, still in flight */
+    int rc = nt_bgcall_start(c->loop, pgconn__cancel_run, x, pgconn__cancel_free,
+                             pgconn__cancel_done, c, &c->cancel);
+    if (rc != 0) {
+        c->cancel = NULL;
+        pgconn__cancel_free(x);
+    }
+    return rc;
+}
+
 static void pgconn__on_watchdog(uv_timer_t *t)
 {
     nt_pgconn_t *c = t->data;
-    char why[96];
-    snprintf(why, sizeof(why), "no answer from the database within %llu s",
+    char why[128];
+    if (c->cancelling) {
+        snprintf(why, sizeof(why),
+                 "no answer from the database within %llu s, nor %d s after a cancel request",
+                 (unsigned long long)(c->watchdog_ms / 1000), NT_PGCONN_CANCEL_GRACE_MS / 1000);
+        nt_pgconn_fail(c, why);
+        return;
+    }
+    snprintf(why, sizeof(why),
+             c->state == PGCONN_RESOLVING ? "the lookup of the database host took more than %llu s"
+                                          : "no answer from the database within %llu s",
              (unsigned long long)(c->watchdog_ms / 1000));
-    nt_pgconn_fail(c, why);
+    if (c->state != PGCONN_READY || !c->in_flight || pgconn__send_cancel(c) != 0) {
+        nt_pgconn_fail(c, why);
+        return;
+    }
+    nt_metrics.db_cancel_requests++;
+    nt_log(NT_LOG_WARN, "db", "%s; cancelling its statement (backend %d)", why,
+           PQbackendPID(c->conn));
+    c->cancelling = 1;
+    uv_timer_start(&c->watchdog, pgconn__on_watchdog, NT_PGCONN_CANCEL_GRACE_MS, 0);
 }
 
 void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
@@ -110,9 +200,10 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
         return;
     }
     nt_metrics.db_errors++;
-    if (c->state == PGCONN_CONNECTING && c->attempts > 0) {
+    int connecting = c->state == PGCONN_CONNECTING || c->state == PGCONN_RESOLVING;
+    if (connecting && c->attempts > 0) {
         nt_log(NT_LOG_DEBUG, "db", "could not connect to the database: %s", why);
-    } else if (c->state == PGCONN_CONNECTING) {
+    } else if (connecting) {
         nt_log(NT_LOG_WARN, "db", "could not connect to the database: %s; retrying", why);
     } else {
         nt_log(NT_LOG_WARN, "db", "lost the database connection: %s; retrying from the checkpoint",
@@ -120,6 +211,9 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
     }
     nt_fdwatch_drop(&c->watch);
     uv_timer_stop(&c->watchdog);
+    pgconn__forget_cancel(c);
+    nt_bgcall_abandon(c->lookup);
+    c->lookup = NULL;
     if (c->conn != NULL) {
         PQfinish(c->conn);
         c->conn = NULL;
@@ -133,26 +227,92 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
     }
 }
 
-void nt_pgconn_connect(nt_pgconn_t *c)
+/* Starts libpq's asynchronous connect with the parameters as they are. */
+static void pgconn__start(nt_pgconn_t *c)
 {
-    /* TCP keepalives and a user timeout notice a peer that vanished; they come first so
-     * that the same keys in the configured connection string win. The client encoding comes
-     * last, so that it always wins: every string the collector sends is UTF-8. */
-    static const char *const keys[] = {
-        "keepalives",       "keepalives_idle", "keepalives_interval",  "keepalives_count",
-        "tcp_user_timeout", "dbname",          NT_PQUTIL_ENCODING_KEY, NULL};
-    const char *values[] = {"1", "10", "5", "3", "30000", c->conninfo, NT_PQUTIL_ENCODING_VALUE,
-                            NULL};
-    uv_timer_stop(&c->retry_timer);
     c->state = PGCONN_CONNECTING;
-    nt_pgconn_arm_watchdog(c, NT_PGCONN_CONNECT_TIMEOUT_MS);
-    c->conn = PQconnectStartParams(keys, values, 1);
+    c->conn = PQconnectStartParams(c->params.keys, c->params.values, 0);
     if (c->conn == NULL || PQstatus(c->conn) == CONNECTION_BAD) {
         nt_pgconn_fail(c, pgconn__pq_error(c));
         return;
     }
     PQsetNoticeProcessor(c->conn, pgconn__notice, c);
     pgconn__watch(c, UV_WRITABLE);
+}
+
+/* Logs the addresses looked up, when they changed. */
+static void pgconn__log_addrs(nt_pgconn_t *c, const nt_pglookup_t *l)
+{
+    char buf[sizeof(c->addrs)];
+    size_t len = 0;
+    buf[0] = '\0';
+    for (size_t i = 0; i < l->nhosts; i++) {
+        for (size_t a = 0; l->hosts[i].resolve && a < l->naddrs; a++) {
+            if (l->addrs[a].host == i && len < sizeof(buf)) {
+                len += (size_t)snprintf(buf + len, sizeof(buf) - len, "%s%s=%s", len ? ", " : "",
+                                        l->hosts[i].name, l->addrs[a].addr);
+            }
+        }
+    }
+    if (strcmp(buf, c->addrs) != 0) {
+        nt_log(NT_LOG_INFO, "db", "database host addresses: %s%s%s", buf,
+               l->failed > 0 ? "; could not look up " : "", l->failed > 0 ? l->error : "");
+        snprintf(c->addrs, sizeof(c->addrs), "%s", buf);
+    }
+}
+
+/* On the lookup's thread. */
+static void pgconn__lookup_run(void *arg)
+{
+    nt_pglookup_run(arg);
+}
+
+/* The lookup ended: connect to the addresses found (the names stay the hosts, for TLS), or fail
+ * (retried after the backoff; logged once in a row, by nt_pgconn_fail). */
+static void pgconn__looked_up(nt_bgcall_t *b, void *arg, void *data)
+{
+    nt_pgconn_t *c = data;
+    nt_pglookup_t *l = arg;
+    char why[400];
+    c->lookup = NULL;
+    if (nt_pgparams_set_addrs(&c->params, l->hosts, l->nhosts, l->addrs, l->naddrs) != 0) {
+        snprintf(why, sizeof(why), "could not look up the database host %s", l->error);
+        nt_pgconn_fail(c, why);
+        return;
+    }
+    pgconn__log_addrs(c, l);
+    pgconn__start(c);
+}
+
+/* Looks the host names up first when the connection parameters have some (pglookup.h): on a
+ * thread of its own, bounded by the connect watchdog. */
+void nt_pgconn_connect(nt_pgconn_t *c)
+{
+    uv_timer_stop(&c->retry_timer);
+    c->state = PGCONN_RESOLVING;
+    nt_pgconn_arm_watchdog(c, NT_PGCONN_CONNECT_TIMEOUT_MS);
+    nt_pglookup_t *l = calloc(1, sizeof(*l));
+    int n = l != NULL ? nt_pgparams_hosts(&c->params, l->hosts, NT_PGLOOKUP_MAX_HOSTS) : NT_ENOMEM;
+    if (n < 0) {
+        free(l);
+        nt_pgconn_fail(c, n == NT_ECONFIG ? "database.url has a port list that does not match its "
+                                            "host list"
+                          : n == NT_ETOOBIG ? "database.url has too many hosts"
+                                            : nt_strerror(n));
+        return;
+    }
+    l->nhosts = (size_t)n;
+    if (!nt_pglookup_needed(l)) {
+        free(l);
+        pgconn__start(c); /* a socket, or addresses given: libpq looks nothing up */
+        return;
+    }
+    int rc =
+        nt_bgcall_start(c->loop, pgconn__lookup_run, l, free, pgconn__looked_up, c, &c->lookup);
+    if (rc != 0) {
+        free(l);
+        nt_pgconn_fail(c, "could not start the database host lookup");
+    }
 }
 
 /* One step of the asynchronous connect; on_connected once it is done. */
@@ -265,13 +425,16 @@ int nt_pgconn_init(uv_loop_t *loop, nt_pgconn_t **out, const nt_pgconn_options_t
                    const nt_pgconn_cbs_t *cbs, void *data)
 {
     nt_pgconn_t *c = calloc(1, sizeof(*c));
+    char err[128];
     if (c == NULL) {
         return NT_ENOMEM;
     }
-    c->conninfo = strdup(opts->conninfo);
-    if (c->conninfo == NULL) {
+    int rc = nt_pgparams_init(&c->params, opts->conninfo,
+                              opts->collector_id != NULL ? opts->collector_id : "",
+                              opts->statement_timeout_ms, err, sizeof(err));
+    if (rc != 0) {
         free(c);
-        return NT_ENOMEM;
+        return rc;
     }
     c->loop = loop;
     c->cbs = *cbs;
@@ -313,12 +476,14 @@ int nt_pgconn_put_copy(nt_pgconn_t *c, const void *data, size_t len)
 
 void nt_pgconn_arm_watchdog(nt_pgconn_t *c, uint64_t ms)
 {
+    c->cancelling = 0;
     c->watchdog_ms = ms;
     uv_timer_start(&c->watchdog, pgconn__on_watchdog, ms, 0);
 }
 
 void nt_pgconn_disarm_watchdog(nt_pgconn_t *c)
 {
+    c->cancelling = 0;
     uv_timer_stop(&c->watchdog);
 }
 
@@ -348,6 +513,9 @@ void nt_pgconn_close(nt_pgconn_t *c)
 {
     c->state = PGCONN_CLOSED;
     nt_fdwatch_drop(&c->watch);
+    pgconn__forget_cancel(c);
+    nt_bgcall_abandon(c->lookup);
+    c->lookup = NULL;
     if (c->conn != NULL) {
         PQfinish(c->conn);
         c->conn = NULL;

@@ -69,6 +69,16 @@ static int txn__undelivered_wanted(const nt_txn_t *t)
     return txn__maint(t, NT_TXN_MAINT_UNDELIVERED) && t->outbox->undelivered_wanted;
 }
 
+static int txn__heartbeat_due(const nt_txn_t *t)
+{
+    return txn__maint(t, NT_TXN_MAINT_HEARTBEAT);
+}
+
+static int txn__stopping(const nt_txn_t *t)
+{
+    return txn__maint(t, NT_TXN_MAINT_STOPPED);
+}
+
 /* ---- what a step sends ------------------------------------------------------------------------
  */
 
@@ -214,18 +224,29 @@ static int txn__send_undelivered(nt_txn_t *t)
                      NULL);
 }
 
+static int txn__send_heartbeat(nt_txn_t *t)
+{
+    return txn__call(t, "SELECT needletrace.collector_heartbeat($1)", NULL, NULL);
+}
+
+static int txn__send_stopped(nt_txn_t *t)
+{
+    return txn__call(t, "SELECT needletrace.collector_stopped($1)", NULL, NULL);
+}
+
+/* Moves the checkpoint from where the batch starts to where it ends; the database refuses when
+ * the checkpoint is not where this collector left it (SQLSTATE NT_TXN_CHECKPOINT_MOVED). */
 static int txn__send_checkpoint(nt_txn_t *t)
 {
-    char jid[24], pos[24];
+    char jid[24], from[24], to[24];
     snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)t->journal_id);
-    snprintf(pos, sizeof(pos), "%" PRIu64, t->batch->end_pos);
-    return txn__call(t,
-                     "INSERT INTO needletrace.collector_checkpoints "
-                     "(collector_id, journal_id, journal_pos, updated_at) "
-                     "VALUES ($1, $2, $3, now()) ON CONFLICT (collector_id) DO UPDATE SET "
-                     "journal_id = EXCLUDED.journal_id, journal_pos = EXCLUDED.journal_pos, "
-                     "updated_at = EXCLUDED.updated_at",
-                     jid, pos);
+    snprintf(from, sizeof(from), "%" PRIu64, t->batch->first_pos);
+    snprintf(to, sizeof(to), "%" PRIu64, t->batch->end_pos);
+    const char *params[4] = {t->collector_id, jid, from, to};
+    return t->ops->send(t->conn,
+                        "SELECT needletrace.advance_checkpoint($1, $2::bigint, $3::bigint, "
+                        "$4::bigint)",
+                        4, params);
 }
 
 static int txn__send_commit(nt_txn_t *t)
@@ -249,6 +270,7 @@ static int txn__copy_conflict(nt_txn_t *t)
 
 static const txn__step_t txn__steps[] = {
     {"begin", NULL, txn__send_begin, NULL, NULL, 0},
+    {"heartbeat", txn__heartbeat_due, txn__send_heartbeat, NULL, NULL, 0},
     {"copy", txn__fast_path, txn__send_copy, txn__copy_again, txn__copy_conflict, 0},
     {"stage", txn__staging_path, txn__send_stage, NULL, NULL, 0},
     {"stage_copy", txn__staging_path, txn__send_stage_copy, txn__copy_again, NULL, 0},
@@ -258,6 +280,7 @@ static const txn__step_t txn__steps[] = {
     {"refused", txn__has_refusals, txn__send_refused, NULL, NULL, 0},
     {"gaps", txn__gaps_due, txn__send_gaps, NULL, NULL, 1},
     {"undelivered", txn__undelivered_wanted, txn__send_undelivered, NULL, NULL, 1},
+    {"stopped", txn__stopping, txn__send_stopped, NULL, NULL, 0},
     {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0},
     {"commit", NULL, txn__send_commit, NULL, NULL, 0},
 };
@@ -383,6 +406,12 @@ unsigned nt_txn_step_kind(const nt_txn_t *t)
     }
     if (strcmp(name, "gaps") == 0) {
         return NT_TXN_MAINT_GAPS;
+    }
+    if (strcmp(name, "heartbeat") == 0) {
+        return NT_TXN_MAINT_HEARTBEAT;
+    }
+    if (strcmp(name, "stopped") == 0) {
+        return NT_TXN_MAINT_STOPPED;
     }
     return strcmp(name, "undelivered") == 0 ? NT_TXN_MAINT_UNDELIVERED : 0;
 }

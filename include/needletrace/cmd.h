@@ -5,6 +5,7 @@
 #ifndef NEEDLETRACE_CMD_H
 #define NEEDLETRACE_CMD_H
 
+#include <libpq-fe.h>
 #include <stdio.h>
 
 #include "needletrace/config.h"
@@ -28,6 +29,12 @@ int nt_cmd_alerts(int argc, char **argv, char *const *envp);
 /* `needletrace journal check|salvage`: check 1 when the journal is corrupt (the collector would
  * refuse to start on it); 1 when it cannot be read (a collector runs on it) or salvage fails. */
 int nt_cmd_journal(int argc, char **argv, char *const *envp);
+
+/* `needletrace journal accept`: after the collector stopped ingesting because its checkpoint does
+ * not fit its journal (checkpoint.h), resets the checkpoint to the journal's start and records
+ * the decision in needletrace.checkpoint_resets; 0 also when there is nothing to accept; 1 when
+ * the journal cannot be opened (a collector runs on it) or the database fails. */
+int nt_cmd_journal_accept(int argc, char **argv, char *const *envp);
 
 /* Prints a command's usage (--help to stdout, after a usage error to stderr). */
 typedef void (*nt_cmd_usage_fn)(FILE *out);
@@ -60,5 +67,13 @@ int nt_cmd_begin(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn usag
  * nt_cmd_wants_help_with(argc, argv, takes_value). Same returns as nt_cmd_begin(). */
 int nt_cmd_begin_with(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn usage,
                       nt_cmd_takes_value_fn takes_value, nt_config_t *cfg);
+
+/* The blocking connection of the commands that are database clients (alerts, journal accept):
+ * connects to conninfo (a libpq string or URI) as application_name (unless conninfo names one),
+ * with a 10 s connect timeout (unless conninfo sets one) and client_encoding UTF8. Returns 0 with
+ * *out set; NT_ECONFIG when conninfo is not valid libpq syntax, NT_EDB when the server could not
+ * be reached or refused us: both after printing to stderr an error that names the target (never
+ * the password). */
+int nt_cmd_connect(const char *conninfo, const char *application_name, PGconn **out);
 
 #endif

@@ -36,6 +36,8 @@ typedef struct {
     char *collector_id; /* default: host name; [A-Za-z0-9._-]{1,64} */
     /* [database] */
     char *database_url; /* libpq conninfo or URI; default postgresql:///needletrace */
+    int64_t database_statement_timeout_ms; /* server-side statement_timeout; default 30000, 0 off */
+    int64_t database_watchdog_ms; /* no answer this long: cancel, then reconnect; default 120000 */
     /* [journal] */
     char *journal_dir;             /* default /var/lib/needletrace/journal */
     int64_t journal_max_bytes;     /* default 1 GiB; accepts 512MiB, 1GiB, 1048576 */

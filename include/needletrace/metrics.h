@@ -33,6 +33,10 @@ typedef struct {
     uint64_t db_batches_fallback;     /* took the staging + ON CONFLICT path (duplicates) */
     uint64_t db_isolations;           /* refused batches retried smaller to find the poison */
     int db_stalled;                   /* 1 while batches fail for a reason no message causes */
+    int db_checkpoint_mismatch;       /* 1 while ingest is stopped (checkpoint vs journal) */
+    int db_slow;                      /* 1 from a statement cancelled as too slow to a commit */
+    uint64_t db_statement_timeouts;   /* statements cancelled (SQLSTATE 57014) */
+    uint64_t db_cancel_requests;      /* cancel requests sent by the watchdog */
     uint64_t db_maintenance_failures; /* alert bookkeeping transactions rolled back */
     uint64_t db_messages;             /* records committed (accepted + quarantined) */
     uint64_t db_events; /* event rows sent in committed batches (duplicates included) */

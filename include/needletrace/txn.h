@@ -4,6 +4,7 @@
  * maintenance transaction carries only alert bookkeeping (outbox.h). The steps, in order, each
  * run only when it applies:
  *   begin        BEGIN (and SAVEPOINT nt_fast for a batch)
+ *   heartbeat    collector_heartbeat(): this replica is alive                    \  maintenance
  *   copy         fast path: binary COPY of each table straight into needletrace.<table>
  *   stage        after a unique violation in copy: ROLLBACK TO SAVEPOINT, temp staging tables
  *   stage_copy   COPY of each table into its staging table
@@ -12,8 +13,11 @@
  *   delivered    mark_alerts_delivered(): the deliveries the broker acknowledged  \  maintenance
  *   refused      mark_alerts_refused(): the ones it refused (retried later)      |  ...
  *   gaps         check_sequence_gaps(): the time-based rule, when due            |  transactions
- *   undelivered  undelivered_alerts(): a page of alerts not yet published        /  only
- *   checkpoint   the collector's journal position, in the same transaction as its rows
+ *   undelivered  undelivered_alerts(): a page of alerts not yet published        |  only
+ *   stopped      collector_stopped(): the last transaction of a clean stop       /
+ *   checkpoint   advance_checkpoint(): the collector's journal position moves from the batch's
+ *                first position to its end, in the same transaction as its rows; refused with
+ *                SQLSTATE NT_TXN_CHECKPOINT_MOVED when it is not where this collector left it
  *   commit       COMMIT
  * Any other failed statement rolls the transaction back (ROLLBACK); the owner reads t->sqlstate
  * and t->error, decides what the failure means (isolate.h) and logs it.
@@ -40,12 +44,18 @@ typedef struct {
     int (*put_copy)(void *conn, const void *data, size_t len);
 } nt_txn_ops_t;
 
-/* The kinds of alert bookkeeping, for nt_txn_t.maint_mask (all of them after nt_txn_init): a
+/* The kinds of bookkeeping, for nt_txn_t.maint_mask (the three of alerts after nt_txn_init): a
  * kind that keeps failing can be left out, so that it never holds back the others. */
 #define NT_TXN_MAINT_RECORD      1u /* delivered + refused */
 #define NT_TXN_MAINT_GAPS        2u
 #define NT_TXN_MAINT_UNDELIVERED 4u
-#define NT_TXN_MAINT_ALL         7u
+#define NT_TXN_MAINT_ALL         7u  /* the alert bookkeeping */
+#define NT_TXN_MAINT_HEARTBEAT   8u  /* collector_heartbeat(): this replica is alive */
+#define NT_TXN_MAINT_STOPPED     16u /* collector_stopped(): this replica stops cleanly */
+
+/* The SQLSTATE of a checkpoint that is not where the collector left it (advance_checkpoint in
+ * collector/sql/007_checkpoint_resets.sql): compare it with the journal again. */
+#define NT_TXN_CHECKPOINT_MOVED "NT001"
 
 /* What nt_txn_done() says. */
 enum {

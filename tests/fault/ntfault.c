@@ -15,18 +15,24 @@
  *
  * NTFAULT_TEAR_AT_JOURNAL_WRITE=N: the N-th write to a journal segment writes only its first half,
  * then the process SIGKILLs itself -- a torn tail as a power cut mid-write leaves it (nothing of
- * that write was synced, so nothing of it was acknowledged). Used by tests/faults/. */
+ * that write was synced, so nothing of it was acknowledged). Used by tests/faults/.
+ *
+ * It also wraps getaddrinfo(3): with NTFAULT_GETADDRINFO_HOST=name and
+ * NTFAULT_GETADDRINFO_DELAY_MS=N, a lookup of that name sleeps N ms first (a resolver that does
+ * not answer), on whichever thread makes it. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
+#include <time.h>
 #include <unistd.h>
 
 typedef ssize_t (*ntfault_pwrite_fn)(int, const void *, size_t, off_t);
@@ -167,4 +173,25 @@ ssize_t pwrite64(int fd, const void *buf, size_t count, off_t offset)
         return count > 4096 ? real(fd, buf, count / 2, offset) : -1;
     }
     return real(fd, buf, count, offset);
+}
+
+typedef int (*ntfault_getaddrinfo_fn)(const char *, const char *, const struct addrinfo *,
+                                      struct addrinfo **);
+
+int getaddrinfo(const char *node, const char *service, const struct addrinfo *hints,
+                struct addrinfo **res)
+{
+    static ntfault_getaddrinfo_fn real;
+    if (real == NULL) {
+        real = (ntfault_getaddrinfo_fn)dlsym(RTLD_NEXT, "getaddrinfo");
+    }
+    const char *host = getenv("NTFAULT_GETADDRINFO_HOST");
+    const char *delay = getenv("NTFAULT_GETADDRINFO_DELAY_MS");
+    if (host != NULL && delay != NULL && node != NULL && strcmp(node, host) == 0) {
+        unsigned long ms = strtoul(delay, NULL, 10);
+        struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0) {
+        }
+    }
+    return real(node, service, hints, res);
 }

@@ -135,6 +135,8 @@ static void test_defaults(void **state)
     assert_int_equal(cfg.mqtt_reconnect_min_ms, 250);
     assert_int_equal(cfg.mqtt_reconnect_max_ms, 30000);
     assert_string_equal(cfg.database_url, "postgresql:///needletrace");
+    assert_int_equal(cfg.database_statement_timeout_ms, 30000);
+    assert_int_equal(cfg.database_watchdog_ms, 120000);
     assert_string_equal(cfg.journal_dir, "/var/lib/needletrace/journal");
     assert_int_equal(cfg.journal_max_bytes, INT64_C(1) << 30);
     assert_int_equal(cfg.journal_segment_bytes, INT64_C(64) << 20);
@@ -633,6 +635,25 @@ static void test_cross_field(void **state)
     assert_int_equal(load(&cfg, 5, journal_ok, NULL), 0);
     nt_config_close(&cfg);
 
+    /* The watchdog leaves the server's statement timeout room to fire first; 0 turns it off. */
+    char *watchdog[] = {"run", "--database-watchdog-ms", "30000", NULL};
+    assert_int_equal(load(&cfg, 3, watchdog, NULL), NT_ECONFIG);
+    assert_contains(errbuf, "for database.watchdog_ms (database.statement_timeout_ms is 30000)");
+    assert_contains(errbuf, "must exceed database.statement_timeout_ms");
+    char *no_timeout[] = {
+        "run", "--database-watchdog-ms", "3000", "--database-statement-timeout-ms", "0", NULL};
+    assert_int_equal(load(&cfg, 5, no_timeout, NULL), 0);
+    assert_int_equal(cfg.database_statement_timeout_ms, 0);
+    assert_int_equal(cfg.database_watchdog_ms, 3000);
+    nt_config_close(&cfg);
+
+    /* A connection string libpq cannot parse is refused at once, and not quoted. */
+    char *bad_url[] = {"run", "--database-url", "host='open password=s3cret", NULL};
+    assert_int_equal(load(&cfg, 3, bad_url, NULL), NT_ECONFIG);
+    assert_contains(errbuf, "database.url");
+    assert_contains(errbuf, "not a valid libpq connection string or URI");
+    assert_null(strstr(errbuf, "s3cret"));
+
     char *listen[] = {"run", "--http-listen", "[::]:9100", NULL};
     assert_int_equal(load(&cfg, 3, listen, NULL), 0);
     assert_string_equal(cfg.http_host, "::");
@@ -880,6 +901,8 @@ static void test_help(void **state)
         "mqtt.reconnect_max_ms",
         "collector.id",
         "database.url",
+        "database.statement_timeout_ms",
+        "database.watchdog_ms",
         "journal.dir",
         "journal.max_bytes",
         "journal.segment_bytes",

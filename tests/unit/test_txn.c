@@ -27,7 +27,7 @@
 typedef struct {
     char sql[4096];
     int nparams;
-    char params[3][4096];
+    char params[4][4096];
 } stmt_t;
 
 typedef struct {
@@ -47,7 +47,7 @@ static int fake_send(void *conn, const char *sql, int nparams, const char *const
 {
     fake_t *f = conn;
     assert_true(f->n < MAX_STMTS);
-    assert_true(nparams >= 0 && nparams <= 3);
+    assert_true(nparams >= 0 && nparams <= 4);
     assert_true(strlen(sql) < sizeof(f->stmts[0].sql));
     stmt_t *s = &f->stmts[f->n];
     snprintf(s->sql, sizeof(s->sql), "%s", sql);
@@ -300,19 +300,22 @@ static void assert_call(const fixture_t *f, int i, const char *sql, int nparams)
     "SELECT alert_id, clinic_id, rule, payload FROM needletrace.undelivered_alerts($1, $2::int)"
 #define SQL_DELIVERED "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])"
 
+/* The checkpoint moves from the batch's first position to its end, under this journal's id. */
 static void assert_checkpoint(const fixture_t *f, int i)
 {
     const stmt_t *s = &f->fake.stmts[i];
-    assert_non_null(strstr(s->sql, "INSERT INTO needletrace.collector_checkpoints"));
-    assert_non_null(strstr(s->sql, "VALUES ($1, $2, $3, now())"));
-    assert_non_null(strstr(s->sql, "ON CONFLICT (collector_id) DO UPDATE"));
-    assert_int_equal(s->nparams, 3);
+    assert_string_equal(s->sql, "SELECT needletrace.advance_checkpoint($1, $2::bigint, "
+                                "$3::bigint, $4::bigint)");
+    assert_int_equal(s->nparams, 4);
     assert_string_equal(s->params[0], COLLECTOR);
-    char jid[24], pos[24];
+    char jid[24], from[24], to[24];
     snprintf(jid, sizeof(jid), "%" PRIu64, JOURNAL_ID);
-    snprintf(pos, sizeof(pos), "%" PRIu64, f->batch.end_pos);
+    snprintf(from, sizeof(from), "%" PRIu64, f->batch.first_pos);
+    snprintf(to, sizeof(to), "%" PRIu64, f->batch.end_pos);
     assert_string_equal(s->params[1], jid);
-    assert_string_equal(s->params[2], pos);
+    assert_string_equal(s->params[2], from);
+    assert_string_equal(s->params[3], to);
+    assert_int_equal(f->batch.first_pos, 4096); /* the first record of make_batch() */
 }
 
 /* ---- (a) nothing due in the outbox ----------------------------------------------------------- */
@@ -751,6 +754,39 @@ static void test_maintenance_mask(void **state)
     assert_int_equal(nt_txn_step_kind(&f->txn), NT_TXN_MAINT_GAPS);
 }
 
+/* The replica's liveness: the heartbeat first (alone when nothing else is due), the stop mark
+ * last (with the deliveries still waiting); neither ever rides in a batch's transaction. */
+static void test_heartbeat_and_stop_mark(void **state)
+{
+    fixture_t *f = *state;
+    f->txn.maint_mask = NT_TXN_MAINT_HEARTBEAT;
+    assert_int_equal(drive(f, NULL, NULL), NT_TXN_COMMITTED);
+    assert_string_equal(f->trace, "begin heartbeat commit");
+    assert_string_equal(f->fake.stmts[1].sql, "SELECT needletrace.collector_heartbeat($1)");
+    assert_int_equal(f->fake.stmts[1].nparams, 1);
+    assert_string_equal(f->fake.stmts[1].params[0], COLLECTOR);
+
+    f->fake.n = 0;
+    assert_int_equal(nt_outbox_delivered(&f->outbox, 9), 0);
+    f->txn.maint_mask = NT_TXN_MAINT_STOPPED | NT_TXN_MAINT_RECORD;
+    assert_int_equal(drive(f, NULL, NULL), NT_TXN_COMMITTED);
+    assert_string_equal(f->trace, "begin delivered stopped commit");
+    assert_string_equal(f->fake.stmts[2].sql, "SELECT needletrace.collector_stopped($1)");
+
+    f->fake.n = 0;
+    f->txn.maint_mask = NT_TXN_MAINT_HEARTBEAT | NT_TXN_MAINT_STOPPED;
+    server_t srv = {.error_at = 1, .sqlstate = "42883"};
+    assert_int_equal(drive(f, NULL, &srv), NT_TXN_ROLLED_BACK);
+    assert_string_equal(f->trace, "begin heartbeat rollback");
+    assert_int_equal(nt_txn_step_kind(&f->txn), NT_TXN_MAINT_HEARTBEAT);
+
+    f->fake.n = 0;
+    make_batch(f, 0);
+    f->txn.maint_mask = NT_TXN_MAINT_HEARTBEAT | NT_TXN_MAINT_STOPPED;
+    assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
+    assert_string_equal(f->trace, "begin copy copy rules checkpoint commit");
+}
+
 int main(void)
 {
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
@@ -775,6 +811,7 @@ int main(void)
         T(test_send_failure),
         T(test_put_copy_failure),
         T(test_maintenance_mask),
+        T(test_heartbeat_and_stop_mark),
     };
 #undef T
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -122,3 +122,19 @@ nt_wait_collector_exit() {
     unset "NT_CPID[$name]"
     nt_log "collector $name exited by itself with code $rc"
 }
+
+# nt_metric NAME [COLLECTOR]: the value of needletrace_NAME (unlabelled) from the collector's
+# /metrics (c1 by default).
+nt_metric() {
+    nt_http "${2:-c1}" /metrics | awk -v n="needletrace_$1" '$1 == n { print $2 }'
+}
+
+# nt_readyz [COLLECTOR]: prints the HTTP status and the body of /readyz on one line ("503 not
+# ready: ..."); succeeds when the listener answered at all.
+nt_readyz() {
+    local out
+    out=$(curl -s --max-time 5 -w ' %{http_code}' "http://127.0.0.1:${NT_CHTTP[${1:-c1}]}/readyz") ||
+        return 1
+    out=${out//$'\n'/}
+    printf '%s %s\n' "${out##* }" "${out% *}"
+}
