@@ -19,7 +19,7 @@
 #define JOURNAL_CMD__SYNOPSIS                                                                      \
     "usage: needletrace journal check [--journal-dir DIR | --config FILE]\n"                       \
     "       needletrace journal salvage --out NEWDIR [--journal-dir DIR | --config FILE]\n"        \
-    "       needletrace journal accept [--reason TEXT] [--config FILE] (see journal accept --help)\n" \
+    "       needletrace journal accept [--reason TEXT] [--config FILE]\n"                          \
     "       needletrace journal --help\n"
 
 static void journal_cmd__usage(FILE *out)
