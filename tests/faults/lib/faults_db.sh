@@ -69,7 +69,7 @@ ft__restore() {
 
 # Lines of c1's log that explain a stop because of the checkpoint and the journal.
 ft__checkpoint_error() {
-    grep -iE 'checkpoint.*(behind|before|older|ahead).*journal|journal.*(ahead|after|behind).*checkpoint' \
+    grep -iE 'checkpoint.*(behind|before|older|ahead|beyond|another journal).*journal|journal.*(ahead|after|behind).*checkpoint' \
         "$NT_TMP/collector-c1.log" | tail -n 1
 }
 
