@@ -16,7 +16,8 @@ nt_start_pg
 nt_migrate
 nt_find_python socket
 hole=$(nt_free_port)
-"$NT_PY" "$(dirname "${BASH_SOURCE[0]}")/lib/blackhole.py" "$hole" >"$NT_TMP/blackhole.log" 2>&1 &
+"$NT_PY" "$(dirname "${BASH_SOURCE[0]}")/../fault/ntblackhole.py" --port "$hole" \
+    >"$NT_TMP/blackhole.log" 2>&1 &
 hole_pid=$!
 nt_wait_for "the blackhole listener to fill its queue" 10 grep -q ready "$NT_TMP/blackhole.log"
 # shellcheck disable=SC2317 # invoked through nt_hold / nt_wait_for
