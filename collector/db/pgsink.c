@@ -384,6 +384,9 @@ void nt_pgsink_request_undelivered(nt_pgsink_t *s)
     nt_pgsink__maybe_dispatch(s);
 }
 
+/* A transaction in flight longer than this makes /readyz say the database is slow. */
+#define PGSINK__SLOW_AFTER_US (5 * INT64_C(1000000))
+
 int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len)
 {
     if (s->state == NT_PGSINK__MISMATCH) {
@@ -392,6 +395,15 @@ int nt_pgsink_stalled(const nt_pgsink_t *s, char *reason, size_t len)
     }
     if (s->slow[0] != '\0') {
         snprintf(reason, len, "%s", s->slow);
+        return 1;
+    }
+    int64_t waited_us = nt_mono_us() - s->txn_started_us;
+    if (s->state == NT_PGSINK__BUSY && waited_us > PGSINK__SLOW_AFTER_US) {
+        /* Before any statement times out: a lock held elsewhere, an overloaded server. */
+        snprintf(reason, len,
+                 "the database is slow: a transaction has waited %lld s for an answer (statements "
+                 "are cancelled after database.statement_timeout_ms)",
+                 (long long)(waited_us / 1000000));
         return 1;
     }
     if (s->iso.stalled) {
