@@ -44,7 +44,7 @@ static void journal_cmd__usage(FILE *out)
           "         journal with a new id in NEWDIR, reports the records copied and the byte\n"
           "         ranges lost per segment, and says what to do next. The old directory is left\n"
           "         as it was.\n"
-          "  --out NEWDIR          the new journal directory: must not exist, or be empty\n"
+          "  --out NEWDIR          the new journal directory: must not exist (created 0700)\n"
           "\n"
           "Exit status: 0 success (check: the collector can start on the journal, a torn tail\n"
           "or an unwritten page included), 1 corruption found (check) or a failure, 2 bad usage\n"
@@ -265,7 +265,7 @@ static void journal_cmd__print_next_steps(const char *dir, const char *out,
 }
 
 /* `journal salvage --out NEWDIR`: 0 when every valid record is copied, 1 on a failure, 2 on bad
- * usage (NEWDIR missing or not empty). */
+ * usage (NEWDIR missing or already there). */
 static int journal_cmd__salvage(const nt_config_t *cfg, int argc, char **argv)
 {
     journal_cmd__opts_t o = {0};

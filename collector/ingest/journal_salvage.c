@@ -4,9 +4,11 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "needletrace/common.h"
 
@@ -40,28 +42,35 @@ static int salvage__copy(void *arg, const uint8_t *rec, size_t len)
  * overwrites) another journal. 0, or NT_EINVAL / NT_EIO with err set. */
 static int salvage__check_out(const char *dir, char *err, size_t errlen)
 {
-    DIR *d = opendir(dir);
-    if (d == NULL) {
-        if (errno == ENOENT) {
-            return 0;
-        }
-        snprintf(err, errlen, "cannot salvage into \"%s\": %s", dir, strerror(errno));
-        return errno == ENOTDIR ? NT_EINVAL : NT_EIO;
+    /* Created here, mode 0700, and never an existing directory: one made beforehand (or a
+     * symbolic link planted in its place) could belong to someone who would swap the salvaged
+     * segments before the operator moves them into place. */
+    char parent[PATH_MAX];
+    size_t n = strlen(dir);
+    if (n >= sizeof(parent)) {
+        snprintf(err, errlen, "cannot salvage into \"%.200s...\": the path is too long", dir);
+        return NT_EINVAL;
     }
-    struct dirent *de;
-    int rc = 0;
-    while ((de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") != 0 && strcmp(de->d_name, "..") != 0) {
-            snprintf(err, errlen,
-                     "cannot salvage into \"%s\": the directory is not empty (it holds \"%s\"); "
-                     "name a new directory",
-                     dir, de->d_name);
-            rc = NT_EINVAL;
-            break;
+    /* Missing parents are made as `mkdir -p` would; the directory itself must be new. */
+    memcpy(parent, dir, n + 1);
+    for (size_t i = 1; i < n; i++) {
+        if (parent[i] == '/') {
+            parent[i] = '\0';
+            if (mkdir(parent, 0700) != 0 && errno != EEXIST) {
+                snprintf(err, errlen, "cannot salvage into \"%s\": could not create \"%s\": %s",
+                         dir, parent, strerror(errno));
+                return NT_EIO;
+            }
+            parent[i] = '/';
         }
     }
-    closedir(d);
-    return rc;
+    if (mkdir(dir, 0700) != 0) {
+        snprintf(err, errlen, "cannot salvage into \"%s\": %s%s", dir, strerror(errno),
+                 errno == EEXIST ? " (name a directory that does not exist yet: salvage creates it)"
+                                 : "");
+        return errno == EEXIST || errno == ENOTDIR ? NT_EINVAL : NT_EIO;
+    }
+    return 0;
 }
 
 /* Bytes of the old journal's record areas that held no valid record, plus the positions that

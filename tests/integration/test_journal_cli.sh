@@ -99,9 +99,9 @@ expect_line "salvage tells to accept the new journal" "$NT_TMP/salvage.log" \
 nt_expect_eq "journal salvage leaves the old journal unchanged" "$before" "$(digest "$jdir")"
 rc=$(run_cmd "$NT_TMP/salvage-again.log" "$NT_BIN" journal salvage --journal-dir "$jdir" \
     --out "$new")
-nt_expect_eq "journal salvage into a directory that is not empty: exit code" 2 "$rc"
-expect_line "salvage refuses a directory that is not empty" "$NT_TMP/salvage-again.log" \
-    "is not empty"
+nt_expect_eq "journal salvage into a directory that exists: exit code" 2 "$rc"
+expect_line "salvage refuses a directory that exists" "$NT_TMP/salvage-again.log" \
+    "does not exist yet"
 
 rc=$(run_cmd "$NT_TMP/check-new.log" "$NT_BIN" journal check --journal-dir "$new")
 cat "$NT_TMP/check-new.log"

@@ -1831,10 +1831,10 @@ static void test_salvage_reports_loss(void **state)
     assert_int_equal(n, d.valid);
     expect_journal(out, expect, n);
 
-    /* never into a directory that holds anything; never beside a collector */
+    /* never into a directory that exists already; never beside a collector */
     assert_int_equal(nt_journal_salvage(f->dir, &o, &res, err, sizeof(err)), NT_EINVAL);
     assert_null(res.report);
-    expect_contains(err, "is not empty");
+    expect_contains(err, "does not exist yet");
     char out2[256];
     snprintf(out2, sizeof(out2), "%s/salvaged2", f->tmp);
     o.dir = out2;
