@@ -69,7 +69,19 @@ static nt_checkpoint_verdict_t checkpoint__verdict(nt_checkpoint_check_t *c, nt_
 {
     *rc = 0;
     if (!c->found) {
-        return NT_CHECKPOINT_NONE;
+        if (c->start == 0) {
+            return NT_CHECKPOINT_NONE; /* a new journal, or one never released: replay it all */
+        }
+        /* Segments before the journal's start were released, so their records were committed
+         * to a database: not to this one, which has no checkpoint (an empty or rebuilt database,
+         * a dump from before the first commit). Behind, from position 0. */
+        c->cp_journal_id = c->journal_id;
+        c->cp_pos = 0;
+        snprintf(c->detail, sizeof(c->detail),
+                 "the database has no checkpoint for this collector, yet positions [0, %" PRIu64
+                 ") were committed and released",
+                 c->start);
+        return NT_CHECKPOINT_BEHIND;
     }
     if (c->cp_journal_id != c->journal_id) {
         return NT_CHECKPOINT_OTHER_JOURNAL;

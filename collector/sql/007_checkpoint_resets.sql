@@ -153,6 +153,13 @@ BEGIN
            held_since = NULL
      WHERE c.collector_id = p_collector_id
        AND c.journal_id = p_old_journal_id AND c.journal_pos = p_old_pos;
+    IF NOT FOUND AND p_old_pos = 0 THEN
+        -- No checkpoint row at all (a database without this collector's history): the reset
+        -- creates it.
+        INSERT INTO needletrace.collector_checkpoints (collector_id, journal_id, journal_pos)
+        VALUES (p_collector_id, p_journal_id, p_start)
+        ON CONFLICT (collector_id) DO NOTHING;
+    END IF;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'checkpoint of collector "%" is no longer journal %, position %',
                         p_collector_id, to_hex(p_old_journal_id), p_old_pos

@@ -86,13 +86,18 @@ static nt_checkpoint_check_t compare(fixture_t *f, int found, uint64_t jid, uint
     return c;
 }
 
-static void test_no_checkpoint_starts_at_the_start(void **state)
+/* No checkpoint row, but the journal released segments: what they held was committed to some
+ * database, not this one -- behind, from position 0, never a silent start at the journal's start.
+ */
+static void test_no_checkpoint_with_released_segments_is_behind(void **state)
 {
     fixture_t *f = *state;
     nt_checkpoint_check_t c = compare(f, 0, 0, 0);
-    assert_int_equal(c.verdict, NT_CHECKPOINT_NONE);
-    assert_int_equal(c.resume, f->pos[2]);
-    assert_false(nt_checkpoint_is_mismatch(c.verdict));
+    assert_int_equal(c.verdict, NT_CHECKPOINT_BEHIND);
+    assert_true(nt_checkpoint_is_mismatch(c.verdict));
+    assert_int_equal(c.cp_pos, 0);
+    assert_int_equal(c.cp_journal_id, nt_journal_id(f->j));
+    assert_non_null(strstr(c.detail, "no checkpoint"));
 }
 
 /* Every record boundary in [start, end], the end included, is a place to resume. */
@@ -323,7 +328,8 @@ static void test_verdict_names(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test_setup_teardown(test_no_checkpoint_starts_at_the_start, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_checkpoint_with_released_segments_is_behind, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_resume_at_every_boundary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_other_journal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_ahead_of_the_end, setup, teardown),
