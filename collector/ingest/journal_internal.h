@@ -57,8 +57,8 @@ _Static_assert(JOURNAL_SCAN_BYTES >= JOURNAL_MAX_RECORD,
                "a recovery read must hold the largest record");
 _Static_assert(JOURNAL_SCAN_BYTES >= JOURNAL_PAGE_BYTES, "a recovery read must hold a whole page");
 _Static_assert(JOURNAL_HEADER_BYTES < JOURNAL_PAGE_BYTES,
-               "the first page holds the header: it is never a page of zeros after a bad record "
-               "(nt_journal_damage_t.zero_page is 0 for none)");
+               "the first page holds the header: it is never a whole page of zeros after a bad "
+               "record");
 
 typedef struct {
     uint64_t start; /* position of its first record; also its name */

@@ -142,25 +142,41 @@ static int scan__resync(scan__seg_t *sc, uint64_t off, uint64_t *next, int *unsu
     return 0;
 }
 
-/* Finds the first whole page of zeros inside the file bytes [from, to), at a file offset that is a
- * multiple of JOURNAL_PAGE_BYTES: *page is its offset, or 0 when there is none (the first page
- * holds the header, so it is never one). 0 or NT_EIO. */
-static int scan__zero_page(scan__seg_t *sc, uint64_t from, uint64_t to, uint64_t *page)
+/* 1 when the n file bytes at off are all zeros, 0 when not, NT_EIO. */
+static int scan__zeros(scan__seg_t *sc, uint64_t off, size_t n)
+{
+    const uint8_t *p;
+    int rc = scan__load(sc, off, n, &p);
+    if (rc != 0) {
+        return rc;
+    }
+    size_t k = 0;
+    while (k < n && p[k] == 0) {
+        k++;
+    }
+    return k == n;
+}
+
+/* Looks for a page left unwritten by a power cut in the file bytes [from, to), from being the
+ * offset of a bad record: either every byte from `from` to the end of its page is zero (the page
+ * of the last sync, whose new content never reached the disk: it holds the synced bytes, then
+ * the zeros it was written with beyond the end of the file), or a whole page of zeros at a file
+ * offset that is a multiple of JOURNAL_PAGE_BYTES. *found is 1 when there is one, and *page is
+ * the offset of that page (the first one); else both are 0. 0 or NT_EIO. */
+static int scan__zero_page(scan__seg_t *sc, uint64_t from, uint64_t to, uint64_t *page, int *found)
 {
     *page = 0;
-    uint64_t a = (from + JOURNAL_PAGE_BYTES - 1) / JOURNAL_PAGE_BYTES * JOURNAL_PAGE_BYTES;
+    *found = 0;
+    uint64_t a = from / JOURNAL_PAGE_BYTES * JOURNAL_PAGE_BYTES;
     for (; a + JOURNAL_PAGE_BYTES <= to; a += JOURNAL_PAGE_BYTES) {
-        const uint8_t *p;
-        int rc = scan__load(sc, a, JOURNAL_PAGE_BYTES, &p);
-        if (rc != 0) {
-            return rc;
+        uint64_t b = a < from ? from : a; /* the bad record's page: from its offset on */
+        int z = scan__zeros(sc, b, (size_t)(a + JOURNAL_PAGE_BYTES - b));
+        if (z < 0) {
+            return z;
         }
-        size_t k = 0;
-        while (k < JOURNAL_PAGE_BYTES && p[k] == 0) {
-            k++;
-        }
-        if (k == JOURNAL_PAGE_BYTES) {
+        if (z > 0) {
             *page = a;
+            *found = 1;
             return 0;
         }
     }
@@ -184,9 +200,12 @@ static int scan__add_damage(nt_journal_t *j, nt_journal_segment_report_t *sr,
  * the valid ones (handing each to fn), and records every damaged stretch with the number of
  * valid records that follow it, and whether it is a torn tail or an unwritten page (newest: the
  * newest segment). Only in the newest segment, and only between a bad record and the valid
- * record found after it, is a page of zeros looked for: the bytes of valid records are never
- * examined, so a payload that holds zeros is no sign of anything. (A flipped bit in a record
- * whose own payload holds a whole aligned page of zeros cannot be told from an unwritten page.)
+ * record found after it, is a page of zeros looked for (zeros from the bad record to the end of
+ * its page, or a whole aligned page): the bytes of valid records are never examined, so a
+ * payload that holds zeros is no sign of anything, and a record damaged by a flipped bit or
+ * garbage does not read as zeros from its start (its length is never 0). (A flipped bit in a
+ * record whose own payload holds a whole aligned page of zeros cannot be told from an unwritten
+ * page.)
  * 0, NT_EIO, NT_ENOMEM or what fn returned. */
 static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, int newest,
                          nt_journal__record_fn fn, void *arg)
@@ -217,7 +236,8 @@ static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, int n
         uint64_t next = sc->size;
         int rc = scan__resync(sc, off, &next, &d.unsure);
         if (rc == 0 && newest && next < sc->size) {
-            rc = scan__zero_page(sc, off, next, &d.zero_page);
+            /* unwritten_page holds "zeros found" until the records after it are counted */
+            rc = scan__zero_page(sc, off, next, &d.zero_page, &d.unwritten_page);
         }
         if (rc != 0) {
             return rc;
@@ -235,7 +255,7 @@ static int scan__records(scan__seg_t *sc, nt_journal_segment_report_t *sr, int n
         nt_journal_damage_t *d = &sr->damage[k];
         d->records_after = sr->records - d->records_after;
         d->torn_tail = newest && d->records_after == 0 && !d->unsure;
-        d->unwritten_page = newest && d->records_after > 0 && !d->unsure && d->zero_page != 0;
+        d->unwritten_page = newest && d->records_after > 0 && !d->unsure && d->unwritten_page;
     }
     return 0;
 }

@@ -137,9 +137,13 @@ typedef struct {
                                zeros (zero_page) in it: a page never written back before a power
                                cut. When it is the segment's first damage, the next start cuts
                                the segment there (see nt_journal_init()) */
-    uint64_t zero_page;     /* byte offset in the file of the first whole 4096-byte page of zeros
-                               (4096-aligned) in this stretch; 0 when none was looked for (only
-                               in the newest segment, with valid records after it) or found */
+    uint64_t zero_page;     /* byte offset in the file (4096-aligned) of the first 4096-byte page
+                               of zeros in this stretch: the bad record's own page when every
+                               byte from the bad record to its end is zero (the page of the last
+                               sync, whose later content never reached the disk), else the first
+                               whole page of zeros; 0 when none was looked for (only in the
+                               newest segment, with valid records after it) or found (then
+                               unwritten_page is 0: the first page may be the bad record's) */
     char reason[96];        /* "record checksum mismatch", "impossible record length 9", ... */
 } nt_journal_damage_t;
 

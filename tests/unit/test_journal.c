@@ -1505,6 +1505,115 @@ static void test_unwritten_page_misaligned(void **state)
     expect_hole_corrupt(*state, HOLE_MISALIGNED);
 }
 
+/* The page of the last sync, partly written: the records from the first one that starts at
+ * 2 * PAGE + 100 or after it (mid-page) to the end of that page read as zeros (its new content
+ * never reached the disk; beyond the end of the file at the sync it was written with zeros), the
+ * next page did reach the disk. With stray set, one byte among those zeros is not zero. Returns
+ * the first zeroed record; *after is the first valid one after the zeros. */
+static unsigned partial_page(fixture_t *f, uint64_t *pos, char *path, size_t cap, int stray,
+                             unsigned *after)
+{
+    write_hole_records(f, pos, path, cap);
+    unsigned bad = first_from(pos, HOLE_RECORDS, 2 * PAGE + 100);
+    const uint64_t from = HDR + pos[bad];
+    assert_true(from % PAGE != 0 && from < 3 * PAGE - 64);
+    fill_bytes(path, from, 0, (size_t)(3 * PAGE - from));
+    if (stray) {
+        fill_bytes(path, from + (3 * PAGE - from) / 2, 0x01, 1);
+    }
+    *after = first_from(pos, HOLE_RECORDS, 3 * PAGE);
+    assert_true(*after > bad + 1 && *after < HOLE_RECORDS);
+    return bad;
+}
+
+/* (e) Zeros from a record in the middle of a page to its end, valid records after them: the
+ * same unwritten page after a power cut (the page named is the bad record's), cut there. */
+static void test_unwritten_page_partial(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[HOLE_RECORDS];
+    char path[256];
+    char err[1024];
+    char expect[512];
+    nt_journal_report_t *r = NULL;
+    unsigned after;
+    unsigned bad = partial_page(f, pos, path, sizeof(path), 0, &after);
+    const uint64_t size = file_size(path);
+    const uint64_t cut_at = HDR + pos[bad];
+    const unsigned discarded = HOLE_RECORDS - after;
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(dir_digest(f->dir), before);
+    assert_int_equal(r->state, NT_JOURNAL_POWER_CUT);
+    assert_int_equal(r->segs[0].records, bad + discarded);
+    assert_int_equal(r->segs[0].ndamage, 1);
+    const nt_journal_damage_t *d = &r->segs[0].damage[0];
+    assert_int_equal(d->offset, cut_at);
+    assert_int_equal(d->bytes, HDR + pos[after] - cut_at);
+    assert_int_equal(d->records_after, discarded);
+    assert_int_equal(d->zero_page, 2 * PAGE);
+    assert_int_equal(d->unwritten_page, 1);
+    assert_int_equal(d->torn_tail, 0);
+    assert_int_equal(d->unsure, 0);
+    snprintf(expect, sizeof(expect),
+             "unwritten page after a power cut in journal segment "
+             "\"%s/00000000000000000000.ntj\" at offset %" PRIu64,
+             f->dir, cut_at);
+    expect_contains(r->verdict, expect);
+    snprintf(expect, sizeof(expect),
+             "the page at offset %u is all zeros, and the %u valid-looking records after it",
+             2 * PAGE, discarded);
+    expect_contains(r->verdict, expect);
+    nt_journal_report_free(r);
+
+    capture_t cap;
+    capture_start(&cap, f);
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    char *log = capture_stop(&cap);
+    snprintf(expect, sizeof(expect),
+             "at offset %" PRIu64 " after a power cut: cut %" PRIu64 " bytes", cut_at,
+             size - cut_at);
+    expect_contains(log, expect);
+    snprintf(expect, sizeof(expect),
+             "the page at offset %u was never written (it reads as zeros), so the %u "
+             "valid-looking records after it were discarded",
+             2 * PAGE, discarded);
+    expect_contains(log, expect);
+    free(log);
+    assert_int_equal(file_size(path), cut_at);
+    assert_int_equal(nt_journal_end(j), pos[bad]);
+    check_records(j, 0, bad, pos);
+    nt_journal_close(j);
+}
+
+/* (f) The same with one non-zero byte among the zeros: corruption, refused, nothing changed. */
+static void test_unwritten_page_partial_stray_byte(void **state)
+{
+    fixture_t *f = *state;
+    uint64_t pos[HOLE_RECORDS];
+    char path[256];
+    char err[1024];
+    nt_journal_report_t *r = NULL;
+    unsigned after;
+    unsigned bad = partial_page(f, pos, path, sizeof(path), 1, &after);
+
+    uint32_t before = dir_digest(f->dir);
+    assert_int_equal(nt_journal_check(f->dir, &r, err, sizeof(err)), 0);
+    assert_int_equal(r->state, NT_JOURNAL_CORRUPT);
+    assert_int_equal(r->segs[0].ndamage, 1);
+    const nt_journal_damage_t *d = &r->segs[0].damage[0];
+    assert_int_equal(d->offset, HDR + pos[bad]);
+    assert_int_equal(d->records_after, HOLE_RECORDS - after);
+    assert_int_equal(d->zero_page, 0);
+    assert_int_equal(d->unwritten_page, 0);
+    nt_journal_report_free(r);
+    assert_int_equal(open_err(f->dir, 0, err, sizeof(err)), NT_ECORRUPT);
+    expect_contains(err, "corrupt record in journal segment");
+    expect_contains(err, "needletrace journal salvage --journal-dir");
+    assert_int_equal(dir_digest(f->dir), before);
+}
+
 /* (c) The same page of zeros in an older segment is corruption (a segment is synced whole before
  * the next one starts); once that segment is the newest again, it is an unwritten page. */
 static void test_unwritten_page_older(void **state)
@@ -1910,6 +2019,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_unwritten_page_garbage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritten_page_short_zeros, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritten_page_misaligned, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_partial, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unwritten_page_partial_stray_byte, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritten_page_older, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwritten_page_only_in_damage, setup, teardown),
         cmocka_unit_test_setup_teardown(test_check_report, setup, teardown),
