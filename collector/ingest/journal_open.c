@@ -310,9 +310,11 @@ static int journal__start_fresh(nt_journal_t *j)
 {
     journal__seg_t *s = journal__newest(j);
     uint64_t start = journal__seg_end(s);
-    if (s->size == JOURNAL_HEADER_BYTES) {
+    int replaced = s->size == JOURNAL_HEADER_BYTES;
+    if (replaced) {
         if (s->fd >= 0) {
             close(s->fd);
+            s->fd = -1;
         }
         j->disk_bytes -= s->size;
         j->nsegs--;
@@ -320,14 +322,22 @@ static int journal__start_fresh(nt_journal_t *j)
     int rc = nt_journal__create_seg(j, start);
     if (rc != 0) {
         int e = errno;
+        if (replaced) {
+            j->nsegs++; /* the empty segment is still there: the create never renamed over it */
+            j->disk_bytes += JOURNAL_HEADER_BYTES;
+        }
         if (e == ENOSPC || e == EDQUOT) {
+            /* A full disk is backpressure, not a refusal to start: the journal opens refusing
+             * appends (the records already journaled are intact and can be committed, which
+             * frees space); nt_journal_resume starts the fresh segment once there is room. */
             char name[64];
             journal__seg_name(name, sizeof(name), start);
             nt_journal__errorf(j,
                                "could not start a fresh journal segment \"%s/%s\": %s: the file "
-                               "system of the journal is full; free space there (the records "
-                               "already journaled are intact)",
+                               "system of the journal is full",
                                j->dir, name, strerror(e));
+            nt_journal__refuse(j);
+            return 0;
         }
         return rc;
     }

@@ -412,6 +412,11 @@ int nt_mqttsrc_publish(nt_mqttsrc_t *m, const char *topic, const void *payload, 
 
 int nt_mqttsrc_start(nt_mqttsrc_t *m)
 {
+    if (nt_journal_failed(m->journal)) {
+        /* Opened on a full disk: connect only once the journal takes writes. */
+        nt_mqttconn_hold(m->conn);
+        mqttsrc__fail(m);
+    }
     return nt_mqttconn_start(m->conn);
 }
 

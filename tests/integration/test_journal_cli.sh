@@ -7,7 +7,8 @@
 # row (a collector with no checkpoint yet: the old one's checkpoint belongs to the old journal
 # id, see `journal accept`). A page of zeros in a copy of it (an unwritten page after a power
 # cut) is no corruption: `check` exits 0 and says the collector cuts there. `check` refuses beside a running collector; a full disk at start-up
-# says so (when this runs as root and can mount a small tmpfs in its own mount namespace).
+# says so and waits for room instead of exiting (when this runs as root and can mount a small
+# tmpfs in its own mount namespace).
 set -euo pipefail
 # shellcheck source-path=SCRIPTDIR
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -155,11 +156,16 @@ if ((EUID == 0)) && command -v unshare >/dev/null && unshare -m true 2>/dev/null
     rc=$(run_cmd "$NT_TMP/run-full.log" unshare -m bash -c '
         mount -t tmpfs -o size="$1"k tmpfs "$2" && cp -a "$3" "$2/journal" &&
         { dd if=/dev/zero of="$2/fill" bs=4k status=none 2>/dev/null || true; } &&
-        env NEEDLETRACE_JOURNAL_DIR="$2/journal" NEEDLETRACE_COLLECTOR_ID=it-c3 "$4" run' \
+        env NEEDLETRACE_JOURNAL_DIR="$2/journal" NEEDLETRACE_COLLECTOR_ID=it-c3 \
+            NEEDLETRACE_HTTP_LISTEN=off timeout --preserve-status -s TERM 4 "$4" run' \
         _ "$kb" "$full" "$new" "$NT_BIN")
-    nt_expect_eq "run with the journal's disk full: exit code" 1 "$rc"
+    # A full disk is backpressure, not a crash loop: it starts, says so, waits for room, and
+    # stops cleanly on SIGTERM (4 s later).
+    nt_expect_eq "run with the journal's disk full: stays up until SIGTERM, exit code" 0 "$rc"
     expect_line "run says the disk is full" "$NT_TMP/run-full.log" \
         "the file system of the journal is full"
+    expect_line "run waits for room instead of exiting" "$NT_TMP/run-full.log" \
+        "the journal cannot be written"
 else
     nt_log "skipped the full-disk start-up: it needs root and unshare -m (a tmpfs of its own)"
 fi
