@@ -80,6 +80,13 @@ static void run__on_alerts(nt_pgsink_t *s, const nt_alert_t *alerts, size_t n, v
     }
 }
 
+/* Whether alerts can reach the broker now (the sink's heartbeat says so to the other replicas). */
+static int run__can_publish(void *data)
+{
+    run_t *r = data;
+    return r->src != NULL && nt_mqttsrc_ready(r->src);
+}
+
 static void run__on_mqtt_connected(nt_mqttsrc_t *m, void *data)
 {
     run_t *r = data;
@@ -270,6 +277,7 @@ static int run__open(run_t *r)
         return 1;
     }
     nt_pgsink_set_alerts_cb(r->sink, run__on_alerts);
+    nt_pgsink_set_publish_check(r->sink, run__can_publish);
     if (nt_mqttsrc_init(&r->loop, &r->src, &r->cfg, r->journal, run__on_synced, r) != 0) {
         return 1; /* logged by the source */
     }

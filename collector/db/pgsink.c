@@ -162,7 +162,10 @@ static unsigned pgsink__maintenance_due(const nt_pgsink_t *s)
         return NT_TXN_MAINT_STOPPED |
                (o->n_refused > 0 || o->n_delivered > 0 ? NT_TXN_MAINT_RECORD : 0);
     }
-    if (now >= s->heartbeat_next_us && now >= s->maint_next_us[3]) {
+    /* No heartbeat while this replica cannot publish (broker unreachable, journal refusing
+     * writes, backpressure disconnect): past replica_gone_after the others take its alerts. */
+    if (now >= s->heartbeat_next_us && now >= s->maint_next_us[3] &&
+        (s->can_publish == NULL || s->can_publish(s->data))) {
         mask |= NT_TXN_MAINT_HEARTBEAT;
     }
     if (!nt_outbox_due_now(o)) {
@@ -365,6 +368,11 @@ void nt_pgsink_record_deliveries(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *da
 void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts)
 {
     s->on_alerts = on_alerts;
+}
+
+void nt_pgsink_set_publish_check(nt_pgsink_t *s, int (*can_publish)(void *data))
+{
+    s->can_publish = can_publish;
 }
 
 void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id, int refused)

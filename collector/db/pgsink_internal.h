@@ -41,6 +41,7 @@ struct nt_pgsink_s {
     nt_journal_t *journal;
     nt_pgsink_commit_cb on_commit;
     nt_pgsink_alerts_cb on_alerts;
+    int (*can_publish)(void *data); /* NULL, or 0 while alerts cannot reach the broker */
     void *data;
 
     nt_pgconn_t *conn;

@@ -30,10 +30,11 @@ CREATE OR REPLACE FUNCTION needletrace.setting_defaults()
             'A refused alert delivery is retried after this, doubled at each refusal'),
            ('alert_retry_backoff_max', 'interval', '15 minutes',
             'The longest wait between two delivery attempts of a refused alert'),
-           ('replica_gone_after', 'interval', '1 minute',
-            'A collector replica whose heartbeat (every 5 s, in its bookkeeping transactions) is '
-            'older than this is gone: the other replicas publish its undelivered alerts. Keep it '
-            'well above the heartbeat and database.statement_timeout_ms')
+           ('replica_gone_after', 'interval', '3 minutes',
+            'A collector replica whose heartbeat (every 5 s, in its bookkeeping transactions, '
+            'only while it can publish to the broker) is older than this is gone: the other '
+            'replicas publish its undelivered alerts. Keep it above database.watchdog_ms (a '
+            'transaction may hold the connection that long)')
 $$;
 
 INSERT INTO needletrace.settings (key, value, note)

@@ -59,6 +59,10 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
                    nt_journal_t *journal, nt_pgsink_commit_cb on_commit, void *data);
 /* Sets the alert callback (before nt_pgsink_start). */
 void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts);
+/* Sets the check (called with the sink's data) that says whether this replica can publish alerts
+ * now: its heartbeat is written only then, so that the other replicas take over the alerts of
+ * one that reaches the database but not the broker (after replica_gone_after). */
+void nt_pgsink_set_publish_check(nt_pgsink_t *s, int (*can_publish)(void *data));
 /* Records that the broker acknowledged (refused = 0) or refused (refused = 1) the publication of
  * an alert; written to the database by the next maintenance transaction. */
 void nt_pgsink_alert_delivered(nt_pgsink_t *s, int64_t alert_id, int refused);

@@ -35,7 +35,7 @@ alert_of() {
 }
 
 # ---- (a) the SQL -------------------------------------------------------------------------------
-nt_expect_eq "replica_gone_after is a setting" "1 minute" \
+nt_expect_eq "replica_gone_after is a setting" "3 minutes" \
     "$(nt_sql "SELECT value FROM needletrace.settings WHERE key = 'replica_gone_after'")"
 nt_sql "SELECT needletrace.collector_heartbeat('A')" >/dev/null
 a=$(alert_of A 1)
@@ -43,12 +43,12 @@ nt_expect_eq "A's own overdue alert goes to A" "$a" \
     "$(nt_sql "SELECT string_agg(alert_id::text, ' ') FROM needletrace.undelivered_alerts('A', 100)")"
 nt_expect_eq "B does not take A's alert, 10 min overdue, while A's heartbeat is fresh" "" "$(b_gets)"
 
-nt_sql "UPDATE needletrace.collectors SET heartbeat_at = now() - interval '61 seconds' WHERE collector_id = 'A'"
+nt_sql "UPDATE needletrace.collectors SET heartbeat_at = now() - interval '181 seconds' WHERE collector_id = 'A'"
 nt_expect_eq "B takes it once A's heartbeat is older than replica_gone_after" "$a" "$(b_gets)"
 
 nt_sql "UPDATE needletrace.settings SET value = '5 minutes' WHERE key = 'replica_gone_after'"
 nt_expect_eq "not with replica_gone_after at 5 minutes" "" "$(b_gets)"
-nt_sql "UPDATE needletrace.settings SET value = '1 minute' WHERE key = 'replica_gone_after'"
+nt_sql "UPDATE needletrace.settings SET value = '3 minutes' WHERE key = 'replica_gone_after'"
 
 nt_sql "SELECT needletrace.collector_heartbeat('A')" >/dev/null
 nt_expect_eq "A's heartbeat again: B does not take it" "" "$(b_gets)"
