@@ -209,12 +209,16 @@ static uint64_t report_lost(const nt_journal_report_t *r)
 /* An unwritten page reported in damage d of segment i (of r) is where it may be. */
 static int bad_unwritten_page(const nt_journal_report_t *r, size_t i, const nt_journal_damage_t *d)
 {
-    if (d->zero_page == 0) {
-        return d->unwritten_page;
+    if (!d->unwritten_page) {
+        return 0;
     }
-    return i + 1 != r->nsegs || d->zero_page % PAGE != 0 || d->zero_page < d->offset ||
-           d->zero_page + PAGE > d->offset + d->bytes ||
-           (d->unwritten_page && (d->records_after == 0 || d->unsure || d->torn_tail));
+    /* The page of zeros is aligned and either lies whole inside the damaged stretch, or is the
+     * bad record's own page, zero from the bad record to its end (the page of the last sync). */
+    uint64_t page_end = d->zero_page + PAGE;
+    int whole = d->zero_page >= d->offset && page_end <= d->offset + d->bytes;
+    int own = d->zero_page <= d->offset && d->offset < page_end && page_end <= d->offset + d->bytes;
+    return i + 1 != r->nsegs || d->zero_page % PAGE != 0 || !(whole || own) ||
+           d->records_after == 0 || d->unsure || d->torn_tail;
 }
 
 /* A power cut verdict: the newest segment's first damage is an unwritten page, every older
@@ -262,20 +266,22 @@ static nt_journal_report_t *check(const char *dir)
     return r;
 }
 
-/* Every page of zeros that check reported holds only zeros in the file as written. */
+/* Every page of zeros that check reported holds only zeros in the file as written: the whole
+ * page, or, when it is the bad record's own page, from the bad record to the page's end. */
 static void expect_zero_pages(const nt_journal_report_t *r, const seg_t *segs, size_t n)
 {
     for (size_t i = 0; i < r->nsegs; i++) {
         const nt_journal_segment_report_t *s = &r->segs[i];
         for (size_t k = 0; k < s->ndamage; k++) {
             uint64_t z = s->damage[k].zero_page;
-            if (z == 0) {
+            if (!s->damage[k].unwritten_page) {
                 continue;
             }
             if (i >= n || segs[i].start != s->start || z + PAGE > segs[i].len) {
                 abort();
             }
-            for (size_t b = 0; b < PAGE; b++) {
+            uint64_t from = s->damage[k].offset > z ? s->damage[k].offset - z : 0;
+            for (size_t b = (size_t)from; b < PAGE; b++) {
                 if (segs[i].bytes[z + b] != 0) {
                     abort();
                 }
