@@ -10,6 +10,11 @@
 #include "needletrace/metrics.h"
 #include "pgsink_internal.h"
 
+/* Records decoded per turn of the loop: a batch of 5000 takes several turns, so that the database
+ * connection (a COPY waiting to stream, a result waiting to be read) and the broker are served in
+ * between and the database never idles while the next batch is decoded. */
+#define PGSINK_FILL_CHUNK 512
+
 static void pgsink__timer_closed(uv_handle_t *h)
 {
     nt_pgsink_t *s = h->data;
@@ -61,6 +66,14 @@ static void pgsink__on_linger(uv_timer_t *t)
     nt_pgsink__maybe_dispatch(s);
 }
 
+static void pgsink__on_fill_idle(uv_idle_t *h)
+{
+    nt_pgsink_t *s = h->data;
+    uv_idle_stop(h);
+    nt_pgsink__fill(s);
+    nt_pgsink__maybe_dispatch(s);
+}
+
 /* When the journal cannot be read, tries again after a backoff (nothing else would wake the sink
  * when reading paused because the journal is full). */
 void nt_pgsink__fill(nt_pgsink_t *s)
@@ -68,7 +81,11 @@ void nt_pgsink__fill(nt_pgsink_t *s)
     if (s->state != NT_PGSINK__IDLE && s->state != NT_PGSINK__BUSY) {
         return;
     }
-    while (!pgsink__full(s, s->building)) {
+    for (unsigned n = 0; !pgsink__full(s, s->building); n++) {
+        if (n == PGSINK_FILL_CHUNK) {
+            uv_idle_start(&s->fill_idle, pgsink__on_fill_idle);
+            return;
+        }
         nt_journal_record_t rec;
         int rc = nt_journal_read(s->journal, s->read_pos, &rec);
         if (rc == 0) {
@@ -314,9 +331,11 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
                 &s->outbox);
     uv_timer_init(loop, &s->linger_timer);
     uv_timer_init(loop, &s->tick_timer);
+    uv_idle_init(loop, &s->fill_idle);
     s->linger_timer.data = s;
     s->tick_timer.data = s;
-    s->handles_open = 2;
+    s->fill_idle.data = s;
+    s->handles_open = 3;
     s->state = NT_PGSINK__DOWN;
     *out = s;
     return 0;
@@ -442,4 +461,6 @@ void nt_pgsink_close(nt_pgsink_t *s)
     uv_timer_stop(&s->tick_timer);
     uv_close((uv_handle_t *)&s->linger_timer, pgsink__timer_closed);
     uv_close((uv_handle_t *)&s->tick_timer, pgsink__timer_closed);
+    uv_idle_stop(&s->fill_idle);
+    uv_close((uv_handle_t *)&s->fill_idle, pgsink__timer_closed);
 }

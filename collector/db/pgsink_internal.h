@@ -48,6 +48,7 @@ struct nt_pgsink_s {
     nt_txn_t txn;
     nt_outbox_t outbox;
     uv_timer_t linger_timer; /* a batch waits at most max_delay_ms for more records */
+    uv_idle_t fill_idle;     /* the next chunk of the building batch, on the next turn */
     uv_timer_t tick_timer;   /* 1 s: alert bookkeeping when idle */
     int handles_open;
 

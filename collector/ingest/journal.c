@@ -125,6 +125,7 @@ static int journal__flush(nt_journal_t *j)
     j->disk_bytes += j->wlen;
     j->wlen = 0;
     j->unsynced = 1;
+    j->write_gen++;
     return 0;
 }
 
@@ -232,6 +233,66 @@ int nt_journal_sync(nt_journal_t *j)
         return rc;
     }
     j->durable_end = journal__seg_end(journal__newest(j));
+    return 0;
+}
+
+int nt_journal_sync_begin(nt_journal_t *j, nt_journal_sync_req_t *req)
+{
+    memset(req, 0, sizeof(*req));
+    req->fd = -1;
+    req->dir_fd = -1;
+    if (j == NULL) {
+        return NT_EINVAL;
+    }
+    if (j->failed) {
+        return journal__refused(j);
+    }
+    int rc = journal__flush(j);
+    if (rc != 0) {
+        return rc;
+    }
+    journal__seg_t *s = journal__newest(j);
+    req->seg_start = s->start;
+    req->end = journal__seg_end(s);
+    req->write_gen = j->write_gen;
+    req->dir_gen = j->dir_gen;
+    if (j->unsynced) {
+        req->fd = s->fd;
+    }
+    if (j->dir_dirty) {
+        req->dir_fd = j->dir_fd;
+    }
+    return 0;
+}
+
+void nt_journal_sync_run(nt_journal_sync_req_t *req)
+{
+    req->err = req->fd >= 0 && fdatasync(req->fd) != 0 ? errno : 0;
+    req->dir_err = req->err == 0 && req->dir_fd >= 0 && fsync(req->dir_fd) != 0 ? errno : 0;
+}
+
+int nt_journal_sync_end(nt_journal_t *j, const nt_journal_sync_req_t *req)
+{
+    if (j->failed) {
+        return journal__refused(j); /* failed meanwhile: what the sync covered is in doubt */
+    }
+    if (req->err != 0) {
+        return journal__fail(j, "sync", req->seg_start, req->err);
+    }
+    if (req->dir_err != 0) {
+        nt_journal__errorf(j, "could not sync journal directory \"%s\": %s", j->dir,
+                           strerror(req->dir_err));
+        return nt_journal__refuse(j);
+    }
+    if (j->write_gen == req->write_gen) {
+        j->unsynced = 0;
+    }
+    if (req->dir_fd >= 0 && j->dir_gen == req->dir_gen) {
+        j->dir_dirty = 0;
+    }
+    if (req->end > j->durable_end) {
+        j->durable_end = req->end;
+    }
     return 0;
 }
 
@@ -488,7 +549,7 @@ int nt_journal_release(nt_journal_t *j, uint64_t pos)
         removed++;
         /* One at a time, oldest first: what a crash brings back is always a prefix, so
          * the segments left stay contiguous. */
-        j->dir_dirty = 1;
+        journal__dir_changed(j);
         rc = journal__sync_dir(j);
         if (rc != 0) {
             break;

@@ -86,14 +86,24 @@ struct nt_journal_s {
     size_t rcap;
     uint64_t rpos;
     size_t rlen;
-    int unsynced;     /* the newest segment was written since its last fdatasync */
-    int dir_dirty;    /* a segment was created or deleted since the last directory fsync */
-    int failed;       /* a write failed: appends and syncs are refused until reopened */
-    int readonly;     /* opened by nt_journal__open_readonly: nothing may be written */
-    size_t leftovers; /* *.ntj.tmp files seen by a read-only open (a writer removes them) */
+    int unsynced;       /* the newest segment was written since its last fdatasync */
+    int dir_dirty;      /* a segment was created or deleted since the last directory fsync */
+    uint64_t write_gen; /* counts writes of the buffer (a sync outside the loop covers those
+                           before it began) */
+    uint64_t dir_gen;   /* counts changes of the directory (likewise) */
+    int failed;         /* a write failed: appends and syncs are refused until reopened */
+    int readonly;       /* opened by nt_journal__open_readonly: nothing may be written */
+    size_t leftovers;   /* *.ntj.tmp files seen by a read-only open (a writer removes them) */
 };
 
 /* ---- small helpers ------------------------------------------------------------------------ */
+
+/* A segment was created or removed: the directory needs an fsync. */
+static inline void journal__dir_changed(nt_journal_t *j)
+{
+    j->dir_dirty = 1;
+    j->dir_gen++;
+}
 
 static inline void journal__put16(uint8_t *p, uint16_t v)
 {

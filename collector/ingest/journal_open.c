@@ -194,7 +194,7 @@ static int journal__list(nt_journal_t *j)
                     rc = NT_EIO;
                     goto err;
                 }
-                j->dir_dirty = 1;
+                journal__dir_changed(j);
             }
         }
         errno = 0;
@@ -261,7 +261,7 @@ int nt_journal__create_seg(nt_journal_t *j, uint64_t start)
     }
     j->segs[j->nsegs++] = (journal__seg_t){.start = start, .size = JOURNAL_HEADER_BYTES, .fd = fd};
     j->disk_bytes += JOURNAL_HEADER_BYTES;
-    j->dir_dirty = 1;
+    journal__dir_changed(j);
     return 0;
 }
 

@@ -5,6 +5,8 @@
 #include <errno.h>
 #include <mosquitto.h>
 #include <mqtt_protocol.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -490,7 +492,16 @@ int nt_mqttconn_write(nt_mqttconn_t *c)
     if (!mosquitto_want_write(c->mosq)) {
         return 0;
     }
+    /* libmosquitto writes each queued packet with a write of its own: a burst's PUBACKs would
+     * leave as thousands of 4-byte segments, each waking the broker. Corked, they leave as full
+     * segments when the burst is written. */
+    int fd = mosquitto_socket(c->mosq);
+    int on = 1, off = 0;
+    int corked = fd >= 0 && setsockopt(fd, IPPROTO_TCP, TCP_CORK, &on, sizeof(on)) == 0;
     int rc = mosquitto_loop_write(c->mosq, 1);
+    if (corked && mosquitto_socket(c->mosq) == fd) {
+        setsockopt(fd, IPPROTO_TCP, TCP_CORK, &off, sizeof(off));
+    }
     c->last_write_us = nt_mono_us();
     c->at_boundary = !mosquitto_want_write(c->mosq);
     if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(c->mosq) < 0) {

@@ -9,6 +9,7 @@
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
 #include "needletrace/mqttconn.h"
+#include "needletrace/syncer.h"
 
 /* One burst of reads is bounded so that a busy broker cannot starve the loop, and so
  * that the journal never overshoots its bound by more than one burst. */
@@ -28,6 +29,12 @@ struct nt_mqttsrc_s {
     void *puback_data;
     uv_timer_t retry_timer; /* while the journal refuses writes: tries it again */
     int refs;               /* the connection and the retry timer; freed when both closed */
+    nt_syncer_t *syncer;    /* runs the journal's fdatasync off the loop */
+    nt_journal_sync_req_t sreq;
+    int syncing;          /* a sync runs: no reads, no writes until it is done */
+    int settling;         /* mqttsrc__sync waits for it on the loop thread */
+    int force_after_sync; /* the write after it may not be held back (mqttsrc__flush force) */
+    uint64_t sync_covers; /* the records appended before the running sync began */
 
     int full;          /* journal over its bound: PUBACKs held back (backpressure) */
     int overflow;      /* far over it (a broker ignoring the receive maximum): disconnected */
@@ -55,16 +62,8 @@ static uint64_t mqttsrc__hard_cap(const nt_mqttsrc_t *m)
 
 /* Makes every appended record durable and tells the owner. 0, or NT_EIO (then nothing
  * appended since the last successful sync may ever be acknowledged). */
-static int mqttsrc__sync(nt_mqttsrc_t *m)
+static void mqttsrc__synced(nt_mqttsrc_t *m)
 {
-    if (m->unsynced == 0) {
-        return 0;
-    }
-    int rc = nt_journal_sync(m->journal);
-    if (rc != 0) {
-        return rc;
-    }
-    m->unsynced = 0;
     if (m->episode) {
         m->episode = 0;
         m->retries = 0;
@@ -76,6 +75,27 @@ static int mqttsrc__sync(nt_mqttsrc_t *m)
     nt_metrics.journal_end = nt_journal_end(m->journal);
     nt_metrics.journal_bytes = nt_journal_bytes(m->journal);
     m->on_synced(m, m->data);
+}
+
+/* The same, on the loop thread (after the running sync, if any, is done): for the rare paths
+ * that must be durable before they return (a lost connection, a graceful stop). */
+static int mqttsrc__sync(nt_mqttsrc_t *m)
+{
+    m->settling = 1; /* the caller writes, or not: mqttsrc__on_sync_done must not */
+    nt_syncer_settle(m->syncer);
+    m->settling = 0;
+    if (m->failed) {
+        return NT_EIO;
+    }
+    if (m->unsynced == 0) {
+        return 0;
+    }
+    int rc = nt_journal_sync(m->journal);
+    if (rc != 0) {
+        return rc;
+    }
+    m->unsynced = 0;
+    mqttsrc__synced(m);
     return 0;
 }
 
@@ -88,18 +108,9 @@ static int mqttsrc__may_write(const nt_mqttsrc_t *m)
     return !m->full || m->unacked == 0 || !nt_mqttconn_connected(m->conn);
 }
 
-/* Makes every appended record durable, then lets libmosquitto write (PUBACKs included) when
- * allowed, or always with force. This is the only place that releases acknowledgements. Returns
- * 0, or NT_EIO / NT_EMQTT when nothing more can be written on this connection. */
-static int mqttsrc__flush(nt_mqttsrc_t *m, int force)
+/* Lets libmosquitto write (PUBACKs included) when allowed, or always with force. */
+static int mqttsrc__write(nt_mqttsrc_t *m, int force)
 {
-    if (m->failed) {
-        return NT_EIO;
-    }
-    if (mqttsrc__sync(m) != 0) {
-        mqttsrc__fail(m); /* never acknowledge: the broker redelivers */
-        return NT_EIO;
-    }
     if (!force && !mqttsrc__may_write(m)) {
         return 0;
     }
@@ -110,12 +121,76 @@ static int mqttsrc__flush(nt_mqttsrc_t *m, int force)
     return rc;
 }
 
+/* Starts making every appended record durable on the sync thread; reading and writing wait for
+ * it (mqttsrc__on_sync_done). 0, or NT_EIO (the journal failed: mqttsrc__fail ran). */
+static int mqttsrc__sync_start(nt_mqttsrc_t *m, int force)
+{
+    if (nt_journal_sync_begin(m->journal, &m->sreq) != 0) {
+        mqttsrc__fail(m); /* never acknowledge: the broker redelivers */
+        return NT_EIO;
+    }
+    m->syncing = 1;
+    m->force_after_sync = force;
+    m->sync_covers = m->unsynced;
+    nt_syncer_start(m->syncer, &m->sreq);
+    return 0;
+}
+
+/* Makes every appended record durable, then lets libmosquitto write (PUBACKs included) when
+ * allowed, or always with force. This is the only place that releases acknowledgements: while
+ * records are not durable, the write waits for their sync (group commit: whatever was read
+ * before the sync began is acknowledged by one fdatasync). Returns 0, or NT_EIO / NT_EMQTT when
+ * nothing more can be written on this connection. */
+static int mqttsrc__flush(nt_mqttsrc_t *m, int force)
+{
+    if (m->failed) {
+        return NT_EIO;
+    }
+    if (m->syncing) {
+        m->force_after_sync |= force;
+        return 0;
+    }
+    if (m->unsynced > 0) {
+        return mqttsrc__sync_start(m, force);
+    }
+    return mqttsrc__write(m, force);
+}
+
+static void mqttsrc__watch(nt_mqttsrc_t *m);
+
+/* The sync thread is done (loop thread): the records it covered are durable and their PUBACKs
+ * go out, or the journal failed and none ever will. */
+static void mqttsrc__on_sync_done(nt_syncer_t *sy, void *data)
+{
+    nt_mqttsrc_t *m = data;
+    m->syncing = 0;
+    if (m->failed) {
+        return; /* failed meanwhile: nothing of it is acknowledged */
+    }
+    if (nt_journal_sync_end(m->journal, &m->sreq) != 0) {
+        mqttsrc__fail(m);
+        return;
+    }
+    m->unsynced -= m->sync_covers < m->unsynced ? m->sync_covers : m->unsynced;
+    m->sync_covers = 0;
+    mqttsrc__synced(m);
+    if (m->settling) {
+        return;
+    }
+    int force = m->force_after_sync;
+    m->force_after_sync = 0;
+    if (nt_mqttconn_open(m->conn) && mqttsrc__flush(m, force) != 0) {
+        return;
+    }
+    mqttsrc__watch(m);
+}
+
 /* Watches the socket for what the source wants now (or remembers it for the next socket). */
 static void mqttsrc__watch(nt_mqttsrc_t *m)
 {
-    int want_read = !m->failed;
+    int want_read = !m->failed && !m->syncing;
     if (nt_mqttconn_open(m->conn)) {
-        nt_mqttconn_watch(m->conn, want_read, mqttsrc__may_write(m));
+        nt_mqttconn_watch(m->conn, want_read, !m->syncing && mqttsrc__may_write(m));
     } else {
         nt_mqttconn_want_read(m->conn, want_read);
     }
@@ -344,7 +419,7 @@ static void mqttsrc__on_io(nt_mqttconn_t *c, int status, int events, void *data)
     if ((events & UV_WRITABLE) && mqttsrc__flush(m, 0) != 0) {
         return;
     }
-    if ((events & UV_READABLE) && nt_mqttconn_open(c)) {
+    if ((events & UV_READABLE) && nt_mqttconn_open(c) && !m->syncing) {
         mqttsrc__read_burst(m);
     }
     mqttsrc__watch(m);
@@ -374,8 +449,16 @@ int nt_mqttsrc_init(uv_loop_t *loop, nt_mqttsrc_t **out, const nt_config_t *cfg,
     m->cfg = cfg;
     m->on_synced = on_synced;
     m->data = data;
-    int rc = nt_mqttconn_init(loop, &m->conn, cfg, &cbs, m);
+    int rc = nt_syncer_init(loop, &m->syncer, mqttsrc__on_sync_done, m);
     if (rc != 0) {
+        nt_log(NT_LOG_ERROR, "mqtt", "could not create the journal's sync thread: %s",
+               nt_strerror(rc));
+        free(m);
+        return rc;
+    }
+    rc = nt_mqttconn_init(loop, &m->conn, cfg, &cbs, m);
+    if (rc != 0) {
+        nt_syncer_close(m->syncer);
         free(m);
         return rc;
     }
@@ -456,8 +539,9 @@ const char *nt_mqttsrc_journal_failure(const nt_mqttsrc_t *m)
 void nt_mqttsrc_close(nt_mqttsrc_t *m)
 {
     /* DISCONNECT only after everything read is durable: its write also sends the PUBACKs. */
-    int graceful =
-        nt_mqttconn_connected(m->conn) && nt_mqttconn_open(m->conn) && mqttsrc__flush(m, 1) == 0;
+    int graceful = nt_mqttconn_connected(m->conn) && nt_mqttconn_open(m->conn) &&
+                   mqttsrc__sync(m) == 0 && mqttsrc__write(m, 1) == 0;
+    nt_syncer_close(m->syncer);
     nt_mqttconn_close(m->conn, graceful);
     uv_timer_stop(&m->retry_timer);
     uv_close((uv_handle_t *)&m->retry_timer, mqttsrc__retry_closed); /* m freed once both closed */

@@ -93,6 +93,27 @@ int nt_journal_append(nt_journal_t *j, int64_t received_us, const char *topic, s
  * then nothing appended since the last successful sync may be acknowledged. */
 int nt_journal_sync(nt_journal_t *j);
 
+/* The same in three steps, so that the fdatasync runs on another thread while the loop goes on
+ * (group commit): nt_journal_sync_begin writes the buffer (loop thread) and fills req;
+ * nt_journal_sync_run does the fdatasync and directory fsync (any thread; touches only req);
+ * nt_journal_sync_end (loop thread) makes what req covered durable and readable, or fails the
+ * journal as nt_journal_sync does. Between begin and end, nothing may close the journal; records
+ * appended meanwhile are not covered (the next sync covers them). */
+typedef struct {
+    int fd;             /* the newest segment when it needs an fdatasync, else -1 */
+    int dir_fd;         /* the directory when it needs an fsync, else -1 */
+    int err;            /* errno of a failed fdatasync, else 0 */
+    int dir_err;        /* errno of a failed directory fsync, else 0 */
+    uint64_t seg_start; /* the newest segment's start (names it in errors) */
+    uint64_t end;       /* durable up to here once the sync succeeded */
+    uint64_t write_gen;
+    uint64_t dir_gen;
+} nt_journal_sync_req_t;
+
+int nt_journal_sync_begin(nt_journal_t *j, nt_journal_sync_req_t *req);
+void nt_journal_sync_run(nt_journal_sync_req_t *req);
+int nt_journal_sync_end(nt_journal_t *j, const nt_journal_sync_req_t *req);
+
 /* After a failed write or sync (the journal refuses appends): forgets what was appended since
  * the last successful sync -- never acknowledged, so the broker redelivers it --, cuts the newest
  * segment back to what was synced, and starts a fresh segment at the durable end (an fdatasync

@@ -525,6 +525,51 @@ static void test_not_visible_before_sync(void **state)
     nt_journal_close(j);
 }
 
+/* The sync in three steps (the sync thread's): what begin covered is durable after end; what was
+ * appended between them is not, until the next sync; a failed fdatasync fails the journal. */
+static void test_sync_in_steps(void **state)
+{
+    fixture_t *f = *state;
+    nt_journal_record_t rec;
+    uint64_t pos[12];
+    uint64_t at = 0;
+    nt_journal_t *j = open_ok(f->dir, 0, 0);
+    nt_journal_sync_req_t req;
+
+    append_records(j, 0, 5, pos, &at);
+    assert_int_equal(nt_journal_sync_begin(j, &req), 0);
+    assert_true(req.fd >= 0);
+    uint64_t covered = at;
+    append_records(j, 5, 2, pos, &at); /* after begin: not covered */
+    nt_journal_sync_run(&req);
+    assert_int_equal(req.err, 0);
+    assert_int_equal(nt_journal_sync_end(j, &req), 0);
+    assert_int_equal(nt_journal_end(j), covered);
+    check_records(j, 0, 5, pos);
+    assert_int_equal(nt_journal_read(j, covered, &rec), 0);
+    assert_int_equal(nt_journal_sync(j), 0);
+    assert_int_equal(nt_journal_end(j), at);
+    check_records(j, 0, 7, pos);
+
+    /* nothing new: nothing to sync */
+    assert_int_equal(nt_journal_sync_begin(j, &req), 0);
+    assert_int_equal(req.fd, -1);
+    nt_journal_sync_run(&req);
+    assert_int_equal(nt_journal_sync_end(j, &req), 0);
+
+    /* a failed fdatasync: the journal refuses appends, nothing past the last sync is readable */
+    uint64_t end = at;
+    append_records(j, 7, 2, pos, &at);
+    assert_int_equal(nt_journal_sync_begin(j, &req), 0);
+    req.err = EIO; /* as nt_journal_sync_run reports it */
+    assert_int_equal(nt_journal_sync_end(j, &req), NT_EIO);
+    assert_true(nt_journal_failed(j));
+    assert_non_null(strstr(nt_journal_error(j), "could not sync"));
+    assert_int_equal(nt_journal_end(j), end);
+    assert_int_equal(nt_journal_sync_begin(j, &req), NT_EIO);
+    nt_journal_close(j);
+}
+
 static void test_reopen_continues(void **state)
 {
     fixture_t *f = *state;
@@ -2027,6 +2072,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_check_torn_then_clean, setup, teardown),
         cmocka_unit_test_setup_teardown(test_salvage_reports_loss, setup, teardown),
         cmocka_unit_test_setup_teardown(test_salvage_clean, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_in_steps, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
