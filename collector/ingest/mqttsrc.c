@@ -13,7 +13,7 @@
 
 /* One burst of reads is bounded so that a busy broker cannot starve the loop, and so
  * that the journal never overshoots its bound by more than one burst. */
-#define MQTTSRC_BURST_MESSAGES 4096
+#define MQTTSRC_BURST_MESSAGES 512
 #define MQTTSRC_BURST_BYTES    (8u * 1024u * 1024u)
 /* Longest wait between two tries of a journal that refuses writes. */
 #define MQTTSRC_RETRY_MAX_MS 10000
