@@ -151,12 +151,37 @@ static int txn__send_stage(nt_txn_t *t)
     return t->ops->send(t->conn, t->sql, 0, NULL);
 }
 
+/* The staged rows into the tables, skipping what is stored already: events first (ON CONFLICT on
+ * their key), then each raw message only if an event of it was stored now -- a redelivered
+ * message stored none -- or, marked conflicting, if every event identity of it was stored from a
+ * message with other content (at most once: a partial unique index; see 009_raw_evidence_lean.sql),
+ * then quarantine rows (ON CONFLICT on their key). */
+static const char txn__merge_raw[] =
+    "INSERT INTO needletrace.raw_messages (%s, conflicting) SELECT %s, nt_conflicting FROM ("
+    "SELECT DISTINCT ON (s.clinic_id, s.device_serial, s.payload_sha256) s.*, "
+    "m.clinic_id IS NULL AS nt_conflicting FROM nt_stage_raw_messages s LEFT JOIN ("
+    "SELECT se.clinic_id, se.device_serial, se.payload_sha256, "
+    "bool_or(e.tx = txid_current()) AS now FROM nt_stage_events se JOIN needletrace.events e "
+    "ON e.clinic_id = se.clinic_id AND e.device_serial = se.device_serial "
+    "AND e.boot_id = se.boot_id AND e.seq = se.seq AND e.payload_sha256 = se.payload_sha256 "
+    "GROUP BY 1, 2, 3) m ON m.clinic_id = s.clinic_id AND m.device_serial = s.device_serial "
+    "AND m.payload_sha256 = s.payload_sha256 WHERE m.now OR m.clinic_id IS NULL "
+    "ORDER BY s.clinic_id, s.device_serial, s.payload_sha256, s.journal_pos) x "
+    "ON CONFLICT (clinic_id, device_serial, payload_sha256) WHERE conflicting DO NOTHING;";
+
 static int txn__send_merge(nt_txn_t *t)
 {
+    static const int order[NT_BATCH__TABLES] = {NT_BATCH_EVENTS, NT_BATCH_RAW, NT_BATCH_QUARANTINE};
     size_t n = 0;
-    for (int i = 0; i < NT_BATCH__TABLES && n < sizeof(t->sql); i++) {
-        const nt_batch_table_t *tb = &t->batch->tables[i];
-        if (tb->buf.rows > 0) {
+    for (int k = 0; k < NT_BATCH__TABLES && n < sizeof(t->sql); k++) {
+        const nt_batch_table_t *tb = &t->batch->tables[order[k]];
+        if (tb->buf.rows == 0) {
+            continue;
+        }
+        if (order[k] == NT_BATCH_RAW) {
+            n += (size_t)snprintf(t->sql + n, sizeof(t->sql) - n, txn__merge_raw, tb->columns,
+                                  tb->columns);
+        } else {
             n += (size_t)snprintf(t->sql + n, sizeof(t->sql) - n,
                                   "INSERT INTO needletrace.%s (%s) SELECT %s FROM nt_stage_%s "
                                   "ON CONFLICT DO NOTHING;",

@@ -48,7 +48,8 @@ static const char raw_columns[] =
     XX(TEMPERATURE_DC, temperature_dc)                                                             \
     XX(MOTOR_SECONDS_TOTAL, motor_seconds_total)                                                   \
     XX(FAULT_CODE, fault_code)                                                                     \
-    XX(FAULT_MESSAGE, fault_message)
+    XX(FAULT_MESSAGE, fault_message)                                                               \
+    XX(DEVICE_MODEL, device_model)
 
 enum {
 #define BATCH__EVENT_COL_ENUM(name, column) EV_##name,
@@ -100,6 +101,7 @@ typedef struct {
     uint8_t sha[SHA256_DIGEST_LENGTH];
     int64_t boot_id;
     int64_t received_us;
+    const char *device_model;
 } msg_ctx_t;
 
 /* Writes n SQL NULL fields at once. */
@@ -285,6 +287,13 @@ static void batch__event(nt_copybuf_t *c, const msg_ctx_t *m, const Needletrace_
     nt_copybuf_bytes(c, m->collector_id, m->collector_len);
     r.col = EV_COLLECTOR_ID + 1;
     batch__event_body(&r, ev);
+    if (ev->body_case == NEEDLETRACE__V1__EVENT__BODY_NEEDLE_SETTING ||
+        ev->body_case == NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY) {
+        /* what DEPTH_OUT_OF_RANGE needs of the message, on the row it judges */
+        batch__at(&r, EV_DEVICE_MODEL);
+        batch__opt_str(c, m->device_model);
+        r.col = EV_DEVICE_MODEL + 1;
+    }
     batch__end(&r);
 }
 
@@ -303,6 +312,7 @@ static uint32_t batch__add_accepted(nt_batch_t *b, const nt_journal_record_t *re
     m.collector_len = strlen(b->collector_id);
     m.boot_id = (int64_t)t->boot_id;
     m.received_us = rec->received_us;
+    m.device_model = t->device_model;
     SHA256(rec->payload, rec->payload_len, m.sha);
 
     nt_copybuf_t *raw = &b->tables[NT_BATCH_RAW].buf;

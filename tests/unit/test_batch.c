@@ -550,7 +550,7 @@ static void test_batch_tables(void **state)
     assert_string_equal(b->tables[NT_BATCH_EVENTS].table, "events");
     assert_string_equal(b->tables[NT_BATCH_QUARANTINE].table, "quarantine");
     assert_int_equal(count_cols(b->tables[NT_BATCH_RAW].columns), 14);
-    assert_int_equal(count_cols(b->tables[NT_BATCH_EVENTS].columns), 29);
+    assert_int_equal(count_cols(b->tables[NT_BATCH_EVENTS].columns), 30);
     assert_int_equal(count_cols(b->tables[NT_BATCH_QUARANTINE].columns), 11);
     assert_string_equal(b->collector_id, "collector-a");
     for (int i = 0; i < NT_BATCH__TABLES; i++) {
@@ -635,13 +635,14 @@ static void test_batch_valid_message(void **state)
                                         "temperature_dc",
                                         "motor_seconds_total",
                                         "fault_code",
-                                        "fault_message"};
+                                        "fault_message",
+                                        "device_model"};
     /* Which typed columns each kind fills (bit i = typed[i]). */
     static const uint32_t filled[8] = {
         0x3,           /* operator_id, patient_ref */
         0x1f8,         /* gtin .. sterile_barrier_intact */
-        0x1c00,        /* depth_um, stroke_rate_hz, area */
-        0x3c00,        /* + duration_ms */
+        0x81c00,       /* depth_um, stroke_rate_hz, area, device_model */
+        0x83c00,       /* + duration_ms */
         0x1c000,       /* battery_pct, temperature_dc, motor_seconds_total */
         0x60000,       /* fault_code, fault_message */
         0x4,           /* motor_seconds */
@@ -649,7 +650,7 @@ static void test_batch_valid_message(void **state)
     };
     for (int i = 0; i < 8; i++) {
         r = &rows[i];
-        assert_int_equal(r->ncols, 29);
+        assert_int_equal(r->ncols, 30);
         assert_text(r, col(ec, "clinic_id"), "clinic-7");
         assert_text(r, col(ec, "device_serial"), "HP-0001");
         assert_int_equal(get_int8(r, col(ec, "boot_id")), 7);
@@ -689,11 +690,13 @@ static void test_batch_valid_message(void **state)
     assert_int_equal(get_int4(r, col(ec, "depth_um")), 750);
     assert_int_equal(get_int4(r, col(ec, "stroke_rate_hz")), 120);
     assert_text(r, col(ec, "area"), "forehead");
+    assert_text(r, col(ec, "device_model"), "MN-Pro 3");
     r = &rows[3];
     assert_int_equal(get_int4(r, col(ec, "depth_um")), 500);
     assert_int_equal(get_int4(r, col(ec, "stroke_rate_hz")), 100);
     assert_text(r, col(ec, "area"), "decolletage");
     assert_int_equal(get_int8(r, col(ec, "duration_ms")), 4500);
+    assert_text(r, col(ec, "device_model"), "MN-Pro 3");
     r = &rows[4];
     assert_int_equal(get_int2(r, col(ec, "battery_pct")), 87);
     assert_int_equal(get_int4(r, col(ec, "temperature_dc")), -15);

@@ -456,16 +456,28 @@ static void test_unique_violation_takes_staging_path(void **state)
     assert_copy_data(f, 3, NT_BATCH_EVENTS);
     assert_copy_data(f, 4, NT_BATCH_QUARANTINE);
 
+    /* events first, then the raw messages that stored an event now (or conflict), quarantine */
     const char *merge = f->fake.stmts[7].sql;
+    const char *at[NT_BATCH__TABLES];
     for (int i = 0; i < NT_BATCH__TABLES; i++) {
         const nt_batch_table_t *tb = &f->batch.tables[i];
         char want[2048];
-        snprintf(want, sizeof(want),
-                 "INSERT INTO needletrace.%s (%s) SELECT %s FROM nt_stage_%s ON CONFLICT DO "
-                 "NOTHING;",
-                 tb->table, tb->columns, tb->columns, tb->table);
-        assert_non_null(strstr(merge, want));
+        if (i == NT_BATCH_RAW) {
+            snprintf(want, sizeof(want), "INSERT INTO needletrace.raw_messages (%s, conflicting)",
+                     tb->columns);
+        } else {
+            snprintf(want, sizeof(want),
+                     "INSERT INTO needletrace.%s (%s) SELECT %s FROM nt_stage_%s ON CONFLICT DO "
+                     "NOTHING;",
+                     tb->table, tb->columns, tb->columns, tb->table);
+        }
+        at[i] = strstr(merge, want);
+        assert_non_null(at[i]);
     }
+    assert_true(at[NT_BATCH_EVENTS] < at[NT_BATCH_RAW] &&
+                at[NT_BATCH_RAW] < at[NT_BATCH_QUARANTINE]);
+    assert_non_null(strstr(merge, "bool_or(e.tx = txid_current())"));
+    assert_non_null(strstr(merge, "WHERE conflicting DO NOTHING;"));
     assert_call(f, 8, SQL_RULES, 1);
     assert_checkpoint(f, 9);
     assert_string_equal(f->fake.stmts[10].sql, "COMMIT");
