@@ -270,6 +270,7 @@ static int run__open(run_t *r)
         .reconnect_max_ms = (uint32_t)r->cfg.mqtt_reconnect_max_ms,
         .statement_timeout_ms = (uint64_t)r->cfg.database_statement_timeout_ms,
         .watchdog_ms = (uint64_t)r->cfg.database_watchdog_ms,
+        .connections = (uint32_t)r->cfg.database_connections,
     };
     int rc = nt_pgsink_init(&r->loop, &r->sink, &sopts, r->journal, run__on_commit, r);
     if (rc != 0) {

@@ -106,6 +106,11 @@ const nt_config__key_t nt_config__keys[] = {
                 "statement cancelled (a cancel request); without an answer 5 s later the "
                 "connection is dropped and made again. Must exceed "
                 "database.statement_timeout_ms."),
+    CONFIG__NUM("database", "connections", NT_CONFIG__INT, database_connections, "2", 1, 2,
+                "Database connections of the collector. With 2, the next batch's transaction "
+                "runs on the second while the first commits (batches still commit one after the "
+                "other, in journal order: each waits for the checkpoint of the one before). 1: "
+                "one transaction at a time."),
     CONFIG__STR("journal", "dir", journal_dir, "/var/lib/needletrace/journal", NULL, 0, NULL,
                 "Durable spool directory (created with mode 0700). One collector per directory."),
     CONFIG__NUM("journal", "max_bytes", NT_CONFIG__SIZE, journal_max_bytes, "1GiB",

@@ -27,6 +27,7 @@ struct nt_pgconn_s {
     nt_pgparams_t params;
     uint32_t reconnect_min_ms;
     uint32_t reconnect_max_ms;
+    int secondary; /* leaves needletrace_db_connected to the first connection */
     nt_pgconn_cbs_t cbs;
     void *data;
 
@@ -218,7 +219,9 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
         PQfinish(c->conn);
         c->conn = NULL;
     }
-    nt_metrics.db_connected = 0;
+    if (!c->secondary) {
+        nt_metrics.db_connected = 0;
+    }
     c->in_flight = 0;
     c->state = PGCONN_WAITING;
     pgconn__schedule_retry(c);
@@ -439,6 +442,7 @@ int nt_pgconn_init(uv_loop_t *loop, nt_pgconn_t **out, const nt_pgconn_options_t
     c->loop = loop;
     c->cbs = *cbs;
     c->data = data;
+    c->secondary = opts->secondary;
     c->reconnect_min_ms = opts->reconnect_min_ms != 0 ? opts->reconnect_min_ms : 250;
     c->reconnect_max_ms =
         opts->reconnect_max_ms < c->reconnect_min_ms ? c->reconnect_min_ms : opts->reconnect_max_ms;
@@ -520,7 +524,9 @@ void nt_pgconn_close(nt_pgconn_t *c)
         PQfinish(c->conn);
         c->conn = NULL;
     }
-    nt_metrics.db_connected = 0;
+    if (!c->secondary) {
+        nt_metrics.db_connected = 0;
+    }
     uv_timer_stop(&c->retry_timer);
     uv_timer_stop(&c->watchdog);
     uv_close((uv_handle_t *)&c->watchdog, pgconn__timer_closed);

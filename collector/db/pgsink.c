@@ -21,6 +21,7 @@ static void pgsink__timer_closed(uv_handle_t *h)
     if (--s->handles_open == 0) {
         nt_batch_close(&s->batches[0]);
         nt_batch_close(&s->batches[1]);
+        nt_batch_close(&s->batches[2]);
         nt_outbox_close(&s->outbox);
         free(s->collector_id);
         free(s);
@@ -29,6 +30,7 @@ static void pgsink__timer_closed(uv_handle_t *h)
 
 void nt_pgsink__discard_batches(nt_pgsink_t *s)
 {
+    nt_pgsink__lane_abort(s, "the batch before it was not committed");
     s->read_pos = s->committed;
     nt_batch_reset(s->building);
     nt_batch_reset(s->sending);
@@ -225,6 +227,7 @@ static void pgsink__dispatch_batch(nt_pgsink_t *s)
     s->linger_expired = 0;
     s->building = s->sending;
     s->sending = b;
+    s->txn.after = nt_pgsink__lane_busy(s); /* it follows the second connection's batch */
     pgsink__begin(s, b);
     if (s->state == NT_PGSINK__BUSY) {
         nt_pgsink__fill(s); /* keep decoding the next batch while this one commits */
@@ -240,10 +243,18 @@ void nt_pgsink__maybe_dispatch(nt_pgsink_t *s)
         pgsink__end_drain(s, NT_EDB); /* nothing will be committed until an operator decides */
         return;
     }
+    if (s->state == NT_PGSINK__BUSY && pgsink__batch_due(s) && nt_pgsink__lane_dispatch(s)) {
+        nt_pgsink__fill(s); /* the next batch, while both commit */
+    }
     if (s->state != NT_PGSINK__IDLE || nt_pgconn_backing_off(s->conn)) {
+        pgsink__check_drain(s);
         return; /* busy, or backing off after a failed batch */
     }
-    int batch = pgsink__batch_due(s);
+    /* While the second connection holds a batch, the first takes one after it only when all is
+     * well (the first alone isolates a refused message, or slows down). */
+    int batch = pgsink__batch_due(s) &&
+                (!nt_pgsink__lane_busy(s) ||
+                 (nt_pgsink__all_well(s) && s->building->first_pos == s->lane.batch->end_pos));
     unsigned maintenance = pgsink__maintenance_due(s);
     if (maintenance != 0 && (!batch || s->last_was_batch || s->record_cb != NULL)) {
         s->txn.maint_mask = maintenance; /* the kinds due and not backing off */
@@ -278,12 +289,13 @@ static int pgsink__ops_put_copy(void *conn, const void *data, size_t len)
 
 static const nt_txn_ops_t pgsink__txn_ops = {pgsink__ops_send, pgsink__ops_put_copy};
 
-/* The sink's two batches and its connection. 0, NT_ENOMEM or NT_ECONFIG (the connection string
- * is not valid libpq syntax); nothing left allocated on failure. */
+/* The sink's three batches and its first connection. 0, NT_ENOMEM or NT_ECONFIG (the connection
+ * string is not valid libpq syntax); nothing left allocated on failure. */
 static int pgsink__alloc(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgsink_options_t *opts)
 {
-    nt_pgconn_options_t copts = {opts->conninfo, opts->reconnect_min_ms, opts->reconnect_max_ms,
-                                 opts->collector_id, opts->statement_timeout_ms};
+    nt_pgconn_options_t copts = {
+        opts->conninfo,     opts->reconnect_min_ms,     opts->reconnect_max_ms,
+        opts->collector_id, opts->statement_timeout_ms, 0};
     s->collector_id = strdup(opts->collector_id);
     if (s->collector_id == NULL || nt_batch_init(&s->batches[0], opts->collector_id) != 0) {
         goto err;
@@ -291,8 +303,13 @@ static int pgsink__alloc(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgsink_option
     if (nt_batch_init(&s->batches[1], opts->collector_id) != 0) {
         goto err_batch;
     }
+    if (nt_batch_init(&s->batches[2], opts->collector_id) != 0) {
+        nt_batch_close(&s->batches[1]);
+        goto err_batch;
+    }
     int rc = nt_pgconn_init(loop, &s->conn, &copts, &nt_pgsink__conn_cbs, s);
     if (rc != 0) {
+        nt_batch_close(&s->batches[2]);
         nt_batch_close(&s->batches[1]);
         nt_batch_close(&s->batches[0]);
         free(s->collector_id);
@@ -329,6 +346,8 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     nt_isolate_init(&s->iso);
     nt_txn_init(&s->txn, &pgsink__txn_ops, s->conn, s->collector_id, nt_journal_id(journal),
                 &s->outbox);
+    s->txn.gate = nt_pgsink__first_gate;
+    s->txn.gate_data = s;
     uv_timer_init(loop, &s->linger_timer);
     uv_timer_init(loop, &s->tick_timer);
     uv_idle_init(loop, &s->fill_idle);
@@ -337,6 +356,14 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     s->fill_idle.data = s;
     s->handles_open = 3;
     s->state = NT_PGSINK__DOWN;
+    nt_pgconn_options_t copts = {
+        opts->conninfo,     opts->reconnect_min_ms,     opts->reconnect_max_ms,
+        opts->collector_id, opts->statement_timeout_ms, 1};
+    if (nt_pgsink__lane_init(s, loop, &copts) != 0) {
+        nt_log(NT_LOG_WARN, "db", "could not set up the second database connection: %s; using one",
+               nt_strerror(NT_ENOMEM));
+        s->lane.state = NT_PGSINK__LANE_OFF;
+    }
     *out = s;
     return 0;
 }
@@ -346,6 +373,7 @@ int nt_pgsink_start(nt_pgsink_t *s)
     nt_outbox_init(&s->outbox, nt_mono_us());
     uv_timer_start(&s->tick_timer, pgsink__on_tick, 1000, 1000);
     nt_pgconn_connect(s->conn);
+    nt_pgsink__lane_start(s);
     return 0;
 }
 
@@ -456,6 +484,7 @@ int nt_pgsink_ready(const nt_pgsink_t *s)
 void nt_pgsink_close(nt_pgsink_t *s)
 {
     s->state = NT_PGSINK__CLOSED;
+    nt_pgsink__lane_close(s);
     nt_pgconn_close(s->conn);
     uv_timer_stop(&s->linger_timer);
     uv_timer_stop(&s->tick_timer);

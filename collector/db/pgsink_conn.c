@@ -42,6 +42,7 @@ static void pgsink__resume(nt_pgsink_t *s)
     uint64_t pos = s->check.resume;
     s->read_pos = pos;
     s->committed = pos;
+    s->checkpoint_exists = s->check.verdict != NT_CHECKPOINT_NONE;
     s->mismatch[0] = '\0';
     nt_metrics.db_checkpoint_mismatch = 0;
     if (pos > s->check.start) {
@@ -130,6 +131,8 @@ static void pgsink__on_lost(nt_pgconn_t *c, void *data)
         return;
     }
     s->state = NT_PGSINK__DOWN;
+    s->checkpoint_exists = 0;
+    s->first_deferred = 0; /* its commit, if it happened, is in the checkpoint read next */
     nt_pgsink__discard_batches(s);
     nt_outbox_aborted(&s->outbox);
     nt_pgsink__recorded(s, NT_EDB); /* a graceful stop does not wait for the reconnect */
@@ -195,7 +198,15 @@ static void pgsink__on_done(nt_pgconn_t *c, void *data)
     }
     int rc = nt_txn_done(&s->txn);
     if (rc == NT_TXN_COMMITTED) {
+        if (s->txn.batch != NULL && nt_pgsink__lane_holds_older(s)) {
+            /* committed after the second connection's older batch, whose answer has not been
+             * read yet: settled right after it (pgsink_lane.c) */
+            s->first_deferred = 1;
+            return;
+        }
         nt_pgsink__committed(s);
+    } else if (rc == NT_TXN_PENDING) {
+        nt_pgsink__ungate(s); /* its checkpoint move may have opened the other's gate */
     } else if (rc == NT_TXN_ROLLED_BACK) {
         nt_pgsink__rolled_back(s);
     } else if (rc < 0 && nt_pgconn_connected(c)) {

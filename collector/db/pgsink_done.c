@@ -13,18 +13,27 @@
 /* ---- after a commit ---------------------------------------------------------------------------
  */
 
-/* The batch's COMMIT succeeded on this connection: its checkpoint is confirmed, the journal
- * behind it may go. (A COMMIT whose answer was lost never comes here: the connection is dropped,
- * and the checkpoint is read back at the next connect before anything is released.) */
-static void pgsink__batch_committed(nt_pgsink_t *s)
+/* A batch's COMMIT succeeded (on either connection, in journal order): its checkpoint is
+ * confirmed, the journal behind it may go. (A COMMIT whose answer was lost never comes here: the
+ * connection is dropped, and the checkpoint is read back at the next connect before anything is
+ * released.) */
+void nt_pgsink__settle_batch(nt_pgsink_t *s, nt_batch_t *b, int64_t started_us)
 {
-    nt_batch_t *b = s->sending;
     if (s->iso.stalled) {
         nt_log(NT_LOG_INFO, "db", "the database takes batches again");
     }
     nt_isolate_committed(&s->iso, b->first_pos, b->end_pos);
     nt_metrics.db_stalled = 0;
     s->committed = b->end_pos;
+    s->checkpoint_exists = 1;
+    if (s->read_pos < s->committed) {
+        /* a younger batch committed although an older one seemed not to (its answer was lost):
+         * the checkpoint it moved is the truth */
+        s->read_pos = s->committed;
+        nt_batch_reset(s->building);
+        uv_timer_stop(&s->linger_timer);
+        s->linger_expired = 0;
+    }
     nt_metrics.db_batches++;
     nt_metrics.db_messages += b->messages;
     nt_metrics.db_events += b->events;
@@ -32,7 +41,7 @@ static void pgsink__batch_committed(nt_pgsink_t *s)
     for (int r = 0; r < NT_REASON__COUNT; r++) {
         nt_metrics.db_quarantined_by_reason[r] += b->rejected_by_reason[r];
     }
-    nt_metrics.db_commit_us_sum += (uint64_t)(nt_mono_us() - s->txn_started_us);
+    nt_metrics.db_commit_us_sum += (uint64_t)(nt_mono_us() - started_us);
     nt_metrics.db_last_commit_unix_us = (uint64_t)nt_now_us();
     nt_metrics.journal_checkpoint = s->committed;
     nt_log(NT_LOG_DEBUG, "db",
@@ -69,7 +78,7 @@ void nt_pgsink__committed(nt_pgsink_t *s)
     s->last_was_batch = had_batch;
     if (had_batch) {
         nt_pgconn_backoff_reset(s->conn);
-        pgsink__batch_committed(s);
+        nt_pgsink__settle_batch(s, s->sending, s->txn_started_us);
     } else {
         for (int k = 0; k < NT_PGSINK__KINDS; k++) {
             if (s->txn.maint_mask & (1u << k)) {
@@ -88,6 +97,9 @@ void nt_pgsink__committed(nt_pgsink_t *s)
         s->on_alerts(s, s->outbox.alerts.items, s->outbox.alerts.n, s->data);
     }
     nt_outbox_published(&s->outbox);
+    if (had_batch) {
+        nt_pgsink__lane_after_first(s); /* the second connection's batch, if it committed too */
+    }
     nt_pgsink__fill(s);
     nt_pgsink__maybe_dispatch(s);
 }
@@ -210,8 +222,10 @@ void nt_pgsink__rolled_back(nt_pgsink_t *s)
     if (s->txn.batch != NULL && strcmp(s->txn.sqlstate, NT_TXN_CHECKPOINT_MOVED) == 0) {
         /* Not this batch's fault: the checkpoint changed under the collector. Compare it with
          * the journal again (the comparison logs what it finds). */
-        nt_log(NT_LOG_ERROR, "db", "could not commit a batch: %s; reading the checkpoint again",
-               s->txn.error);
+        nt_log(s->txn.after ? NT_LOG_INFO : NT_LOG_ERROR, "db",
+               "could not commit a batch: %s%s; reading the checkpoint again", s->txn.error,
+               s->txn.after ? " (the batch before it, on the other connection, was not committed)"
+                            : "");
         nt_pgsink__discard_batches(s);
         nt_pgsink__read_checkpoint(s);
         return;

@@ -35,6 +35,28 @@ typedef enum {
     NT_PGSINK__CLOSED,
 } nt_pgsink__state_t;
 
+/* The second connection (pgsink_lane.c): it takes the batch after the one in flight on the first
+ * connection, whose transaction it overlaps; the first connection keeps everything else (the
+ * checkpoint read at connect, bookkeeping, isolating a refused message). */
+typedef enum {
+    NT_PGSINK__LANE_OFF = 0, /* database.connections = 1 */
+    NT_PGSINK__LANE_DOWN,    /* not connected; pgconn reconnects */
+    NT_PGSINK__LANE_IDLE,
+    NT_PGSINK__LANE_BUSY, /* a batch's transaction in flight */
+} nt_pgsink__lane_state_t;
+
+typedef struct {
+    nt_pgsink__lane_state_t state;
+    nt_pgconn_t *conn;
+    nt_txn_t txn;
+    nt_outbox_t outbox;  /* the alerts its transaction raised (no bookkeeping of its own) */
+    nt_batch_t *batch;   /* its batch (one of the sink's three) */
+    int committed_early; /* COMMIT answered before the first connection's batch was settled */
+    int resting;         /* its last batch failed: unused until the first connection commits */
+    int doomed; /* the batch before it was not committed: left to end by itself (pgsink_lane.c) */
+    int64_t started_us;
+} nt_pgsink__lane_t;
+
 struct nt_pgsink_s {
     nt_pgsink_options_t opts;
     char *collector_id;
@@ -60,12 +82,17 @@ struct nt_pgsink_s {
     nt_checkpoint_check_t check; /* the comparison made at the last connect */
     char mismatch[200];          /* why ingest is stopped, for /readyz ("" when it is not) */
 
-    nt_batch_t batches[2];
-    nt_batch_t *building; /* takes records from the journal */
-    nt_batch_t *sending;  /* the batch of the transaction in flight */
-    uint64_t read_pos;    /* next journal position to read */
-    uint64_t committed;   /* checkpoint confirmed on the current connection (read or committed) */
-    uint64_t known_end;   /* the highest position the database can know of (checkpoint.h) */
+    nt_batch_t batches[3];
+    nt_batch_t *building;   /* takes records from the journal */
+    nt_batch_t *sending;    /* the batch of the transaction in flight on the first connection */
+    nt_pgsink__lane_t lane; /* the second connection and its batch */
+    int checkpoint_exists;  /* this connection read or committed the checkpoint row: a batch may
+                               follow another (move_checkpoint's p_after needs the row) */
+    int first_deferred;     /* the first connection's batch committed before the second's older
+                               one was settled: settled right after it (state stays BUSY) */
+    uint64_t read_pos;      /* next journal position to read */
+    uint64_t committed;     /* checkpoint confirmed on the current connection (read or committed) */
+    uint64_t known_end;     /* the highest position the database can know of (checkpoint.h) */
     int linger_expired;
     int64_t txn_started_us;
     char read_failure[512]; /* the journal read failure last logged, "" when none */
@@ -106,6 +133,33 @@ void nt_pgsink__release(nt_pgsink_t *s, uint64_t pos);
 /* Sends the checkpoint query (state NT_PGSINK__CHECKPOINT): at connect, and on the same
  * connection when the database says the checkpoint moved (pgsink_conn.c). */
 void nt_pgsink__read_checkpoint(nt_pgsink_t *s);
+
+/* The second connection (pgsink_lane.c): created with the sink when opts.connections is 2. */
+int nt_pgsink__lane_init(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgconn_options_t *copts);
+void nt_pgsink__lane_start(nt_pgsink_t *s);
+void nt_pgsink__lane_close(nt_pgsink_t *s);
+/* Sends the building batch on the second connection when it may take it; 1 when it did. */
+int nt_pgsink__lane_dispatch(nt_pgsink_t *s);
+/* The first connection settled its batch: settles the second's if it committed meanwhile. */
+void nt_pgsink__lane_after_first(nt_pgsink_t *s);
+/* Everything after the checkpoint is read again: the second connection's transaction (which can
+ * no longer commit, unless it already did) is left to end by itself; nothing waits for it. */
+void nt_pgsink__lane_abort(nt_pgsink_t *s, const char *why);
+/* 1 while the second connection holds a batch that counts (not one left to end by itself). */
+int nt_pgsink__lane_busy(const nt_pgsink_t *s);
+/* 1 while the second connection holds the oldest batch in flight. */
+int nt_pgsink__lane_holds_older(const nt_pgsink_t *s);
+/* No isolation, slow database or stop under way, and a second connection: a batch may follow
+ * another in flight. */
+int nt_pgsink__all_well(const nt_pgsink_t *s);
+/* The first connection's gate (txn.h): closed while the second holds an older batch that has not
+ * moved the checkpoint. */
+int nt_pgsink__first_gate(void *data);
+/* Sends the checkpoint move of a transaction waiting at its gate, when it opened. */
+void nt_pgsink__ungate(nt_pgsink_t *s);
+/* Settles a committed batch: checkpoint, metrics, journal release, commit callback (pgsink_done.c).
+ */
+void nt_pgsink__settle_batch(nt_pgsink_t *s, nt_batch_t *b, int64_t started_us);
 
 /* Calls the nt_pgsink_record_deliveries callback once with status (pgsink.c). */
 void nt_pgsink__recorded(nt_pgsink_t *s, int status);

@@ -260,18 +260,19 @@ static int txn__send_stopped(nt_txn_t *t)
 }
 
 /* Moves the checkpoint from where the batch starts to where it ends; the database refuses when
- * the checkpoint is not where this collector left it (SQLSTATE NT_TXN_CHECKPOINT_MOVED). */
+ * the checkpoint is not where the batch starts (SQLSTATE NT_TXN_CHECKPOINT_MOVED). A batch that
+ * follows another in flight (t->after) never creates the first checkpoint. */
 static int txn__send_checkpoint(nt_txn_t *t)
 {
     char jid[24], from[24], to[24];
     snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)t->journal_id);
     snprintf(from, sizeof(from), "%" PRIu64, t->batch->first_pos);
     snprintf(to, sizeof(to), "%" PRIu64, t->batch->end_pos);
-    const char *params[4] = {t->collector_id, jid, from, to};
+    const char *params[5] = {t->collector_id, jid, from, to, t->after ? "true" : "false"};
     return t->ops->send(t->conn,
-                        "SELECT needletrace.advance_checkpoint($1, $2::bigint, $3::bigint, "
-                        "$4::bigint)",
-                        4, params);
+                        "SELECT needletrace.move_checkpoint($1, $2::bigint, $3::bigint, "
+                        "$4::bigint, $5::boolean)",
+                        5, params);
 }
 
 static int txn__send_commit(nt_txn_t *t)
@@ -300,13 +301,16 @@ static const txn__step_t txn__steps[] = {
     {"stage", txn__staging_path, txn__send_stage, NULL, NULL, 0},
     {"stage_copy", txn__staging_path, txn__send_stage_copy, txn__copy_again, NULL, 0},
     {"merge", txn__staging_path, txn__send_merge, NULL, NULL, 0},
+    /* The checkpoint before the rules: with two connections, a batch's transaction waits here
+     * (the checkpoint row is locked) until the one before it committed, so that its rules see
+     * every earlier batch, and batches commit in journal order. */
+    {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0},
     {"rules", txn__has_batch, txn__send_rules, NULL, NULL, 1},
     {"delivered", txn__has_deliveries, txn__send_delivered, NULL, NULL, 0},
     {"refused", txn__has_refusals, txn__send_refused, NULL, NULL, 0},
     {"gaps", txn__gaps_due, txn__send_gaps, NULL, NULL, 1},
     {"undelivered", txn__undelivered_wanted, txn__send_undelivered, NULL, NULL, 1},
     {"stopped", txn__stopping, txn__send_stopped, NULL, NULL, 0},
-    {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0},
     {"commit", NULL, txn__send_commit, NULL, NULL, 0},
 };
 
@@ -324,6 +328,10 @@ static int txn__run_from(nt_txn_t *t, size_t i)
         t->step = i;
         t->table = 0;
         t->failed = 0;
+        if (s->send == txn__send_checkpoint && t->gate != NULL && !t->gate(t->gate_data)) {
+            t->gated = 1; /* nt_txn_ungate sends it */
+            return NT_TXN_PENDING;
+        }
         int rc = s->send(t);
         if (rc == TXN__SKIP) {
             continue;
@@ -362,6 +370,7 @@ int nt_txn_begin(nt_txn_t *t, nt_batch_t *batch)
     t->batch = batch;
     t->staging = 0;
     t->rolling_back = 0;
+    t->gated = 0;
     int rc = txn__run_from(t, 0);
     return rc == NT_TXN_PENDING ? 0 : rc;
 }
@@ -421,6 +430,26 @@ int nt_txn_done(nt_txn_t *t)
         return NT_TXN_COMMITTED;
     }
     return txn__run_from(t, t->step + 1);
+}
+
+int nt_txn_ungate(nt_txn_t *t)
+{
+    if (!t->gated) {
+        return 0;
+    }
+    t->gated = 0;
+    int rc = txn__run_from(t, t->step);
+    return rc == NT_TXN_PENDING ? 0 : rc;
+}
+
+int nt_txn_checkpoint_moved(const nt_txn_t *t)
+{
+    for (size_t i = 0; i < TXN__NSTEPS; i++) {
+        if (txn__steps[i].send == txn__send_checkpoint) {
+            return t->step > i && !t->rolling_back;
+        }
+    }
+    return 0;
 }
 
 unsigned nt_txn_step_kind(const nt_txn_t *t)

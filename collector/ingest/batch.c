@@ -291,7 +291,7 @@ static void batch__event(nt_copybuf_t *c, const msg_ctx_t *m, const Needletrace_
         ev->body_case == NEEDLETRACE__V1__EVENT__BODY_NEEDLE_ACTIVITY) {
         /* what DEPTH_OUT_OF_RANGE needs of the message, on the row it judges */
         batch__at(&r, EV_DEVICE_MODEL);
-        batch__opt_str(c, m->device_model);
+        batch__str(c, m->device_model); /* "" when the pen sent none, as in raw_messages */
         r.col = EV_DEVICE_MODEL + 1;
     }
     batch__end(&r);

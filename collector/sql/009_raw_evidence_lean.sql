@@ -15,16 +15,27 @@
 -- from a message with other content -- once, marked conflicting (kept as evidence; no event row
 -- points to it), which the partial unique index below enforces.
 --
--- Collectors built before this migration must not run against it: their staging path relied on
--- the dropped key (it would store a redelivered message twice). Upgrade every replica together.
+-- Rows stored before this migration (legacy) stay in that unique index: among them may be a
+-- conflicting message stored without the mark, whose redelivery must not be stored again.
+--
+-- Collectors built before this migration must not run against it (their staging path relied on
+-- the dropped key; their event rows lack the device model): the checkpoint function they call is
+-- replaced below, so their batches fail -- an operational error they report and retry, storing
+-- nothing -- until they are upgraded.
 
 ALTER TABLE needletrace.raw_messages DROP CONSTRAINT raw_messages_pkey;
 ALTER TABLE needletrace.raw_messages ADD COLUMN conflicting boolean NOT NULL DEFAULT false;
 COMMENT ON COLUMN needletrace.raw_messages.conflicting IS
     'true: every event identity (device_serial, boot_id, seq) of this message was stored earlier '
     'from a message with other content; kept as evidence, no events row points to it.';
+ALTER TABLE needletrace.raw_messages ADD COLUMN legacy boolean NOT NULL DEFAULT true;
+ALTER TABLE needletrace.raw_messages ALTER COLUMN legacy SET DEFAULT false;
+COMMENT ON COLUMN needletrace.raw_messages.legacy IS
+    'true: stored before migration 009, under the unique key (clinic_id, device_serial, '
+    'payload_sha256) that raw_messages_conflicting_key keeps for these rows.';
 CREATE UNIQUE INDEX raw_messages_conflicting_key
-    ON needletrace.raw_messages (clinic_id, device_serial, payload_sha256) WHERE conflicting;
+    ON needletrace.raw_messages (clinic_id, device_serial, payload_sha256)
+    WHERE conflicting OR legacy;
 
 ALTER TABLE needletrace.events ADD COLUMN device_model text;
 COMMENT ON COLUMN needletrace.events.device_model IS
@@ -96,3 +107,60 @@ BEGIN
          ORDER BY f.clinic_id, f.device_serial, coalesce(f.session_id, ''), f.area, f.depth_um);
 END
 $$;
+
+-- ---- the checkpoint ---------------------------------------------------------------------------
+-- move_checkpoint replaces advance_checkpoint (dropped: a collector built before 009 then fails at
+-- every batch with "function needletrace.advance_checkpoint does not exist"). A batch moves the
+-- checkpoint, locking its row, before its rules run (txn.c). With database.connections = 2 the
+-- batch after it, on the other connection, sends its move only once that move is done, so it
+-- waits on the row lock until the batch before it committed, then finds the checkpoint where it
+-- starts -- or, when that batch rolled back, elsewhere, and is refused (NT001): batches commit one
+-- after the other, in journal order, and each one's rules see the batch before it. With p_after
+-- the row must exist: a batch that follows another never creates the first checkpoint (were the
+-- first batch rolled back, that would skip it).
+
+DROP FUNCTION needletrace.advance_checkpoint(text, bigint, bigint, bigint);
+
+CREATE FUNCTION needletrace.move_checkpoint(p_collector_id text, p_journal_id bigint,
+                                            p_from bigint, p_to bigint, p_after boolean)
+    RETURNS void
+    LANGUAGE plpgsql AS $$
+DECLARE
+    v_jid  bigint;
+    v_pos  bigint;
+    v_held text;
+BEGIN
+    SELECT c.journal_id, c.journal_pos, c.held_mismatch INTO v_jid, v_pos, v_held
+      FROM needletrace.collector_checkpoints c
+     WHERE c.collector_id = p_collector_id
+       FOR UPDATE;
+    IF NOT FOUND AND NOT p_after THEN
+        INSERT INTO needletrace.collector_checkpoints (collector_id, journal_id, journal_pos)
+        VALUES (p_collector_id, p_journal_id, p_to)
+        ON CONFLICT (collector_id) DO NOTHING;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+        SELECT c.journal_id, c.journal_pos, c.held_mismatch INTO v_jid, v_pos, v_held
+          FROM needletrace.collector_checkpoints c
+         WHERE c.collector_id = p_collector_id
+           FOR UPDATE;
+    END IF;
+    IF v_jid IS DISTINCT FROM p_journal_id OR v_pos IS DISTINCT FROM p_from OR v_held IS NOT NULL
+    THEN
+        RAISE EXCEPTION 'checkpoint of collector "%" moved to journal %, position % while this '
+                        'collector expected journal %, position %', p_collector_id,
+                        to_hex(v_jid), v_pos, to_hex(p_journal_id), p_from
+            USING ERRCODE = 'NT001',
+                  HINT = 'another collector runs with the same collector.id, the checkpoint '
+                         'was reset meanwhile, or the batch before this one was not committed';
+    END IF;
+    UPDATE needletrace.collector_checkpoints c
+       SET journal_pos = p_to, updated_at = now()
+     WHERE c.collector_id = p_collector_id;
+END
+$$;
+COMMENT ON FUNCTION needletrace.move_checkpoint(text, bigint, bigint, bigint, boolean) IS
+    'Moves a collector''s checkpoint from where its batch starts (p_from) to where it ends '
+    '(p_to), in the batch''s transaction; refuses (SQLSTATE NT001) when the checkpoint is not '
+    'at p_from. Creates the first checkpoint unless p_after (a batch that follows another).';

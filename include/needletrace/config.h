@@ -38,6 +38,7 @@ typedef struct {
     char *database_url; /* libpq conninfo or URI; default postgresql:///needletrace */
     int64_t database_statement_timeout_ms; /* server-side statement_timeout; default 30000, 0 off */
     int64_t database_watchdog_ms; /* no answer this long: cancel, then reconnect; default 120000 */
+    int64_t database_connections; /* 1, or 2: the next batch's transaction overlaps a commit */
     /* [journal] */
     char *journal_dir;             /* default /var/lib/needletrace/journal */
     int64_t journal_max_bytes;     /* default 1 GiB; accepts 512MiB, 1GiB, 1048576 */

@@ -30,6 +30,7 @@ typedef struct {
     uint32_t reconnect_max_ms;
     const char *collector_id;      /* names the connection (fallback_application_name) */
     uint64_t statement_timeout_ms; /* set on the connection (options); 0 = none */
+    int secondary; /* not the sink's first connection: leaves needletrace_db_connected alone */
 } nt_pgconn_options_t;
 
 typedef struct {

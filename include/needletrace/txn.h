@@ -75,10 +75,14 @@ typedef struct {
     int table;           /* the table of the current COPY */
     int staging;         /* took the staging + ON CONFLICT path */
     unsigned maint_mask; /* which bookkeeping a maintenance transaction runs (NT_TXN_MAINT_*) */
-    int rolling_back;    /* ROLLBACK sent */
-    int failed;          /* the current command failed */
-    char sqlstate[6];    /* of the first failure */
-    char error[512];     /* its primary message */
+    int after;           /* the batch follows another in flight (move_checkpoint's p_after) */
+    int (*gate)(void *gate_data); /* NULL, or 0 while the checkpoint may not be moved yet */
+    void *gate_data;
+    int gated;        /* waiting at the gate: nothing in flight until nt_txn_ungate */
+    int rolling_back; /* ROLLBACK sent */
+    int failed;       /* the current command failed */
+    char sqlstate[6]; /* of the first failure */
+    char error[512];  /* its primary message */
     char sql[4096];
 } nt_txn_t;
 
@@ -99,6 +103,14 @@ void nt_txn_error(nt_txn_t *t, const char *sqlstate, const char *message);
 /* The current command finished: sends the next step's statement, or ends. Returns
  * NT_TXN_PENDING, NT_TXN_COMMITTED, NT_TXN_ROLLED_BACK, or the ops' NT_E*. */
 int nt_txn_done(nt_txn_t *t);
+
+/* When the transaction waits at its gate (t->gated): sends the checkpoint move if the gate opens
+ * now. 0 (sent, or still waiting), or NT_E* when the send failed (the connection dropped). */
+int nt_txn_ungate(nt_txn_t *t);
+
+/* 1 once the batch's checkpoint move has succeeded (its row is locked until the transaction
+ * ends): a batch after it may send its own. */
+int nt_txn_checkpoint_moved(const nt_txn_t *t);
 
 /* The name of the step in flight ("copy", "rules", ...), for logs and tests. */
 const char *nt_txn_step_name(const nt_txn_t *t);

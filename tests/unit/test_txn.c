@@ -27,7 +27,7 @@
 typedef struct {
     char sql[4096];
     int nparams;
-    char params[4][4096];
+    char params[5][4096];
 } stmt_t;
 
 typedef struct {
@@ -47,7 +47,7 @@ static int fake_send(void *conn, const char *sql, int nparams, const char *const
 {
     fake_t *f = conn;
     assert_true(f->n < MAX_STMTS);
-    assert_true(nparams >= 0 && nparams <= 4);
+    assert_true(nparams >= 0 && nparams <= 5);
     assert_true(strlen(sql) < sizeof(f->stmts[0].sql));
     stmt_t *s = &f->stmts[f->n];
     snprintf(s->sql, sizeof(s->sql), "%s", sql);
@@ -304,9 +304,10 @@ static void assert_call(const fixture_t *f, int i, const char *sql, int nparams)
 static void assert_checkpoint(const fixture_t *f, int i)
 {
     const stmt_t *s = &f->fake.stmts[i];
-    assert_string_equal(s->sql, "SELECT needletrace.advance_checkpoint($1, $2::bigint, "
-                                "$3::bigint, $4::bigint)");
-    assert_int_equal(s->nparams, 4);
+    assert_string_equal(s->sql, "SELECT needletrace.move_checkpoint($1, $2::bigint, "
+                                "$3::bigint, $4::bigint, $5::boolean)");
+    assert_int_equal(s->nparams, 5);
+    assert_string_equal(s->params[4], f->txn.after ? "true" : "false");
     assert_string_equal(s->params[0], COLLECTOR);
     char jid[24], from[24], to[24];
     snprintf(jid, sizeof(jid), "%" PRIu64, JOURNAL_ID);
@@ -326,14 +327,14 @@ static void test_fast_path_commit(void **state)
     make_batch(f, 0);
     assert_false(nt_outbox_due(&f->outbox));
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy rules checkpoint commit");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
     assert_int_equal(f->fake.n, 6);
     assert_string_equal(f->fake.stmts[0].sql, "BEGIN; SAVEPOINT nt_fast");
     assert_int_equal(f->fake.stmts[0].nparams, 0);
     assert_copy_stmt(f, 1, "needletrace.", NT_BATCH_RAW);
     assert_copy_stmt(f, 2, "needletrace.", NT_BATCH_EVENTS);
-    assert_call(f, 3, SQL_RULES, 1);
-    assert_checkpoint(f, 4);
+    assert_checkpoint(f, 3);
+    assert_call(f, 4, SQL_RULES, 1);
     assert_string_equal(f->fake.stmts[5].sql, "COMMIT");
     assert_int_equal(f->fake.stmts[5].nparams, 0);
     assert_int_equal(f->fake.n_copies, 2);
@@ -341,18 +342,58 @@ static void test_fast_path_commit(void **state)
     assert_copy_data(f, 1, NT_BATCH_EVENTS);
 }
 
+/* A batch that follows another waits at its gate before moving the checkpoint (nothing in
+ * flight), moves it with p_after once the gate opens, and then goes on as usual. */
+static int gate_open;
+static int test_gate(void *data)
+{
+    (void)data;
+    return gate_open;
+}
+
+static void test_gate_before_checkpoint(void **state)
+{
+    fixture_t *f = *state;
+    make_batch(f, 0);
+    f->txn.after = 1;
+    f->txn.gate = test_gate;
+    gate_open = 0;
+    assert_int_equal(nt_txn_begin(&f->txn, &f->batch), 0);
+    /* BEGIN, two COPYs: then the gate holds the checkpoint back */
+    for (int i = 0; i < 3; i++) {
+        if (i > 0) {
+            nt_txn_copy_in(&f->txn);
+        }
+        assert_int_equal(nt_txn_done(&f->txn), NT_TXN_PENDING);
+    }
+    assert_true(f->txn.gated);
+    assert_int_equal(f->fake.n, 3);
+    assert_false(nt_txn_checkpoint_moved(&f->txn));
+    assert_int_equal(nt_txn_ungate(&f->txn), 0); /* still closed: nothing sent */
+    assert_int_equal(f->fake.n, 3);
+    gate_open = 1;
+    assert_int_equal(nt_txn_ungate(&f->txn), 0);
+    assert_int_equal(f->fake.n, 4);
+    assert_checkpoint(f, 3);
+    assert_int_equal(nt_txn_done(&f->txn), NT_TXN_PENDING); /* the rules */
+    assert_true(nt_txn_checkpoint_moved(&f->txn));
+    assert_int_equal(nt_txn_done(&f->txn), NT_TXN_PENDING); /* COMMIT */
+    assert_string_equal(f->fake.stmts[5].sql, "COMMIT");
+    assert_int_equal(nt_txn_done(&f->txn), NT_TXN_COMMITTED);
+}
+
 static void test_fast_path_three_tables(void **state)
 {
     fixture_t *f = *state;
     make_batch(f, 1);
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy copy rules checkpoint commit");
+    assert_string_equal(f->trace, "begin copy copy copy checkpoint rules commit");
     assert_copy_stmt(f, 1, "needletrace.", NT_BATCH_RAW);
     assert_copy_stmt(f, 2, "needletrace.", NT_BATCH_EVENTS);
     assert_copy_stmt(f, 3, "needletrace.", NT_BATCH_QUARANTINE);
     assert_int_equal(f->fake.n_copies, 3);
     assert_copy_data(f, 2, NT_BATCH_QUARANTINE);
-    assert_checkpoint(f, 5);
+    assert_checkpoint(f, 4);
 }
 
 /* ---- (b) deliveries, gaps due and undelivered wanted ----------------------------------------- */
@@ -371,7 +412,7 @@ static void test_outbox_work_in_order(void **state)
     /* A batch transaction never carries the bookkeeping, however due (issue 7: it runs in its
      * own transactions, never inside one that carries events)... */
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy rules checkpoint commit");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
     nt_outbox_committed(&f->outbox, T0 + 5);
     assert_int_equal(f->outbox.n_delivered, 3);
     assert_true(f->outbox.gaps_due);
@@ -433,7 +474,7 @@ static void test_unique_violation_takes_staging_path(void **state)
     server_t srv = {.error_at = 2, .sqlstate = "23505"}; /* the second COPY */
     assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_COMMITTED);
     assert_string_equal(f->trace, "begin copy copy stage stage_copy stage_copy stage_copy merge "
-                                  "rules checkpoint commit");
+                                  "checkpoint rules commit");
     assert_copy_stmt(f, 1, "needletrace.", NT_BATCH_RAW);
     assert_copy_stmt(f, 2, "needletrace.", NT_BATCH_EVENTS);
 
@@ -478,15 +519,15 @@ static void test_unique_violation_takes_staging_path(void **state)
                 at[NT_BATCH_RAW] < at[NT_BATCH_QUARANTINE]);
     assert_non_null(strstr(merge, "bool_or(e.tx = txid_current())"));
     assert_non_null(strstr(merge, "WHERE conflicting DO NOTHING;"));
-    assert_call(f, 8, SQL_RULES, 1);
-    assert_checkpoint(f, 9);
+    assert_checkpoint(f, 8);
+    assert_call(f, 9, SQL_RULES, 1);
     assert_string_equal(f->fake.stmts[10].sql, "COMMIT");
 
     /* The next transaction on the same txn takes the fast path again. */
     f->fake.n = 0;
     f->fake.n_copies = 0;
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy copy rules checkpoint commit");
+    assert_string_equal(f->trace, "begin copy copy copy checkpoint rules commit");
 }
 
 /* Staging tables only for the tables with rows. */
@@ -497,7 +538,7 @@ static void test_staging_skips_empty_tables(void **state)
     server_t srv = {.error_at = 1, .sqlstate = "23505"}; /* the first COPY */
     assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_COMMITTED);
     assert_string_equal(f->trace,
-                        "begin copy stage stage_copy stage_copy merge rules checkpoint commit");
+                        "begin copy stage stage_copy stage_copy merge checkpoint rules commit");
     assert_null(strstr(f->fake.stmts[2].sql, "quarantine"));
     assert_null(strstr(f->fake.stmts[5].sql, "quarantine"));
     assert_non_null(strstr(f->fake.stmts[5].sql, "nt_stage_events"));
@@ -542,7 +583,7 @@ static void test_other_error_rolls_back(void **state)
     /* Even a commit right after (a batch) does not settle what the rolled back one took. */
     f->fake.n = 0;
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy rules checkpoint commit");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
     nt_outbox_committed(&f->outbox, T0 + 1);
     assert_int_equal(f->outbox.n_delivered, 1);
     assert_true(f->outbox.gaps_due);
@@ -569,7 +610,7 @@ static void test_error_in_commit_rolls_back(void **state)
     make_batch(f, 0);
     server_t srv = {.error_at = 5, .sqlstate = "40001"}; /* serialization failure at COMMIT */
     assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_ROLLED_BACK);
-    assert_string_equal(f->trace, "begin copy copy rules checkpoint commit rollback");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit rollback");
 }
 
 /* Only the first failure of a command is kept. */
@@ -687,14 +728,14 @@ static void test_wrong_column_count_rolls_back(void **state)
     server_t srv = {
         .error_at = -1, .rows_step = "rules", .rows_ncols = 3, .rows_n = 2, .rows_first_id = 1};
     assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_ROLLED_BACK);
-    assert_string_equal(f->trace, "begin copy copy rules rollback");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules rollback");
     assert_int_equal(f->outbox.alerts.n, 0);
     assert_string_equal(f->txn.sqlstate, "XX000");
 
     f->fake.n = 0;
     srv.rows_ncols = 5;
     assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_ROLLED_BACK);
-    assert_string_equal(f->trace, "begin copy copy rules rollback");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules rollback");
     assert_int_equal(f->outbox.alerts.n, 0);
 }
 
@@ -710,7 +751,7 @@ static void test_send_failure(void **state)
     assert_int_equal(drive(f, &f->batch, NULL), NT_EIO);
 
     f->fake.n = 0;
-    f->fake.fail_send_at = 3; /* rules, sent from nt_txn_done after the second COPY */
+    f->fake.fail_send_at = 3; /* checkpoint, sent from nt_txn_done after the second COPY */
     assert_int_equal(drive(f, &f->batch, NULL), NT_EIO);
     assert_string_equal(f->trace, "begin copy copy");
 
@@ -722,7 +763,7 @@ static void test_send_failure(void **state)
     f->fake.n = 0;
     f->fake.fail_send_at = 5; /* COMMIT */
     assert_int_equal(drive(f, &f->batch, NULL), NT_EIO);
-    assert_string_equal(f->trace, "begin copy copy rules checkpoint");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules");
     assert_string_equal(last_stmt(&f->fake)->sql, "COMMIT");
 
     /* ROLLBACK itself */
@@ -796,7 +837,7 @@ static void test_heartbeat_and_stop_mark(void **state)
     make_batch(f, 0);
     f->txn.maint_mask = NT_TXN_MAINT_HEARTBEAT | NT_TXN_MAINT_STOPPED;
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy rules checkpoint commit");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
 }
 
 int main(void)
@@ -804,6 +845,7 @@ int main(void)
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
     const struct CMUnitTest tests[] = {
         T(test_fast_path_commit),
+        T(test_gate_before_checkpoint),
         T(test_fast_path_three_tables),
         T(test_outbox_work_in_order),
         T(test_delivered_literal_extremes),
