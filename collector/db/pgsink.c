@@ -228,6 +228,7 @@ static void pgsink__dispatch_batch(nt_pgsink_t *s)
     s->building = s->sending;
     s->sending = b;
     s->txn.after = nt_pgsink__lane_busy(s); /* it follows the second connection's batch */
+    s->txn.order = ++s->batch_order;
     pgsink__begin(s, b);
     if (s->state == NT_PGSINK__BUSY) {
         nt_pgsink__fill(s); /* keep decoding the next batch while this one commits */

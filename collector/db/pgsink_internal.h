@@ -86,6 +86,7 @@ struct nt_pgsink_s {
     nt_batch_t *building;   /* takes records from the journal */
     nt_batch_t *sending;    /* the batch of the transaction in flight on the first connection */
     nt_pgsink__lane_t lane; /* the second connection and its batch */
+    uint32_t batch_order;   /* the number of the last batch dispatched (txn.h: order) */
     int checkpoint_exists;  /* this connection read or committed the checkpoint row: a batch may
                                follow another (move_checkpoint's p_after needs the row) */
     int first_deferred;     /* the first connection's batch committed before the second's older

@@ -2,12 +2,15 @@
  * connections, so that PostgreSQL works on two at once (two backends: the COPY of one overlaps the
  * rules and the commit of the other).
  *
- * Order is kept by the checkpoint: a batch's transaction moves the checkpoint (locking its row)
- * before its rules run (txn.c), and a batch that follows one in flight on the other connection
- * sends its move only once that batch's move is done (the gate, nt_txn_ungate): it then waits on
- * the row lock until the batch before it committed, so that its rules see that batch's rows and
- * state, and finds the checkpoint where it starts -- or, when that batch rolled back, elsewhere,
- * and is refused (NT001); it never creates the first checkpoint (p_after). Commits are settled in
+ * Order is kept in the database: each batch's transaction takes its batch-order lock at BEGIN, and
+ * before it moves the checkpoint (before its rules: txn.c) it waits for the lock of the batch
+ * before it, so that it moves on only once that batch committed -- its rules see that batch's rows
+ * and state -- and finds the checkpoint where it starts; when that batch rolled back, the
+ * checkpoint is elsewhere and the move is refused (NT001). A deadlock (the older batch waiting for
+ * a row the younger inserted: a message redelivered into both) is seen and broken by the
+ * database. The younger sends its move only once the older's BEGIN has answered (the gate,
+ * nt_txn_ungate), so that the lock it waits for is taken; it never creates the first checkpoint
+ * (p_after). Commits are settled in
  * journal order: a COMMIT answered before the older batch's is held until that one is settled.
  *
  * The first connection keeps what it did alone (the checkpoint read at connect, bookkeeping,
@@ -68,20 +71,20 @@ int nt_pgsink__lane_holds_older(const nt_pgsink_t *s)
            (!lane__first_in_flight(s) || s->lane.batch->first_pos < s->sending->first_pos);
 }
 
-/* The second connection's gate: closed while the first's batch is older and has not moved the
- * checkpoint. */
+/* The second connection's gate: closed while the first's batch is older and its BEGIN (which takes
+ * the batch-order lock this one's checkpoint move waits for) has not answered. */
 static int lane__gate(void *data)
 {
     nt_pgsink_t *s = data;
     return s->lane.doomed ||
            !(lane__first_in_flight(s) && s->sending->first_pos < s->lane.batch->first_pos &&
-             !nt_txn_checkpoint_moved(&s->txn));
+             !nt_txn_begun(&s->txn));
 }
 
 int nt_pgsink__first_gate(void *data)
 {
     nt_pgsink_t *s = data;
-    return !(nt_pgsink__lane_holds_older(s) && !nt_txn_checkpoint_moved(&s->lane.txn));
+    return !(nt_pgsink__lane_holds_older(s) && !nt_txn_begun(&s->lane.txn));
 }
 
 void nt_pgsink__ungate(nt_pgsink_t *s)
@@ -195,6 +198,7 @@ int nt_pgsink__lane_dispatch(nt_pgsink_t *s)
     l->committed_early = 0;
     l->doomed = 0;
     l->txn.after = 1;
+    l->txn.order = ++s->batch_order;
     if (b->end_pos > s->known_end) {
         s->known_end = b->end_pos; /* its checkpoint may be committed from now on */
     }

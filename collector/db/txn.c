@@ -90,9 +90,25 @@ static int txn__call(nt_txn_t *t, const char *sql, const char *p2, const char *p
     return t->ops->send(t->conn, sql, n, params);
 }
 
+/* A batch's transaction takes its batch-order lock at once (released when it ends): the batch
+ * after it waits for that lock before it moves the checkpoint (txn__send_checkpoint), in the
+ * database, where a deadlock with it (each waiting for a row the other inserted) is seen and
+ * broken. The collector id is an identifier (1-64 of [A-Za-z0-9._-], config.c): safe in a
+ * literal, checked again here. */
 static int txn__send_begin(nt_txn_t *t)
 {
-    return t->ops->send(t->conn, t->batch != NULL ? "BEGIN; SAVEPOINT nt_fast" : "BEGIN", 0, NULL);
+    if (t->batch == NULL) {
+        return t->ops->send(t->conn, "BEGIN", 0, NULL);
+    }
+    if (strspn(t->collector_id,
+               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
+        strlen(t->collector_id)) {
+        return NT_EINVAL;
+    }
+    snprintf(t->sql, sizeof(t->sql),
+             "BEGIN; SELECT pg_advisory_xact_lock(hashtext('%s'), %" PRId32 "); SAVEPOINT nt_fast",
+             t->collector_id, (int32_t)(t->order & 0x7fffffffu));
+    return t->ops->send(t->conn, t->sql, 0, NULL);
 }
 
 /* Moves t->table to the next table with rows; 0 when none is left. */
@@ -259,20 +275,22 @@ static int txn__send_stopped(nt_txn_t *t)
     return txn__call(t, "SELECT needletrace.collector_stopped($1)", NULL, NULL);
 }
 
-/* Moves the checkpoint from where the batch starts to where it ends; the database refuses when
- * the checkpoint is not where the batch starts (SQLSTATE NT_TXN_CHECKPOINT_MOVED). A batch that
- * follows another in flight (t->after) never creates the first checkpoint. */
+/* Moves the checkpoint from where the batch starts to where it ends, after waiting for the batch
+ * before it (its batch-order lock: order - 1) to end; the database refuses when the checkpoint is
+ * not where the batch starts (SQLSTATE NT_TXN_CHECKPOINT_MOVED). A batch that follows another in
+ * flight (t->after) never creates the first checkpoint. */
 static int txn__send_checkpoint(nt_txn_t *t)
 {
-    char jid[24], from[24], to[24];
+    char jid[24], from[24], to[24], prev[16];
     snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)t->journal_id);
     snprintf(from, sizeof(from), "%" PRIu64, t->batch->first_pos);
     snprintf(to, sizeof(to), "%" PRIu64, t->batch->end_pos);
-    const char *params[5] = {t->collector_id, jid, from, to, t->after ? "true" : "false"};
+    snprintf(prev, sizeof(prev), "%" PRId32, (int32_t)((t->order - 1u) & 0x7fffffffu));
+    const char *params[6] = {t->collector_id, jid, from, to, t->after ? "true" : "false", prev};
     return t->ops->send(t->conn,
                         "SELECT needletrace.move_checkpoint($1, $2::bigint, $3::bigint, "
-                        "$4::bigint, $5::boolean)",
-                        5, params);
+                        "$4::bigint, $5::boolean, $6::int)",
+                        6, params);
 }
 
 static int txn__send_commit(nt_txn_t *t)
@@ -302,8 +320,8 @@ static const txn__step_t txn__steps[] = {
     {"stage_copy", txn__staging_path, txn__send_stage_copy, txn__copy_again, NULL, 0},
     {"merge", txn__staging_path, txn__send_merge, NULL, NULL, 0},
     /* The checkpoint before the rules: with two connections, a batch's transaction waits here
-     * (the checkpoint row is locked) until the one before it committed, so that its rules see
-     * every earlier batch, and batches commit in journal order. */
+     * until the one before it ended, so that its rules see every earlier batch, and batches
+     * commit in journal order. */
     {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0},
     {"rules", txn__has_batch, txn__send_rules, NULL, NULL, 1},
     {"delivered", txn__has_deliveries, txn__send_delivered, NULL, NULL, 0},
@@ -442,14 +460,9 @@ int nt_txn_ungate(nt_txn_t *t)
     return rc == NT_TXN_PENDING ? 0 : rc;
 }
 
-int nt_txn_checkpoint_moved(const nt_txn_t *t)
+int nt_txn_begun(const nt_txn_t *t)
 {
-    for (size_t i = 0; i < TXN__NSTEPS; i++) {
-        if (txn__steps[i].send == txn__send_checkpoint) {
-            return t->step > i && !t->rolling_back;
-        }
-    }
-    return 0;
+    return t->step > 0 && !t->rolling_back;
 }
 
 unsigned nt_txn_step_kind(const nt_txn_t *t)

@@ -111,18 +111,21 @@ $$;
 -- ---- the checkpoint ---------------------------------------------------------------------------
 -- move_checkpoint replaces advance_checkpoint (dropped: a collector built before 009 then fails at
 -- every batch with "function needletrace.advance_checkpoint does not exist"). A batch moves the
--- checkpoint, locking its row, before its rules run (txn.c). With database.connections = 2 the
--- batch after it, on the other connection, sends its move only once that move is done, so it
--- waits on the row lock until the batch before it committed, then finds the checkpoint where it
--- starts -- or, when that batch rolled back, elsewhere, and is refused (NT001): batches commit one
--- after the other, in journal order, and each one's rules see the batch before it. With p_after
+-- checkpoint before its rules run (txn.c). Batch n of a collector takes the transaction-level
+-- advisory lock (hashtext(collector_id), n) at BEGIN; its move first waits for lock n - 1 (p_wait),
+-- i.e. for the batch before it, maybe in flight on the collector's other connection
+-- (database.connections = 2), to end: then it finds the checkpoint where it starts -- or, when that
+-- batch rolled back, elsewhere, and is refused (NT001). So batches commit one after the other, in
+-- journal order, each one's rules see the batch before it, and a deadlock between two of them
+-- (each waiting for a row the other inserted) is one PostgreSQL detects and breaks. With p_after
 -- the row must exist: a batch that follows another never creates the first checkpoint (were the
 -- first batch rolled back, that would skip it).
 
 DROP FUNCTION needletrace.advance_checkpoint(text, bigint, bigint, bigint);
 
 CREATE FUNCTION needletrace.move_checkpoint(p_collector_id text, p_journal_id bigint,
-                                            p_from bigint, p_to bigint, p_after boolean)
+                                            p_from bigint, p_to bigint, p_after boolean,
+                                            p_wait int)
     RETURNS void
     LANGUAGE plpgsql AS $$
 DECLARE
@@ -130,6 +133,9 @@ DECLARE
     v_pos  bigint;
     v_held text;
 BEGIN
+    IF p_wait IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtext(p_collector_id), p_wait);
+    END IF;
     SELECT c.journal_id, c.journal_pos, c.held_mismatch INTO v_jid, v_pos, v_held
       FROM needletrace.collector_checkpoints c
      WHERE c.collector_id = p_collector_id
@@ -160,7 +166,9 @@ BEGIN
      WHERE c.collector_id = p_collector_id;
 END
 $$;
-COMMENT ON FUNCTION needletrace.move_checkpoint(text, bigint, bigint, bigint, boolean) IS
+COMMENT ON FUNCTION needletrace.move_checkpoint(text, bigint, bigint, bigint, boolean, int) IS
     'Moves a collector''s checkpoint from where its batch starts (p_from) to where it ends '
-    '(p_to), in the batch''s transaction; refuses (SQLSTATE NT001) when the checkpoint is not '
-    'at p_from. Creates the first checkpoint unless p_after (a batch that follows another).';
+    '(p_to), in the batch''s transaction, after waiting for the batch before it (its batch-order '
+    'lock p_wait: pg_advisory_xact_lock(hashtext(collector_id), n), taken by batch n at BEGIN) to '
+    'end; refuses (SQLSTATE NT001) when the checkpoint is not at p_from. Creates the first '
+    'checkpoint unless p_after (a batch that follows another).';

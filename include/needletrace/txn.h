@@ -76,6 +76,8 @@ typedef struct {
     int staging;         /* took the staging + ON CONFLICT path */
     unsigned maint_mask; /* which bookkeeping a maintenance transaction runs (NT_TXN_MAINT_*) */
     int after;           /* the batch follows another in flight (move_checkpoint's p_after) */
+    uint32_t order;      /* the batch's number: it takes batch-order lock `order` at BEGIN and
+                            waits for lock `order - 1` before moving the checkpoint */
     int (*gate)(void *gate_data); /* NULL, or 0 while the checkpoint may not be moved yet */
     void *gate_data;
     int gated;        /* waiting at the gate: nothing in flight until nt_txn_ungate */
@@ -108,9 +110,9 @@ int nt_txn_done(nt_txn_t *t);
  * now. 0 (sent, or still waiting), or NT_E* when the send failed (the connection dropped). */
 int nt_txn_ungate(nt_txn_t *t);
 
-/* 1 once the batch's checkpoint move has succeeded (its row is locked until the transaction
- * ends): a batch after it may send its own. */
-int nt_txn_checkpoint_moved(const nt_txn_t *t);
+/* 1 once the transaction's BEGIN (with its batch-order lock) has answered: the batch after it may
+ * send its checkpoint move, which waits in the database for this transaction to end. */
+int nt_txn_begun(const nt_txn_t *t);
 
 /* The name of the step in flight ("copy", "rules", ...), for logs and tests. */
 const char *nt_txn_step_name(const nt_txn_t *t);

@@ -27,7 +27,7 @@
 typedef struct {
     char sql[4096];
     int nparams;
-    char params[5][4096];
+    char params[6][4096];
 } stmt_t;
 
 typedef struct {
@@ -47,7 +47,7 @@ static int fake_send(void *conn, const char *sql, int nparams, const char *const
 {
     fake_t *f = conn;
     assert_true(f->n < MAX_STMTS);
-    assert_true(nparams >= 0 && nparams <= 5);
+    assert_true(nparams >= 0 && nparams <= 6);
     assert_true(strlen(sql) < sizeof(f->stmts[0].sql));
     stmt_t *s = &f->stmts[f->n];
     snprintf(s->sql, sizeof(s->sql), "%s", sql);
@@ -305,9 +305,12 @@ static void assert_checkpoint(const fixture_t *f, int i)
 {
     const stmt_t *s = &f->fake.stmts[i];
     assert_string_equal(s->sql, "SELECT needletrace.move_checkpoint($1, $2::bigint, "
-                                "$3::bigint, $4::bigint, $5::boolean)");
-    assert_int_equal(s->nparams, 5);
+                                "$3::bigint, $4::bigint, $5::boolean, $6::int)");
+    assert_int_equal(s->nparams, 6);
     assert_string_equal(s->params[4], f->txn.after ? "true" : "false");
+    char prev[16];
+    snprintf(prev, sizeof(prev), "%" PRId32, (int32_t)((f->txn.order - 1u) & 0x7fffffffu));
+    assert_string_equal(s->params[5], prev);
     assert_string_equal(s->params[0], COLLECTOR);
     char jid[24], from[24], to[24];
     snprintf(jid, sizeof(jid), "%" PRIu64, JOURNAL_ID);
@@ -329,7 +332,9 @@ static void test_fast_path_commit(void **state)
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
     assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
     assert_int_equal(f->fake.n, 6);
-    assert_string_equal(f->fake.stmts[0].sql, "BEGIN; SAVEPOINT nt_fast");
+    assert_string_equal(f->fake.stmts[0].sql,
+                        "BEGIN; SELECT pg_advisory_xact_lock(hashtext('" COLLECTOR
+                        "'), 0); SAVEPOINT nt_fast");
     assert_int_equal(f->fake.stmts[0].nparams, 0);
     assert_copy_stmt(f, 1, "needletrace.", NT_BATCH_RAW);
     assert_copy_stmt(f, 2, "needletrace.", NT_BATCH_EVENTS);
@@ -356,6 +361,7 @@ static void test_gate_before_checkpoint(void **state)
     fixture_t *f = *state;
     make_batch(f, 0);
     f->txn.after = 1;
+    f->txn.order = 7;
     f->txn.gate = test_gate;
     gate_open = 0;
     assert_int_equal(nt_txn_begin(&f->txn, &f->batch), 0);
@@ -368,7 +374,7 @@ static void test_gate_before_checkpoint(void **state)
     }
     assert_true(f->txn.gated);
     assert_int_equal(f->fake.n, 3);
-    assert_false(nt_txn_checkpoint_moved(&f->txn));
+    assert_true(nt_txn_begun(&f->txn));
     assert_int_equal(nt_txn_ungate(&f->txn), 0); /* still closed: nothing sent */
     assert_int_equal(f->fake.n, 3);
     gate_open = 1;
@@ -376,7 +382,7 @@ static void test_gate_before_checkpoint(void **state)
     assert_int_equal(f->fake.n, 4);
     assert_checkpoint(f, 3);
     assert_int_equal(nt_txn_done(&f->txn), NT_TXN_PENDING); /* the rules */
-    assert_true(nt_txn_checkpoint_moved(&f->txn));
+    assert_true(nt_txn_begun(&f->txn));
     assert_int_equal(nt_txn_done(&f->txn), NT_TXN_PENDING); /* COMMIT */
     assert_string_equal(f->fake.stmts[5].sql, "COMMIT");
     assert_int_equal(nt_txn_done(&f->txn), NT_TXN_COMMITTED);
