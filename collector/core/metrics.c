@@ -119,5 +119,16 @@ size_t nt_metrics_render(char *buf, size_t buflen)
     }
     metrics__one(&o, "db_last_commit_timestamp_seconds", "gauge", "Time of the last commit.",
                  m->db_last_commit_unix_us / 1000000);
+    static const char *const stages[NT_STAGE__COUNT] = {
+        "receive",       "journal_sync", "decode_encode", "db_copy",
+        "db_checkpoint", "db_rules",     "db_commit"};
+    metrics__printf(&o, "# HELP needletrace_stage_seconds_total Time spent per stage of the "
+                        "pipeline (database stages: statement sent to result, both connections).\n"
+                        "# TYPE needletrace_stage_seconds_total counter\n");
+    for (int i = 0; i < NT_STAGE__COUNT; i++) {
+        metrics__printf(&o,
+                        "needletrace_stage_seconds_total{stage=\"%s\"} %" PRIu64 ".%06" PRIu64 "\n",
+                        stages[i], m->stage_us[i] / 1000000, m->stage_us[i] % 1000000);
+    }
     return o.len;
 }

@@ -76,6 +76,8 @@ static void pgsink__on_fill_idle(uv_idle_t *h)
     nt_pgsink__maybe_dispatch(s);
 }
 
+static void pgsink__fill_chunk(nt_pgsink_t *s);
+
 /* When the journal cannot be read, tries again after a backoff (nothing else would wake the sink
  * when reading paused because the journal is full). */
 void nt_pgsink__fill(nt_pgsink_t *s)
@@ -83,6 +85,14 @@ void nt_pgsink__fill(nt_pgsink_t *s)
     if (s->state != NT_PGSINK__IDLE && s->state != NT_PGSINK__BUSY) {
         return;
     }
+    int64_t t0 = nt_mono_us();
+    pgsink__fill_chunk(s);
+    nt_metrics.stage_us[NT_STAGE_DECODE_ENCODE] += (uint64_t)(nt_mono_us() - t0);
+}
+
+/* One chunk of nt_pgsink__fill. */
+static void pgsink__fill_chunk(nt_pgsink_t *s)
+{
     for (unsigned n = 0; !pgsink__full(s, s->building); n++) {
         if (n == PGSINK_FILL_CHUNK) {
             uv_idle_start(&s->fill_idle, pgsink__on_fill_idle);

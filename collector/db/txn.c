@@ -354,6 +354,7 @@ static int txn__run_from(nt_txn_t *t, size_t i)
         if (rc == TXN__SKIP) {
             continue;
         }
+        t->sent_us = nt_mono_us();
         return rc < 0 ? rc : NT_TXN_PENDING;
     }
     return NT_EINVAL; /* unreachable: commit always applies */
@@ -427,8 +428,34 @@ void nt_txn_error(nt_txn_t *t, const char *sqlstate, const char *message)
     t->failed = 1;
 }
 
+/* Adds the time of the statement that just answered to its stage (metrics.h). */
+static void txn__account(const nt_txn_t *t)
+{
+    static const struct {
+        const char *step;
+        nt_stage_t stage;
+    } map[] = {{"copy", NT_STAGE_DB_COPY},
+               {"stage", NT_STAGE_DB_COPY},
+               {"stage_copy", NT_STAGE_DB_COPY},
+               {"merge", NT_STAGE_DB_COPY},
+               {"checkpoint", NT_STAGE_DB_CHECKPOINT},
+               {"rules", NT_STAGE_DB_RULES},
+               {"commit", NT_STAGE_DB_COMMIT}};
+    if (t->rolling_back || t->batch == NULL || t->sent_us == 0) {
+        return;
+    }
+    const char *name = txn__steps[t->step].name;
+    for (size_t i = 0; i < NT_ARRAY_SIZE(map); i++) {
+        if (strcmp(name, map[i].step) == 0) {
+            nt_metrics.stage_us[map[i].stage] += (uint64_t)(nt_mono_us() - t->sent_us);
+            return;
+        }
+    }
+}
+
 int nt_txn_done(nt_txn_t *t)
 {
+    txn__account(t);
     if (t->rolling_back) {
         t->rolling_back = 0;
         return NT_TXN_ROLLED_BACK;
@@ -442,6 +469,7 @@ int nt_txn_done(nt_txn_t *t)
     }
     if (s->again != NULL && s->again(t)) {
         int rc = s->send(t);
+        t->sent_us = nt_mono_us();
         return rc < 0 ? rc : NT_TXN_PENDING;
     }
     if (t->step + 1 == TXN__NSTEPS) {

@@ -267,8 +267,10 @@ int nt_journal_sync_begin(nt_journal_t *j, nt_journal_sync_req_t *req)
 
 void nt_journal_sync_run(nt_journal_sync_req_t *req)
 {
+    int64_t t0 = nt_mono_us();
     req->err = req->fd >= 0 && fdatasync(req->fd) != 0 ? errno : 0;
     req->dir_err = req->err == 0 && req->dir_fd >= 0 && fsync(req->dir_fd) != 0 ? errno : 0;
+    req->took_us = nt_mono_us() - t0;
 }
 
 int nt_journal_sync_end(nt_journal_t *j, const nt_journal_sync_req_t *req)

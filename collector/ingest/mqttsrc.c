@@ -164,6 +164,7 @@ static void mqttsrc__on_sync_done(nt_syncer_t *sy, void *data)
 {
     nt_mqttsrc_t *m = data;
     m->syncing = 0;
+    nt_metrics.stage_us[NT_STAGE_JOURNAL_SYNC] += (uint64_t)m->sreq.took_us;
     if (m->failed) {
         return; /* failed meanwhile: nothing of it is acknowledged */
     }
@@ -365,6 +366,7 @@ static void mqttsrc__read_burst(nt_mqttsrc_t *m)
     uint64_t start = m->received;
     m->burst_bytes = 0;
     int rc;
+    int64_t t0 = nt_mono_us();
     do {
         m->reading = 1;
         rc = nt_mqttconn_read(m->conn);
@@ -372,6 +374,7 @@ static void mqttsrc__read_burst(nt_mqttsrc_t *m)
     } while (rc == 0 && nt_mqttconn_open(m->conn) && !m->failed &&
              m->received - start < MQTTSRC_BURST_MESSAGES && m->burst_bytes < MQTTSRC_BURST_BYTES &&
              (m->full || !nt_journal_full(m->journal)) && nt_mqttconn_pending(m->conn) > 0);
+    nt_metrics.stage_us[NT_STAGE_RECEIVE] += (uint64_t)(nt_mono_us() - t0);
     if (m->failed) {
         nt_mqttconn_lost(m->conn, "the journal cannot be written");
         return;

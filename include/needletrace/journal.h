@@ -108,6 +108,7 @@ typedef struct {
     uint64_t end;       /* durable up to here once the sync succeeded */
     uint64_t write_gen;
     uint64_t dir_gen;
+    int64_t took_us; /* how long nt_journal_sync_run took */
 } nt_journal_sync_req_t;
 
 int nt_journal_sync_begin(nt_journal_t *j, nt_journal_sync_req_t *req);

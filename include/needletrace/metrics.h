@@ -9,6 +9,18 @@
 
 #include "needletrace/reason.h"
 
+/* Where the collector spends its time, per stage (needletrace_stage_seconds_total{stage}). */
+typedef enum {
+    NT_STAGE_RECEIVE = 0,   /* reading messages from the broker and appending them to the journal */
+    NT_STAGE_JOURNAL_SYNC,  /* fdatasync of the journal (on its own thread) */
+    NT_STAGE_DECODE_ENCODE, /* journal records read, decoded and written as COPY rows */
+    NT_STAGE_DB_COPY,       /* COPY statements (and the staging path's merge), send to result */
+    NT_STAGE_DB_CHECKPOINT, /* the checkpoint move, waiting for the batch before it included */
+    NT_STAGE_DB_RULES,      /* evaluate_rules */
+    NT_STAGE_DB_COMMIT,     /* COMMIT */
+    NT_STAGE__COUNT
+} nt_stage_t;
+
 typedef struct {
     /* mqtt source */
     uint64_t mqtt_messages_received;
@@ -44,6 +56,7 @@ typedef struct {
     uint64_t db_quarantined_by_reason[NT_REASON__COUNT];
     uint64_t db_commit_us_sum; /* time from batch start to commit */
     uint64_t db_last_commit_unix_us;
+    uint64_t stage_us[NT_STAGE__COUNT]; /* time spent per stage (nt_stage_t) */
 } nt_metrics_t;
 
 extern nt_metrics_t nt_metrics;

@@ -81,6 +81,7 @@ typedef struct {
     int (*gate)(void *gate_data); /* NULL, or 0 while the checkpoint may not be moved yet */
     void *gate_data;
     int gated;        /* waiting at the gate: nothing in flight until nt_txn_ungate */
+    int64_t sent_us;  /* when the statement in flight was sent (the per-stage metrics) */
     int rolling_back; /* ROLLBACK sent */
     int failed;       /* the current command failed */
     char sqlstate[6]; /* of the first failure */
