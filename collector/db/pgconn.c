@@ -200,9 +200,16 @@ void nt_pgconn_fail(nt_pgconn_t *c, const char *why)
     if (c->state == PGCONN_CLOSED || c->state == PGCONN_WAITING) {
         return;
     }
-    nt_metrics.db_errors++;
+    if (!c->secondary) {
+        nt_metrics.db_errors++;
+    }
     int connecting = c->state == PGCONN_CONNECTING || c->state == PGCONN_RESOLVING;
-    if (connecting && c->attempts > 0) {
+    if (c->secondary) {
+        /* the first connection says whether the database is reachable */
+        nt_log(connecting ? NT_LOG_DEBUG : NT_LOG_WARN, "db",
+               "%s the second database connection: %s; connecting it again",
+               connecting ? "could not make" : "lost", why);
+    } else if (connecting && c->attempts > 0) {
         nt_log(NT_LOG_DEBUG, "db", "could not connect to the database: %s", why);
     } else if (connecting) {
         nt_log(NT_LOG_WARN, "db", "could not connect to the database: %s; retrying", why);
@@ -258,8 +265,8 @@ static void pgconn__log_addrs(nt_pgconn_t *c, const nt_pglookup_t *l)
         }
     }
     if (strcmp(buf, c->addrs) != 0) {
-        nt_log(NT_LOG_INFO, "db", "database host addresses: %s%s%s", buf,
-               l->failed > 0 ? "; could not look up " : "", l->failed > 0 ? l->error : "");
+        nt_log(c->secondary ? NT_LOG_DEBUG : NT_LOG_INFO, "db", "database host addresses: %s%s%s",
+               buf, l->failed > 0 ? "; could not look up " : "", l->failed > 0 ? l->error : "");
         snprintf(c->addrs, sizeof(c->addrs), "%s", buf);
     }
 }
@@ -338,7 +345,9 @@ static void pgconn__connect_poll(nt_pgconn_t *c)
         nt_pgconn_fail(c, pgconn__pq_error(c));
         return;
     }
-    nt_metrics.db_connects++;
+    if (!c->secondary) {
+        nt_metrics.db_connects++; /* the first connection's (the second's are logged at debug) */
+    }
     c->state = PGCONN_READY;
     if (pgconn__watch(c, UV_READABLE) == 0 && c->cbs.on_connected != NULL) {
         c->cbs.on_connected(c, c->data);

@@ -30,12 +30,19 @@ static void pgsink__timer_closed(uv_handle_t *h)
 
 void nt_pgsink__discard_batches(nt_pgsink_t *s)
 {
-    nt_pgsink__lane_abort(s, "the batch before it was not committed");
-    s->read_pos = s->committed;
+    /* An older batch on the second connection goes on while the first is connected (a
+     * bookkeeping transaction or a younger batch failed there): reading resumes after it. */
+    int keep = nt_pgsink__lane_holds_older(s) &&
+               (s->state == NT_PGSINK__IDLE || s->state == NT_PGSINK__BUSY);
+    s->read_pos = keep ? s->lane.batch->end_pos : s->committed;
     nt_batch_reset(s->building);
     nt_batch_reset(s->sending);
     uv_timer_stop(&s->linger_timer);
     s->linger_expired = 0;
+    if (!keep) {
+        nt_pgsink__lane_abort(s, "the batch before it was not committed"); /* last: it may call
+                                                                              back into the sink */
+    }
 }
 
 /* A failure keeps the segments: they are deleted at a later commit (or replayed, idempotently,

@@ -202,6 +202,7 @@ static void pgsink__on_done(nt_pgconn_t *c, void *data)
             /* committed after the second connection's older batch, whose answer has not been
              * read yet: settled right after it (pgsink_lane.c) */
             s->first_deferred = 1;
+            nt_pgconn_disarm_watchdog(c); /* nothing in flight until it is settled */
             return;
         }
         nt_pgsink__committed(s);

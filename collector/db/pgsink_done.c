@@ -24,9 +24,12 @@ void nt_pgsink__settle_batch(nt_pgsink_t *s, nt_batch_t *b, int64_t started_us)
     }
     nt_isolate_committed(&s->iso, b->first_pos, b->end_pos);
     nt_metrics.db_stalled = 0;
-    s->committed = b->end_pos;
+    if (b->end_pos > s->committed) {
+        s->committed = b->end_pos; /* never backwards */
+    }
     s->checkpoint_exists = 1;
-    if (s->read_pos < s->committed) {
+    if (s->read_pos < s->committed ||
+        (s->building->messages > 0 && s->building->first_pos < s->committed)) {
         /* a younger batch committed although an older one seemed not to (its answer was lost):
          * the checkpoint it moved is the truth */
         s->read_pos = s->committed;

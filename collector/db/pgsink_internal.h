@@ -52,7 +52,8 @@ typedef struct {
     nt_outbox_t outbox;  /* the alerts its transaction raised (no bookkeeping of its own) */
     nt_batch_t *batch;   /* its batch (one of the sink's three) */
     int committed_early; /* COMMIT answered before the first connection's batch was settled */
-    int resting;         /* its last batch failed: unused until the first connection commits */
+    int resting;         /* its last batch failed: unused until that range is committed... */
+    uint64_t rest_until; /* ...up to here (by the first connection) */
     int doomed; /* the batch before it was not committed: left to end by itself (pgsink_lane.c) */
     int64_t started_us;
 } nt_pgsink__lane_t;

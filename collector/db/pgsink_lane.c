@@ -143,7 +143,11 @@ static void lane__settle(nt_pgsink_t *s)
 {
     nt_pgsink__lane_t *l = &s->lane;
     nt_pgconn_backoff_reset(l->conn);
-    if (l->batch->end_pos > s->committed) {
+    /* While the first connection (re)reads the checkpoint, nothing is settled: the journal must
+     * not shrink under that comparison, and the checkpoint read (or a refused move after it) says
+     * where to resume. Its alerts are committed: they go out either way. */
+    if (l->batch->end_pos > s->committed &&
+        (s->state == NT_PGSINK__IDLE || s->state == NT_PGSINK__BUSY)) {
         nt_pgsink__settle_batch(s, l->batch, l->started_us);
     }
     nt_outbox_committed(&l->outbox, nt_mono_us());
@@ -210,7 +214,9 @@ int nt_pgsink__lane_dispatch(nt_pgsink_t *s)
 
 void nt_pgsink__lane_after_first(nt_pgsink_t *s)
 {
-    s->lane.resting = 0;
+    if (s->committed >= s->lane.rest_until) {
+        s->lane.resting = 0; /* the range it failed on is committed */
+    }
     if (lane__live(s) && s->lane.committed_early) {
         lane__settle(s);
     }
@@ -308,6 +314,7 @@ static void lane__rolled_back(nt_pgsink_t *s)
                ") was not committed: SQLSTATE %s: %s; the first connection takes it again",
                l->batch->first_pos, l->batch->end_pos, l->txn.sqlstate, l->txn.error);
         l->resting = 1;
+        l->rest_until = l->batch->end_pos;
     }
     lane__forget(s);
     lane__after(s);
@@ -327,6 +334,7 @@ static void lane__on_done(nt_pgconn_t *c, void *data)
         if (!l->doomed && lane__first_in_flight(s) && !s->first_deferred &&
             s->sending->first_pos < l->batch->first_pos) {
             l->committed_early = 1;
+            nt_pgconn_disarm_watchdog(c); /* nothing in flight until it is settled */
             return;
         }
         lane__settle(s);
