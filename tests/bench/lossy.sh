@@ -13,7 +13,8 @@
 # tests/integration/lib/lossy_pens.py (python3-paho-mqtt). Before each size, the previous
 # phase's holes are alerted (sequence_gap_after set to 1 s, then back to 10 minutes), so each
 # phase runs with exactly its own number of open holes. Measures; asserts only that the counts
-# come out right.
+# come out right. The same measurement at one size (1,000 pens) is also a phase of run.sh; both
+# use lib/lossy.sh.
 set -euo pipefail
 
 BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -31,22 +32,11 @@ export NT_TEST_NAME=bench-lossy
 source "$ROOT/tests/integration/lib.sh"
 nt_setup "$BUILD/needletrace"
 
-fn_mean() { # FUNCTION CALLS0 TOTAL0: calls since, and their mean ms
-    nt_sql "SELECT (sum(calls) - $2) || ' ' ||
-                   round(((sum(total_time) - $3) / greatest(sum(calls) - $2, 1))::numeric, 2)
-              FROM pg_stat_user_functions
-             WHERE schemaname = 'needletrace' AND funcname = '$1'"
-}
-fn_now() { # FUNCTION: calls and total ms so far
-    nt_sql "SELECT coalesce(sum(calls), 0) || ' ' || coalesce(sum(total_time), 0)
-              FROM pg_stat_user_functions
-             WHERE schemaname = 'needletrace' AND funcname = '$1'"
-}
-
+# shellcheck source=lib/lossy.sh
+source "$BENCH_DIR/lib/lossy.sh"
 # shellcheck source=../integration/lib/pub.sh
 source "$NT_LIB_DIR/pub.sh"
 nt_find_python paho.mqtt.client
-PY=$NT_PY
 nt_start_pg
 nt_psql postgres "ALTER SYSTEM SET track_commit_timestamp = on" >/dev/null
 nt_psql postgres "ALTER SYSTEM SET shared_buffers = '256MB'" >/dev/null
@@ -58,64 +48,18 @@ nt_start_collector c1
 nt_wait_collector_ready c1
 
 report=()
-expected=0
 for n in $SIZES; do
     # the previous phase's holes, alerted: this phase runs with its own n open holes only
     if (($(nt_count sequence_holes) > 0)); then
-        read -r c0 t0 <<<"$(fn_now check_sequence_gaps)"
-        nt_sql "UPDATE needletrace.settings SET value = '1 second' WHERE key = 'sequence_gap_after'"
-        nt_wait_for "the previous phase's holes alerted" 300 nt_sql_eq 0 \
-            "SELECT count(*) FROM needletrace.sequence_holes"
-        nt_wait_for "every boot settled" 120 nt_sql_eq 0 \
-            "SELECT count(*) FROM needletrace.boot_progress WHERE settled_seq < max_seq"
-        read -r dc dmean <<<"$(fn_mean check_sequence_gaps "$c0" "$t0")"
-        report+=("  gap checks that alerted the previous phase's holes: $dc calls, mean $dmean ms")
-        nt_sql "UPDATE needletrace.settings SET value = '10 minutes' WHERE key = 'sequence_gap_after'"
+        lossy_alert_holes "the previous phase's holes alerted" 1
+        report+=("  gap checks that alerted the previous phase's holes: $LOSSY_DC calls, mean $LOSSY_DMEAN ms")
     fi
-    prefix="l$n"
-    nt_log "phase: $n lossy pens"
-    "$PY" "$ROOT/tests/integration/lib/lossy_pens.py" --port "$NT_BROKER_PORT" --prefix "$prefix" \
-        --pens "$n" --before "$BEFORE" --missing 2 --phase first >"$NT_TMP/$prefix-first.json" ||
-        nt_fail "lossy_pens.py --phase first failed"
-    expected=$((expected + $(jq -r '.lossy_events' "$NT_TMP/$prefix-first.json")))
-    nt_wait_for "$expected events committed" 600 \
-        nt_sql_eq "$expected" "SELECT count(*) FROM needletrace.events"
-    nt_sql "CHECKPOINT" >/dev/null
-    # measured: the healthy pen while the lossy pens keep sending, their holes open
-    read -r c0 t0 <<<"$(fn_now check_sequence_gaps)"
-    read -r e0 et0 <<<"$(fn_now evaluate_rules)"
-    "$PY" "$ROOT/tests/integration/lib/lossy_pens.py" --port "$NT_BROKER_PORT" --prefix "$prefix" \
-        --pens "$n" --before "$BEFORE" --missing 2 --trickle 5 --seconds "$SECONDS_H" \
-        --healthy-rate 20 --phase "then" >"$NT_TMP/$prefix.json" || nt_fail "lossy_pens.py failed"
-    expected=$((expected + $(jq -r '.lossy_events + .healthy_events' "$NT_TMP/$prefix.json")))
-    nt_wait_for "$expected events committed" 600 \
-        nt_sql_eq "$expected" "SELECT count(*) FROM needletrace.events"
-    # at least two checks with this phase's holes open
-    read -r c1 _ <<<"$(fn_now check_sequence_gaps)"
-    nt_wait_for "two more gap checks" 60 nt_sql_ge "$((c1 + 2))" \
-        "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions
-          WHERE schemaname = 'needletrace' AND funcname = 'check_sequence_gaps'"
-    holes=$(nt_count sequence_holes)
-    ((holes == n)) || nt_fail "expected $n open holes, found $holes"
-    read -r p50 p99 <<<"$(nt_sql "SELECT round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1)
-                                         || ' ' ||
-                                         round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1)
-                                    FROM (SELECT 1000 * extract(epoch FROM
-                                                     pg_xact_commit_timestamp(xmin) - device_time) AS ms
-                                            FROM needletrace.events
-                                           WHERE device_serial = '$prefix-HP') l")"
-    read -r gc gmean <<<"$(fn_mean check_sequence_gaps "$c0" "$t0")"
-    read -r ec emean <<<"$(fn_mean evaluate_rules "$e0" "$et0")"
-    report+=("$(printf '%6d lossy pens (%d open holes): healthy pen publish->commit p50 %s ms, p99 %s ms; gap check %s ms/call (%s calls); evaluate_rules %s ms/call (%s calls)' \
-        "$n" "$holes" "$p50" "$p99" "$gmean" "$gc" "$emean" "$ec")")
+    lossy_size "$n" "$BEFORE" "$SECONDS_H"
+    report+=("$(lossy_line "$n")")
 done
 # the last phase's holes, due at once
-read -r c0 t0 <<<"$(fn_now check_sequence_gaps)"
-nt_sql "UPDATE needletrace.settings SET value = '1 second' WHERE key = 'sequence_gap_after'"
-nt_wait_for "the last phase's holes alerted" 300 nt_sql_eq 0 \
-    "SELECT count(*) FROM needletrace.sequence_holes"
-read -r dc dmean <<<"$(fn_mean check_sequence_gaps "$c0" "$t0")"
-report+=("  gap checks that alerted the last phase's holes: $dc calls, mean $dmean ms")
+lossy_alert_holes "the last phase's holes alerted" 0
+report+=("  gap checks that alerted the last phase's holes: $LOSSY_DC calls, mean $LOSSY_DMEAN ms")
 gaps=$(nt_sql "SELECT count(*) FROM needletrace.alerts WHERE rule = 'SEQUENCE_GAP'")
 report+=("  SEQUENCE_GAP alerts: $gaps (one per lossy pen)")
 

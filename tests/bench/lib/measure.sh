@@ -66,12 +66,68 @@ times_s() {
                    for (i = 1; i + 1 <= n; i += 2) t += a[i] * 60 + a[i + 1]; print t }' "$1"
 }
 
-# metric NAME: prints the collector's counter needletrace_NAME; fails when it cannot be read.
+# metric NAME [COLLECTOR]: prints the counter needletrace_NAME (unlabelled, an integer) of the
+# collector (bench by default); fails when it cannot be read.
 metric() {
     local v
-    v=$(nt_http bench /metrics | awk -v n="needletrace_$1" '$1 == n { print $2; exit }') || return 1
+    v=$(nt_http "${2:-bench}" /metrics | metric__find needletrace_"$1") || return 1
     [[ $v =~ ^[0-9]+$ ]] || return 1
     printf '%s\n' "$v"
+}
+
+# metric_labelled NAME LABELS [COLLECTOR]: prints the sample needletrace_NAME{LABELS}, LABELS
+# as the collector prints them (e.g. 'stage="receive"'), a float; fails when it is absent.
+metric_labelled() {
+    local v
+    v=$(nt_http "${3:-bench}" /metrics | metric__find "needletrace_$1{$2}") || return 1
+    [[ -n $v ]] || return 1
+    printf '%s\n' "$v"
+}
+
+# metric__find SERIES: reads a /metrics text on stdin and prints the value of SERIES (the name
+# with its {labels}, exactly as printed), when it is a number.
+metric__find() {
+    awk -v n="$1" '$1 == n && $2 ~ /^[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$/ { print $2; exit }'
+}
+
+# The collector's stages, each a needletrace_stage_seconds_total{stage="..."} counter (seconds
+# spent in it): MQTT receive + journal append (loop thread), journal fdatasync (its own thread),
+# journal records -> COPY rows, COPY (both DB connections), the checkpoint move (with the wait
+# for the batch before), evaluate_rules, COMMIT.
+STAGES=(receive journal_sync decode_encode db_copy db_checkpoint db_rules db_commit)
+
+# stage_snapshot [COLLECTOR]: the collector's stage counters, in the order of STAGES, from one
+# scrape of /metrics, space separated; "-" for each one it does not expose (a binary older
+# than the counters) or when /metrics cannot be read. Never fails.
+stage_snapshot() {
+    local text s v out=()
+    text=$(nt_http "${1:-bench}" /metrics 2>/dev/null) || text=""
+    for s in "${STAGES[@]}"; do
+        v=$(metric__find "needletrace_stage_seconds_total{stage=\"$s\"}" <<<"$text")
+        out+=("${v:--}")
+    done
+    printf '%s\n' "${out[*]}"
+}
+
+# stage_figures KEY EVENTS SNAPSHOT0 SNAPSHOT1: stores each stage's microseconds per event over
+# the run in R[KEY_st_STAGE] ("n/a" where a snapshot lacks the counter), their sum in
+# R[KEY_st_sum] (n/a unless every stage is there).
+stage_figures() {
+    local key=$1 events=$2 s i=0 sum=0 all=1
+    local -a a b
+    read -r -a a <<<"$3"
+    read -r -a b <<<"$4"
+    for s in "${STAGES[@]}"; do
+        if [[ ${a[i]:--} == - || ${b[i]:--} == - ]] || ((events == 0)); then
+            R[${key}_st_$s]=n/a
+            all=0
+        else
+            R[${key}_st_$s]=$(f "(${b[i]} - ${a[i]}) * 1e6 / $events" 2)
+            sum=$(f "$sum + ${R[${key}_st_$s]}" 2)
+        fi
+        i=$((i + 1))
+    done
+    if ((all)); then R[${key}_st_sum]=$sum; else R[${key}_st_sum]=n/a; fi
 }
 # fn_stats FUNCTION: calls, total and self time so far (ms) of a needletrace PL/pgSQL function
 # (pg_stat_user_functions), "calls|total|self", to subtract afterwards.

@@ -1,9 +1,14 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034,SC2154 # R, the figures, is an associative array declared in run.sh
 # phases.sh -- the measured phases but the latency run: the machine before the start, (a) broker
-# drain, (b) PostgreSQL COPY, (c) the collector's throughput and (e) its peak RSS; and the two
-# runs they are made of, bench_drain and bench_collect. Each stores its figures in R.
+# drain, (b) PostgreSQL COPY, (c) the collector's throughput (with its time per stage) and (e)
+# its peak RSS; and the two runs they are made of, bench_drain and bench_collect. Each stores
+# its figures in R.
 # Sourced by tests/bench/run.sh (after tests/integration/lib.sh and measure.sh).
+
+# A function bench_collect calls, when set, right after it started simulate, with the
+# collector's pid and the start time (phase_soak samples the collector's memory with it).
+COLLECT_DURING=""
 
 # phase_machine: how busy the machine is before the start; the disk's fdatasync latency.
 phase_machine() {
@@ -112,19 +117,21 @@ phase_collector() {
 # 0 = as fast as it can; the extra arguments too, e.g. violation rates) against the running
 # collector and waits until all of its events are committed. Sets R[KEY_events] R[KEY_msgs]
 # R[KEY_s] (simulate start to the commit of the run's last event), R[KEY_pub_s],
-# R[KEY_sim_rate] and R[KEY_cpu] (per process).
+# R[KEY_sim_rate], R[KEY_cpu] (per process), R[KEY_us_*] (CPU us per event per process) and
+# R[KEY_st_*] (the collector's time per stage, us per event; stage_figures).
 bench_collect() {
     local key=$1 events=$2 epm=$3 seed=$4 prefix=$5 rate=$6 sim=$NT_TMP/sim-$5.json
     shift 6
-    local t0 t1 base pid cpid bpid pgp=() m0 m1 cpu0 cpu1 backend
+    local t0 t1 base pid cpid bpid pgp=() m0 m1 cpu0 cpu1 backend st0 st1
     cpid=$(nt_collector_pid bench)
     bpid=$NT_BROKER_PID
     base=$(metric db_events_total) ||
         nt_fail "could not read needletrace_db_events_total from the collector's /metrics"
     checkpoint
     mapfile -t pgp < <(pg_pids)
+    st0=$(stage_snapshot bench)
     cpu0=$(collect__cpu "$cpid" "$bpid" "${pgp[@]}")
-    if [[ $PERF == 1 ]]; then
+    if [[ $PERF == 1 && $key != soak ]]; then
         backend=$(nt_sql "SELECT pid FROM pg_stat_activity WHERE datname = 'needletrace'
                             AND backend_type = 'client backend' AND pid <> pg_backend_pid()
                           LIMIT 1")
@@ -142,14 +149,19 @@ bench_collect() {
     ) &
     pid=$!
     NT_BG_PIDS+=("$pid")
-    collect__wait_committed "$pid" "$sim" "$base" "$prefix" "$(f "$t0 + 600")"
+    if [[ -n $COLLECT_DURING ]]; then
+        "$COLLECT_DURING" "$cpid" "$t0"
+    fi
+    collect__wait_committed "$pid" "$sim" "$base" "$prefix" "$(f "$t0 + 600 + $events / ($rate > 0 ? $rate : 1e9)")"
     t1=$(now_s)
     cpu1=$(collect__cpu "$cpid" "$bpid" "${pgp[@]}")
+    st1=$(stage_snapshot bench)
     m1=$(machine_busy_s)
-    if [[ $PERF == 1 ]]; then
+    if [[ $PERF == 1 && $key != soak ]]; then
         perf_stop "$prefix"
     fi
     collect__figures "$key" "$prefix" "$sim" "$t0" "$t1" "$m1 - $m0" "$cpu0" "$cpu1"
+    stage_figures "$key" "${R[${key}_events]}" "$st0" "$st1"
 }
 
 # collect__cpu COLLECTOR_PID BROKER_PID PG_PID...: "collector broker postgres" CPU seconds.
@@ -161,33 +173,48 @@ collect__cpu() {
     printf '%s %s %s\n' "$c" "$b" "$(cpu_s "$@")"
 }
 
-# collect__wait_committed SIM_PID SIM_JSON BASE PREFIX DEADLINE: waits for simulate, then until
-# the collector's committed-events counter has grown by simulate's expected events since BASE.
-# Polls the counter (cheap); the run's end time itself comes from the commit timestamps
-# (collect__figures), so the poll interval does not blur the figure.
+# collect__wait_committed SIM_PID SIM_JSON BASE PREFIX DEADLINE [COLLECTOR...]: waits for
+# simulate, then until the collectors' committed-events counters (bench by default; summed) have
+# grown by simulate's expected events since BASE. Polls the counters (cheap); the run's end time
+# itself comes from the commit timestamps (collect__figures), so the poll interval does not blur
+# the figure.
 collect__wait_committed() {
     local pid=$1 sim=$2 base=$3 prefix=$4 deadline=$5 target="" v rc=0
+    shift 5
+    local -a names=("${@:-bench}")
     while :; do
         if [[ -z $target ]] && nt_pid_dead "$pid"; then
             wait "$pid" || rc=$?
             ((rc == 0)) || nt_fail "needletrace simulate failed (exit $rc)"
             target=$((base + $(jq -r .expected.events "$sim")))
         fi
-        v=$(metric db_events_total) || v=$base
+        v=$(collect__committed "${names[@]}") || v=$base
         if [[ -n $target ]] && ((v >= target)); then
             break
         fi
         if cond "$(now_s) > $deadline"; then
-            nt_fail "the collector committed $((v - base)) events of the $prefix run within 600 s"
+            nt_fail "the collector committed $((v - base)) events of the $prefix run by the deadline (600 s after simulate's planned end)"
         fi
         sleep 0.2
     done
 }
 
-# collect__figures KEY PREFIX SIM_JSON T0 T1 MACHINE_CPU_EXPR CPU0 CPU1: checks that the run's
-# rows are exactly simulate's expected events and stores the run's figures in R[KEY_*].
+# collect__committed COLLECTOR...: the sum of their needletrace_db_events_total; fails when one
+# cannot be read.
+collect__committed() {
+    local name v sum=0
+    for name in "$@"; do
+        v=$(metric db_events_total "$name") || return 1
+        sum=$((sum + v))
+    done
+    printf '%s\n' "$sum"
+}
+
+# collect__figures KEY PREFIX SIM_JSON T0 T1 MACHINE_CPU_EXPR CPU0 CPU1 [LABEL]: checks that the
+# run's rows are exactly simulate's expected events and stores the run's figures in R[KEY_*];
+# LABEL names the collector's CPU share ("collector" by default).
 collect__figures() {
-    local key=$1 prefix=$2 sim=$3 t0=$4 t1=$5 machine=$6 row wall c_sim c_c c_b c_p
+    local key=$1 prefix=$2 sim=$3 t0=$4 t1=$5 machine=$6 label=${9:-collector} row wall c_sim c_c c_b c_p
     local c0 b0 p0 c1 b1 p1
     read -r c0 b0 p0 <<<"$7"
     read -r c1 b1 p1 <<<"$8"
@@ -203,7 +230,11 @@ collect__figures() {
     wall=$(f "$t1 - $t0" 3)
     c_sim=$(times_s "$sim.times")
     c_c="$c1 - $c0" c_b="$b1 - $b0" c_p="$p1 - $p0"
-    R[${key}_cpu]="simulate $(pct "$c_sim" "$wall"), collector $(pct "$c_c" "$wall"), mosquitto $(pct "$c_b" "$wall"), postgres $(pct "$c_p" "$wall"); $(others "$machine - $c_sim - ($c_c) - ($c_b) - ($c_p)" "$wall")"
+    R[${key}_cpu]="simulate $(pct "$c_sim" "$wall"), $label $(pct "$c_c" "$wall"), mosquitto $(pct "$c_b" "$wall"), postgres $(pct "$c_p" "$wall"); $(others "$machine - $c_sim - ($c_c) - ($c_b) - ($c_p)" "$wall")"
+    R[${key}_us_collector]=$(f "($c_c) * 1e6 / ${R[${key}_events]}" 2)
+    R[${key}_us_postgres]=$(f "($c_p) * 1e6 / ${R[${key}_events]}" 2)
+    R[${key}_us_mosquitto]=$(f "($c_b) * 1e6 / ${R[${key}_events]}" 2)
+    R[${key}_us_simulate]=$(f "($c_sim) * 1e6 / ${R[${key}_events]}" 2)
 }
 
 # ---- (e) peak RSS ----------------------------------------------------------------------------
@@ -217,5 +248,5 @@ phase_rss() {
     R[batches]=$(metric db_batches_total)
     R[received]=$(metric mqtt_messages_received_total)
     R[committed_events]=$(metric db_events_total)
-    nt_stop_collector bench TERM 30
+    bench_stop_collector bench
 }

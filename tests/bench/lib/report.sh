@@ -1,7 +1,8 @@
 # shellcheck shell=bash
 # shellcheck disable=SC2034,SC2154 # R, the figures, is an associative array declared in run.sh
 # report.sh -- prints the figures in R: one block per phase, the ratios and the PASS/MISS
-# verdicts against the targets (issue 2, item 9; issue 3, item 8), then the optional extras.
+# verdicts against the targets (issue 2, item 9; issue 3, item 8; the soak's drift), then the
+# optional extras.
 # Sourced by tests/bench/run.sh (after measure.sh).
 
 verdict() {
@@ -28,11 +29,19 @@ report() {
     echo
     report__collector
     echo
+    report__stages
+    echo
     report__latency
     echo
     report__alerts
     echo
     report__rss
+    echo
+    report__soak
+    echo
+    report__lossy
+    echo
+    report__scale
     echo
     report__targets
 }
@@ -80,6 +89,42 @@ report__collector() {
 EOF
 }
 
+# report__stages: (c) per stage and per process, microseconds per event, both runs.
+report__stages() {
+    local s
+    printf '%s\n' "(c) per stage: the collector's needletrace_stage_seconds_total over each run, in us per event"
+    printf '    %-16s %9s %9s\n' stage 1-event 50-event
+    for s in "${STAGES[@]}"; do
+        printf '    %-16s %9s %9s   %s\n' "$s" "${R[c1_st_$s]}" "${R[c50_st_$s]}" \
+            "$(report__stage_what "$s")"
+    done
+    printf '    %-16s %9s %9s\n' "sum of stages" "${R[c1_st_sum]}" "${R[c50_st_sum]}"
+    for s in collector postgres mosquitto simulate; do
+        printf '    %-16s %9s %9s   CPU (user + system) of the process over the run\n' "cpu $s" \
+            "${R[c1_us_$s]}" "${R[c50_us_$s]}"
+    done
+    if [[ ${R[c1_st_receive]} == n/a && ${R[c50_st_receive]} == n/a ]]; then
+        printf '    %s\n' "n/a: this collector does not expose needletrace_stage_seconds_total (a binary older than the stage counters)"
+    fi
+    cat <<EOF
+    A stage is wall time on its thread(s), waits included (journal_sync runs on its own thread,
+    db_* on both database connections), so the stages need not add up to the collector's CPU.
+EOF
+}
+
+# report__stage_what STAGE: what the stage counts.
+report__stage_what() {
+    case $1 in
+    receive) printf 'reading MQTT messages, appending them to the journal (loop thread)' ;;
+    journal_sync) printf 'journal fdatasync (its own thread)' ;;
+    decode_encode) printf 'journal records decoded into COPY rows' ;;
+    db_copy) printf 'COPY statements, send to result (both connections)' ;;
+    db_checkpoint) printf 'checkpoint move, with the wait for the batch before it' ;;
+    db_rules) printf 'evaluate_rules' ;;
+    db_commit) printf 'COMMIT' ;;
+    esac
+}
+
 # report__latency: (d) publish->commit latency.
 report__latency() {
     cat <<EOF
@@ -117,6 +162,81 @@ report__rss() {
 EOF
 }
 
+# report__soak: (g) memory soak.
+report__soak() {
+    if ((R[g_skipped])); then
+        printf '(g) memory soak: skipped (BENCH_SOAK_S=0)\n'
+        return 0
+    fi
+    cat <<EOF
+(g) memory soak: collector VmRSS every $SOAK_EVERY s for $SOAK_S s at half the 1-event maximum (target ${R[g_rate]} msgs/s, achieved ${R[soak_sim_rate]} msgs/s, ${R[soak_events]} events)
+    VmRSS              at 0 s $(report__mib "${R[g_first]}") MiB; after the warm-up (${R[g_warm_s]} s: the sample at ${R[g_warm_t]} s) $(report__mib "${R[g_warm]}") MiB
+    from it on         min $(report__mib "${R[g_min]}"), max $(report__mib "${R[g_max]}"), last $(report__mib "${R[g_last]}") MiB   (${R[g_n]} samples; last vs warm-up ${R[g_change]}%)
+    drift              (max - min) / warm-up value = ${R[g_drift]}%   target within +-5%   $(soak_verdict)
+    peak VmHWM         $(report__mib "${R[rss_kb]}") MiB (at the end, (e))   target <= 64 MiB   $(verdict "${R[rss_kb]} <= 65536")
+                       cpu: ${R[soak_cpu]}
+EOF
+}
+
+# report__mib KIB: as MiB with one decimal; as it is when not a number ("-").
+report__mib() {
+    if [[ $1 =~ ^[0-9]+$ ]]; then f "$1 / 1024" 1; else printf '%s' "$1"; fi
+}
+
+# report__soak_target: the soak's line of the targets block.
+report__soak_target() {
+    printf '%s\n' "memory soak ($SOAK_S s; the issue's figure is BENCH_SOAK_S=600)"
+    if ((R[g_skipped])); then
+        printf '    VmRSS drift after the warm-up         skipped (BENCH_SOAK_S=0)\n'
+    else
+        printf '    VmRSS drift after the warm-up         %s%%   target within +-5%%   %s\n' \
+            "${R[g_drift]}" "$(soak_verdict)"
+    fi
+}
+
+# soak_verdict: PASS/MISS of the soak's drift; MISS when no sample came after the warm-up.
+soak_verdict() {
+    if ((R[g_skipped])); then
+        printf 'n/a (skipped)'
+    elif [[ ${R[g_drift]} == - ]]; then
+        printf 'MISS (no sample after the warm-up: BENCH_SOAK_S too short)'
+    else
+        verdict "${R[g_drift]} <= 5"
+    fi
+}
+
+# report__lossy: (h) latency next to lossy pens.
+report__lossy() {
+    if ((R[h_skipped])); then
+        printf '(h) lossy pens: skipped (BENCH_LOSSY_PENS=0)\n'
+        return 0
+    fi
+    cat <<EOF
+(h) lossy pens holding open gaps (tests/bench/lossy.sh at one size; fresh database, a collector of its own)
+    lossy pens         $LOSSY_PENS, each sent seqs 1..$LOSSY_BEFORE but 2 first (${R[h_holes]} holes open, sequence_gap_after 10 min), then 5 more events during the healthy pen's $LOSSY_HEALTHY_S s
+    healthy pen        publish->commit p50 ${R[h_p50]} ms, p99 ${R[h_p99]} ms   (${R[h_healthy]} 1-event messages at 20/s; device time = publish time, commit time = pg_xact_commit_timestamp)
+    per call           check_sequence_gaps ${R[h_gmean]} ms (${R[h_gc]} calls), evaluate_rules ${R[h_emean]} ms (${R[h_ec]} calls), during the healthy pen's traffic
+    holes falling due  the gap checks that alerted them (sequence_gap_after 1 s): ${R[h_dc]} calls, mean ${R[h_dmean]} ms; ${R[h_gaps]} SEQUENCE_GAP alerts
+EOF
+}
+
+# report__scale: (i) scale-out.
+report__scale() {
+    local n
+    if ((R[i_skipped])); then
+        printf '(i) scale-out: skipped (BENCH_SCALE_EVENTS=0)\n'
+        return 0
+    fi
+    printf '%s\n' "(i) scale-out: replicas on one shared subscription (\$share/bench/...), one PostgreSQL; $SCALE_EVENTS events in 10-event messages, simulate start -> last commit"
+    for n in "${SCALE_REPLICAS[@]}"; do
+        printf '    %d replica(s)       %s events/s = %s msgs/s, x%s of 1 replica   (%s events in %s s; per replica %s)\n' \
+            "$n" "${R[i${n}_events_s]}" "${R[i${n}_msgs_s]}" "${R[i${n}_ratio]}" \
+            "${R[i${n}_events]}" "${R[i${n}_s]}" "${R[i${n}_split]}"
+        printf '                       cpu: %s\n' "${R[i${n}_cpu]}"
+    done
+    printf '    %s\n' "On 2 cores more replicas share the same CPUs, so this shows overhead, not gain (this machine: $(nproc) CPUs)."
+}
+
 # report__targets: the ratios and the PASS/MISS verdicts against the targets.
 report__targets() {
     local ratio_ca ratio_cb ratio_cb2 rss_mib
@@ -133,6 +253,7 @@ ratios and targets (issue 2, item 9)
     collector peak RSS                    $rss_mib MiB   target <= 64 MiB   $(verdict "${R[rss_kb]} <= 65536")
 ratios and targets (issue 3, item 8)
     event->alert-on-MQTT p99 at half load ${R[f_p99]} ms   target < 500 ms   $(alert_verdict)
+$(report__soak_target)
 ===============================================================
 EOF
 }

@@ -4,9 +4,14 @@
 # with a production-sized buffer pool; plus fresh databases and checkpoints.
 # Sourced by tests/bench/run.sh (after tests/integration/lib.sh).
 
-# bench_check_tools: pkg-config, and perf when BENCH_PERF=1.
+# bench_check_tools: pkg-config, mosquitto_pub, perf when BENCH_PERF=1, and a python3 with
+# paho-mqtt for (h) (sets NT_PY) unless BENCH_LOSSY_PENS=0.
 bench_check_tools() {
     command -v pkg-config >/dev/null 2>&1 || nt_fail "pkg-config is not installed"
+    command -v mosquitto_pub >/dev/null 2>&1 || nt_fail "mosquitto_pub is not installed (mosquitto-clients)"
+    if ((LOSSY_PENS > 0)); then
+        nt_find_python paho.mqtt.client
+    fi
     if [[ $PERF == 1 ]]; then
         perf record -o /dev/null -- true >/dev/null 2>&1 ||
             nt_fail "BENCH_PERF=1 but perf record does not work here (see README.md: callgrind)"
@@ -116,3 +121,24 @@ checkpoint() {
     nt_psql postgres "CHECKPOINT" >/dev/null
 }
 
+# bench_stop_collector NAME: stops the collector (SIGTERM, 30 s), then drops its persistent
+# session at the broker (a clean-start connect with its client id): an offline session would
+# keep queueing every message of the phases after it (and, in a share group, take its share),
+# which costs the broker and, in (i), loses a replica's share to a replica that is gone.
+bench_stop_collector() {
+    nt_stop_collector "$1" TERM 30
+    mosquitto_pub -h 127.0.0.1 -p "$NT_BROKER_PORT" -V 5 -i "$(nt_client_id "$1")" \
+        -t "bench/forget-session" -n -q 0 >>"$NT_TMP/broker-clients.log" 2>&1 ||
+        nt_fail "could not drop the broker session of collector $1 (mosquitto_pub)"
+}
+
+# bench_fresh_db: drops database needletrace (everything the phases before stored: their figures
+# are in R already) and migrates a new one, so that the next phase starts from an empty schema.
+# No collector may be running.
+bench_fresh_db() {
+    nt_psql postgres "DROP DATABASE IF EXISTS needletrace WITH (FORCE)" >/dev/null ||
+        nt_fail "could not drop database needletrace"
+    nt_psql postgres "CREATE DATABASE needletrace" >/dev/null ||
+        nt_fail "could not create database needletrace"
+    nt_migrate
+}
