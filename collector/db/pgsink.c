@@ -31,8 +31,11 @@ static void pgsink__timer_closed(uv_handle_t *h)
 void nt_pgsink__discard_batches(nt_pgsink_t *s)
 {
     /* An older batch on the second connection goes on while the first is connected (a
-     * bookkeeping transaction or a younger batch failed there): reading resumes after it. */
-    int keep = nt_pgsink__lane_holds_older(s) &&
+     * bookkeeping transaction or a younger batch failed there): reading resumes after it. Older
+     * than the first connection's batch that failed, if any (sending holds it until reset). */
+    const nt_batch_t *failed = s->sending->messages > 0 ? s->sending : NULL;
+    int keep = nt_pgsink__lane_busy(s) &&
+               (failed == NULL || s->lane.batch->first_pos < failed->first_pos) &&
                (s->state == NT_PGSINK__IDLE || s->state == NT_PGSINK__BUSY);
     s->read_pos = keep ? s->lane.batch->end_pos : s->committed;
     nt_batch_reset(s->building);

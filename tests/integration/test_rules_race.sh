@@ -112,9 +112,14 @@ failed=$(grep -hE 'level=(warn|error) .*could not (commit|run)' "$NT_TMP"/collec
 nt_log "transient failures retried: $(grep -c . <<<"$retried" || true)" \
     "($(grep -oE 'could not[^:]*: [^;]*' <<<"$retried" | sed 's/.*: //' | sort | uniq -c | tr -s ' ' | paste -sd',' -))"
 nt_expect_eq "non-transient commit failures in the logs" "" "$failed"
+# With two database connections, the batch after one that a deadlock rolled back is refused by
+# move_checkpoint (NT001, "the batch before it ... was not committed") and read again: a
+# consequence of the deadlock, not an error of its own.
 nt_expect_eq "SQL errors in the logs other than deadlocks and serialization failures" "" \
     "$(grep -hE 'level=(info|warn|error) .*could not' "$NT_TMP"/collector-c[12].log |
-        grep -vE 'deadlock detected|could not serialize' | head -n 5 || true)"
+        grep -vE 'deadlock detected|could not serialize' |
+        grep -vE 'level=info .*\(the batch before it, on the other connection, was not committed\)' |
+        head -n 5 || true)"
 
 # ---- how much of the race happened -------------------------------------------------------------
 race=$(nt_sql "WITH r AS (
