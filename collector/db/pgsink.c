@@ -308,7 +308,7 @@ static int pgsink__ops_put_copy(void *conn, const void *data, size_t len)
     return nt_pgconn_put_copy(conn, data, len);
 }
 
-static const nt_txn_ops_t pgsink__txn_ops = {pgsink__ops_send, pgsink__ops_put_copy};
+const nt_txn_ops_t nt_pgsink__txn_ops = {pgsink__ops_send, pgsink__ops_put_copy};
 
 /* The sink's three batches and its first connection. 0, NT_ENOMEM or NT_ECONFIG (the connection
  * string is not valid libpq syntax); nothing left allocated on failure. */
@@ -365,7 +365,7 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     s->sending = &s->batches[1];
     nt_outbox_init(&s->outbox, nt_mono_us());
     nt_isolate_init(&s->iso);
-    nt_txn_init(&s->txn, &pgsink__txn_ops, s->conn, s->collector_id, nt_journal_id(journal),
+    nt_txn_init(&s->txn, &nt_pgsink__txn_ops, s->conn, s->collector_id, nt_journal_id(journal),
                 &s->outbox);
     s->txn.gate = nt_pgsink__first_gate;
     s->txn.gate_data = s;

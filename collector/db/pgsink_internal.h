@@ -120,6 +120,9 @@ struct nt_pgsink_s {
     void *record_data;
 };
 
+/* The transaction's operations over a pgconn, for both connections (pgsink.c). */
+extern const nt_txn_ops_t nt_pgsink__txn_ops;
+
 /* The connection callbacks (pgsink_conn.c). */
 extern const nt_pgconn_cbs_t nt_pgsink__conn_cbs;
 

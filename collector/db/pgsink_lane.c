@@ -35,18 +35,6 @@
 #include "needletrace/metrics.h"
 #include "pgsink_internal.h"
 
-static int lane__ops_send(void *conn, const char *sql, int nparams, const char *const *params)
-{
-    return nt_pgconn_send(conn, sql, nparams, params);
-}
-
-static int lane__ops_put_copy(void *conn, const void *data, size_t len)
-{
-    return nt_pgconn_put_copy(conn, data, len);
-}
-
-static const nt_txn_ops_t lane__txn_ops = {lane__ops_send, lane__ops_put_copy};
-
 /* ---- who is older ---------------------------------------------------------------------------- */
 
 static int lane__first_in_flight(const nt_pgsink_t *s)
@@ -375,7 +363,7 @@ int nt_pgsink__lane_init(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgconn_option
         return rc;
     }
     nt_outbox_init(&l->outbox, nt_mono_us());
-    nt_txn_init(&l->txn, &lane__txn_ops, l->conn, s->collector_id, nt_journal_id(s->journal),
+    nt_txn_init(&l->txn, &nt_pgsink__txn_ops, l->conn, s->collector_id, nt_journal_id(s->journal),
                 &l->outbox);
     l->txn.maint_mask = 0; /* batches only: the bookkeeping is the first connection's */
     l->txn.gate = lane__gate;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "needletrace/common.h"
+#include "needletrace/ident.h"
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
 
@@ -21,6 +22,7 @@ typedef struct {
     int (*again)(nt_txn_t *t);         /* after its statement: 1 = run the step again */
     int (*on_error)(nt_txn_t *t);      /* 1 when it handled the failure itself */
     int alerts;                        /* its rows are alerts */
+    int stage;                         /* nt_stage_t its time counts to, -1 none */
 } txn__step_t;
 
 /* ---- when a step applies ----------------------------------------------------------------------
@@ -100,9 +102,7 @@ static int txn__send_begin(nt_txn_t *t)
     if (t->batch == NULL) {
         return t->ops->send(t->conn, "BEGIN", 0, NULL);
     }
-    if (strspn(t->collector_id,
-               "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") !=
-        strlen(t->collector_id)) {
+    if (!nt_ident_id_valid_str(t->collector_id)) {
         return NT_EINVAL;
     }
     snprintf(t->sql, sizeof(t->sql),
@@ -313,23 +313,25 @@ static int txn__copy_conflict(nt_txn_t *t)
  */
 
 static const txn__step_t txn__steps[] = {
-    {"begin", NULL, txn__send_begin, NULL, NULL, 0},
-    {"heartbeat", txn__heartbeat_due, txn__send_heartbeat, NULL, NULL, 0},
-    {"copy", txn__fast_path, txn__send_copy, txn__copy_again, txn__copy_conflict, 0},
-    {"stage", txn__staging_path, txn__send_stage, NULL, NULL, 0},
-    {"stage_copy", txn__staging_path, txn__send_stage_copy, txn__copy_again, NULL, 0},
-    {"merge", txn__staging_path, txn__send_merge, NULL, NULL, 0},
+    {"begin", NULL, txn__send_begin, NULL, NULL, 0, -1},
+    {"heartbeat", txn__heartbeat_due, txn__send_heartbeat, NULL, NULL, 0, -1},
+    {"copy", txn__fast_path, txn__send_copy, txn__copy_again, txn__copy_conflict, 0,
+     NT_STAGE_DB_COPY},
+    {"stage", txn__staging_path, txn__send_stage, NULL, NULL, 0, NT_STAGE_DB_COPY},
+    {"stage_copy", txn__staging_path, txn__send_stage_copy, txn__copy_again, NULL, 0,
+     NT_STAGE_DB_COPY},
+    {"merge", txn__staging_path, txn__send_merge, NULL, NULL, 0, NT_STAGE_DB_COPY},
     /* The checkpoint before the rules: with two connections, a batch's transaction waits here
      * until the one before it ended, so that its rules see every earlier batch, and batches
      * commit in journal order. */
-    {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0},
-    {"rules", txn__has_batch, txn__send_rules, NULL, NULL, 1},
-    {"delivered", txn__has_deliveries, txn__send_delivered, NULL, NULL, 0},
-    {"refused", txn__has_refusals, txn__send_refused, NULL, NULL, 0},
-    {"gaps", txn__gaps_due, txn__send_gaps, NULL, NULL, 1},
-    {"undelivered", txn__undelivered_wanted, txn__send_undelivered, NULL, NULL, 1},
-    {"stopped", txn__stopping, txn__send_stopped, NULL, NULL, 0},
-    {"commit", NULL, txn__send_commit, NULL, NULL, 0},
+    {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0, NT_STAGE_DB_CHECKPOINT},
+    {"rules", txn__has_batch, txn__send_rules, NULL, NULL, 1, NT_STAGE_DB_RULES},
+    {"delivered", txn__has_deliveries, txn__send_delivered, NULL, NULL, 0, -1},
+    {"refused", txn__has_refusals, txn__send_refused, NULL, NULL, 0, -1},
+    {"gaps", txn__gaps_due, txn__send_gaps, NULL, NULL, 1, -1},
+    {"undelivered", txn__undelivered_wanted, txn__send_undelivered, NULL, NULL, 1, -1},
+    {"stopped", txn__stopping, txn__send_stopped, NULL, NULL, 0, -1},
+    {"commit", NULL, txn__send_commit, NULL, NULL, 0, NT_STAGE_DB_COMMIT},
 };
 
 #define TXN__NSTEPS NT_ARRAY_SIZE(txn__steps)
@@ -431,25 +433,9 @@ void nt_txn_error(nt_txn_t *t, const char *sqlstate, const char *message)
 /* Adds the time of the statement that just answered to its stage (metrics.h). */
 static void txn__account(const nt_txn_t *t)
 {
-    static const struct {
-        const char *step;
-        nt_stage_t stage;
-    } map[] = {{"copy", NT_STAGE_DB_COPY},
-               {"stage", NT_STAGE_DB_COPY},
-               {"stage_copy", NT_STAGE_DB_COPY},
-               {"merge", NT_STAGE_DB_COPY},
-               {"checkpoint", NT_STAGE_DB_CHECKPOINT},
-               {"rules", NT_STAGE_DB_RULES},
-               {"commit", NT_STAGE_DB_COMMIT}};
-    if (t->rolling_back || t->batch == NULL || t->sent_us == 0) {
-        return;
-    }
-    const char *name = txn__steps[t->step].name;
-    for (size_t i = 0; i < NT_ARRAY_SIZE(map); i++) {
-        if (strcmp(name, map[i].step) == 0) {
-            nt_metrics.stage_us[map[i].stage] += (uint64_t)(nt_mono_us() - t->sent_us);
-            return;
-        }
+    int stage = txn__steps[t->step].stage;
+    if (stage >= 0 && !t->rolling_back && t->batch != NULL && t->sent_us != 0) {
+        nt_metrics.stage_us[stage] += (uint64_t)(nt_mono_us() - t->sent_us);
     }
 }
 
