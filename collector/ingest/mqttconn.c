@@ -7,6 +7,7 @@
 #include <mqtt_protocol.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/ssl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -56,6 +57,9 @@ struct nt_mqttconn_s {
     int want_read;     /* the owner's last wish, also applied to the next socket */
     int configured;    /* CONNECT properties handed to libmosquitto */
     unsigned attempts; /* failed connection attempts since the last success */
+    int tls_handshake; /* TLS: the handshake of this socket is not done yet (mqttconn__tls_step) */
+    int tcp_up;        /* TLS: the socket's TCP connection is established */
+    char last_error[160]; /* libmosquitto's last error log line of this attempt (the TLS reason) */
     char topic[NT_MAX_TOPIC_LEN + 64];
 };
 
@@ -167,16 +171,102 @@ static void mqttconn__on_publish(struct mosquitto *mosq, void *data, int mid, in
 
 static void mqttconn__on_log(struct mosquitto *mosq, void *data, int level, const char *str)
 {
+    nt_mqttconn_t *c = data;
     if (level & (MOSQ_LOG_ERR | MOSQ_LOG_WARNING)) {
         nt_log(NT_LOG_DEBUG, "mqtt", "libmosquitto: %s", str);
+    }
+    if ((level & MOSQ_LOG_ERR) && c->last_error[0] == '\0') {
+        /* The first error of an attempt names its cause (OpenSSL's reason for a TLS failure);
+         * the lines after it repeat or follow from it. */
+        snprintf(c->last_error, sizeof(c->last_error), "%s", str);
     }
 }
 
 /* ---- connecting ------------------------------------------------------------------------------ */
 
+/* What to poll for while the TLS handshake is under way. libmosquitto's own answer
+ * (mosquitto_want_write) stays true from the handshake's first WANT_WRITE until its first
+ * SSL_write, after the handshake: polling for it would wake the loop at once, again and again,
+ * while the handshake waits for the broker. Writable only until TCP is up, then only when
+ * OpenSSL asks to write; readable always (the broker's handshake messages, or its close). */
+static int mqttconn__tls_events(nt_mqttconn_t *c)
+{
+    SSL *ssl = mosquitto_ssl_get(c->mosq);
+    int write = !c->tcp_up || (ssl != NULL && SSL_want_write(ssl));
+    return UV_READABLE | (write ? UV_WRITABLE : 0);
+}
+
+/* The reason of a failed attempt: libmosquitto's logged error when it gave one. */
+static void mqttconn__tls_lost(nt_mqttconn_t *c, const char *what)
+{
+    char why[256];
+    snprintf(why, sizeof(why), "%s%s%s", what, c->last_error[0] != '\0' ? ": " : "", c->last_error);
+    nt_mqttconn_abort(c);
+    nt_mqttconn_lost(c, why);
+}
+
+/* One step of the TLS handshake, on an event of the socket. Every step either moves the
+ * handshake on (libmosquitto's read drives it: its write does nothing until it is done) or
+ * ends the attempt: a failed TCP connect (SO_ERROR), the broker closing or resetting the
+ * socket, or a TLS error. libmosquitto 2.0 itself reports a refused or reset socket during the
+ * handshake as success (SSL_ERROR_SYSCALL), which would poll an error forever; hence the checks
+ * of the socket before each step. */
+static void mqttconn__tls_step(nt_mqttconn_t *c, int status, int events)
+{
+    int fd = mosquitto_socket(c->mosq);
+    if (fd < 0) {
+        nt_mqttconn_lost(c, "connection closed during the TLS handshake");
+        return;
+    }
+    int err = 0;
+    socklen_t len = sizeof(err);
+    if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) {
+        err = errno;
+    }
+    if (err != 0 || status < 0) {
+        mqttconn__tls_lost(c, err != 0 ? strerror(err) : uv_strerror(status));
+        return;
+    }
+    if (!c->tcp_up) {
+        if (!(events & UV_WRITABLE)) {
+            nt_mqttconn_watch(c, c->want_read, 1);
+            return;
+        }
+        c->tcp_up = 1;
+    }
+    if (events & UV_READABLE) {
+        char b;
+        ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) {
+            mqttconn__tls_lost(c, n == 0 ? "the broker closed the connection during the TLS "
+                                           "handshake"
+                                         : strerror(errno));
+            return;
+        }
+    }
+    int rc = mosquitto_loop_read(c->mosq, 1);
+    if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(c->mosq) < 0) {
+        mqttconn__tls_lost(c, rc == MOSQ_ERR_ERRNO     ? strerror(errno)
+                              : rc == MOSQ_ERR_SUCCESS ? "TLS handshake failed"
+                                                       : mosquitto_strerror(rc));
+        return;
+    }
+    SSL *ssl = mosquitto_ssl_get(c->mosq);
+    if (ssl == NULL || SSL_is_init_finished(ssl)) {
+        c->tls_handshake = 0; /* CONNECT goes out next, CONNACK as without TLS */
+        nt_log(NT_LOG_DEBUG, "mqtt", "TLS handshake with %s:%d done (%s)", c->cfg->mqtt_host,
+               c->cfg->mqtt_port, ssl != NULL ? SSL_get_version(ssl) : "?");
+    }
+    nt_mqttconn_watch(c, c->want_read, 1);
+}
+
 static void mqttconn__on_io(nt_fdwatch_t *w, int status, int events, void *data)
 {
     nt_mqttconn_t *c = data;
+    if (c->tls_handshake && c->state == MQTTCONN_CONNECTING) {
+        mqttconn__tls_step(c, status, events);
+        return;
+    }
     c->cbs.on_io(c, status, events, c->data);
 }
 
@@ -211,6 +301,7 @@ static void mqttconn__open_socket(nt_mqttconn_t *c, const char *addr)
     }
     uv_timer_start(&c->connect_timer, mqttconn__on_connect_timer,
                    (uint64_t)c->cfg->mqtt_connect_timeout_ms, 0);
+    c->last_error[0] = '\0';
     int rc = mosquitto_connect_bind_async(c->mosq, addr, c->cfg->mqtt_port,
                                           (int)c->cfg->mqtt_keepalive_s, NULL);
     if (rc != MOSQ_ERR_SUCCESS) {
@@ -218,6 +309,8 @@ static void mqttconn__open_socket(nt_mqttconn_t *c, const char *addr)
         return;
     }
     c->state = MQTTCONN_CONNECTING;
+    c->tls_handshake = c->cfg->mqtt_tls;
+    c->tcp_up = 0;
     nt_mqttconn_watch(c, c->want_read, 1);
 }
 
@@ -449,8 +542,10 @@ int nt_mqttconn_watch(nt_mqttconn_t *c, int want_read, int may_write)
         may_write = 1;
         want_read = 1;
     }
-    int events = (want_read ? UV_READABLE : 0) |
-                 (may_write && mosquitto_want_write(c->mosq) ? UV_WRITABLE : 0);
+    int events = c->tls_handshake && c->state == MQTTCONN_CONNECTING
+                     ? mqttconn__tls_events(c)
+                     : (want_read ? UV_READABLE : 0) |
+                           (may_write && mosquitto_want_write(c->mosq) ? UV_WRITABLE : 0);
     if (nt_fdwatch_set(&c->watch, fd, events) != 0) {
         mosquitto_disconnect(c->mosq);
         nt_mqttconn_lost(c, "could not watch the broker socket");
@@ -478,18 +573,7 @@ int nt_mqttconn_read(nt_mqttconn_t *c)
 
 int nt_mqttconn_write(nt_mqttconn_t *c)
 {
-    if (c->state == MQTTCONN_CONNECTING && c->cfg->mqtt_tls) {
-        /* libmosquitto's write returns at once while the TLS handshake is under way: only its
-         * read drives the handshake (and reads CONNACK once it is done). */
-        int rc = mosquitto_loop_read(c->mosq, 1);
-        if (rc != MOSQ_ERR_SUCCESS || mosquitto_socket(c->mosq) < 0) {
-            nt_mqttconn_lost(c, rc == MOSQ_ERR_SUCCESS ? "connection closed"
-                                : rc == MOSQ_ERR_ERRNO ? strerror(errno)
-                                                       : mosquitto_strerror(rc));
-            return NT_EMQTT;
-        }
-    }
-    if (!mosquitto_want_write(c->mosq)) {
+    if (!mosquitto_want_write(c->mosq) || (c->tls_handshake && c->state == MQTTCONN_CONNECTING)) {
         return 0;
     }
     /* libmosquitto writes each queued packet with a write of its own: a burst's PUBACKs would

@@ -1,17 +1,33 @@
 # shellcheck shell=bash
 # broker.sh -- mosquitto on a free loopback port (kept across restarts) with persistence in
-# $NT_TMP/broker: started, stopped and restarted.
+# $NT_TMP/broker: started, stopped and restarted. With NT_BROKER_TLS_DIR (an OUTDIR of
+# deploy/certs.sh), the listener is mTLS only, with that directory's ACL.
 # Part of tests/integration/lib.sh.
 
 NT_BROKER_PORT=${NT_BROKER_PORT:-}
 NT_BROKER_PID=""
 
 nt__broker_conf() {
-    local dir=$1 port=$2
-    cat <<EOF
-# needletrace test harness broker
+    local dir=$1 port=$2 tls=${NT_BROKER_TLS_DIR:-}
+    if [[ -n $tls ]]; then
+        # mTLS as deploy/mosquitto/mosquitto.conf: certificates and ACL from deploy/certs.sh
+        cat <<EOF
+# needletrace test harness broker (mTLS, certificates and ACL from deploy/certs.sh)
 listener $port 127.0.0.1
-allow_anonymous true
+cafile $tls/ca.crt
+certfile $tls/broker.crt
+keyfile $tls/broker.key
+tls_version tlsv1.2
+require_certificate true
+use_identity_as_username true
+allow_anonymous false
+acl_file $tls/acl
+EOF
+    else
+        printf '# needletrace test harness broker\nlistener %s 127.0.0.1\nallow_anonymous true\n' \
+            "$port"
+    fi
+    cat <<EOF
 # Persistent sessions and their queued QoS 1 messages survive a restart: mosquitto saves
 # its in-memory database on a clean shutdown (SIGTERM) and every autosave_interval seconds.
 persistence true
@@ -43,7 +59,7 @@ EOF
 }
 
 nt__broker_ready() {
-    if command -v mosquitto_pub >/dev/null 2>&1; then
+    if [[ -z ${NT_BROKER_TLS_DIR:-} ]] && command -v mosquitto_pub >/dev/null 2>&1; then
         timeout 5 mosquitto_pub -h 127.0.0.1 -p "$NT_BROKER_PORT" -q 1 \
             -t needletrace-harness/ping -m ping -i "nt-harness-ping-$$" >/dev/null 2>&1
     else
@@ -79,7 +95,11 @@ nt_start_broker() {
     done
     NT_BROKER_FRESH_PORT=0
     export NT_BROKER_PORT
-    export NEEDLETRACE_MQTT_URL="mqtt://127.0.0.1:$NT_BROKER_PORT"
+    if [[ -n ${NT_BROKER_TLS_DIR:-} ]]; then
+        export NEEDLETRACE_MQTT_URL="mqtts://localhost:$NT_BROKER_PORT"
+    else
+        export NEEDLETRACE_MQTT_URL="mqtt://127.0.0.1:$NT_BROKER_PORT"
+    fi
     nt_log "mosquitto up on 127.0.0.1:$NT_BROKER_PORT (pid $NT_BROKER_PID)"
 }
 
