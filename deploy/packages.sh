@@ -5,7 +5,7 @@
 # Run-time and build dependencies (deploy/demo.sh).
 NT_PACKAGES_RUN=(build-essential cmake pkg-config libmosquitto-dev mosquitto mosquitto-clients
     libuv1-dev libprotobuf-c-dev protobuf-c-compiler libpq-dev postgresql libssl-dev jq curl
-    procps iproute2)
+    procps iproute2 openssl)
 # Everything the test suite needs on top (tests/run.sh).
 NT_PACKAGES_TEST=("${NT_PACKAGES_RUN[@]}" clang libcmocka-dev valgrind
     python3-paho-mqtt python3-protobuf protobuf-compiler)
