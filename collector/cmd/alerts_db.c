@@ -284,7 +284,7 @@ static const char ack_sql[] =
     "INSERT INTO needletrace.alert_acks (clinic_id, alert_id, acked_by, note)\n"
     "SELECT clinic_id, alert_id, $2::text, $3::text FROM target\n"
     " WHERE (SELECT count(*) FROM target) = 1\n"
-    "RETURNING clinic_id";
+    "RETURNING clinic_id, acked_role";
 
 static const char ack_count_sql[] = "SELECT count(*)::text FROM needletrace.alerts\n"
                                     " WHERE alert_id = $1::bigint\n"
@@ -316,11 +316,14 @@ int nt_alerts__ack(PGconn *conn, const nt_alerts__ack_opts_t *o)
         return NT_EDB;
     }
     int inserted = PQntuples(res);
-    PQclear(res);
     if (inserted == 1) {
-        printf("alert %s acknowledged by %s\n", id, o->by);
+        /* acked_role: the database role, recorded by the database whatever --by says */
+        printf("alert %s acknowledged by %s (database role %s)\n", id, o->by,
+               PQnfields(res) > 1 ? PQgetvalue(res, 0, 1) : "?");
+        PQclear(res);
         return 0;
     }
+    PQclear(res);
 
     /* Nothing inserted: unknown, or (without --clinic) in several clinics. */
     const char *cvalues[2] = {id, o->clinic};

@@ -20,6 +20,7 @@ static void main__usage(FILE *out)
                  "  simulate      publish telemetry from a simulated fleet\n"
                  "  check-config  validate the configuration and print it\n"
                  "  alerts        list and acknowledge compliance alerts\n"
+                 "  devices       the device registry: which clinic each pen belongs to\n"
                  "  journal       check a journal directory, salvage a damaged one, accept a\n"
                  "                journal that does not fit the database's checkpoint\n"
                  "  version       print the version\n\n"
@@ -47,6 +48,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "alerts") == 0) {
         return nt_cmd_alerts(argc - 1, argv + 1, environ);
+    }
+    if (strcmp(cmd, "devices") == 0) {
+        return nt_cmd_devices(argc - 1, argv + 1, environ);
     }
     if (strcmp(cmd, "journal") == 0) {
         if (argc > 2 && strcmp(argv[2], "accept") == 0) {

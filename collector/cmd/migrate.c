@@ -11,9 +11,13 @@ static void migrate__usage(FILE *out)
 {
     fprintf(out, "usage: needletrace migrate [--config FILE] [--<section>-<key> VALUE]...\n"
                  "\n"
-                 "Creates or upgrades the needletrace schema in [database] url: applies, in\n"
+                 "Creates or upgrades the needletrace schema in [database] admin_url (else\n"
+                 "[database] url), connected as the role that owns the schema: applies, in\n"
                  "order and each in its own transaction, every migration not yet recorded in\n"
-                 "needletrace.schema_migrations. Safe to run concurrently and repeatedly.\n");
+                 "needletrace.schema_migrations, and creates the login-less roles\n"
+                 "needletrace_collector, needletrace_auditor, needletrace_staff and\n"
+                 "needletrace_registrar (README, Security model: how to give them logins).\n"
+                 "Safe to run concurrently and repeatedly.\n");
 }
 
 /* `needletrace migrate`: 0 when the schema is up to date, 2 on bad usage or configuration,
@@ -31,7 +35,9 @@ int nt_cmd_migrate(int argc, char **argv, char *const *envp)
         nt_config_close(&cfg);
         return 2;
     }
-    rc = nt_migrations_apply(cfg.database_url);
+    /* as the owner: database.admin_url when set (the collector's own login cannot migrate) */
+    rc = nt_migrations_apply(cfg.database_admin_url != NULL ? cfg.database_admin_url
+                                                            : cfg.database_url);
     nt_config_close(&cfg);
     if (rc != 0) {
         return 1;

@@ -236,6 +236,22 @@ static void run__drain(run_t *r)
     nt_pgsink_drain(r->sink, run__on_drained, r);
 }
 
+static void run__on_refused_timer(uv_timer_t *t)
+{
+    run__finish(t->data);
+}
+
+/* The database role may rewrite the evidence (logged by the sink): a configuration error. The
+ * journal keeps what was received; the teardown runs from the loop, not inside the sink. */
+static void run__on_role_refused(nt_pgsink_t *s, void *data)
+{
+    run_t *r = data;
+    r->exit_code = 2;
+    if (!r->stopped) {
+        uv_timer_start(&r->deadline, run__on_refused_timer, 0, 0);
+    }
+}
+
 static void run__on_signal(uv_signal_t *h, int signum)
 {
     run_t *r = h->data;
@@ -271,6 +287,7 @@ static int run__open(run_t *r)
         .statement_timeout_ms = (uint64_t)r->cfg.database_statement_timeout_ms,
         .watchdog_ms = (uint64_t)r->cfg.database_watchdog_ms,
         .connections = (uint32_t)r->cfg.database_connections,
+        .allow_privileged = r->cfg.database_allow_privileged != 0,
     };
     int rc = nt_pgsink_init(&r->loop, &r->sink, &sopts, r->journal, run__on_commit, r);
     if (rc != 0) {
@@ -278,6 +295,7 @@ static int run__open(run_t *r)
         return 1;
     }
     nt_pgsink_set_alerts_cb(r->sink, run__on_alerts);
+    nt_pgsink_set_refused_cb(r->sink, run__on_role_refused);
     nt_pgsink_set_publish_check(r->sink, run__can_publish);
     if (nt_mqttsrc_init(&r->loop, &r->src, &r->cfg, r->journal, run__on_synced, r) != 0) {
         return 1; /* logged by the source */

@@ -452,6 +452,16 @@ static int config__check_database(const nt_config_t *cfg, char *err, size_t errl
                               "configuration", "not a valid libpq connection string or URI");
     }
     PQconninfoFree(parsed);
+    if (cfg->database_admin_url != NULL) {
+        parsed = PQconninfoParse(cfg->database_admin_url, &perr);
+        if (parsed == NULL) {
+            PQfreemem(perr);
+            return nt_config__bad(err, errlen, config__key("database.admin_url"),
+                                  NT_CONFIG__REDACTED, "configuration",
+                                  "not a valid libpq connection string or URI");
+        }
+        PQconninfoFree(parsed);
+    }
     if (cfg->database_statement_timeout_ms != 0 &&
         cfg->database_watchdog_ms <= cfg->database_statement_timeout_ms) {
         char value[32];

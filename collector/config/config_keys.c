@@ -111,6 +111,15 @@ const nt_config__key_t nt_config__keys[] = {
                 "runs on the second while the first commits (batches still commit one after the "
                 "other, in journal order: each waits for the checkpoint of the one before). 1: "
                 "one transaction at a time."),
+    CONFIG__STR("database", "admin_url", database_admin_url, NULL, NULL, NT_CONFIG__OPTIONAL, NULL,
+                "Connection of `needletrace migrate`: the role that owns "
+                "the schema. Unset: database.url. `run` never uses it: the collector connects "
+                "with database.url as a member of needletrace_collector (README, Security)."),
+    CONFIG__NUM("database", "allow_privileged", NT_CONFIG__INT, database_allow_privileged, "0", 0,
+                1,
+                "1 lets `needletrace run` write as a superuser or as a member of the role that "
+                "owns the evidence tables (it could disable their triggers or truncate them). "
+                "0 (default): it refuses to start so connected, naming the role."),
     CONFIG__STR("journal", "dir", journal_dir, "/var/lib/needletrace/journal", NULL, 0, NULL,
                 "Durable spool directory (created with mode 0700). One collector per directory."),
     CONFIG__NUM("journal", "max_bytes", NT_CONFIG__SIZE, journal_max_bytes, "1GiB",

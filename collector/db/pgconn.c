@@ -45,6 +45,7 @@ struct nt_pgconn_s {
     char addrs[512];     /* the addresses last looked up, as logged */
     unsigned attempts;   /* consecutive failures, for the backoff */
     char error[512];
+    char detail[8192]; /* the DETAIL of the last error result ("" when it had none) */
 };
 
 static void pgconn__on_io(nt_fdwatch_t *w, int status, int events, void *data);
@@ -371,6 +372,8 @@ static void pgconn__result(nt_pgconn_t *c, const PGresult *res)
     default: {
         const char *code = PQresultErrorField(res, PG_DIAG_SQLSTATE);
         const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+        const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+        snprintf(c->detail, sizeof(c->detail), "%s", detail != NULL ? detail : "");
         c->cbs.on_error(c, code != NULL ? code : "XX000", msg != NULL ? msg : PQresStatus(st),
                         c->data);
         return;
@@ -515,6 +518,11 @@ int nt_pgconn_backing_off(const nt_pgconn_t *c)
 void nt_pgconn_backoff_reset(nt_pgconn_t *c)
 {
     c->attempts = 0;
+}
+
+const char *nt_pgconn_error_detail(const nt_pgconn_t *c)
+{
+    return c->detail;
 }
 
 int nt_pgconn_connected(const nt_pgconn_t *c)

@@ -23,6 +23,7 @@ static void pgsink__timer_closed(uv_handle_t *h)
         nt_batch_close(&s->batches[1]);
         nt_batch_close(&s->batches[2]);
         nt_outbox_close(&s->outbox);
+        nt_registry_free(&s->registry);
         free(s->collector_id);
         free(s);
     }
@@ -365,6 +366,10 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     s->sending = &s->batches[1];
     nt_outbox_init(&s->outbox, nt_mono_us());
     nt_isolate_init(&s->iso);
+    nt_registry_init(&s->registry);
+    for (int i = 0; i < 3; i++) {
+        s->batches[i].registry = &s->registry;
+    }
     nt_txn_init(&s->txn, &nt_pgsink__txn_ops, s->conn, s->collector_id, nt_journal_id(journal),
                 &s->outbox);
     s->txn.gate = nt_pgsink__first_gate;
@@ -436,6 +441,11 @@ void nt_pgsink_record_deliveries(nt_pgsink_t *s, nt_pgsink_drain_cb cb, void *da
 void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts)
 {
     s->on_alerts = on_alerts;
+}
+
+void nt_pgsink_set_refused_cb(nt_pgsink_t *s, void (*on_refused)(nt_pgsink_t *s, void *data))
+{
+    s->on_refused = on_refused;
 }
 
 void nt_pgsink_set_publish_check(nt_pgsink_t *s, int (*can_publish)(void *data))

@@ -16,6 +16,7 @@ void nt_pgsink__read_checkpoint(nt_pgsink_t *s)
 {
     const char *params[1] = {s->collector_id};
     s->state = NT_PGSINK__CHECKPOINT;
+    s->priv_pending = 0;
     s->checkpoint_failed = 0;
     s->checkpoint_read = 0;
     nt_pgconn_arm_watchdog(s->conn, NT_PGCONN_CONNECT_TIMEOUT_MS);
@@ -116,12 +117,85 @@ static void pgsink__checkpoint_done(nt_pgsink_t *s)
     }
 }
 
+/* ---- the role -----------------------------------------------------------------------------------
+ */
+
+#define PGSINK_PRIVILEGES_QUERY                                                                    \
+    "SELECT superuser, owns_evidence, role_name FROM needletrace.connection_privileges()"
+
+/* At every connect, before the checkpoint: is the role one that could rewrite the evidence (a
+ * superuser, or a member of the role owning the tables: it could disable their triggers)? */
+static void pgsink__check_privileges(nt_pgsink_t *s)
+{
+    s->state = NT_PGSINK__CHECKPOINT;
+    s->priv_pending = 1;
+    s->priv_read = 0;
+    s->checkpoint_failed = 0;
+    nt_pgconn_arm_watchdog(s->conn, NT_PGCONN_CONNECT_TIMEOUT_MS);
+    nt_pgconn_send(s->conn, PGSINK_PRIVILEGES_QUERY, 0, NULL);
+}
+
+static void pgsink__privileges_rows(nt_pgsink_t *s, const PGresult *res)
+{
+    if (PQntuples(res) != 1 || PQnfields(res) != 3) {
+        return; /* not read: refused as unknown below */
+    }
+    s->priv_super = strcmp(PQgetvalue(res, 0, 0), "t") == 0;
+    s->priv_owner = strcmp(PQgetvalue(res, 0, 1), "t") == 0;
+    snprintf(s->priv_role, sizeof(s->priv_role), "%s", PQgetvalue(res, 0, 2));
+    s->priv_read = 1;
+}
+
+static void pgsink__privileges_done(nt_pgsink_t *s)
+{
+    s->priv_pending = 0;
+    if (s->checkpoint_failed || !s->priv_read) {
+        const char *why = s->checkpoint_failed ? s->checkpoint_error : "unexpected result";
+        nt_log(NT_LOG_ERROR, "db", "could not check the database role's privileges: %s%s", why,
+               strcmp(s->checkpoint_sqlstate, "42883") == 0 ||
+                       strcmp(s->checkpoint_sqlstate, "3F000") == 0
+                   ? " (is the schema up to date? run needletrace migrate as the schema's owner)"
+                   : "");
+        nt_pgconn_fail(s->conn, why);
+        return;
+    }
+    if (s->priv_super || s->priv_owner) {
+        const char *what = s->priv_super ? "a superuser"
+                                         : "a member of the role that owns the "
+                                           "evidence tables";
+        if (!s->opts.allow_privileged) {
+            snprintf(s->mismatch, sizeof(s->mismatch),
+                     "refusing to write as database role \"%s\", %s (it could disable the "
+                     "append-only triggers or truncate the evidence)",
+                     s->priv_role, what);
+            nt_log(NT_LOG_ERROR, "db",
+                   "%s: connect as a login that is a member of needletrace_collector (README, "
+                   "Security model), or set database.allow_privileged = 1 to allow it",
+                   s->mismatch);
+            s->state = NT_PGSINK__MISMATCH;
+            nt_pgconn_disarm_watchdog(s->conn);
+            if (s->on_refused != NULL) {
+                s->on_refused(s, s->data);
+            }
+            return;
+        }
+        if (!s->priv_warned) {
+            s->priv_warned = 1;
+            nt_log(NT_LOG_WARN, "db",
+                   "writing as database role \"%s\", %s: allowed by database.allow_privileged; "
+                   "in production connect as a member of needletrace_collector",
+                   s->priv_role, what);
+        }
+    }
+    nt_pgsink__read_checkpoint(s);
+}
+
 /* ---- connection callbacks ---------------------------------------------------------------------
  */
 
 static void pgsink__on_connected(nt_pgconn_t *c, void *data)
 {
-    nt_pgsink__read_checkpoint(data);
+    pgsink__check_privileges(data);
 }
 
 static void pgsink__on_lost(nt_pgconn_t *c, void *data)
@@ -154,7 +228,9 @@ static void pgsink__on_copy_in(nt_pgconn_t *c, void *data)
 static void pgsink__on_rows(nt_pgconn_t *c, const PGresult *res, void *data)
 {
     nt_pgsink_t *s = data;
-    if (s->state == NT_PGSINK__CHECKPOINT) {
+    if (s->state == NT_PGSINK__CHECKPOINT && s->priv_pending) {
+        pgsink__privileges_rows(s, res);
+    } else if (s->state == NT_PGSINK__CHECKPOINT) {
         pgsink__checkpoint_rows(s, res);
     } else if (s->state == NT_PGSINK__BUSY) {
         nt_txn_rows(&s->txn, res);
@@ -184,6 +260,10 @@ static void pgsink__on_error(nt_pgconn_t *c, const char *sqlstate, const char *m
 static void pgsink__on_done(nt_pgconn_t *c, void *data)
 {
     nt_pgsink_t *s = data;
+    if (s->state == NT_PGSINK__CHECKPOINT && s->priv_pending) {
+        pgsink__privileges_done(s);
+        return;
+    }
     if (s->state == NT_PGSINK__CHECKPOINT) {
         pgsink__checkpoint_done(s);
         return;

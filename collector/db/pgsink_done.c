@@ -110,6 +110,51 @@ void nt_pgsink__committed(nt_pgsink_t *s)
 /* ---- after a rollback -------------------------------------------------------------------------
  */
 
+/* Refusals of one batch by the device registry, in a row, before it is isolated instead. */
+#define PGSINK_REGISTRY_TRIES 8u
+
+/* A batch transaction on connection c was refused by the device registry (NT002): its pens'
+ * verdicts are learned from the error's DETAIL, and the batch goes again at once with their
+ * messages quarantined; or a verdict it was built with no longer holds (NT003): forgotten, and
+ * the batch goes again with those messages as events. Returns 1 when it handled the rollback; 0
+ * when it was neither, or nothing could be learned, or the same batch keeps being refused
+ * (handled then as any refused batch: isolated, so never retried in a loop). */
+int nt_pgsink__registry_refused(nt_pgsink_t *s, const nt_pgconn_t *c)
+{
+    const nt_txn_t *t = c == s->conn ? &s->txn : &s->lane.txn;
+    int changed = strcmp(t->sqlstate, NT_REGISTRY_CHANGED_SQLSTATE) == 0;
+    if (!changed && strcmp(t->sqlstate, NT_REGISTRY_SQLSTATE) != 0) {
+        return 0;
+    }
+    if (s->registry_tries > 0 && s->registry_pos == t->batch->first_pos) {
+        s->registry_tries++;
+    } else {
+        s->registry_pos = t->batch->first_pos;
+        s->registry_tries = 1;
+    }
+    if (s->registry_tries > PGSINK_REGISTRY_TRIES) {
+        /* What was learned does not stick (more refused pens than the collector remembers):
+         * the refused messages are isolated one by one instead (db_rejected, NT002 in detail). */
+        nt_log(NT_LOG_WARN, "db",
+               "the device registry refused the batch at journal %" PRIu64 " %u times in a row; "
+               "isolating the refused messages one by one",
+               t->batch->first_pos, s->registry_tries - 1);
+        return 0;
+    }
+    int n = changed ? nt_registry_forget(&s->registry, nt_pgconn_error_detail(c))
+                    : nt_registry_refused(&s->registry, nt_pgconn_error_detail(c), nt_mono_us());
+    if (n <= 0 && !changed) {
+        nt_log(NT_LOG_ERROR, "db",
+               "could not read the device registry's refusal: %s (detail: %.200s)", t->error,
+               nt_pgconn_error_detail(c));
+        return 0;
+    }
+    nt_log(NT_LOG_INFO, "db", "%s; committing the batch (journal %" PRIu64 "..%" PRIu64 ") again%s",
+           t->error, t->batch->first_pos, t->batch->end_pos,
+           changed ? " with their messages as events" : " without them");
+    return 1;
+}
+
 /* A batch transaction rolled back: isolate the message the database refuses (retry at once with
  * smaller batches), or retry the same after a backoff; logged once here. */
 static void pgsink__batch_rolled_back(nt_pgsink_t *s)
@@ -233,7 +278,9 @@ void nt_pgsink__rolled_back(nt_pgsink_t *s)
         nt_pgsink__read_checkpoint(s);
         return;
     }
-    int handled = strcmp(s->txn.sqlstate, NT_PGSINK__QUERY_CANCELED) == 0 && pgsink__too_slow(s);
+    int handled =
+        (strcmp(s->txn.sqlstate, NT_PGSINK__QUERY_CANCELED) == 0 && pgsink__too_slow(s)) ||
+        (s->txn.batch != NULL && nt_pgsink__registry_refused(s, s->conn));
     if (!handled && s->txn.batch != NULL) {
         pgsink__batch_rolled_back(s); /* reads the batch: before it is discarded */
     } else if (!handled) {

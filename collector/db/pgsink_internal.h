@@ -77,11 +77,17 @@ struct nt_pgsink_s {
 
     nt_pgsink__state_t state;
     int checkpoint_failed;
-    int checkpoint_read; /* the checkpoint query's row set arrived */
+    int checkpoint_read;        /* the checkpoint query's row set arrived */
+    int priv_pending;           /* at connect: the role's privileges are being checked first */
+    int priv_read;              /* their row arrived */
+    int priv_super, priv_owner; /* a superuser; a member of the evidence tables' owner */
+    int priv_warned;            /* the allowed privileged role was logged */
+    char priv_role[NT_MAX_ID_LEN * 2 + 1];
+    void (*on_refused)(nt_pgsink_t *s, void *data); /* the role is refused: stop */
     char checkpoint_error[512];
     char checkpoint_sqlstate[6];
     nt_checkpoint_check_t check; /* the comparison made at the last connect */
-    char mismatch[200];          /* why ingest is stopped, for /readyz ("" when it is not) */
+    char mismatch[320];          /* why ingest is stopped, for /readyz ("" when it is not) */
 
     nt_batch_t batches[3];
     nt_batch_t *building;   /* takes records from the journal */
@@ -103,8 +109,11 @@ struct nt_pgsink_s {
     int slow_batch;      /* the last statement timeout was a batch's (a maintenance one else) */
     char slow[200];      /* why the database is called slow, for /readyz ("" when it is not) */
 
-    nt_isolate_t iso;                          /* finding a message the database refuses */
-    int last_was_batch;                        /* maintenance and batches take turns */
+    nt_isolate_t iso;        /* finding a message the database refuses */
+    nt_registry_t registry;  /* pens the device registry refused (NT002) */
+    uint64_t registry_pos;   /* where the last batch the registry refused started... */
+    unsigned registry_tries; /* ...and how many times in a row a batch there was refused */
+    int last_was_batch;      /* maintenance and batches take turns */
     unsigned maint_failures[NT_PGSINK__KINDS]; /* per kind of bookkeeping: failed in a row */
     int64_t maint_next_us[NT_PGSINK__KINDS];   /* per kind: not before this monotonic time */
     char maint_error[512];                     /* why the last one rolled back */
@@ -173,5 +182,6 @@ void nt_pgsink__recorded(nt_pgsink_t *s, int status);
 void nt_pgsink__committed(nt_pgsink_t *s);
 /* ROLLBACK finished: decides what the failure means, logs it once (pgsink_done.c). */
 void nt_pgsink__rolled_back(nt_pgsink_t *s);
+int nt_pgsink__registry_refused(nt_pgsink_t *s, const nt_pgconn_t *c);
 
 #endif

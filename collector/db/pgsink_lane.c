@@ -297,6 +297,8 @@ static void lane__rolled_back(nt_pgsink_t *s)
 {
     nt_pgsink__lane_t *l = &s->lane;
     if (!l->doomed) {
+        /* the first connection's try of these records then quarantines the refused pens */
+        (void)nt_pgsink__registry_refused(s, l->conn);
         nt_log(NT_LOG_INFO, "db",
                "the second connection's batch (journal %" PRIu64 "..%" PRIu64
                ") was not committed: SQLSTATE %s: %s; the first connection takes it again",

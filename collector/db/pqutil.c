@@ -51,6 +51,9 @@ nt_pq_class_t nt_pqutil_classify(const char *sqlstate)
         strcmp(sqlstate, "57014") == 0) {
         return NT_PQ_TRANSIENT;
     }
+    if (strcmp(sqlstate, "NT002") == 0 || strcmp(sqlstate, "NT003") == 0) {
+        return NT_PQ_DATA; /* the device registry refuses a pen of the batch (registry.h) */
+    }
     for (size_t i = 0; i < NT_ARRAY_SIZE(data_classes); i++) {
         if (strncmp(sqlstate, data_classes[i], 2) == 0) {
             return NT_PQ_DATA;

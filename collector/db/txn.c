@@ -279,6 +279,19 @@ static int txn__send_stopped(nt_txn_t *t)
  * before it (its batch-order lock: order - 1) to end; the database refuses when the checkpoint is
  * not where the batch starts (SQLSTATE NT_TXN_CHECKPOINT_MOVED). A batch that follows another in
  * flight (t->after) never creates the first checkpoint. */
+/* The registry verdicts the batch quarantined messages for still hold (registry.h): refused
+ * with NT003 otherwise, before any row is sent. */
+static int txn__has_refusals_to_confirm(const nt_txn_t *t)
+{
+    return t->batch != NULL && t->batch->nrefusals > 0;
+}
+
+static int txn__send_confirm(nt_txn_t *t)
+{
+    const char *params[1] = {t->batch->refusals};
+    return t->ops->send(t->conn, "SELECT needletrace.confirm_refusals($1)", 1, params);
+}
+
 static int txn__send_checkpoint(nt_txn_t *t)
 {
     char jid[24], from[24], to[24], prev[16];
@@ -315,6 +328,7 @@ static int txn__copy_conflict(nt_txn_t *t)
 static const txn__step_t txn__steps[] = {
     {"begin", NULL, txn__send_begin, NULL, NULL, 0, -1},
     {"heartbeat", txn__heartbeat_due, txn__send_heartbeat, NULL, NULL, 0, -1},
+    {"confirm", txn__has_refusals_to_confirm, txn__send_confirm, NULL, NULL, 0, -1},
     {"copy", txn__fast_path, txn__send_copy, txn__copy_again, txn__copy_conflict, 0,
      NT_STAGE_DB_COPY},
     {"stage", txn__staging_path, txn__send_stage, NULL, NULL, 0, NT_STAGE_DB_COPY},

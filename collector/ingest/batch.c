@@ -4,6 +4,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/sha.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "needletrace/common.h"
@@ -474,6 +475,11 @@ void nt_batch_reset(nt_batch_t *b)
     memset(b->rejected_by_reason, 0, sizeof(b->rejected_by_reason));
     b->bytes = 0;
     b->oldest_received_us = 0;
+    b->refusals_len = 0;
+    b->nrefusals = 0;
+    if (b->refusals != NULL) {
+        b->refusals[0] = '\0';
+    }
 }
 
 /* Frees the streams and the arena. */
@@ -483,6 +489,9 @@ void nt_batch_close(nt_batch_t *b)
         nt_copybuf_close(&b->tables[i].buf);
     }
     nt_arena_close(&b->arena);
+    free(b->refusals);
+    b->refusals = NULL;
+    b->refusals_len = b->refusals_cap = 0;
 }
 
 /* The state of the streams before a record, to cut them back to if its rows cannot be added. */
@@ -551,6 +560,41 @@ static int batch__settle(nt_batch_t *b, const batch__mark_t *m, const nt_journal
     return 0;
 }
 
+/* Adds "serial clinic reason" to the batch's verdicts to confirm (once per line). 0, or -1 when
+ * it is full or out of memory. */
+static int batch__note_refusal(nt_batch_t *b, const nt_topic_t *t, const char *reason)
+{
+    char line[2 * NT_MAX_ID_LEN + 40];
+    int n = snprintf(line, sizeof(line), "%s %s %s\n", t->device_serial, t->clinic_id, reason);
+    if (n <= 0 || (size_t)n >= sizeof(line)) {
+        return -1;
+    }
+    for (size_t at = 0; at < b->refusals_len;) {
+        const char *nl = memchr(b->refusals + at, '\n', b->refusals_len - at);
+        size_t len = (size_t)(nl - (b->refusals + at)) + 1;
+        if (len == (size_t)n && memcmp(b->refusals + at, line, len) == 0) {
+            return 0;
+        }
+        at += len;
+    }
+    if (b->nrefusals >= NT_BATCH_MAX_REFUSALS) {
+        return -1;
+    }
+    if (b->refusals_len + (size_t)n + 1 > b->refusals_cap) {
+        size_t cap = b->refusals_cap == 0 ? 1024 : b->refusals_cap * 2;
+        char *p = realloc(b->refusals, cap);
+        if (p == NULL) {
+            return -1;
+        }
+        b->refusals = p;
+        b->refusals_cap = cap;
+    }
+    memcpy(b->refusals + b->refusals_len, line, (size_t)n + 1);
+    b->refusals_len += (size_t)n;
+    b->nrefusals++;
+    return 0;
+}
+
 /* The arena is reset first: the rows hold copies, so the decoded message is not needed after
  * the call. */
 int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
@@ -567,6 +611,15 @@ int nt_batch_add(nt_batch_t *b, const nt_journal_record_t *rec)
     nt_reason_t reason = nt_decoder_decode(&b->arena, rec->topic, rec->topic_len, rec->payload,
                                            rec->payload_len, &msg, detail, sizeof(detail));
     detail[sizeof(detail) - 1] = '\0';
+    if (reason == NT_REASON_OK && b->registry != NULL && b->registry->slots != NULL) {
+        /* a pen the device registry refused a moment ago (registry.h) */
+        reason = nt_registry_check(b->registry, msg.topic.clinic_id, msg.topic.device_serial,
+                                   nt_mono_us(), detail, sizeof(detail));
+        if (reason != NT_REASON_OK &&
+            batch__note_refusal(b, &msg.topic, nt_reason_name(reason)) != 0) {
+            reason = NT_REASON_OK; /* not confirmable in this batch: sent as events */
+        }
+    }
     uint32_t events = 0;
     if (reason == NT_REASON_OK) {
         events = batch__add_accepted(b, rec, &msg);

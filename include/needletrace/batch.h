@@ -12,6 +12,7 @@
 #include "needletrace/copybuf.h"
 #include "needletrace/decoder.h"
 #include "needletrace/journal.h"
+#include "needletrace/registry.h"
 
 enum { NT_BATCH_RAW = 0, NT_BATCH_EVENTS, NT_BATCH_QUARANTINE, NT_BATCH__TABLES };
 
@@ -32,9 +33,19 @@ typedef struct {
     uint32_t events;    /* events rows */
     uint32_t rejected;  /* quarantine rows */
     uint32_t rejected_by_reason[NT_REASON__COUNT];
-    size_t bytes;               /* payload + topic bytes added */
-    int64_t oldest_received_us; /* receive time of the first record (0 when empty) */
+    size_t bytes;                  /* payload + topic bytes added */
+    int64_t oldest_received_us;    /* receive time of the first record (0 when empty) */
+    const nt_registry_t *registry; /* pens refused by the device registry; NULL: none */
+    /* The verdicts of the registry the batch quarantined messages for, one "serial clinic
+     * reason" line each (distinct), for its transaction to confirm (registry.h). */
+    char *refusals;
+    size_t refusals_len, refusals_cap;
+    uint32_t nrefusals;
 } nt_batch_t;
+
+/* Distinct (pen, clinic) verdicts of the registry one batch quarantines for; beyond, its messages
+ * go as events and the database refuses them again (registry.h). */
+#define NT_BATCH_MAX_REFUSALS 256u
 
 /* Initialises an empty batch for this collector. 0 or NT_ENOMEM. */
 int nt_batch_init(nt_batch_t *b, const char *collector_id);

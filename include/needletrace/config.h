@@ -39,6 +39,8 @@ typedef struct {
     int64_t database_statement_timeout_ms; /* server-side statement_timeout; default 30000, 0 off */
     int64_t database_watchdog_ms; /* no answer this long: cancel, then reconnect; default 120000 */
     int64_t database_connections; /* 1, or 2: the next batch's transaction overlaps a commit */
+    char *database_admin_url;     /* migrate's connection (the owner); NULL: database_url */
+    int64_t database_allow_privileged; /* 1: run may write as a superuser or the tables' owner */
     /* [journal] */
     char *journal_dir;             /* default /var/lib/needletrace/journal */
     int64_t journal_max_bytes;     /* default 1 GiB; accepts 512MiB, 1GiB, 1048576 */

@@ -91,6 +91,10 @@ int nt_pgconn_backing_off(const nt_pgconn_t *c);
 /* A success: the next failure waits the shortest delay again. */
 void nt_pgconn_backoff_reset(nt_pgconn_t *c);
 
+/* The DETAIL field of the last error result on this connection ("" when it had none; cut at
+ * 8 KiB). Valid until the next result. */
+const char *nt_pgconn_error_detail(const nt_pgconn_t *c);
+
 /* 1 when connected (whether or not a command is in flight). */
 int nt_pgconn_connected(const nt_pgconn_t *c);
 

@@ -41,6 +41,7 @@ typedef struct {
     uint64_t statement_timeout_ms; /* the connection's statement_timeout; 0 = none */
     uint64_t watchdog_ms; /* a transaction without an answer this long: cancel (pgconn.h) */
     uint32_t connections; /* 1, or 2: a second connection takes the next batch (pgsink_lane.c) */
+    int allow_privileged; /* 1: may write as a superuser or a member of the tables' owner */
 } nt_pgsink_options_t;
 
 /* Called after a commit with the alerts it raised, and with undelivered alerts found after
@@ -58,6 +59,10 @@ typedef void (*nt_pgsink_drain_cb)(nt_pgsink_t *s, int status, void *data);
  * valid libpq syntax) or NT_ENOMEM. */
 int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t *opts,
                    nt_journal_t *journal, nt_pgsink_commit_cb on_commit, void *data);
+/* Sets the callback run when the database role is refused (a superuser, or a member of the role
+ * that owns the evidence tables, without opts->allow_privileged): logged, nothing ingested; the
+ * owner should stop. */
+void nt_pgsink_set_refused_cb(nt_pgsink_t *s, void (*on_refused)(nt_pgsink_t *s, void *data));
 /* Sets the alert callback (before nt_pgsink_start). */
 void nt_pgsink_set_alerts_cb(nt_pgsink_t *s, nt_pgsink_alerts_cb on_alerts);
 /* Sets the check (called with the sink's data) that says whether this replica can publish alerts

@@ -22,7 +22,10 @@
     XX(SEQ_ORDER, "seq_order")       /* seq 0, or not strictly increasing */                       \
     XX(OUT_OF_RANGE, "out_of_range") /* a number outside what any handpiece can report */          \
     XX(UNKNOWN_AREA, "unknown_area")                                                               \
-    XX(DB_REJECTED, "db_rejected") /* the database refused its rows: SQLSTATE in detail */
+    XX(DB_REJECTED, "db_rejected")         /* the database refused its rows: SQLSTATE in detail */ \
+    XX(CLINIC_MISMATCH, "clinic_mismatch") /* the registry has the pen in another clinic */        \
+    XX(UNKNOWN_DEVICE, "unknown_device") /* not in the registry (unknown_devices = quarantine) */  \
+    XX(DEVICE_RETIRED, "device_retired") /* retired in the registry */
 
 typedef enum {
 #define NT__REASON_ENUM(name, text) NT_REASON_##name,

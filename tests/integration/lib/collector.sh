@@ -26,8 +26,10 @@ nt__check_collectors() {
 }
 
 
+# nt_migrate: migrate as the owner (database.admin_url), then the test logins get their roles.
 nt_migrate() {
     "$NT_BIN" migrate >>"$NT_TMP/migrate.log" 2>&1 || nt_fail "needletrace migrate failed"
+    nt_grant_logins
 }
 
 # nt_start_collector [NAME] [VAR=VALUE...]: starts `needletrace run` in the background with

@@ -113,11 +113,39 @@ EOF
     done
     NT_PG_FRESH_PORT=0
     export NT_PG_PORT
-    export NEEDLETRACE_DATABASE_URL="host=127.0.0.1 port=$NT_PG_PORT user=postgres dbname=needletrace"
+    # Least privilege as in production (README, Security model): migrate as the owner
+    # (postgres here), the collector and the CLI as logins of the needletrace_* roles
+    # (nt_migrate grants them after the roles exist).
+    export NEEDLETRACE_DATABASE_ADMIN_URL
+    NEEDLETRACE_DATABASE_ADMIN_URL=$(nt_db_url postgres)
+    export NEEDLETRACE_DATABASE_URL
+    NEEDLETRACE_DATABASE_URL=$(nt_db_url nt_collector)
     if [[ -z $(nt_psql postgres "SELECT 1 FROM pg_database WHERE datname = 'needletrace'") ]]; then
         nt_psql postgres "CREATE DATABASE needletrace" >/dev/null || nt_fail "createdb failed"
     fi
+    nt_psql postgres "DO \$\$ BEGIN
+        $(for r in "${!NT_PG_LOGINS[@]}"; do
+            printf "IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '%s') THEN CREATE ROLE %s LOGIN; END IF;\n" "$r" "$r"
+        done) END \$\$" >/dev/null || nt_fail "could not create the test logins"
     nt_log "PostgreSQL $(nt_psql postgres 'SHOW server_version') up on 127.0.0.1:$NT_PG_PORT as $user"
+}
+
+# The test logins and the role each is a member of (granted by nt_migrate).
+declare -gA NT_PG_LOGINS=([nt_collector]=needletrace_collector [nt_staff]=needletrace_staff
+    [nt_auditor]=needletrace_auditor [nt_registrar]=needletrace_registrar)
+
+# nt_db_url ROLE [DB]: the libpq connection string of the test cluster as ROLE (trust auth).
+nt_db_url() {
+    printf 'host=127.0.0.1 port=%s user=%s dbname=%s' "$NT_PG_PORT" "$1" "${2:-needletrace}"
+}
+
+# nt_grant_logins: makes each test login a member of its needletrace_* role (after migrate).
+nt_grant_logins() {
+    local r sql=""
+    for r in "${!NT_PG_LOGINS[@]}"; do
+        sql+="GRANT ${NT_PG_LOGINS[$r]} TO $r; "
+    done
+    nt_sql "$sql" >/dev/null || nt_fail "could not grant the needletrace roles to the test logins"
 }
 
 # nt_stop_pg [MODE]: stops PostgreSQL (fast by default: a clean shutdown; immediate = crash).
