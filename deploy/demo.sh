@@ -281,7 +281,10 @@ summary() {
     echo "        SELECT reason, topic, octet_length(payload) FROM needletrace.quarantine LIMIT 5;"
     echo "        SELECT * FROM needletrace.sessions LIMIT 5;"
     echo "        SELECT rule, severity, clinic_id, details FROM needletrace.alerts_open LIMIT 5;"
-    echo "  alerts: build/needletrace alerts list --open  (with NEEDLETRACE_DATABASE_URL set as above)"
+    echo "  alerts: NEEDLETRACE_DATABASE_URL=\"host=127.0.0.1 port=$NT_PG_PORT user=nt_staff dbname=needletrace\" build/needletrace alerts list --open"
+    echo "  pens:   NEEDLETRACE_DATABASE_URL=\"host=127.0.0.1 port=$NT_PG_PORT user=nt_registrar dbname=needletrace\" build/needletrace devices list"
+    echo "  (the collector ran as login nt_collector, a member of needletrace_collector: it cannot"
+    echo "   update or delete evidence; see README, Security model)"
     echo "logs: $LOCAL/collector-demo.log, $LOCAL/broker.log, $NT_PG_DIR/postgres.log"
     echo "==========================================================="
 }

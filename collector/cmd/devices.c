@@ -27,7 +27,7 @@ static void devices__usage(FILE *out)
           "retired pen's (device_retired) and, with the setting unknown_devices = 'quarantine'\n"
           "(the production choice; default 'register': a new pen is registered to the clinic\n"
           "it is first seen under), an unregistered pen's (unknown_device). A change applies\n"
-          "to the collectors within 30 s. Changes need a login that is a member of\n"
+          "to the collectors' next batch. Changes need a login that is a member of\n"
           "needletrace_registrar; list needs read access (registrar, staff or auditor).\n"
           "\n"
           "list      every pen (or a clinic's), as an aligned table or JSON lines\n"

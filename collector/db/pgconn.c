@@ -45,7 +45,7 @@ struct nt_pgconn_s {
     char addrs[512];     /* the addresses last looked up, as logged */
     unsigned attempts;   /* consecutive failures, for the backoff */
     char error[512];
-    char detail[8192]; /* the DETAIL of the last error result ("" when it had none) */
+    char detail[32768]; /* the DETAIL of the last error result ("" when it had none) */
 };
 
 static void pgconn__on_io(nt_fdwatch_t *w, int status, int events, void *data);

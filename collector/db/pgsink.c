@@ -69,7 +69,8 @@ static int pgsink__full(const nt_pgsink_t *s, const nt_batch_t *b)
         limit = s->slow_limit;
     }
     return b->events >= s->opts.max_events || b->messages >= s->opts.max_events ||
-           b->bytes >= s->opts.max_bytes || (limit != 0 && b->messages >= limit);
+           b->nrefusals >= NT_BATCH_MAX_REFUSALS || b->bytes >= s->opts.max_bytes ||
+           (limit != 0 && b->messages >= limit);
 }
 
 static void pgsink__on_linger(uv_timer_t *t)

@@ -161,8 +161,8 @@ static void pgsink__privileges_done(nt_pgsink_t *s)
     }
     if (s->priv_super || s->priv_owner) {
         const char *what = s->priv_super ? "a superuser"
-                                         : "a member of the role that owns the "
-                                           "evidence tables";
+                                         : "a member of the role that owns the evidence tables "
+                                           "(or able to become one: CREATEROLE)";
         if (!s->opts.allow_privileged) {
             snprintf(s->mismatch, sizeof(s->mismatch),
                      "refusing to write as database role \"%s\", %s (it could disable the "

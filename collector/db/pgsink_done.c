@@ -132,17 +132,19 @@ int nt_pgsink__registry_refused(nt_pgsink_t *s, const nt_pgconn_t *c)
         s->registry_pos = t->batch->first_pos;
         s->registry_tries = 1;
     }
-    if (s->registry_tries > PGSINK_REGISTRY_TRIES) {
+    /* Learning (or forgetting) is always right, whatever comes next. */
+    int n = changed ? nt_registry_forget(&s->registry, nt_pgconn_error_detail(c))
+                    : nt_registry_refused(&s->registry, nt_pgconn_error_detail(c), nt_mono_us());
+    if (!changed && s->registry_tries > PGSINK_REGISTRY_TRIES) {
         /* What was learned does not stick (more refused pens than the collector remembers):
-         * the refused messages are isolated one by one instead (db_rejected, NT002 in detail). */
+         * the refused messages are isolated one by one instead (db_rejected, NT002 in detail).
+         * A changed verdict (NT003) never needs this: once forgotten it is not predicted again. */
         nt_log(NT_LOG_WARN, "db",
                "the device registry refused the batch at journal %" PRIu64 " %u times in a row; "
                "isolating the refused messages one by one",
                t->batch->first_pos, s->registry_tries - 1);
         return 0;
     }
-    int n = changed ? nt_registry_forget(&s->registry, nt_pgconn_error_detail(c))
-                    : nt_registry_refused(&s->registry, nt_pgconn_error_detail(c), nt_mono_us());
     if (n <= 0 && !changed) {
         nt_log(NT_LOG_ERROR, "db",
                "could not read the device registry's refusal: %s (detail: %.200s)", t->error,

@@ -87,7 +87,7 @@ struct nt_pgsink_s {
     char checkpoint_error[512];
     char checkpoint_sqlstate[6];
     nt_checkpoint_check_t check; /* the comparison made at the last connect */
-    char mismatch[320];          /* why ingest is stopped, for /readyz ("" when it is not) */
+    char mismatch[400];          /* why ingest is stopped, for /readyz ("" when it is not) */
 
     nt_batch_t batches[3];
     nt_batch_t *building;   /* takes records from the journal */

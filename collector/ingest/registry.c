@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "needletrace/ident.h"
 #include "needletrace/log.h"
@@ -11,6 +13,9 @@
 void nt_registry_init(nt_registry_t *r)
 {
     memset(r, 0, sizeof(*r));
+    if (getrandom(&r->seed, sizeof(r->seed), GRND_NONBLOCK) != (ssize_t)sizeof(r->seed)) {
+        r->seed = (uint32_t)nt_mono_us() ^ (uint32_t)getpid();
+    }
 }
 
 void nt_registry_free(nt_registry_t *r)
@@ -21,9 +26,9 @@ void nt_registry_free(nt_registry_t *r)
 
 /* FNV-1a of the serial: its first slot; it may sit in any of the REGISTRY__WAYS from there. */
 #define REGISTRY__WAYS 8u
-static uint32_t registry__home(const char *serial)
+static uint32_t registry__home(const nt_registry_t *r, const char *serial)
 {
-    uint32_t h = 2166136261u;
+    uint32_t h = 2166136261u ^ r->seed; /* seeded: serials that collide cannot be chosen */
     for (const unsigned char *p = (const unsigned char *)serial; *p != '\0'; p++) {
         h = (h ^ *p) * 16777619u;
     }
@@ -33,7 +38,7 @@ static uint32_t registry__home(const char *serial)
 /* The slot holding serial, or NULL. */
 static nt_registry_entry_t *registry__find(const nt_registry_t *r, const char *serial)
 {
-    uint32_t h = registry__home(serial);
+    uint32_t h = registry__home(r, serial);
     for (uint32_t i = 0; i < REGISTRY__WAYS; i++) {
         nt_registry_entry_t *e = &r->slots[(h + i) % NT_REGISTRY_SLOTS];
         if (strcmp(e->serial, serial) == 0) {
@@ -50,7 +55,7 @@ static nt_registry_entry_t *registry__place(nt_registry_t *r, const char *serial
     if (e != NULL) {
         return e;
     }
-    uint32_t h = registry__home(serial);
+    uint32_t h = registry__home(r, serial);
     nt_registry_entry_t *best = NULL;
     for (uint32_t i = 0; i < REGISTRY__WAYS; i++) {
         e = &r->slots[(h + i) % NT_REGISTRY_SLOTS];
@@ -78,8 +83,13 @@ static nt_reason_t registry__reason(const char *name)
     return NT_REASON_OK;
 }
 
-/* One line "serial clinic reason registered": 1 learned, 0 skipped (malformed). */
-static int registry__line(nt_registry_t *r, const char *line, size_t len, int64_t now_us)
+/* New verdicts logged one by one per refusal; the rest are counted in one line. */
+#define REGISTRY__LOG_LINES 10
+
+/* One line "serial clinic reason registered": 1 learned, 0 skipped (malformed). *logged counts
+ * the new verdicts of this refusal (logged up to REGISTRY__LOG_LINES). */
+static int registry__line(nt_registry_t *r, const char *line, size_t len, int64_t now_us,
+                          int *logged)
 {
     char buf[4 * (NT_MAX_ID_LEN + 1) + 32];
     if (len >= sizeof(buf)) {
@@ -95,17 +105,16 @@ static int registry__line(nt_registry_t *r, const char *line, size_t len, int64_
     nt_reason_t reason = why != NULL ? registry__reason(why) : NT_REASON_OK;
     if (registered == NULL || strtok_r(NULL, " ", &save) != NULL || reason == NT_REASON_OK ||
         !nt_ident_id_valid_str(serial) || !nt_ident_id_valid_str(clinic) ||
-        (strcmp(registered, "-") != 0 && !nt_ident_id_valid_str(registered))) {
+        (strcmp(registered, "?") != 0 && !nt_ident_id_valid_str(registered))) {
         return 0;
     }
-    if (strcmp(registered, "-") == 0) {
+    if (strcmp(registered, "?") == 0) {
         registered = "";
     }
     nt_registry_entry_t *e = registry__place(r, serial, now_us);
     int same = strcmp(e->serial, serial) == 0 && e->reason == reason &&
                strcmp(e->registered, registered) == 0 && e->until_us > now_us;
-    if (!same) {
-        r->refused_total++;
+    if (!same && ++*logged <= REGISTRY__LOG_LINES) {
         nt_log(NT_LOG_WARN, "registry",
                "the device registry refuses pen %s under clinic %s (%s%s%s): its messages are "
                "quarantined",
@@ -127,12 +136,19 @@ int nt_registry_refused(nt_registry_t *r, const char *detail, int64_t now_us)
             return NT_ENOMEM;
         }
     }
-    int learned = 0;
+    int learned = 0, logged = 0;
     for (const char *p = detail != NULL ? detail : ""; *p != '\0';) {
         const char *nl = strchr(p, '\n');
         size_t len = nl != NULL ? (size_t)(nl - p) : strlen(p);
-        learned += registry__line(r, p, len, now_us);
+        learned += registry__line(r, p, len, now_us, &logged);
         p += len + (nl != NULL);
+    }
+    r->refused_total += (uint64_t)logged;
+    if (logged > REGISTRY__LOG_LINES) {
+        nt_log(NT_LOG_WARN, "registry",
+               "... and %d more pens refused by the device registry: their messages are "
+               "quarantined",
+               logged - REGISTRY__LOG_LINES);
     }
     return learned;
 }

@@ -11,10 +11,13 @@
 -- default) a pen is registered to the clinic it is first seen under.
 
 -- ---- the registry -----------------------------------------------------------------------------------
+CREATE DOMAIN needletrace.identifier AS text CHECK (VALUE ~ '^[A-Za-z0-9._-]{1,64}$');
+COMMENT ON DOMAIN needletrace.identifier IS
+    'A serial, clinic id or model: 1-64 characters of [A-Za-z0-9._-] (as the decoder accepts).';
 CREATE TABLE needletrace.devices (
-    device_serial text        PRIMARY KEY,
-    clinic_id     text        NOT NULL,
-    device_model  text,
+    device_serial needletrace.identifier PRIMARY KEY,
+    clinic_id     needletrace.identifier NOT NULL,
+    device_model  needletrace.identifier,
     status        text        NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'retired')),
     registered_at timestamptz NOT NULL DEFAULT now(),
     registered_by text        NOT NULL DEFAULT current_user,
@@ -88,14 +91,43 @@ CREATE TRIGGER append_only BEFORE DELETE ON needletrace.devices
     FOR EACH ROW EXECUTE FUNCTION needletrace.refuse_change();
 CREATE TRIGGER append_only_truncate BEFORE TRUNCATE ON needletrace.devices
     FOR EACH STATEMENT EXECUTE FUNCTION needletrace.refuse_change();
+ALTER TABLE needletrace.devices ENABLE ALWAYS TRIGGER device_changed,
+    ENABLE ALWAYS TRIGGER device_stamp, ENABLE ALWAYS TRIGGER append_only,
+    ENABLE ALWAYS TRIGGER append_only_truncate;
 
--- The pens already seen, registered to the clinic they were first seen under (earliest event).
-INSERT INTO needletrace.devices (device_serial, clinic_id, registered_at, registered_by,
-                                 updated_by)
-SELECT DISTINCT ON (e.device_serial) e.device_serial, e.clinic_id, e.received_at,
-       'first sight (migration 010)', 'migration 010'
-  FROM needletrace.events e
- ORDER BY e.device_serial, e.received_at, e.clinic_id;
+-- The pens already seen, each registered to the clinic of its latest event (a pen seen under
+-- several clinics was moved, or spoofed: those are named in a warning, for the registrar to
+-- check). Aggregated per (pen, clinic) first: a hash of the pairs, not a sort of every event.
+DO $$
+DECLARE
+    v_n    bigint;
+    v_list text;
+BEGIN
+    CREATE TEMP TABLE nt_010_seen ON COMMIT DROP AS
+    SELECT e.device_serial, e.clinic_id, min(e.received_at) AS first_at,
+           max(e.received_at) AS last_at
+      FROM needletrace.events e
+     GROUP BY 1, 2;
+    INSERT INTO needletrace.devices (device_serial, clinic_id, registered_at, registered_by,
+                                     updated_by)
+    SELECT DISTINCT ON (s.device_serial) s.device_serial, s.clinic_id, s.first_at,
+           'first sight (migration 010)', 'migration 010'
+      FROM nt_010_seen s
+     ORDER BY s.device_serial, s.last_at DESC, s.clinic_id;
+    SELECT count(*), string_agg(x.device_serial || ' (' || x.clinics || ')', ', ')
+               FILTER (WHERE x.i <= 20)
+      INTO v_n, v_list
+      FROM (SELECT s.device_serial, string_agg(s.clinic_id, ' ' ORDER BY s.last_at) AS clinics,
+                   row_number() OVER (ORDER BY s.device_serial) AS i
+              FROM nt_010_seen s GROUP BY 1 HAVING count(*) > 1) x;
+    IF v_n > 0 THEN
+        RAISE WARNING '%', format('migration 010: %s pen(s) were seen under more than one '
+                                  'clinic and are registered to the clinic of their latest '
+                                  'event: %s; check them with `needletrace devices list`',
+                                  v_n, v_list);
+    END IF;
+END
+$$;
 
 -- ---- the setting ------------------------------------------------------------------------------------
 -- setting_defaults() as in 008_replica_heartbeat.sql, with unknown_devices; settings_check as in
@@ -183,13 +215,35 @@ SELECT d.key, d.value, d.note FROM needletrace.setting_defaults() d
 ON CONFLICT (key) DO NOTHING;
 
 -- ---- admitting a batch's pens -----------------------------------------------------------------------
+-- Registers the batch's pens not yet in the registry to the clinic they came under, when
+-- unknown_devices = 'register'. The collector's only way to write the registry (it has no INSERT
+-- on devices): it cannot register a pen in quarantine mode, nor set a status or another
+-- registered_by. Runs as the owner.
+CREATE FUNCTION needletrace.register_first_sight(p_boots needletrace.batch_boot[],
+                                                 p_collector_id text)
+    RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog AS $$
+BEGIN
+    IF needletrace.setting('unknown_devices') <> 'register' THEN
+        RETURN;
+    END IF;
+    INSERT INTO needletrace.devices AS d (device_serial, clinic_id, registered_by, updated_by)
+    SELECT DISTINCT ON (b.device_serial) b.device_serial, b.clinic_id,
+           left('first sight by ' || p_collector_id, 100), left('first sight by ' || p_collector_id, 100)
+      FROM unnest(p_boots) b
+     WHERE NOT EXISTS (SELECT 1 FROM needletrace.devices x WHERE x.device_serial = b.device_serial)
+     ORDER BY b.device_serial, b.clinic_id
+    ON CONFLICT (device_serial) DO NOTHING;
+END
+$$;
+
 -- Registers the batch's new pens (unknown_devices = 'register'; in serial order, so that two
 -- replicas registering the same pens never deadlock; a pen new under two clinics in one batch
 -- goes to the first clinic in order, and is refused under the other), then refuses the
 -- transaction (NT002) when a pen of the batch is registered to another clinic, retired or
 -- unknown. The DETAIL holds one line per refused (pen, clinic): "serial clinic reason
--- registered_clinic" ('-' when none), at most 200 lines (the collector commits again without
--- them and meets the next ones then). Serials and clinic ids are identifiers ([A-Za-z0-9._-]):
+-- registered_clinic" ('?' when none: not an identifier), at most 256 lines (as many as a batch
+-- of the collector quarantines for; it commits again without them and meets the next ones then). Serials and clinic ids are identifiers ([A-Za-z0-9._-]):
 -- the decoder refuses anything else, so the lines split on spaces.
 CREATE FUNCTION needletrace.admit_devices(p_boots needletrace.batch_boot[], p_collector_id text)
     RETURNS void
@@ -198,20 +252,11 @@ DECLARE
     v_n      int;
     v_detail text;
 BEGIN
-    IF needletrace.setting('unknown_devices') = 'register' THEN
-        INSERT INTO needletrace.devices AS d (device_serial, clinic_id, registered_by, updated_by)
-        SELECT DISTINCT ON (b.device_serial) b.device_serial, b.clinic_id,
-               'first sight by ' || p_collector_id, 'first sight by ' || p_collector_id
-          FROM unnest(p_boots) b
-         WHERE NOT EXISTS (SELECT 1 FROM needletrace.devices x
-                            WHERE x.device_serial = b.device_serial)
-         ORDER BY b.device_serial, b.clinic_id
-        ON CONFLICT (device_serial) DO NOTHING;
-    END IF;
+    PERFORM needletrace.register_first_sight(p_boots, p_collector_id);
     SELECT count(*),
            string_agg(concat_ws(' ', r.device_serial, r.clinic_id, r.reason,
-                                coalesce(r.registered, '-')), E'\n')
-               FILTER (WHERE r.i <= 200)
+                                coalesce(r.registered, '?')), E'\n')
+               FILTER (WHERE r.i <= 256)
       INTO v_n, v_detail
       FROM (SELECT p.*, row_number() OVER (ORDER BY p.device_serial, p.clinic_id) AS i
               FROM (SELECT DISTINCT b.device_serial, b.clinic_id, d.clinic_id AS registered,
@@ -289,14 +334,15 @@ ALTER TABLE needletrace.alert_acks ADD COLUMN acked_role text NOT NULL
     DEFAULT '(before migration 010)';
 ALTER TABLE needletrace.alert_acks ALTER COLUMN acked_role SET DEFAULT current_user;
 COMMENT ON COLUMN needletrace.alert_acks.acked_role IS
-    'The database role (current_user) that acknowledged: set by the database, not the client.';
+    'The database login (session_user) that acknowledged: set by the database, not the client.';
 COMMENT ON COLUMN needletrace.alert_acks.acked_by IS
     'The name the person gave (needletrace alerts ack --by; the role''s name when omitted).';
 
 CREATE FUNCTION needletrace.ack_role() RETURNS trigger
     LANGUAGE plpgsql AS $$
 BEGIN
-    NEW.acked_role := current_user;
+    NEW.acked_role := session_user; -- the login, also after SET ROLE needletrace_staff
+    NEW.acked_at := now();           -- not backdated by the client
     RETURN NEW;
 END
 $$;
@@ -308,16 +354,38 @@ ALTER TABLE needletrace.alert_acks ENABLE ALWAYS TRIGGER ack_role;
 -- Whether the session's role is a superuser, or a member of the role that owns the evidence
 -- tables (it could then disable their triggers, truncate or alter them): `needletrace run` refuses
 -- to write as such unless database.allow_privileged is set.
+-- Both the login (session_user) and the role in effect (current_user) count, and so does every
+-- role either may become (pg_has_role MEMBER: also through SET ROLE): superuser, and, as owning,
+-- the owner of the evidence tables, of their schema or of the database, CREATEROLE (can grant
+-- itself any of those) and the roles that write server files or run server programs.
 CREATE FUNCTION needletrace.connection_privileges(OUT superuser boolean, OUT owns_evidence boolean,
                                                   OUT role_name text)
-    LANGUAGE sql STABLE AS $$
-    SELECT r.rolsuper, pg_has_role(current_user, c.relowner, 'MEMBER'), current_user::text
-      FROM pg_roles r, pg_class c
-     WHERE r.rolname = current_user AND c.oid = 'needletrace.events'::regclass
+    LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    WITH who AS (
+        SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname IN (session_user, current_user)
+    ),
+    owners AS (
+        SELECT c.relowner AS oid FROM pg_catalog.pg_class c
+         WHERE c.oid = 'needletrace.events'::pg_catalog.regclass
+        UNION SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname = 'needletrace'
+        UNION SELECT d.datdba FROM pg_catalog.pg_database d
+         WHERE d.datname = pg_catalog.current_database()
+    ),
+    can AS (
+        SELECT r.* FROM pg_catalog.pg_roles r
+         WHERE EXISTS (SELECT 1 FROM who w WHERE pg_catalog.pg_has_role(w.oid, r.oid, 'MEMBER'))
+    )
+    SELECT EXISTS (SELECT 1 FROM can WHERE can.rolsuper),
+           EXISTS (SELECT 1 FROM can
+                    WHERE can.rolcreaterole OR can.oid IN (SELECT oid FROM owners)
+                       OR can.rolname IN ('pg_execute_server_program', 'pg_write_server_files')),
+           CASE WHEN session_user = current_user THEN session_user::text
+                ELSE session_user || ' (as ' || current_user || ')' END
 $$;
 COMMENT ON FUNCTION needletrace.connection_privileges() IS
-    'Whether the current role is a superuser or can act as the owner of the evidence tables '
-    '(the collector refuses to run as either unless database.allow_privileged).';
+    'Whether the current role is a superuser, or can act as the owner of the evidence tables (a '
+    'member of the owner''s role, or CREATEROLE, which can make itself one): the collector '
+    'refuses to run as either unless database.allow_privileged.';
 
 -- ---- roles and grants ------------------------------------------------------------------------------------
 -- needletrace_collector: inserts evidence, maintains rule state, registers pens on first sight;
@@ -329,9 +397,12 @@ COMMENT ON FUNCTION needletrace.connection_privileges() IS
 -- administrator (README, "Security model").
 SELECT needletrace.ensure_role('needletrace_registrar');
 SELECT needletrace.collector_may_run(ARRAY[
-        'admit_devices(needletrace.batch_boot[], text)', 'evaluate_rules(text)']);
-REVOKE INSERT ON needletrace.alert_acks FROM needletrace_collector;
-GRANT SELECT, INSERT ON needletrace.devices TO needletrace_collector;
+        'admit_devices(needletrace.batch_boot[], text)', 'evaluate_rules(text)',
+        'register_first_sight(needletrace.batch_boot[], text)',
+        'move_checkpoint(text, bigint, bigint, bigint, boolean, int)']);
+REVOKE INSERT ON needletrace.alert_acks FROM needletrace_collector, needletrace_staff;
+GRANT INSERT (clinic_id, alert_id, acked_by, note) ON needletrace.alert_acks TO needletrace_staff;
+GRANT SELECT ON needletrace.devices TO needletrace_collector;
 GRANT USAGE ON SCHEMA needletrace TO needletrace_registrar;
 GRANT SELECT, INSERT (device_serial, clinic_id, device_model, status),
       UPDATE (clinic_id, device_model, status) ON needletrace.devices TO needletrace_registrar;

@@ -92,7 +92,7 @@ int nt_pgconn_backing_off(const nt_pgconn_t *c);
 void nt_pgconn_backoff_reset(nt_pgconn_t *c);
 
 /* The DETAIL field of the last error result on this connection ("" when it had none; cut at
- * 8 KiB). Valid until the next result. */
+ * 32 KiB). Valid until the next result. */
 const char *nt_pgconn_error_detail(const nt_pgconn_t *c);
 
 /* 1 when connected (whether or not a command is in flight). */

@@ -10,10 +10,9 @@
  * The sink hands that DETAIL to nt_registry_refused() and commits the batch again: while a pen's
  * verdict is remembered (NT_REGISTRY_TTL_US), nt_registry_check() quarantines its messages with
  * the reason (clinic_mismatch, device_retired, unknown_device) as they are added to a batch. A
- * verdict expires so that a change of the registry (a pen registered, moved or put back in
- * service) applies within that time; a pen still refused costs one more refused transaction then.
- * The table is bounded (NT_REGISTRY_SLOTS, direct-mapped by a hash of the serial): a verdict
- * pushed out by another pen's is learned again the same way. Nothing here is evidence: the
+ * verdict expires after that time; a pen still refused costs one more refused transaction then.
+ * The table is bounded (NT_REGISTRY_SLOTS; a serial sits in one of 8 slots from its hash): a
+ * verdict pushed out by another pen's is learned again the same way. Nothing here is evidence: the
  * database decides, this only saves refused transactions: a batch carries the verdicts it was
  * built with (nt_batch_t.refusals), its transaction confirms them first (confirm_refusals), and
  * when one no longer holds the transaction is refused with NT003, the verdict forgotten
@@ -29,7 +28,7 @@
 #include "needletrace/common.h"
 #include "needletrace/reason.h"
 
-#define NT_REGISTRY_SLOTS    4096u
+#define NT_REGISTRY_SLOTS    16384u /* 2.4 MiB once the first pen is refused */
 #define NT_REGISTRY_TTL_US   (30 * INT64_C(1000000))
 #define NT_REGISTRY_SQLSTATE "NT002"
 /* The verdicts a batch was built with no longer hold (a pen registered, moved, put back in
@@ -45,7 +44,8 @@ typedef struct {
 
 typedef struct {
     nt_registry_entry_t *slots; /* NT_REGISTRY_SLOTS, allocated on first use */
-    uint64_t refused_total;     /* verdicts learned */
+    uint64_t refused_total;     /* new verdicts learned */
+    uint32_t seed;              /* of the slot hash, random per process */
 } nt_registry_t;
 
 void nt_registry_init(nt_registry_t *r);

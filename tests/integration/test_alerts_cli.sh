@@ -20,7 +20,8 @@ RC=0
 # RC. Both streams are also appended to alerts.log (sanitizer reports are looked for there).
 run_alerts() {
     RC=0
-    timeout 60 "$NT_BIN" alerts "$@" >"$NT_TMP/alerts.out" 2>"$NT_TMP/alerts.err" || RC=$?
+    NEEDLETRACE_DATABASE_URL=${ALERTS_URL:-$(nt_db_url nt_staff)} \
+        timeout 60 "$NT_BIN" alerts "$@" >"$NT_TMP/alerts.out" 2>"$NT_TMP/alerts.err" || RC=$?
     OUT=$(cat "$NT_TMP/alerts.out")
     ERR=$(cat "$NT_TMP/alerts.err")
     {
@@ -156,7 +157,7 @@ expect_err "list --limit 2: says more match" 'more alerts match'
 
 # ---- ack -------------------------------------------------------------------------------------
 expect_alerts "ack" 0 ack "$a2" --by "Dr. Müller" --note "called the operator; depth reset to 0.5 mm"
-nt_expect_eq "ack: output" "alert $a2 acknowledged by Dr. Müller" "$OUT"
+nt_expect_eq "ack: output" "alert $a2 acknowledged by Dr. Müller (database role nt_staff)" "$OUT"
 nt_expect_eq "ack: one row in alert_acks" \
     "clinic-a|Dr. Müller|called the operator; depth reset to 0.5 mm|t" \
     "$(nt_sql "SELECT clinic_id, acked_by, note, acked_at IS NOT NULL
@@ -169,7 +170,7 @@ nt_expect_true "list: ack state shown ($(grep -m1 "^$a2 " <<<"$OUT"))" \
     grep -qE "^$a2 .* acked by Dr\. Müller at 20[0-9]{2}-" <<<"$OUT"
 
 expect_alerts "ack again" 0 ack "$a2" --by nurse-2 --note="--checked the pen again"
-nt_expect_eq "ack again: output" "alert $a2 acknowledged by nurse-2" "$OUT"
+nt_expect_eq "ack again: output" "alert $a2 acknowledged by nurse-2 (database role nt_staff)" "$OUT"
 nt_expect_eq "ack again: recorded as another row" 2 "$(acks_of "$a2")"
 nt_expect_eq "ack again: alert rows unchanged" "$digest" "$(alerts_digest)"
 expect_alerts "list --json after two acks" 0 list --json --rule DEPTH_OUT_OF_RANGE
@@ -223,7 +224,7 @@ nt_expect_true "--help: usage on stdout" grep -q '^usage: needletrace alerts' <<
 
 # ---- database unreachable: exit 1, the target named, the password not ------------------------
 dead_port=$(nt_free_port)
-NEEDLETRACE_DATABASE_URL="host=127.0.0.1 port=$dead_port user=auditor password=pw-s3cret dbname=needletrace" \
+ALERTS_URL="host=127.0.0.1 port=$dead_port user=auditor password=pw-s3cret dbname=needletrace" \
     expect_alerts "database unreachable" 1 list
 expect_err "database unreachable: names the target" "127\.0\.0\.1:$dead_port"
 nt_expect_eq "database unreachable: password not shown" 0 \

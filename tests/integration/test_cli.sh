@@ -67,15 +67,16 @@ nt_start_pg
 nt_start_broker
 nt_expect_exit "migrate, first run" 0 "" "$NT_BIN" migrate
 nt_expect_exit "migrate, second run" 0 "" "$NT_BIN" migrate
+nt_grant_logins # (nt_migrate does this: the test logins join their roles)
 mig='SELECT count(*) FROM needletrace.schema_migrations'
 applied=$(nt_sql "$mig")
 nt_expect_true "migrations recorded ($applied)" test "$applied" -ge 1
 
 nt_psql postgres "CREATE DATABASE needletrace_concurrent" >/dev/null
 url2="host=127.0.0.1 port=$NT_PG_PORT user=postgres dbname=needletrace_concurrent"
-NEEDLETRACE_DATABASE_URL=$url2 "$NT_BIN" migrate >"$NT_TMP/migrate-a.log" 2>&1 &
+NEEDLETRACE_DATABASE_ADMIN_URL=$url2 "$NT_BIN" migrate >"$NT_TMP/migrate-a.log" 2>&1 &
 pa=$!
-NEEDLETRACE_DATABASE_URL=$url2 "$NT_BIN" migrate >"$NT_TMP/migrate-b.log" 2>&1 &
+NEEDLETRACE_DATABASE_ADMIN_URL=$url2 "$NT_BIN" migrate >"$NT_TMP/migrate-b.log" 2>&1 &
 pb=$!
 NT_BG_PIDS+=("$pa" "$pb")
 rca=0

@@ -23,7 +23,7 @@ nt_migrate
 
 # ---- (a) localhost ---------------------------------------------------------------------------
 nt_start_collector c1 \
-    NEEDLETRACE_DATABASE_URL="postgresql://postgres@localhost:$NT_PG_PORT/needletrace"
+    NEEDLETRACE_DATABASE_URL="postgresql://nt_collector@localhost:$NT_PG_PORT/needletrace"
 nt_wait_collector_ready c1
 nt_expect_true "the address of localhost was looked up and logged" grep -qE \
     "database host addresses: localhost=(127\.0\.0\.1|::1)" "$NT_TMP/collector-c1.log"
@@ -44,7 +44,7 @@ lookup_failures() {
 }
 before=$(lookup_failures)
 nt_start_collector c1 "${FAST[@]}" \
-    NEEDLETRACE_DATABASE_URL="postgresql://postgres@$BAD:$NT_PG_PORT/needletrace"
+    NEEDLETRACE_DATABASE_URL="postgresql://nt_collector@$BAD:$NT_PG_PORT/needletrace"
 # shellcheck disable=SC2317 # invoked through nt_wait_for
 not_connected() {
     local r
@@ -68,7 +68,7 @@ nt_expect_true "exited within 10 s (${NT_EXIT_MS} ms)" test "$NT_EXIT_MS" -le 10
 
 # ---- (c) a host list: the first name does not resolve ----------------------------------------
 nt_start_collector c1 "${FAST[@]}" \
-    NEEDLETRACE_DATABASE_URL="host=$BAD,localhost port=$NT_PG_PORT user=postgres dbname=needletrace"
+    NEEDLETRACE_DATABASE_URL="host=$BAD,localhost port=$NT_PG_PORT user=nt_collector dbname=needletrace"
 nt_wait_collector_ready c1
 nt_expect_true "the addresses line names the name that gave none" grep -qE \
     'database host addresses: localhost=[^;]*; could not look up \\?"'"$BAD" \
@@ -86,7 +86,7 @@ SLOW=db.slow-dns.test
 nt_start_collector c1 LD_PRELOAD="$(dirname "$NT_BIN")/libntfault.so" \
     ASAN_OPTIONS="$ASAN_OPTIONS:verify_asan_link_order=0" \
     NTFAULT_GETADDRINFO_HOST="$SLOW" NTFAULT_GETADDRINFO_DELAY_MS=60000 \
-    NEEDLETRACE_DATABASE_URL="postgresql://postgres@$SLOW:$NT_PG_PORT/needletrace"
+    NEEDLETRACE_DATABASE_URL="postgresql://nt_collector@$SLOW:$NT_PG_PORT/needletrace"
 nt_wait_for "readyz says not connected while the lookup hangs" 10 not_connected
 # shellcheck disable=SC2317 # invoked through nt_hold
 answers_fast() {

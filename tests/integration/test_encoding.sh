@@ -13,7 +13,7 @@ nt_psql postgres "CREATE DATABASE nt_latin1 ENCODING 'LATIN1' LC_COLLATE 'C' LC_
 latin1_url="host=127.0.0.1 port=$NT_PG_PORT user=postgres dbname=nt_latin1"
 
 rc=0
-"$NT_BIN" migrate --database-url "$latin1_url" >"$NT_TMP/migrate-latin1.out" 2>&1 || rc=$?
+"$NT_BIN" migrate --database-admin-url "$latin1_url" >"$NT_TMP/migrate-latin1.out" 2>&1 || rc=$?
 nt_expect_eq "migrate into a LATIN1 database: exit status" 1 "$rc"
 nt_expect_true "the message names the database, its encoding and UTF8" \
     grep -q 'cannot use database \\"nt_latin1\\": its encoding is LATIN1, and needletrace needs UTF8' \

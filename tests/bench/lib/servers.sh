@@ -113,7 +113,7 @@ bench_migrate_db() {
     if [[ -z $(nt_psql postgres "SELECT 1 FROM pg_database WHERE datname = '$db'") ]]; then
         nt_psql postgres "CREATE DATABASE $db" >/dev/null
     fi
-    NEEDLETRACE_DATABASE_URL="host=127.0.0.1 port=$NT_PG_PORT user=postgres dbname=$db" \
+    NEEDLETRACE_DATABASE_ADMIN_URL="host=127.0.0.1 port=$NT_PG_PORT user=postgres dbname=$db" \
         "$NT_BIN" migrate >>"$NT_TMP/migrate.log" 2>&1 || nt_fail "needletrace migrate ($db) failed"
 }
 

@@ -46,7 +46,7 @@ ft__net_cut() {
     ft__proxy db "$NT_PG_PORT"
     pport=$FT_PROXY_PORT
     ft_start_c1 NEEDLETRACE_MQTT_URL="mqtt://127.0.0.1:$bport" \
-        NEEDLETRACE_DATABASE_URL="host=127.0.0.1 port=$pport user=postgres dbname=needletrace"
+        NEEDLETRACE_DATABASE_URL="host=127.0.0.1 port=$pport user=nt_collector dbname=needletrace"
     nt_wait_collector_ready c1
     pid=$(nt_collector_pid c1)
     ft_sim_bg --duration "$dur" --rate 100
