@@ -129,9 +129,13 @@ nt_expect_eq "image HEALTHCHECK" '["CMD","/usr/local/bin/needletrace-healthcheck
 # ---- broker, database, migrate (from the image) ----------------------------------------------
 nt_start_pg
 nt_start_broker
-pm run --rm --network host --no-healthcheck -e "NEEDLETRACE_DATABASE_URL=$NEEDLETRACE_DATABASE_URL" \
+# as the owner (database.admin_url), as deploy/compose.yaml's migrate service; then the test's
+# collector login (NEEDLETRACE_DATABASE_URL, not privileged) gets its role
+pm run --rm --network host --no-healthcheck \
+    -e "NEEDLETRACE_DATABASE_ADMIN_URL=$NEEDLETRACE_DATABASE_ADMIN_URL" \
     -e NEEDLETRACE_LOG_FORMAT=text "$IMAGE" migrate >>"$NT_TMP/migrate.log" 2>&1 ||
     nt_fail "needletrace migrate in the container failed"
+nt_grant_logins
 nt_expect_true "schema created by the image's migrate" \
     test "$(nt_sql 'SELECT count(*) FROM needletrace.schema_migrations')" -gt 0
 
