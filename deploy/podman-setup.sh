@@ -24,8 +24,9 @@ set -euo pipefail
 export DEBIAN_FRONTEND=noninteractive
 
 CONF=/etc/containers/needletrace.conf
-IMAGE=docker.io/library/debian:bookworm-slim
-IMAGE_FULL=docker.io/library/debian:bookworm
+# Short names: they find a pulled image as well as the local one this script makes.
+IMAGE=debian:bookworm-slim
+IMAGE_FULL=debian:bookworm
 
 say() {
     printf 'podman-setup: %s\n' "$*"
@@ -88,7 +89,7 @@ debian_mirror() {
 }
 
 # make_base: debootstraps a minimal bookworm root, trims it as the official slim image is
-# trimmed, and imports it as $IMAGE.
+# trimmed, and imports it as localhost/$IMAGE.
 make_base() {
     local mirror root
     mirror=$(debian_mirror) || cannot "no Debian mirror in apt's sources (set NT_DEBIAN_MIRROR)"
@@ -124,7 +125,7 @@ DPKG
     # the image's / is this directory: 0755, not mktemp's 0700 (a non-root user could reach
     # nothing in the container)
     chmod 0755 "$root"
-    tar -C "$root" -c . | pm import -q --change 'CMD ["bash"]' - "$IMAGE" >/dev/null
+    tar -C "$root" -c . | pm import -q --change 'CMD ["bash"]' - "localhost/$IMAGE" >/dev/null
     rm -rf "$root" "$root.log"
     trap - EXIT
     say "made $IMAGE"
@@ -154,7 +155,7 @@ else
     make_base
 fi
 if ! pm image exists "$IMAGE_FULL"; then
-    pm tag "$IMAGE" "$IMAGE_FULL"
+    pm tag "$IMAGE" "localhost/$IMAGE_FULL"
     say "tagged $IMAGE as $IMAGE_FULL"
 fi
 
