@@ -52,9 +52,12 @@ trap ct__cleanup EXIT
 
 # The harness checks its collectors between the polls of every wait (nt_wait_for): here the
 # collector is the container, so a wait fails at once when it has died.
+# (/proc, not kill -0: without root, the collector's process is another user's.)
 nt__check_collectors() {
+    local state
     [[ $NT_WATCH_COLLECTORS == 1 && -n $CT_PID ]] || return 0
-    nt_pid_alive "$CT_PID" && return 0
+    state=$(awk '{ print $3 }' "/proc/$CT_PID/stat" 2>/dev/null) || state=""
+    [[ -n $state && $state != Z && $state != X ]] && return 0
     nt_fail "the container $CT_NAME (collector pid $CT_PID) died while waiting for: $1;" \
         "state: $(pm inspect --format '{{.State.Status}} exit code {{.State.ExitCode}}' "$CT_NAME" 2>&1)"
 }
@@ -180,7 +183,8 @@ ct_start() {
         pm inspect --format '{{if .State.Running}}{{.State.Pid}}{{else}}{{.State.Status}}{{end}}' \
         "$CT_NAME"
     t=$NT_LAST
-    [[ $t =~ ^[0-9]+$ && $t != 0 ]] || nt_fail "container $CT_NAME is not running: $t"
+    [[ $t =~ ^[0-9]+$ && $t != 0 ]] || nt_fail "container $CT_NAME is not running: $t," \
+        "exit code $(pm inspect --format '{{.State.ExitCode}}' "$CT_NAME" 2>&1)"
     CT_PID=$t
     nt_log "container $CT_NAME started (collector pid $CT_PID on the host, http 127.0.0.1:$HTTP_PORT)"
 }
