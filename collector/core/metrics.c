@@ -130,5 +130,15 @@ size_t nt_metrics_render(char *buf, size_t buflen)
                         "needletrace_stage_seconds_total{stage=\"%s\"} %" PRIu64 ".%06" PRIu64 "\n",
                         stages[i], m->stage_us[i] / 1000000, m->stage_us[i] % 1000000);
     }
+    metrics__one(&o, "http_connections_open", "gauge",
+                 "Connections open on the metrics and health listener.", m->http_connections_open);
+    metrics__one(&o, "http_connections_evicted_total", "counter",
+                 "Listener connections closed to admit a new one at the connection cap (the "
+                 "oldest still waiting for its request first).",
+                 m->http_connections_evicted);
+    metrics__one(&o, "http_connections_timed_out_total", "counter",
+                 "Listener connections closed at the header deadline (no complete request 5 s "
+                 "after the accept) or the response deadline.",
+                 m->http_connections_timed_out);
     return o.len;
 }

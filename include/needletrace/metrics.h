@@ -57,6 +57,10 @@ typedef struct {
     uint64_t db_commit_us_sum; /* time from batch start to commit */
     uint64_t db_last_commit_unix_us;
     uint64_t stage_us[NT_STAGE__COUNT]; /* time spent per stage (nt_stage_t) */
+    /* http listener */
+    uint64_t http_connections_open;      /* gauge */
+    uint64_t http_connections_evicted;   /* closed to admit a new one at the cap */
+    uint64_t http_connections_timed_out; /* header or response deadline passed */
 } nt_metrics_t;
 
 extern nt_metrics_t nt_metrics;
