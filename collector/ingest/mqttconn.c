@@ -22,6 +22,18 @@
 #define MQTTCONN_ADDRS 8
 /* Our own publications (alerts) awaiting their PUBACK, at most. */
 #define MQTTCONN_SEND_MAXIMUM 4096
+/* Room in a PUBLISH packet beside its topic and payload: fixed header (5 bytes at most), topic
+ * length (2), packet identifier (2), property length (4) and the properties a broker forwards
+ * (user properties, content type, subscription identifier...). */
+#define MQTTCONN_PACKET_HEADROOM 4096u
+/* The largest packet the broker may send us (MQTT v5 maximum packet size, in CONNECT): a payload
+ * at the wire contract's bound on the longest topic the decoder reads. A v5 broker drops a larger
+ * message for this client instead of sending it (mosquitto 2.0: "Dropping too large outgoing
+ * PUBLISH"); libmosquitto itself does not check what it receives, it allocates whatever length a
+ * packet announces. A payload a little over the bound still fits, and reaches quarantine as
+ * payload_too_large. */
+#define MQTTCONN_MAXIMUM_PACKET_SIZE                                                               \
+    (NT_MAX_PAYLOAD_BYTES + NT_MAX_TOPIC_LEN + MQTTCONN_PACKET_HEADROOM)
 
 typedef enum {
     MQTTCONN_IDLE = 0,   /* not started, or waiting for the reconnect timer */
@@ -270,12 +282,12 @@ static void mqttconn__on_io(nt_fdwatch_t *w, int status, int events, void *data)
     c->cbs.on_io(c, status, events, c->data);
 }
 
-/* Hands the CONNECT properties (session expiry) to libmosquitto once. Its only v5 connect call
- * that takes them, mosquitto_connect_bind_v5, also connects -- blocking. It stores the properties
- * before it checks its arguments, so a call with a keep-alive it refuses (1 s: below its minimum
- * of 5) stores them without touching the network; mosquitto_connect_bind_async then connects with
- * them. 0 or NT_EMQTT. (A libmosquitto that stopped keeping them would start sessions that do not
- * outlive a disconnect: the broker-restart and kill -9 tests would lose messages.) */
+/* Hands the CONNECT properties (session expiry, maximum packet size) to libmosquitto once. Its only
+ * v5 connect call that takes them, mosquitto_connect_bind_v5, also connects -- blocking. It stores
+ * the properties before it checks its arguments, so a call with a keep-alive it refuses (1 s: below
+ * its minimum of 5) stores them without touching the network; mosquitto_connect_bind_async then
+ * connects with them. 0 or NT_EMQTT. (A libmosquitto that stopped keeping them would start sessions
+ * that do not outlive a disconnect: the broker-restart and kill -9 tests would lose messages.) */
 static int mqttconn__prime(nt_mqttconn_t *c)
 {
     if (c->configured) {
@@ -283,7 +295,7 @@ static int mqttconn__prime(nt_mqttconn_t *c)
     }
     int rc = mosquitto_connect_bind_v5(c->mosq, "localhost", 1883, 1, NULL, c->connect_props);
     if (rc != MOSQ_ERR_INVAL) {
-        nt_log(NT_LOG_ERROR, "mqtt", "could not hand the session expiry to libmosquitto: %s",
+        nt_log(NT_LOG_ERROR, "mqtt", "could not hand the CONNECT properties to libmosquitto: %s",
                mosquitto_strerror(rc));
         return NT_EMQTT;
     }
@@ -446,16 +458,19 @@ static int mqttconn__configure(nt_mqttconn_t *c)
     mosquitto_int_option(c->mosq, MOSQ_OPT_SEND_MAXIMUM, MQTTCONN_SEND_MAXIMUM);
     /* Threaded mode makes libmosquitto queue PUBACKs until the owner calls loop_write. */
     mosquitto_threaded_set(c->mosq, true);
-    mosquitto_property_add_int32(&c->connect_props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
-                                 (uint32_t)cfg->mqtt_session_expiry_s);
+    int rc = mosquitto_property_add_int32(&c->connect_props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+                                          (uint32_t)cfg->mqtt_session_expiry_s);
+    if (rc == MOSQ_ERR_SUCCESS) {
+        rc = mosquitto_property_add_int32(&c->connect_props, MQTT_PROP_MAXIMUM_PACKET_SIZE,
+                                          MQTTCONN_MAXIMUM_PACKET_SIZE);
+    }
     mosquitto_message_v5_callback_set(c->mosq, mqttconn__on_message);
     mosquitto_connect_v5_callback_set(c->mosq, mqttconn__on_connect);
     mosquitto_subscribe_v5_callback_set(c->mosq, mqttconn__on_subscribe);
     mosquitto_publish_v5_callback_set(c->mosq, mqttconn__on_publish);
     mosquitto_log_callback_set(c->mosq, mqttconn__on_log);
 
-    int rc = MOSQ_ERR_SUCCESS;
-    if (cfg->mqtt_username != NULL) {
+    if (rc == MOSQ_ERR_SUCCESS && cfg->mqtt_username != NULL) {
         rc = mosquitto_username_pw_set(c->mosq, cfg->mqtt_username, cfg->mqtt_password);
     }
     if (rc == MOSQ_ERR_SUCCESS && cfg->mqtt_tls) {
