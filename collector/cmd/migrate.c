@@ -31,7 +31,7 @@ int nt_cmd_migrate(int argc, char **argv, char *const *envp)
         nt_config_close(&cfg);
         return 2;
     }
-    rc = nt_migrations_apply(cfg.database_url);
+    rc = nt_migrations_apply(cfg.database_url, cfg.database_password);
     nt_config_close(&cfg);
     if (rc != 0) {
         return 1;

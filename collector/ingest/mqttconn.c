@@ -7,7 +7,10 @@
 #include <mqtt_protocol.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -448,6 +451,73 @@ static void mqttconn__on_misc_timer(uv_timer_t *t)
     }
 }
 
+/* ---- the client key's passphrase ---------------------------------------------------------------
+ */
+
+/* Copies the passphrase of mqtt.key_password_file into OpenSSL's buffer. Never the terminal:
+ * without one the answer is "none", and an encrypted key fails to load. */
+static int mqttconn__passphrase(const char *password, char *buf, int size)
+{
+    size_t n = password != NULL ? strlen(password) : 0;
+    if (n == 0 || size <= 0 || n >= (size_t)size) {
+        return 0;
+    }
+    memcpy(buf, password, n);
+    return (int)n;
+}
+
+/* libmosquitto's pw_callback: its userdata is the struct mosquitto, whose own userdata is us. */
+static int mqttconn__pw_callback(char *buf, int size, int rwflag, void *userdata)
+{
+    const nt_mqttconn_t *c = mosquitto_userdata(userdata);
+    return mqttconn__passphrase(c->cfg->mqtt_key_password, buf, size);
+}
+
+typedef struct {
+    const char *password;
+    int asked; /* the key is encrypted: OpenSSL asked for its passphrase */
+} mqttconn__ask_t;
+
+static int mqttconn__probe_callback(char *buf, int size, int rwflag, void *userdata)
+{
+    mqttconn__ask_t *ask = userdata;
+    ask->asked = 1;
+    return mqttconn__passphrase(ask->password, buf, size);
+}
+
+/* Loads mqtt.key_file once at start-up, so that a key that cannot be used is a clear error now
+ * rather than a TLS failure at every connection attempt: encrypted without
+ * mqtt.key_password_file, a passphrase that does not decrypt it, or unreadable. 0 or NT_ECONFIG
+ * (logged). */
+static int mqttconn__check_key(const nt_mqttconn_t *c)
+{
+    const char *path = c->cfg->mqtt_key_file;
+    mqttconn__ask_t ask = {c->cfg->mqtt_key_password, 0};
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        nt_log(NT_LOG_ERROR, "mqtt", "could not load the TLS client key \"%s\" (mqtt.key_file): %s",
+               path, strerror(errno));
+        return NT_ECONFIG;
+    }
+    ERR_clear_error();
+    EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, mqttconn__probe_callback, &ask);
+    fclose(f);
+    if (key != NULL) {
+        EVP_PKEY_free(key);
+        return 0;
+    }
+    char reason[256];
+    ERR_error_string_n(ERR_peek_last_error(), reason, sizeof(reason));
+    ERR_clear_error();
+    nt_log(NT_LOG_ERROR, "mqtt", "could not load the TLS client key \"%s\" (mqtt.key_file): %s",
+           path,
+           !ask.asked             ? reason
+           : ask.password == NULL ? "it is encrypted and mqtt.key_password_file is not set (the "
+                                    "collector never asks for a passphrase on the terminal)"
+                                  : "the passphrase in mqtt.key_password_file does not decrypt it");
+    return NT_ECONFIG;
+}
+
 /* Options, callbacks and credentials of a new client. 0 or NT_ECONFIG (logged). */
 static int mqttconn__configure(nt_mqttconn_t *c)
 {
@@ -474,13 +544,17 @@ static int mqttconn__configure(nt_mqttconn_t *c)
         rc = mosquitto_username_pw_set(c->mosq, cfg->mqtt_username, cfg->mqtt_password);
     }
     if (rc == MOSQ_ERR_SUCCESS && cfg->mqtt_tls) {
+        /* Always our passphrase callback: OpenSSL's own would prompt on the terminal. */
         rc = mosquitto_tls_set(c->mosq, cfg->mqtt_ca_file,
                                cfg->mqtt_ca_file ? NULL : "/etc/ssl/certs", cfg->mqtt_cert_file,
-                               cfg->mqtt_key_file, NULL);
+                               cfg->mqtt_key_file, mqttconn__pw_callback);
     }
     if (rc != MOSQ_ERR_SUCCESS) {
         nt_log(NT_LOG_ERROR, "mqtt", "could not configure the mqtt client: %s",
                mosquitto_strerror(rc));
+        return NT_ECONFIG;
+    }
+    if (cfg->mqtt_tls && cfg->mqtt_key_file != NULL && mqttconn__check_key(c) != 0) {
         return NT_ECONFIG;
     }
     if (cfg->mqtt_share_group != NULL) {

@@ -41,6 +41,7 @@ typedef struct {
     uint64_t statement_timeout_ms; /* the connection's statement_timeout; 0 = none */
     uint64_t watchdog_ms; /* a transaction without an answer this long: cancel (pgconn.h) */
     uint32_t connections; /* 1, or 2: a second connection takes the next batch (pgsink_lane.c) */
+    const char *password; /* libpq's password keyword (database.password_file); NULL: none */
 } nt_pgsink_options_t;
 
 /* Called after a commit with the alerts it raised, and with undelivered alerts found after
