@@ -311,16 +311,19 @@ static void http__on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *bu
     http__take(c, (size_t)nread);
 }
 
-/* Reads what a just accepted connection already holds (a probe sends its request at once) and
- * answers it now, inside the accept burst: a burst of connections after it cannot evict it
- * before its request was read. Nothing there, or EOF, is left to the read callback. */
-static void http__read_early(http__client_t *c)
+/* Reads, now, what a connection still reading its request head holds, and answers a request
+ * that is complete: at the accept (a probe sends its request at once), and before the
+ * connection is closed to make room (its request may have arrived since), so that a burst of
+ * new connections never drops a request that is there. Nothing there, or EOF, is left to the
+ * read callback. */
+static void http__read_now(http__client_t *c)
 {
     uv_os_fd_t fd;
-    if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) {
+    if (c->state != HTTP__READING || c->len >= sizeof(c->head) ||
+        uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) {
         return;
     }
-    ssize_t n = recv(fd, c->head, sizeof(c->head), MSG_DONTWAIT);
+    ssize_t n = recv(fd, c->head + c->len, sizeof(c->head) - c->len, MSG_DONTWAIT);
     if (n > 0) {
         http__take(c, (size_t)n);
     }
@@ -347,19 +350,29 @@ static void http__reject(nt_http_t *h)
 }
 
 /* The connection to close for a new one at the cap: the oldest still reading its request head
- * (idle or trickling), else the oldest draining, else the oldest writing. NULL when none is
+ * (idle or trickling) once what it sent is read (a complete request is answered instead, and
+ * the next oldest taken), else the oldest draining, else the oldest writing. NULL when none is
  * open. */
-static http__client_t *http__victim(const nt_http_t *h)
+static http__client_t *http__victim(nt_http_t *h)
 {
     static const int rank[] = {[HTTP__READING] = 0, [HTTP__DRAINING] = 1, [HTTP__WRITING] = 2};
-    http__client_t *best = NULL;
-    for (http__client_t *c = h->clients; c != NULL; c = c->next) {
-        /* newest first: a later one of the same rank is older */
-        if (c->state != HTTP__CLOSING && (best == NULL || rank[c->state] <= rank[best->state])) {
-            best = c;
+    for (;;) {
+        http__client_t *best = NULL;
+        for (http__client_t *c = h->clients; c != NULL; c = c->next) {
+            /* newest first: a later one of the same rank is older */
+            if (c->state != HTTP__CLOSING &&
+                (best == NULL || rank[c->state] <= rank[best->state])) {
+                best = c;
+            }
+        }
+        if (best == NULL || best->state != HTTP__READING) {
+            return best;
+        }
+        http__read_now(best);
+        if (best->state == HTTP__READING) {
+            return best; /* still no request: an idle connection, or a slow one */
         }
     }
-    return best;
 }
 
 static void http__on_connection(uv_stream_t *server, int status)
@@ -408,7 +421,7 @@ static void http__on_connection(uv_stream_t *server, int status)
         http__client_close(c);
         return;
     }
-    http__read_early(c);
+    http__read_now(c);
 }
 
 /* Opens a listening socket on host:port (a plain socket, so that a failure leaves no handle
