@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "needletrace/common.h"
+#include "needletrace/metrics.h"
 
 void nt_outbox_init(nt_outbox_t *o, int64_t now_us)
 {
@@ -108,6 +109,13 @@ int nt_outbox_collect(nt_outbox_t *o, int64_t alert_id, const char *clinic_id, c
 
 void nt_outbox_committed(nt_outbox_t *o, int64_t now_us)
 {
+    /* The alerts before a fetched page were raised by this transaction (its rules or its gap
+     * check); the page holds alerts raised before, here or by another replica. */
+    size_t raised = o->undelivered_in_txn ? o->undelivered_first : o->alerts.n;
+    for (size_t i = 0; i < raised && i < o->alerts.n; i++) {
+        const nt_alert_t *a = &o->alerts.items[i];
+        nt_metrics.alerts_raised[nt_metrics_alert_label(a->rule, a->payload)]++;
+    }
     if (o->delivered_in_txn > 0) {
         memmove(o->delivered, o->delivered + o->delivered_in_txn,
                 (o->n_delivered - o->delivered_in_txn) * sizeof(*o->delivered));

@@ -9,6 +9,7 @@
 #include "needletrace/common.h"
 #include "needletrace/ident.h"
 #include "needletrace/log.h"
+#include "needletrace/metrics.h"
 
 struct nt_publisher_s {
     nt_mqttsrc_t *src;
@@ -37,6 +38,7 @@ void nt_publisher__put(nt_publisher__table_t *t, unsigned i, int64_t alert_id, i
 {
     t->slots[i].alert_id = alert_id;
     t->slots[i].mid = mid;
+    t->slots[i].label = 0;
     t->n++;
 }
 
@@ -49,18 +51,22 @@ static void publisher__remove(nt_publisher__table_t *t, unsigned i)
          j = (j + 1) % NT_PUBLISHER__SLOTS) {
         int64_t id = t->slots[j].alert_id;
         int mid = t->slots[j].mid;
+        unsigned label = t->slots[j].label;
         t->slots[j].alert_id = 0;
         unsigned k = nt_publisher__find(t, id);
         t->slots[k].alert_id = id;
         t->slots[k].mid = mid;
+        t->slots[k].label = label;
     }
 }
 
-int64_t nt_publisher__take_mid(nt_publisher__table_t *t, int mid)
+/* The alert id published as mid (and its label) and removes it, or 0 when none. */
+static int64_t publisher__take(nt_publisher__table_t *t, int mid, unsigned *label)
 {
     for (unsigned i = 0; i < NT_PUBLISHER__SLOTS; i++) {
         if (t->slots[i].alert_id != 0 && t->slots[i].mid == mid) {
             int64_t id = t->slots[i].alert_id;
+            *label = t->slots[i].label;
             publisher__remove(t, i);
             return id;
         }
@@ -68,12 +74,19 @@ int64_t nt_publisher__take_mid(nt_publisher__table_t *t, int mid)
     return 0;
 }
 
+int64_t nt_publisher__take_mid(nt_publisher__table_t *t, int mid)
+{
+    unsigned label;
+    return publisher__take(t, mid, &label);
+}
+
 /* ---- publishing ------------------------------------------------------------------------------ */
 
 static void publisher__on_puback(void *data, int mid, int reason)
 {
     nt_publisher_t *p = data;
-    int64_t id = nt_publisher__take_mid(&p->table, mid);
+    unsigned label = 0;
+    int64_t id = publisher__take(&p->table, mid, &label);
     if (id == 0) {
         return;
     }
@@ -81,6 +94,8 @@ static void publisher__on_puback(void *data, int mid, int reason)
         /* Refused (e.g. not authorised): stays undelivered, retried after a growing delay. */
         nt_log(NT_LOG_WARN, "mqtt", "broker refused alert %lld: %s", (long long)id,
                mosquitto_reason_string(reason));
+    } else if (label < NT_METRICS_ALERT_LABELS) {
+        nt_metrics.alerts_delivered[label]++;
     }
     if (p->on_delivered != NULL) {
         p->on_delivered(id, reason >= 128, p->data);
@@ -150,6 +165,7 @@ int nt_publisher_publish(nt_publisher_t *p, const nt_alert_t *a)
         return rc;
     }
     nt_publisher__put(&p->table, i, a->alert_id, mid);
+    p->table.slots[i].label = nt_metrics_alert_label(a->rule, a->payload);
     return 0;
 }
 

@@ -66,7 +66,8 @@ static void alerts__usage(FILE *out, int full)
           "  Use --note=TEXT when TEXT itself starts with \"--\".\n"
           "\n"
           "Configuration as for every command: --config FILE, NEEDLETRACE_* environment,\n"
-          "--<section>-<key> VALUE flags; only database.url (NEEDLETRACE_DATABASE_URL) is used.\n"
+          "--<section>-<key> VALUE flags; only database.url (NEEDLETRACE_DATABASE_URL) and\n"
+          "database.password_file are used.\n"
           "Run 'needletrace check-config --help' for every key.\n"
           "\n"
           "Exit status: 0 success, 2 bad usage or configuration, 1 runtime failure (database\n"
@@ -444,7 +445,7 @@ int nt_cmd_alerts(int argc, char **argv, char *const *envp)
     }
     rc = alerts__parse(argc, argv, &is_list, &lo, &ao);
     if (rc == 0) {
-        rc = nt_cmd_connect(cfg.database_url, "needletrace-alerts", &conn);
+        rc = nt_cmd_connect(cfg.database_url, cfg.database_password, "needletrace-alerts", &conn);
     }
     nt_config_close(&cfg);
     if (rc != 0) {

@@ -59,7 +59,8 @@ int nt_cmd_begin(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn usag
 }
 
 /* See cmd.h. */
-int nt_cmd_connect(const char *conninfo, const char *application_name, PGconn **out)
+int nt_cmd_connect(const char *conninfo, const char *password, const char *application_name,
+                   PGconn **out)
 {
     char *perr = NULL;
     PQconninfoOption *opts = PQconninfoParse(conninfo, &perr);
@@ -74,11 +75,12 @@ int nt_cmd_connect(const char *conninfo, const char *application_name, PGconn **
 
     /* Later entries override earlier ones, and dbname expands into the whole conninfo: a
      * connect_timeout of the user's wins over ours; client_encoding is ours (UTF-8 in, UTF-8
-     * out, whatever PGCLIENTENCODING says). */
-    const char *const keys[] = {"connect_timeout", "fallback_application_name", "dbname",
-                                NT_PQUTIL_ENCODING_KEY, NULL};
-    const char *const values[] = {CMD__CONNECT_TIMEOUT, application_name, conninfo,
-                                  NT_PQUTIL_ENCODING_VALUE, NULL};
+     * out, whatever PGCLIENTENCODING says); a NULL password is ignored. */
+    const char *const keys[] = {"connect_timeout", "fallback_application_name",
+                                "dbname",          NT_PQUTIL_ENCODING_KEY,
+                                "password",        NULL};
+    const char *const values[] = {CMD__CONNECT_TIMEOUT,     application_name, conninfo,
+                                  NT_PQUTIL_ENCODING_VALUE, password,         NULL};
     PGconn *conn = PQconnectdbParams(keys, values, 1);
     if (conn == NULL) {
         fprintf(stderr, "needletrace: could not connect to the database: out of memory\n");

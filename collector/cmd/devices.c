@@ -242,7 +242,7 @@ int nt_cmd_devices(int argc, char **argv, char *const *envp)
         return 2;
     }
     PGconn *conn = NULL;
-    rc = nt_cmd_connect(cfg.database_url, "needletrace-devices", &conn);
+    rc = nt_cmd_connect(cfg.database_url, cfg.database_password, "needletrace-devices", &conn);
     nt_config_close(&cfg);
     if (rc != 0) {
         return rc == NT_ECONFIG ? 2 : 1;

@@ -204,7 +204,8 @@ int nt_cmd_journal_accept(int argc, char **argv, char *const *envp)
                 cfg.journal_dir, err);
         goto done;
     }
-    int crc = nt_cmd_connect(cfg.database_url, "needletrace-journal-accept", &conn);
+    int crc = nt_cmd_connect(cfg.database_url, cfg.database_password, "needletrace-journal-accept",
+                             &conn);
     if (crc != 0) {
         rc = crc == NT_ECONFIG ? 2 : 1;
         goto done;

@@ -37,7 +37,8 @@ int nt_cmd_migrate(int argc, char **argv, char *const *envp)
     }
     /* as the owner: database.admin_url when set (the collector's own login cannot migrate) */
     rc = nt_migrations_apply(cfg.database_admin_url != NULL ? cfg.database_admin_url
-                                                            : cfg.database_url);
+                                                            : cfg.database_url,
+                             cfg.database_password);
     nt_config_close(&cfg);
     if (rc != 0) {
         return 1;

@@ -288,6 +288,7 @@ static int run__open(run_t *r)
         .watchdog_ms = (uint64_t)r->cfg.database_watchdog_ms,
         .connections = (uint32_t)r->cfg.database_connections,
         .allow_privileged = r->cfg.database_allow_privileged != 0,
+        .password = r->cfg.database_password,
     };
     int rc = nt_pgsink_init(&r->loop, &r->sink, &sopts, r->journal, run__on_commit, r);
     if (rc != 0) {

@@ -41,7 +41,8 @@ int nt_config__bad(char *err, size_t errlen, const nt_config__key_t *k, const ch
     va_start(ap, fmt);
     vsnprintf(why, sizeof(why), fmt, ap);
     va_end(ap);
-    if ((k->flags & NT_CONFIG__SECRET) && value != NULL && value[0] != '\0') {
+    if ((k->flags & (NT_CONFIG__SECRET | NT_CONFIG__CONNINFO)) && value != NULL &&
+        value[0] != '\0') {
         value = NT_CONFIG__REDACTED;
     }
     nt_config__errf(err, errlen, "invalid value \"%.200s%s\" for %s.%s (%s): %s",
@@ -57,6 +58,25 @@ static void config__free_string(char **p, int secret)
     }
     free(*p);
     *p = NULL;
+}
+
+/* See config_internal.h. */
+int nt_config__conninfo_has_password(const char *conninfo)
+{
+    char *perr = NULL;
+    int found = 0;
+    PQconninfoOption *parsed = PQconninfoParse(conninfo, &perr);
+    if (parsed == NULL) {
+        PQfreemem(perr);
+        return 0;
+    }
+    for (const PQconninfoOption *o = parsed; o->keyword != NULL; o++) {
+        if (strcmp(o->keyword, "password") == 0 && o->val != NULL && o->val[0] != '\0') {
+            found = 1;
+        }
+    }
+    PQconninfoFree(parsed);
+    return found;
 }
 
 /* See config_internal.h. */
@@ -282,6 +302,8 @@ void nt_config_close(nt_config_t *cfg)
             config__free_string(nt_config__str(cfg, k), 1);
         }
     }
+    config__free_string(&cfg->mqtt_key_password, 1);
+    config__free_string(&cfg->database_password, 1);
     memset(cfg->mqtt_host, 0, sizeof(cfg->mqtt_host));
     memset(cfg->http_host, 0, sizeof(cfg->http_host));
     cfg->mqtt_port = 0;
@@ -513,6 +535,51 @@ static int config__read_password(nt_config_t *cfg, char *err, size_t errlen)
     return 0;
 }
 
+/* Reads the first line of the file that key_name names (path) into *out, replacing what was
+ * there. Returns 0 or NT_ECONFIG (the message names the file and why it could not be read). */
+static int config__read_secret_into(const char *key_name, const char *path, char **out, char *err,
+                                    size_t errlen)
+{
+    const char *why;
+    char *secret = config__read_secret(path, &why);
+    if (secret == NULL) {
+        return nt_config__bad(err, errlen, config__key(key_name), path, "configuration",
+                              "could not read it: %s", why);
+    }
+    config__free_string(out, 1);
+    *out = secret;
+    return 0;
+}
+
+/* Reads mqtt.key_password_file (the passphrase of an encrypted client key) and
+ * database.password_file. 0 or NT_ECONFIG. */
+static int config__read_other_secrets(nt_config_t *cfg, char *err, size_t errlen)
+{
+    int rc;
+    if (cfg->mqtt_key_password_file != NULL) {
+        if (cfg->mqtt_key_file == NULL) {
+            return nt_config__bad(err, errlen, config__key("mqtt.key_password_file"),
+                                  cfg->mqtt_key_password_file, "mqtt.key_file is not set",
+                                  "a key passphrase needs its key");
+        }
+        rc = config__read_secret_into("mqtt.key_password_file", cfg->mqtt_key_password_file,
+                                      &cfg->mqtt_key_password, err, errlen);
+        if (rc != 0) {
+            return rc;
+        }
+    }
+    if (cfg->database_password_file != NULL) {
+        if (nt_config__conninfo_has_password(cfg->database_url)) {
+            return nt_config__bad(err, errlen, config__key("database.password_file"),
+                                  cfg->database_password_file, "database.url holds a password",
+                                  "set only one of the two");
+        }
+        return config__read_secret_into("database.password_file", cfg->database_password_file,
+                                        &cfg->database_password, err, errlen);
+    }
+    return 0;
+}
+
 /* A password (from the file or the environment) needs a user name. 0 or NT_ECONFIG. */
 static int config__check_credentials(const nt_config_t *cfg, char *err, size_t errlen)
 {
@@ -530,8 +597,9 @@ static int config__check_credentials(const nt_config_t *cfg, char *err, size_t e
 
 /* Re-checks every value (fields may have been assigned directly), then the cross-field
  * rules, derives mqtt host/port/tls, http host/port (port 0 = off) and the default client
- * id, and reads mqtt.password_file into mqtt_password. Safe to call again. Returns 0,
- * NT_ECONFIG or NT_ENOMEM, the first problem found in err. */
+ * id, and reads mqtt.password_file into mqtt_password, mqtt.key_password_file into
+ * mqtt_key_password and database.password_file into database_password. Safe to call again. Returns
+ * 0, NT_ECONFIG or NT_ENOMEM, the first problem found in err. */
 int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
 {
     int rc;
@@ -542,6 +610,7 @@ int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen)
         (rc = config__check_database(cfg, err, errlen)) != 0 ||
         (rc = config__check_http(cfg, err, errlen)) != 0 ||
         (rc = config__read_password(cfg, err, errlen)) != 0 ||
+        (rc = config__read_other_secrets(cfg, err, errlen)) != 0 ||
         (rc = config__check_credentials(cfg, err, errlen)) != 0) {
         return rc;
     }

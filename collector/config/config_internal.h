@@ -23,6 +23,9 @@ typedef enum { NT_CONFIG__STRING, NT_CONFIG__INT, NT_CONFIG__SIZE } nt_config__t
 enum {
     NT_CONFIG__OPTIONAL = 1, /* string: an empty value unsets it (NULL) */
     NT_CONFIG__SECRET = 2,   /* string: environment only, redacted when printed */
+    NT_CONFIG__CONNINFO = 4, /* string: a libpq connection string; a password in it is refused
+                                on the command line and in a file others may read, and the
+                                value is never quoted in a message */
 };
 
 /* Returns NULL when value is acceptable, else why not (a static phrase). */
@@ -99,6 +102,15 @@ void nt_config__errf(char *err, size_t errlen, const char *fmt, ...)
  * returns NT_ECONFIG. */
 int nt_config__bad(char *err, size_t errlen, const nt_config__key_t *k, const char *value,
                    const char *origin, const char *fmt, ...) __attribute__((format(printf, 6, 7)));
+
+/* 1 when the libpq connection string or URI sets a password, else 0 (also when it does not
+ * parse: nt_config_validate() says so). */
+int nt_config__conninfo_has_password(const char *conninfo);
+
+/* Where a password inside a connection string belongs instead, for messages. */
+#define NT_CONFIG__PASSWORD_PLACES                                                                 \
+    "the environment (NEEDLETRACE_DATABASE_URL), database.password_file, or a PGPASSFILE or "      \
+    "~/.pgpass file"
 
 /* Writes the flag ("--mqtt-url") or environment variable ("NEEDLETRACE_MQTT_URL") of k. */
 void nt_config__flag_name(const nt_config__key_t *k, char *buf, size_t len);

@@ -61,7 +61,13 @@ const nt_config__key_t nt_config__keys[] = {
     CONFIG__STR("mqtt", "cert_file", mqtt_cert_file, NULL, NULL, NT_CONFIG__OPTIONAL, NULL,
                 "PEM client certificate for mutual TLS. Needs mqtt.key_file and mqtts://."),
     CONFIG__STR("mqtt", "key_file", mqtt_key_file, NULL, NULL, NT_CONFIG__OPTIONAL, NULL,
-                "PEM private key of mqtt.cert_file. Needs mqtt.cert_file and mqtts://."),
+                "PEM private key of mqtt.cert_file. Needs mqtt.cert_file and mqtts://. An "
+                "encrypted key needs mqtt.key_password_file: the collector never asks for a "
+                "passphrase on the terminal."),
+    CONFIG__STR("mqtt", "key_password_file", mqtt_key_password_file, NULL, NULL,
+                NT_CONFIG__OPTIONAL, NULL,
+                "File whose first line is the passphrase of an encrypted mqtt.key_file (a "
+                "mounted secret). Needs mqtt.key_file."),
     CONFIG__NUM("mqtt", "keepalive_s", NT_CONFIG__INT, mqtt_keepalive_s, "30", 5, 3600,
                 "MQTT keep-alive interval in seconds."),
     CONFIG__NUM("mqtt", "session_expiry_s", NT_CONFIG__INT, mqtt_session_expiry_s, "86400", 0,
@@ -91,9 +97,12 @@ const nt_config__key_t nt_config__keys[] = {
                 "This replica's id: names its checkpoint in the database and derives the MQTT "
                 "client id. Must be stable across restarts and unique per journal. 1-64 "
                 "characters of [A-Za-z0-9._-]."),
-    CONFIG__STR("database", "url", database_url, "postgresql:///needletrace", NULL, 0, NULL,
-                "libpq connection string or URI. A password in it is redacted when printed; "
-                "prefer a ~/.pgpass file or PGPASSWORD."),
+    CONFIG__STR("database", "url", database_url, "postgresql:///needletrace", NULL,
+                NT_CONFIG__CONNINFO, NULL,
+                "libpq connection string or URI. A password in it is accepted from the "
+                "environment, or from a configuration file that only its owner can read (mode "
+                "0600 or 0400), never from the command line; it is redacted when printed. "
+                "Prefer database.password_file, or a PGPASSFILE or ~/.pgpass file."),
     CONFIG__NUM("database", "statement_timeout_ms", NT_CONFIG__INT, database_statement_timeout_ms,
                 "30000", 0, 3600000,
                 "PostgreSQL statement_timeout of the collector's connection, in milliseconds: a "
@@ -111,7 +120,8 @@ const nt_config__key_t nt_config__keys[] = {
                 "runs on the second while the first commits (batches still commit one after the "
                 "other, in journal order: each waits for the checkpoint of the one before). 1: "
                 "one transaction at a time."),
-    CONFIG__STR("database", "admin_url", database_admin_url, NULL, NULL, NT_CONFIG__OPTIONAL, NULL,
+    CONFIG__STR("database", "admin_url", database_admin_url, NULL, NULL,
+                NT_CONFIG__OPTIONAL | NT_CONFIG__CONNINFO, NULL,
                 "Connection of `needletrace migrate`: the role that owns "
                 "the schema. Unset: database.url. `run` never uses it: the collector connects "
                 "with database.url as a member of needletrace_collector (README, Security)."),
@@ -120,6 +130,11 @@ const nt_config__key_t nt_config__keys[] = {
                 "1 lets `needletrace run` write as a superuser or as a member of the role that "
                 "owns the evidence tables (it could disable their triggers or truncate them). "
                 "0 (default): it refuses to start so connected, naming the role."),
+    CONFIG__STR("database", "password_file", database_password_file, NULL, NULL,
+                NT_CONFIG__OPTIONAL, NULL,
+                "File whose first line is the database password (a mounted secret), given to "
+                "libpq as its password keyword; never printed or logged. Not with a password "
+                "in database.url."),
     CONFIG__STR("journal", "dir", journal_dir, "/var/lib/needletrace/journal", NULL, 0, NULL,
                 "Durable spool directory (created with mode 0700). One collector per directory."),
     CONFIG__NUM("journal", "max_bytes", NT_CONFIG__SIZE, journal_max_bytes, "1GiB",

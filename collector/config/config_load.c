@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "config_internal.h"
 #include "needletrace/common.h"
@@ -68,9 +69,27 @@ static char *config__trim(char *s)
     return s;
 }
 
-/* Handles one non-blank, non-comment line; *section is the current [section]. */
+/* A password inside a connection string is accepted from a file only when no one but its owner
+ * can read the file (mode & 077 == 0: 0600, 0400). Returns 0 or NT_ECONFIG. */
+static int config__file_conninfo(const char *full, const char *value, unsigned mode,
+                                 const char *origin, char *err, size_t errlen)
+{
+    const nt_config__key_t *k = nt_config__find(full);
+    if (k == NULL || !(k->flags & NT_CONFIG__CONNINFO) || (mode & 077) == 0 ||
+        !nt_config__conninfo_has_password(value)) {
+        return 0;
+    }
+    return nt_config__bad(err, errlen, k, value, origin,
+                          "a password in a configuration file is accepted only when no one but "
+                          "the file's owner can read it (mode 0600 or 0400; this file has %04o): "
+                          "chmod 600 the file, or put the password in " NT_CONFIG__PASSWORD_PLACES,
+                          mode & 07777);
+}
+
+/* Handles one non-blank, non-comment line of a file of that mode; *section is the current
+ * [section]. */
 static int config__file_line(nt_config_t *cfg, char *s, char *section, size_t section_len,
-                             const char *origin, char *err, size_t errlen)
+                             unsigned mode, const char *origin, char *err, size_t errlen)
 {
     char full[160];
     if (*s == '[') {
@@ -121,6 +140,9 @@ static int config__file_line(nt_config_t *cfg, char *s, char *section, size_t se
     } else {
         snprintf(full, sizeof(full), "%s.%.100s", section, key);
     }
+    if (config__file_conninfo(full, value, mode, origin, err, errlen) != 0) {
+        return NT_ECONFIG;
+    }
     return nt_config_set(cfg, full, value, origin, err, errlen);
 }
 
@@ -135,10 +157,17 @@ int nt_config_load_file(nt_config_t *cfg, const char *path, char *err, size_t er
     size_t cap = 0;
     unsigned lineno = 0;
     int rc = 0;
+    struct stat st;
     FILE *f = fopen(path, "re");
     if (f == NULL) {
         nt_config__errf(err, errlen, "could not open configuration file \"%s\": %s", path,
                         strerror(errno));
+        return NT_ECONFIG;
+    }
+    if (fstat(fileno(f), &st) != 0) {
+        nt_config__errf(err, errlen, "could not open configuration file \"%s\": %s", path,
+                        strerror(errno));
+        fclose(f);
         return NT_ECONFIG;
     }
     for (;;) {
@@ -168,7 +197,8 @@ int nt_config_load_file(nt_config_t *cfg, const char *path, char *err, size_t er
         if (*s == '\0' || *s == '#' || *s == ';') {
             continue;
         }
-        rc = config__file_line(cfg, s, section, sizeof(section), origin, err, errlen);
+        rc = config__file_line(cfg, s, section, sizeof(section), (unsigned)st.st_mode, origin, err,
+                               errlen);
         if (rc != 0) {
             break;
         }
@@ -265,6 +295,11 @@ static int config__one_flag(nt_config_t *cfg, int argc, char **argv, int *i, con
         return 0;
     }
     nt_config__flag_name(k, origin, sizeof(origin));
+    if ((k->flags & NT_CONFIG__CONNINFO) && nt_config__conninfo_has_password(value)) {
+        return nt_config__bad(err, errlen, k, value, origin,
+                              "a password is not accepted on the command line, where every user "
+                              "of the machine can read it; put it in " NT_CONFIG__PASSWORD_PLACES);
+    }
     return nt_config__set(cfg, k, value, origin, err, errlen);
 }
 

@@ -89,7 +89,8 @@ static void config__dump_value(FILE *out, const char *key, const char *v)
 }
 
 /* Prints every key as a loadable INI file: unset keys and the password as comments, a
- * password inside database.url or database.admin_url as <redacted>. */
+ * password inside database.url or database.admin_url as <redacted>. The secrets read from files
+ * (database and key passwords) are not keys: never printed. */
 void nt_config_dump(const nt_config_t *cfg, FILE *out)
 {
     const char *section = "";
@@ -118,8 +119,7 @@ void nt_config_dump(const nt_config_t *cfg, FILE *out)
         } else if (v == NULL) {
             fprintf(out, "# %s is not set%s%s%s\n", k->key, k->def_doc != NULL ? " (default " : "",
                     k->def_doc != NULL ? k->def_doc : "", k->def_doc != NULL ? ")" : "");
-        } else if (strcmp(k->section, "database") == 0 &&
-                   (strcmp(k->key, "url") == 0 || strcmp(k->key, "admin_url") == 0)) {
+        } else if (k->flags & NT_CONFIG__CONNINFO) {
             char *redacted = malloc(strlen(v) + 64);
             if (redacted == NULL) {
                 fprintf(out, "%s = " NT_CONFIG__REDACTED "\n", k->key);

@@ -202,11 +202,12 @@ static int migrate__check_encoding(PGconn *conn)
 
 /* See migrations.h. Connects, takes the advisory lock, creates the schema and
  * schema_migrations if missing, then verifies (checksum) or applies each migration in order. */
-int nt_migrations_apply(const char *conninfo)
+int nt_migrations_apply(const char *conninfo, const char *password)
 {
     char err[1024];
-    const char *const keys[] = {"dbname", NT_PQUTIL_ENCODING_KEY, NULL};
-    const char *const cvalues[] = {conninfo, NT_PQUTIL_ENCODING_VALUE, NULL};
+    /* a NULL password is ignored */
+    const char *const keys[] = {"dbname", NT_PQUTIL_ENCODING_KEY, "password", NULL};
+    const char *const cvalues[] = {conninfo, NT_PQUTIL_ENCODING_VALUE, password, NULL};
     PGconn *conn = PQconnectdbParams(keys, cvalues, 1);
     if (conn == NULL) {
         nt_log(NT_LOG_ERROR, "migrate", "could not connect to database: out of memory");

@@ -451,6 +451,9 @@ int nt_pgconn_init(uv_loop_t *loop, nt_pgconn_t **out, const nt_pgconn_options_t
         free(c);
         return rc;
     }
+    if (opts->password != NULL) {
+        nt_pgparams_set_password(&c->params, opts->password);
+    }
     c->loop = loop;
     c->cbs = *cbs;
     c->data = data;

@@ -63,7 +63,8 @@ static void pgparams__build(nt_pgparams_t *p)
     }
     for (const PQconninfoOption *o = p->parsed; o->keyword != NULL; o++) {
         if (o->val != NULL && !pgparams__is_own(o->keyword) &&
-            strcmp(o->keyword, "fallback_application_name") != 0) {
+            strcmp(o->keyword, "fallback_application_name") != 0 &&
+            (p->password == NULL || strcmp(o->keyword, "password") != 0)) {
             pgparams__add(p, o->keyword, o->val);
         }
     }
@@ -75,6 +76,7 @@ static void pgparams__build(nt_pgparams_t *p)
     pgparams__add(p, "hostaddr",
                   p->hostaddr != NULL ? p->hostaddr : pgparams__configured(p, "hostaddr", NULL));
     pgparams__add(p, "port", p->port != NULL ? p->port : pgparams__configured(p, "port", NULL));
+    pgparams__add(p, "password", p->password);
     pgparams__add(p, NT_PQUTIL_ENCODING_KEY, NT_PQUTIL_ENCODING_VALUE);
     p->keys[p->n] = NULL;
     p->values[p->n] = NULL;
@@ -96,7 +98,7 @@ int nt_pgparams_init(nt_pgparams_t *p, const char *conninfo, const char *collect
     for (const PQconninfoOption *o = p->parsed; o->keyword != NULL; o++) {
         count++;
     }
-    p->cap = count + NT_ARRAY_SIZE(pgparams__defaults) + 4;
+    p->cap = count + NT_ARRAY_SIZE(pgparams__defaults) + 5;
     p->keys = calloc(p->cap, sizeof(*p->keys));
     p->values = calloc(p->cap, sizeof(*p->values));
     size_t alen = strlen("needletrace-") + strlen(collector_id) + 1;
@@ -136,6 +138,12 @@ void nt_pgparams_close(nt_pgparams_t *p)
     free(p->hostaddr);
     free(p->port);
     memset(p, 0, sizeof(*p));
+}
+
+void nt_pgparams_set_password(nt_pgparams_t *p, const char *password)
+{
+    p->password = password;
+    pgparams__build(p);
 }
 
 const char *nt_pgparams_get(const nt_pgparams_t *p, const char *key)

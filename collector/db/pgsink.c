@@ -318,7 +318,8 @@ static int pgsink__alloc(nt_pgsink_t *s, uv_loop_t *loop, const nt_pgsink_option
 {
     nt_pgconn_options_t copts = {
         opts->conninfo,     opts->reconnect_min_ms,     opts->reconnect_max_ms,
-        opts->collector_id, opts->statement_timeout_ms, 0};
+        opts->collector_id, opts->statement_timeout_ms, 0,
+        opts->password};
     s->collector_id = strdup(opts->collector_id);
     if (s->collector_id == NULL || nt_batch_init(&s->batches[0], opts->collector_id) != 0) {
         goto err;
@@ -385,7 +386,8 @@ int nt_pgsink_init(uv_loop_t *loop, nt_pgsink_t **out, const nt_pgsink_options_t
     s->state = NT_PGSINK__DOWN;
     nt_pgconn_options_t copts = {
         opts->conninfo,     opts->reconnect_min_ms,     opts->reconnect_max_ms,
-        opts->collector_id, opts->statement_timeout_ms, 1};
+        opts->collector_id, opts->statement_timeout_ms, 1,
+        opts->password};
     if (nt_pgsink__lane_init(s, loop, &copts) != 0) {
         nt_log(NT_LOG_WARN, "db", "could not set up the second database connection: %s; using one",
                nt_strerror(NT_ENOMEM));

@@ -45,6 +45,7 @@ void nt_pgsink__settle_batch(nt_pgsink_t *s, nt_batch_t *b, int64_t started_us)
         nt_metrics.db_quarantined_by_reason[r] += b->rejected_by_reason[r];
     }
     nt_metrics.db_commit_us_sum += (uint64_t)(nt_mono_us() - started_us);
+    nt_metrics_batch_committed(b->events, (uint64_t)(nt_mono_us() - started_us));
     nt_metrics.db_last_commit_unix_us = (uint64_t)nt_now_us();
     nt_metrics.journal_checkpoint = s->committed;
     nt_log(NT_LOG_DEBUG, "db",

@@ -15,8 +15,15 @@
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
 
-#define HTTP__TIMEOUT_MS  5000 /* whole connection, from accept to close */
-#define HTTP__MAX_CLIENTS 64   /* beyond this, accepted connections are closed at once */
+/* A request head must be complete this long after the accept, however slowly its bytes trickle
+ * in (an idle connection, a slow-loris): the header deadline. */
+#define HTTP__HEAD_TIMEOUT_MS 5000
+/* The response must be written and the peer gone this long after it was queued. */
+#define HTTP__RESPONSE_TIMEOUT_MS 5000
+/* Open connections at most. A new connection beyond it closes the oldest one still waiting for
+ * its request head (or, when none is, the oldest at all): a probe is always admitted, however
+ * many idle connections hold the listener. */
+#define HTTP__MAX_CLIENTS 64
 #define HTTP__METRICS_MAX (64 * 1024)
 #define HTTP__BACKLOG     128
 
@@ -27,8 +34,8 @@ struct nt_http_s {
     uv_tcp_t server;
     nt_http_ready_cb ready;
     void *data;
-    http__client_t *clients; /* doubly linked, every client not yet freed */
-    int nclients;
+    http__client_t *clients; /* doubly linked, newest first, every client not yet freed */
+    int nopen;               /* not closing: what HTTP__MAX_CLIENTS bounds */
     int stopping;
     int server_closed;
 };
@@ -78,7 +85,6 @@ static void http__client_closed(uv_handle_t *handle)
     if (c->next != NULL) {
         c->next->prev = c->prev;
     }
-    h->nclients--;
     free(c->response);
     free(c);
     http__maybe_free_server(h);
@@ -91,12 +97,15 @@ static void http__client_close(http__client_t *c)
         return;
     }
     c->state = HTTP__CLOSING;
+    c->h->nopen--;
+    nt_metrics.http_connections_open = (uint64_t)c->h->nopen;
     uv_close((uv_handle_t *)&c->timer, http__client_closed);
     uv_close((uv_handle_t *)&c->tcp, http__client_closed);
 }
 
 static void http__on_timeout(uv_timer_t *timer)
 {
+    nt_metrics.http_connections_timed_out++;
     http__client_close(timer->data);
 }
 
@@ -177,6 +186,7 @@ static void http__respond(http__client_t *c, int status, const char *content_typ
     uv_buf_t buf = uv_buf_init(c->response, (unsigned int)((size_t)n + body_len));
     c->state = HTTP__WRITING;
     c->write_req.data = c;
+    uv_timer_start(&c->timer, http__on_timeout, HTTP__RESPONSE_TIMEOUT_MS, 0);
     if (uv_write(&c->write_req, (uv_stream_t *)&c->tcp, &buf, 1, http__on_write) != 0) {
         http__client_close(c);
     }
@@ -259,6 +269,24 @@ static void http__on_alloc(uv_handle_t *handle, size_t suggested, uv_buf_t *buf)
     *buf = uv_buf_init(c->head + c->len, (unsigned int)(sizeof(c->head) - c->len));
 }
 
+/* Takes n new bytes at head[len] of a client still reading its request head: answers once the
+ * head is complete, 431 once the buffer is full without it. */
+static void http__take(http__client_t *c, size_t n)
+{
+    size_t before = c->len;
+    c->len += n;
+    /* Search from just before the new bytes: the terminator may straddle two reads. */
+    size_t from = before >= 3 ? before - 3 : 0;
+    size_t end = nt_http_head_end(c->head + from, c->len - from);
+    /* After a response is queued, reading goes on (discarding) so that the peer's FIN or
+     * reset is seen. */
+    if (end != 0) {
+        http__handle(c, c->head, from + end);
+    } else if (c->len == sizeof(c->head)) {
+        http__respond_text(c, 431, "request header too large\n");
+    }
+}
+
 static void http__on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     http__client_t *c = stream->data;
@@ -280,17 +308,24 @@ static void http__on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *bu
     if (c->state != HTTP__READING || nread == 0) {
         return;
     }
-    size_t before = c->len;
-    c->len += (size_t)nread;
-    /* Search from just before the new bytes: the terminator may straddle two reads. */
-    size_t from = before >= 3 ? before - 3 : 0;
-    size_t end = nt_http_head_end(c->head + from, c->len - from);
-    /* After a response is queued, reading goes on (discarding) so that the peer's FIN or
-     * reset is seen. */
-    if (end != 0) {
-        http__handle(c, c->head, from + end);
-    } else if (c->len == sizeof(c->head)) {
-        http__respond_text(c, 431, "request header too large\n");
+    http__take(c, (size_t)nread);
+}
+
+/* Reads, now, what a connection still reading its request head holds, and answers a request
+ * that is complete: at the accept (a probe sends its request at once), and before the
+ * connection is closed to make room (its request may have arrived since), so that a burst of
+ * new connections never drops a request that is there. Nothing there, or EOF, is left to the
+ * read callback. */
+static void http__read_now(http__client_t *c)
+{
+    uv_os_fd_t fd;
+    if (c->state != HTTP__READING || c->len >= sizeof(c->head) ||
+        uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) {
+        return;
+    }
+    ssize_t n = recv(fd, c->head + c->len, sizeof(c->head) - c->len, MSG_DONTWAIT);
+    if (n > 0) {
+        http__take(c, (size_t)n);
     }
 }
 
@@ -314,16 +349,48 @@ static void http__reject(nt_http_t *h)
     uv_close((uv_handle_t *)t, http__free_handle);
 }
 
+/* The connection to close for a new one at the cap: the oldest still reading its request head
+ * (idle or trickling) once what it sent is read (a complete request is answered instead, and
+ * the next oldest taken), else the oldest draining, else the oldest writing. NULL when none is
+ * open. */
+static http__client_t *http__victim(nt_http_t *h)
+{
+    static const int rank[] = {[HTTP__READING] = 0, [HTTP__DRAINING] = 1, [HTTP__WRITING] = 2};
+    for (;;) {
+        http__client_t *best = NULL;
+        for (http__client_t *c = h->clients; c != NULL; c = c->next) {
+            /* newest first: a later one of the same rank is older */
+            if (c->state != HTTP__CLOSING &&
+                (best == NULL || rank[c->state] <= rank[best->state])) {
+                best = c;
+            }
+        }
+        if (best == NULL || best->state != HTTP__READING) {
+            return best;
+        }
+        http__read_now(best);
+        if (best->state == HTTP__READING) {
+            return best; /* still no request: an idle connection, or a slow one */
+        }
+    }
+}
+
 static void http__on_connection(uv_stream_t *server, int status)
 {
     nt_http_t *h = server->data;
     if (status < 0 || h->stopping) {
         return;
     }
-    if (h->nclients >= HTTP__MAX_CLIENTS) {
-        nt_log(NT_LOG_DEBUG, "http", "refused a connection: %d clients already", h->nclients);
-        http__reject(h);
-        return;
+    if (h->nopen >= HTTP__MAX_CLIENTS) {
+        http__client_t *victim = http__victim(h);
+        if (victim == NULL) {
+            http__reject(h);
+            return;
+        }
+        nt_log(NT_LOG_DEBUG, "http", "closing the oldest of %d open connections for a new one",
+               h->nopen);
+        nt_metrics.http_connections_evicted++;
+        http__client_close(victim);
     }
     http__client_t *c = calloc(1, sizeof(*c));
     if (c == NULL) {
@@ -346,12 +413,15 @@ static void http__on_connection(uv_stream_t *server, int status)
         h->clients->prev = c;
     }
     h->clients = c;
-    h->nclients++;
+    h->nopen++;
+    nt_metrics.http_connections_open = (uint64_t)h->nopen;
     if (uv_accept(server, (uv_stream_t *)&c->tcp) != 0 ||
-        uv_timer_start(&c->timer, http__on_timeout, HTTP__TIMEOUT_MS, 0) != 0 ||
+        uv_timer_start(&c->timer, http__on_timeout, HTTP__HEAD_TIMEOUT_MS, 0) != 0 ||
         uv_read_start((uv_stream_t *)&c->tcp, http__on_alloc, http__on_read) != 0) {
         http__client_close(c);
+        return;
     }
+    http__read_now(c);
 }
 
 /* Opens a listening socket on host:port (a plain socket, so that a failure leaves no handle

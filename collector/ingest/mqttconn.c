@@ -7,7 +7,10 @@
 #include <mqtt_protocol.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
@@ -22,6 +25,18 @@
 #define MQTTCONN_ADDRS 8
 /* Our own publications (alerts) awaiting their PUBACK, at most. */
 #define MQTTCONN_SEND_MAXIMUM 4096
+/* Room in a PUBLISH packet beside its topic and payload: fixed header (5 bytes at most), topic
+ * length (2), packet identifier (2), property length (4) and the properties a broker forwards
+ * (user properties, content type, subscription identifier...). */
+#define MQTTCONN_PACKET_HEADROOM 4096u
+/* The largest packet the broker may send us (MQTT v5 maximum packet size, in CONNECT): a payload
+ * at the wire contract's bound on the longest topic the decoder reads. A v5 broker drops a larger
+ * message for this client instead of sending it (mosquitto 2.0: "Dropping too large outgoing
+ * PUBLISH"); libmosquitto itself does not check what it receives, it allocates whatever length a
+ * packet announces. A payload a little over the bound still fits, and reaches quarantine as
+ * payload_too_large. */
+#define MQTTCONN_MAXIMUM_PACKET_SIZE                                                               \
+    (NT_MAX_PAYLOAD_BYTES + NT_MAX_TOPIC_LEN + MQTTCONN_PACKET_HEADROOM)
 
 typedef enum {
     MQTTCONN_IDLE = 0,   /* not started, or waiting for the reconnect timer */
@@ -270,12 +285,12 @@ static void mqttconn__on_io(nt_fdwatch_t *w, int status, int events, void *data)
     c->cbs.on_io(c, status, events, c->data);
 }
 
-/* Hands the CONNECT properties (session expiry) to libmosquitto once. Its only v5 connect call
- * that takes them, mosquitto_connect_bind_v5, also connects -- blocking. It stores the properties
- * before it checks its arguments, so a call with a keep-alive it refuses (1 s: below its minimum
- * of 5) stores them without touching the network; mosquitto_connect_bind_async then connects with
- * them. 0 or NT_EMQTT. (A libmosquitto that stopped keeping them would start sessions that do not
- * outlive a disconnect: the broker-restart and kill -9 tests would lose messages.) */
+/* Hands the CONNECT properties (session expiry, maximum packet size) to libmosquitto once. Its only
+ * v5 connect call that takes them, mosquitto_connect_bind_v5, also connects -- blocking. It stores
+ * the properties before it checks its arguments, so a call with a keep-alive it refuses (1 s: below
+ * its minimum of 5) stores them without touching the network; mosquitto_connect_bind_async then
+ * connects with them. 0 or NT_EMQTT. (A libmosquitto that stopped keeping them would start sessions
+ * that do not outlive a disconnect: the broker-restart and kill -9 tests would lose messages.) */
 static int mqttconn__prime(nt_mqttconn_t *c)
 {
     if (c->configured) {
@@ -283,7 +298,7 @@ static int mqttconn__prime(nt_mqttconn_t *c)
     }
     int rc = mosquitto_connect_bind_v5(c->mosq, "localhost", 1883, 1, NULL, c->connect_props);
     if (rc != MOSQ_ERR_INVAL) {
-        nt_log(NT_LOG_ERROR, "mqtt", "could not hand the session expiry to libmosquitto: %s",
+        nt_log(NT_LOG_ERROR, "mqtt", "could not hand the CONNECT properties to libmosquitto: %s",
                mosquitto_strerror(rc));
         return NT_EMQTT;
     }
@@ -436,6 +451,73 @@ static void mqttconn__on_misc_timer(uv_timer_t *t)
     }
 }
 
+/* ---- the client key's passphrase ---------------------------------------------------------------
+ */
+
+/* Copies the passphrase of mqtt.key_password_file into OpenSSL's buffer. Never the terminal:
+ * without one the answer is "none", and an encrypted key fails to load. */
+static int mqttconn__passphrase(const char *password, char *buf, int size)
+{
+    size_t n = password != NULL ? strlen(password) : 0;
+    if (n == 0 || size <= 0 || n >= (size_t)size) {
+        return 0;
+    }
+    memcpy(buf, password, n);
+    return (int)n;
+}
+
+/* libmosquitto's pw_callback: its userdata is the struct mosquitto, whose own userdata is us. */
+static int mqttconn__pw_callback(char *buf, int size, int rwflag, void *userdata)
+{
+    const nt_mqttconn_t *c = mosquitto_userdata(userdata);
+    return mqttconn__passphrase(c->cfg->mqtt_key_password, buf, size);
+}
+
+typedef struct {
+    const char *password;
+    int asked; /* the key is encrypted: OpenSSL asked for its passphrase */
+} mqttconn__ask_t;
+
+static int mqttconn__probe_callback(char *buf, int size, int rwflag, void *userdata)
+{
+    mqttconn__ask_t *ask = userdata;
+    ask->asked = 1;
+    return mqttconn__passphrase(ask->password, buf, size);
+}
+
+/* Loads mqtt.key_file once at start-up, so that a key that cannot be used is a clear error now
+ * rather than a TLS failure at every connection attempt: encrypted without
+ * mqtt.key_password_file, a passphrase that does not decrypt it, or unreadable. 0 or NT_ECONFIG
+ * (logged). */
+static int mqttconn__check_key(const nt_mqttconn_t *c)
+{
+    const char *path = c->cfg->mqtt_key_file;
+    mqttconn__ask_t ask = {c->cfg->mqtt_key_password, 0};
+    FILE *f = fopen(path, "re");
+    if (f == NULL) {
+        nt_log(NT_LOG_ERROR, "mqtt", "could not load the TLS client key \"%s\" (mqtt.key_file): %s",
+               path, strerror(errno));
+        return NT_ECONFIG;
+    }
+    ERR_clear_error();
+    EVP_PKEY *key = PEM_read_PrivateKey(f, NULL, mqttconn__probe_callback, &ask);
+    fclose(f);
+    if (key != NULL) {
+        EVP_PKEY_free(key);
+        return 0;
+    }
+    char reason[256];
+    ERR_error_string_n(ERR_peek_last_error(), reason, sizeof(reason));
+    ERR_clear_error();
+    nt_log(NT_LOG_ERROR, "mqtt", "could not load the TLS client key \"%s\" (mqtt.key_file): %s",
+           path,
+           !ask.asked             ? reason
+           : ask.password == NULL ? "it is encrypted and mqtt.key_password_file is not set (the "
+                                    "collector never asks for a passphrase on the terminal)"
+                                  : "the passphrase in mqtt.key_password_file does not decrypt it");
+    return NT_ECONFIG;
+}
+
 /* Options, callbacks and credentials of a new client. 0 or NT_ECONFIG (logged). */
 static int mqttconn__configure(nt_mqttconn_t *c)
 {
@@ -446,26 +528,33 @@ static int mqttconn__configure(nt_mqttconn_t *c)
     mosquitto_int_option(c->mosq, MOSQ_OPT_SEND_MAXIMUM, MQTTCONN_SEND_MAXIMUM);
     /* Threaded mode makes libmosquitto queue PUBACKs until the owner calls loop_write. */
     mosquitto_threaded_set(c->mosq, true);
-    mosquitto_property_add_int32(&c->connect_props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
-                                 (uint32_t)cfg->mqtt_session_expiry_s);
+    int rc = mosquitto_property_add_int32(&c->connect_props, MQTT_PROP_SESSION_EXPIRY_INTERVAL,
+                                          (uint32_t)cfg->mqtt_session_expiry_s);
+    if (rc == MOSQ_ERR_SUCCESS) {
+        rc = mosquitto_property_add_int32(&c->connect_props, MQTT_PROP_MAXIMUM_PACKET_SIZE,
+                                          MQTTCONN_MAXIMUM_PACKET_SIZE);
+    }
     mosquitto_message_v5_callback_set(c->mosq, mqttconn__on_message);
     mosquitto_connect_v5_callback_set(c->mosq, mqttconn__on_connect);
     mosquitto_subscribe_v5_callback_set(c->mosq, mqttconn__on_subscribe);
     mosquitto_publish_v5_callback_set(c->mosq, mqttconn__on_publish);
     mosquitto_log_callback_set(c->mosq, mqttconn__on_log);
 
-    int rc = MOSQ_ERR_SUCCESS;
-    if (cfg->mqtt_username != NULL) {
+    if (rc == MOSQ_ERR_SUCCESS && cfg->mqtt_username != NULL) {
         rc = mosquitto_username_pw_set(c->mosq, cfg->mqtt_username, cfg->mqtt_password);
     }
     if (rc == MOSQ_ERR_SUCCESS && cfg->mqtt_tls) {
+        /* Always our passphrase callback: OpenSSL's own would prompt on the terminal. */
         rc = mosquitto_tls_set(c->mosq, cfg->mqtt_ca_file,
                                cfg->mqtt_ca_file ? NULL : "/etc/ssl/certs", cfg->mqtt_cert_file,
-                               cfg->mqtt_key_file, NULL);
+                               cfg->mqtt_key_file, mqttconn__pw_callback);
     }
     if (rc != MOSQ_ERR_SUCCESS) {
         nt_log(NT_LOG_ERROR, "mqtt", "could not configure the mqtt client: %s",
                mosquitto_strerror(rc));
+        return NT_ECONFIG;
+    }
+    if (cfg->mqtt_tls && cfg->mqtt_key_file != NULL && mqttconn__check_key(c) != 0) {
         return NT_ECONFIG;
     }
     if (cfg->mqtt_share_group != NULL) {

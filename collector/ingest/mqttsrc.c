@@ -450,6 +450,7 @@ int nt_mqttsrc_init(uv_loop_t *loop, nt_mqttsrc_t **out, const nt_config_t *cfg,
     }
     m->journal = journal;
     m->cfg = cfg;
+    nt_metrics.journal_max_bytes = (uint64_t)cfg->journal_max_bytes;
     m->on_synced = on_synced;
     m->data = data;
     int rc = nt_syncer_init(loop, &m->syncer, mqttsrc__on_sync_done, m);

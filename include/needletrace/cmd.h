@@ -72,10 +72,12 @@ int nt_cmd_begin_with(int *argc, char **argv, char *const *envp, nt_cmd_usage_fn
 
 /* The blocking connection of the commands that are database clients (alerts, journal accept):
  * connects to conninfo (a libpq string or URI) as application_name (unless conninfo names one),
- * with a 10 s connect timeout (unless conninfo sets one) and client_encoding UTF8. Returns 0 with
- * *out set; NT_ECONFIG when conninfo is not valid libpq syntax, NT_EDB when the server could not
- * be reached or refused us: both after printing to stderr an error that names the target (never
- * the password). */
-int nt_cmd_connect(const char *conninfo, const char *application_name, PGconn **out);
+ * with a 10 s connect timeout (unless conninfo sets one), client_encoding UTF8 and password as
+ * libpq's password keyword (database.password_file's, cfg->database_password; NULL: none).
+ * Returns 0 with *out set; NT_ECONFIG when conninfo is not valid libpq syntax, NT_EDB when the
+ * server could not be reached or refused us: both after printing to stderr an error that names
+ * the target (never the password). */
+int nt_cmd_connect(const char *conninfo, const char *password, const char *application_name,
+                   PGconn **out);
 
 #endif

@@ -7,7 +7,10 @@
  *   on the command line   --<section>-<key> VALUE or --<section>-<key>=VALUE
  *                         (underscores in key become dashes: --journal-max-bytes 2GiB)
  * The file is named by --config FILE or NEEDLETRACE_CONFIG; without either, no file is read.
- * An unknown key (in any of the three) or a bad value is an error that names it. */
+ * An unknown key (in any of the three) or a bad value is an error that names it.
+ * A password inside database.url is refused on the command line (any user can read it there),
+ * and in a file that others than its owner may read (mode other than 0600/0400); the
+ * environment, database.password_file and libpq's PGPASSFILE / ~/.pgpass are the places. */
 #ifndef NEEDLETRACE_CONFIG_H
 #define NEEDLETRACE_CONFIG_H
 
@@ -26,6 +29,7 @@ typedef struct {
     char *mqtt_ca_file;
     char *mqtt_cert_file;
     char *mqtt_key_file;
+    char *mqtt_key_password_file;    /* passphrase of an encrypted mqtt_key_file (first line) */
     int64_t mqtt_keepalive_s;        /* default 30, 5..3600 */
     int64_t mqtt_session_expiry_s;   /* MQTT v5 session expiry; default 86400 */
     int64_t mqtt_receive_maximum;    /* default 1000, 1..65535 */
@@ -41,6 +45,7 @@ typedef struct {
     int64_t database_connections; /* 1, or 2: the next batch's transaction overlaps a commit */
     char *database_admin_url;     /* migrate's connection (the owner); NULL: database_url */
     int64_t database_allow_privileged; /* 1: run may write as a superuser or the tables' owner */
+    char *database_password_file;      /* password read from this file (first line), for libpq */
     /* [journal] */
     char *journal_dir;             /* default /var/lib/needletrace/journal */
     int64_t journal_max_bytes;     /* default 1 GiB; accepts 512MiB, 1GiB, 1048576 */
@@ -61,6 +66,9 @@ typedef struct {
     int mqtt_tls;
     char http_host[64];
     int http_port;
+    /* Secrets read by nt_config_validate() from their files: never printed or logged. */
+    char *mqtt_key_password; /* from mqtt.key_password_file; NULL: none */
+    char *database_password; /* from database.password_file; NULL: none */
 } nt_config_t;
 
 /* Fills cfg with the defaults (strings are heap copies owned by cfg). */
@@ -90,7 +98,8 @@ int nt_config_load(nt_config_t *cfg, int *argc, char **argv, char *const *envp, 
                    size_t errlen);
 
 /* Checks cross-field rules and fills the derived fields (mqtt host/port/tls, http
- * host/port, client id default). Reads the password file if set (error names it). */
+ * host/port, client id default). Reads the password files if set (error names them):
+ * mqtt.password_file, mqtt.key_password_file, database.password_file. */
 int nt_config_validate(nt_config_t *cfg, char *err, size_t errlen);
 
 /* Applies log.level and log.format (validated by nt_config_set) to the process logger. */

@@ -1,7 +1,11 @@
 /* http.h -- a minimal HTTP/1.1 listener on the loop: /metrics, /healthz, /readyz.
  *
  * GET only, one request per connection (Connection: close), request head bounded to
- * 4 KiB and read within 5 s, at most 64 clients at once. Anything else gets 400/404/405. */
+ * 4 KiB (431 beyond) and complete within 5 s of the accept however slowly it trickles (the
+ * header deadline), the response written within 5 s. At most 64 connections are open: a new
+ * one beyond closes the oldest still waiting for its request, so idle connections never keep a
+ * probe out. A request already there at the accept, or at the moment its connection would be
+ * closed to make room, is answered at once. Anything else gets 400/404/405. */
 #ifndef NEEDLETRACE_HTTP_H
 #define NEEDLETRACE_HTTP_H
 

@@ -80,8 +80,9 @@ int nt_outbox_collect(nt_outbox_t *o, int64_t alert_id, const char *clinic_id, c
                       const char *payload);
 
 /* The transaction committed at now_us: its deliveries are recorded, its gap check done, its
- * page fetched (a full one asks for the next at the next tick). The collected alerts stay in
- * o->alerts for the caller to publish, until nt_outbox_published(). */
+ * page fetched (a full one asks for the next at the next tick), the alerts it raised counted
+ * (needletrace_alerts_raised_total). The collected alerts stay in o->alerts for the caller to
+ * publish, until nt_outbox_published(). */
 void nt_outbox_committed(nt_outbox_t *o, int64_t now_us);
 /* The collected alerts were handed over: forgets them. */
 void nt_outbox_published(nt_outbox_t *o);

@@ -31,6 +31,7 @@ typedef struct {
     const char *collector_id;      /* names the connection (fallback_application_name) */
     uint64_t statement_timeout_ms; /* set on the connection (options); 0 = none */
     int secondary; /* not the sink's first connection: leaves needletrace_db_connected alone */
+    const char *password; /* libpq's password keyword (database.password_file); NULL: none */
 } nt_pgconn_options_t;
 
 typedef struct {

@@ -11,6 +11,7 @@
  *     resolved address, each with the name it was resolved from as host (so TLS and
  *     authentication still see the name) and the address as hostaddr, so that libpq does no
  *     lookup of its own (a blocking getaddrinfo on the loop);
+ *   - password, when nt_pgparams_set_password() gave one (database.password_file's);
  *   - client_encoding UTF8, always (every string the collector sends is UTF-8).
  * Plain functions over strings: no connection, no lookup. */
 #ifndef NEEDLETRACE_PGPARAMS_H
@@ -31,6 +32,7 @@ typedef struct {
     char *host; /* replacements of the configured lists; NULL: as configured */
     char *hostaddr;
     char *port;
+    const char *password; /* not owned (nt_pgparams_set_password); NULL: none */
 } nt_pgparams_t;
 
 /* One entry of the host list to connect to, as configured. */
@@ -52,6 +54,10 @@ typedef struct {
 int nt_pgparams_init(nt_pgparams_t *p, const char *conninfo, const char *collector_id,
                      uint64_t statement_timeout_ms, char *err, size_t errlen);
 void nt_pgparams_close(nt_pgparams_t *p);
+
+/* Adds password to the arrays as libpq's password keyword (after the string's keywords: it wins
+ * over one in the string), or removes it (NULL). Not copied: it must outlive p. Never fails. */
+void nt_pgparams_set_password(nt_pgparams_t *p, const char *password);
 
 /* The value of keyword key in the arrays as they are now, NULL when unset. */
 const char *nt_pgparams_get(const nt_pgparams_t *p, const char *key);

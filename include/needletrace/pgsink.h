@@ -42,6 +42,7 @@ typedef struct {
     uint64_t watchdog_ms; /* a transaction without an answer this long: cancel (pgconn.h) */
     uint32_t connections; /* 1, or 2: a second connection takes the next batch (pgsink_lane.c) */
     int allow_privileged; /* 1: may write as a superuser or a member of the tables' owner */
+    const char *password; /* libpq's password keyword (database.password_file); NULL: none */
 } nt_pgsink_options_t;
 
 /* Called after a commit with the alerts it raised, and with undelivered alerts found after

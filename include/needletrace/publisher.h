@@ -58,13 +58,14 @@ typedef struct {
     struct {
         int64_t alert_id; /* 0 = free */
         int mid;
+        unsigned label; /* nt_metrics_alert_label(), counted when the broker acknowledges it */
     } slots[NT_PUBLISHER__SLOTS];
     unsigned n;
 } nt_publisher__table_t;
 
 /* The slot holding alert_id, or the free slot where it would go. */
 unsigned nt_publisher__find(const nt_publisher__table_t *t, int64_t alert_id);
-/* Puts (alert_id, mid) into the free slot i found by nt_publisher__find. */
+/* Puts (alert_id, mid) into the free slot i found by nt_publisher__find (label 0). */
 void nt_publisher__put(nt_publisher__table_t *t, unsigned i, int64_t alert_id, int mid);
 /* The alert id published as mid and removes it, or 0 when none. */
 int64_t nt_publisher__take_mid(nt_publisher__table_t *t, int mid);

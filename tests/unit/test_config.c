@@ -809,22 +809,15 @@ static void test_argv_compaction(void **state)
 
 static void test_dump_round_trip(void **state)
 {
-    char *argv[] = {"run",
-                    "--mqtt-url",
-                    "mqtts://broker:8884",
-                    "--mqtt-share-group",
-                    "fleet",
-                    "--mqtt-ca-file",
-                    "/etc/ssl/ca.pem",
-                    "--journal-dir",
-                    " /padded ",
-                    "--journal-max-bytes",
-                    "300000000",
-                    "--database-url",
-                    "postgresql://audit:hunter2@db.example:5432/needletrace?sslmode=require",
-                    NULL};
+    char *argv[] = {"run",       "--mqtt-url",          "mqtts://broker:8884", "--mqtt-share-group",
+                    "fleet",     "--mqtt-ca-file",      "/etc/ssl/ca.pem",     "--journal-dir",
+                    " /padded ", "--journal-max-bytes", "300000000",           NULL};
+    /* A password in the URL: from the environment (refused as a flag). */
+    char *env[] = {"NEEDLETRACE_DATABASE_URL="
+                   "postgresql://audit:hunter2@db.example:5432/needletrace?sslmode=require",
+                   NULL};
     nt_config_t cfg;
-    assert_int_equal(load(&cfg, 13, argv, NULL), 0);
+    assert_int_equal(load(&cfg, 11, argv, env), 0);
     char *dump = dump_to_string(&cfg);
     assert_contains(dump, "[mqtt]\n");
     assert_contains(dump, "url = mqtts://broker:8884\n");
@@ -835,8 +828,10 @@ static void test_dump_round_trip(void **state)
     assert_lacks(dump, "hunter2");
     assert_contains(dump, "# username is not set");
 
-    /* The dump is itself a valid configuration file giving the same values. */
+    /* The dump is itself a valid configuration file giving the same values (readable by its
+     * owner alone: it holds a URL with a (redacted) password). */
     const char *path = write_file("dump.conf", dump);
+    assert_int_equal(chmod(path, 0600), 0);
     nt_config_t again;
     nt_config_init(&again);
     assert_int_equal(nt_config_load_file(&again, path, errbuf, sizeof(errbuf)), 0);

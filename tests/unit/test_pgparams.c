@@ -219,12 +219,38 @@ static void test_lookup(void **state)
     assert_false(nt_pglookup_needed(&l));
 }
 
+/* database.password_file's password: one password keyword, after the string's own, and gone
+ * again when unset; it survives a rebuild for looked-up addresses. */
+static void test_password(void **state)
+{
+    (void)state;
+    nt_pgparams_t p;
+    char err[128];
+    assert_int_equal(
+        nt_pgparams_init(&p, "postgresql://u:url-pw@db.example/nt", "c1", 0, err, sizeof(err)), 0);
+    nt_pgparams_set_password(&p, "file-pw");
+    assert_well_formed(&p);
+    assert_string_equal(nt_pgparams_get(&p, "password"), "file-pw");
+    assert_string_equal(p.keys[p.n - 1], "client_encoding");
+    nt_pgparams_host_t hosts[1];
+    assert_int_equal(nt_pgparams_hosts(&p, hosts, 1), 1);
+    nt_pgparams_addr_t addr = {.host = 0, .addr = "192.0.2.7"};
+    assert_int_equal(nt_pgparams_set_addrs(&p, hosts, 1, &addr, 1), 0);
+    assert_well_formed(&p);
+    assert_string_equal(nt_pgparams_get(&p, "password"), "file-pw");
+    assert_string_equal(nt_pgparams_get(&p, "hostaddr"), "192.0.2.7");
+    nt_pgparams_set_password(&p, NULL);
+    assert_string_equal(nt_pgparams_get(&p, "password"), "url-pw");
+    nt_pgparams_close(&p);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_keyword_string), cmocka_unit_test(test_uri_and_no_timeout),
         cmocka_unit_test(test_malformed),      cmocka_unit_test(test_hosts),
         cmocka_unit_test(test_set_addrs),      cmocka_unit_test(test_lookup),
+        cmocka_unit_test(test_password),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
