@@ -21,6 +21,7 @@ static void main__usage(FILE *out)
                  "  check-config  validate the configuration and print it\n"
                  "  alerts        list and acknowledge compliance alerts\n"
                  "  devices       the device registry: which clinic each pen belongs to\n"
+                 "  audit         verify the tamper-evident ledger, sign digests of it\n"
                  "  journal       check a journal directory, salvage a damaged one, accept a\n"
                  "                journal that does not fit the database's checkpoint\n"
                  "  version       print the version\n\n"
@@ -48,6 +49,9 @@ int main(int argc, char **argv)
     }
     if (strcmp(cmd, "alerts") == 0) {
         return nt_cmd_alerts(argc - 1, argv + 1, environ);
+    }
+    if (strcmp(cmd, "audit") == 0) {
+        return nt_cmd_audit(argc - 1, argv + 1, environ);
     }
     if (strcmp(cmd, "devices") == 0) {
         return nt_cmd_devices(argc - 1, argv + 1, environ);

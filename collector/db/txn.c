@@ -275,10 +275,6 @@ static int txn__send_stopped(nt_txn_t *t)
     return txn__call(t, "SELECT needletrace.collector_stopped($1)", NULL, NULL);
 }
 
-/* Moves the checkpoint from where the batch starts to where it ends, after waiting for the batch
- * before it (its batch-order lock: order - 1) to end; the database refuses when the checkpoint is
- * not where the batch starts (SQLSTATE NT_TXN_CHECKPOINT_MOVED). A batch that follows another in
- * flight (t->after) never creates the first checkpoint. */
 /* The registry verdicts the batch quarantined messages for still hold (registry.h): refused
  * with NT003 otherwise, before any row is sent. */
 static int txn__has_refusals_to_confirm(const nt_txn_t *t)
@@ -292,6 +288,10 @@ static int txn__send_confirm(nt_txn_t *t)
     return t->ops->send(t->conn, "SELECT needletrace.confirm_refusals($1)", 1, params);
 }
 
+/* Moves the checkpoint from where the batch starts to where it ends, after waiting for the batch
+ * before it (its batch-order lock: order - 1) to end; the database refuses when the checkpoint is
+ * not where the batch starts (SQLSTATE NT_TXN_CHECKPOINT_MOVED). A batch that follows another in
+ * flight (t->after) never creates the first checkpoint. */
 static int txn__send_checkpoint(nt_txn_t *t)
 {
     char jid[24], from[24], to[24], prev[16];
@@ -325,6 +325,20 @@ static int txn__copy_conflict(nt_txn_t *t)
 /* ---- the table --------------------------------------------------------------------------------
  */
 
+/* Seals the rows the batch inserted into the collector's ledger chain (011_ledger.sql): after
+ * the checkpoint move (the entry of the batch before it is committed) and the rules. */
+static int txn__send_seal(nt_txn_t *t)
+{
+    char jid[24], from[24], to[24];
+    snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)t->journal_id);
+    snprintf(from, sizeof(from), "%" PRIu64, t->batch->first_pos);
+    snprintf(to, sizeof(to), "%" PRIu64, t->batch->end_pos);
+    const char *params[4] = {t->collector_id, jid, from, to};
+    return t->ops->send(t->conn,
+                        "SELECT needletrace.ledger_seal($1, $2::bigint, $3::bigint, $4::bigint)", 4,
+                        params);
+}
+
 static const txn__step_t txn__steps[] = {
     {"begin", NULL, txn__send_begin, NULL, NULL, 0, -1},
     {"heartbeat", txn__heartbeat_due, txn__send_heartbeat, NULL, NULL, 0, -1},
@@ -340,6 +354,7 @@ static const txn__step_t txn__steps[] = {
      * commit in journal order. */
     {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0, NT_STAGE_DB_CHECKPOINT},
     {"rules", txn__has_batch, txn__send_rules, NULL, NULL, 1, NT_STAGE_DB_RULES},
+    {"seal", txn__has_batch, txn__send_seal, NULL, NULL, 0, NT_STAGE_DB_RULES},
     {"delivered", txn__has_deliveries, txn__send_delivered, NULL, NULL, 0, -1},
     {"refused", txn__has_refusals, txn__send_refused, NULL, NULL, 0, -1},
     {"gaps", txn__gaps_due, txn__send_gaps, NULL, NULL, 1, -1},

@@ -26,6 +26,8 @@ int nt_cmd_simulate(int argc, char **argv, char *const *envp);
 int nt_cmd_check_config(int argc, char **argv, char *const *envp);
 /* `needletrace alerts list|ack`: 1 when the database is unreachable or the alert unknown. */
 int nt_cmd_alerts(int argc, char **argv, char *const *envp);
+/* `needletrace audit verify|digest|keygen`: the ledger's checks; 1 on findings or failure. */
+int nt_cmd_audit(int argc, char **argv, char *const *envp);
 /* `needletrace devices list|add|move|retire|activate`: the device registry; 1 when refused. */
 int nt_cmd_devices(int argc, char **argv, char *const *envp);
 /* `needletrace journal check|salvage`: check 1 when the journal is corrupt (the collector would

@@ -299,6 +299,7 @@ static void assert_call(const fixture_t *f, int i, const char *sql, int nparams)
 #define SQL_UNDELIVERED                                                                            \
     "SELECT alert_id, clinic_id, rule, payload FROM needletrace.undelivered_alerts($1, $2::int)"
 #define SQL_DELIVERED "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])"
+#define SQL_SEAL      "SELECT needletrace.ledger_seal($1, $2::bigint, $3::bigint, $4::bigint)"
 
 /* The checkpoint moves from the batch's first position to its end, under this journal's id. */
 static void assert_checkpoint(const fixture_t *f, int i)
@@ -330,8 +331,8 @@ static void test_fast_path_commit(void **state)
     make_batch(f, 0);
     assert_false(nt_outbox_due(&f->outbox));
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
-    assert_int_equal(f->fake.n, 6);
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules seal commit");
+    assert_int_equal(f->fake.n, 7);
     assert_string_equal(f->fake.stmts[0].sql,
                         "BEGIN; SELECT pg_advisory_xact_lock(hashtext('" COLLECTOR
                         "'), 0); SAVEPOINT nt_fast");
@@ -340,8 +341,10 @@ static void test_fast_path_commit(void **state)
     assert_copy_stmt(f, 2, "needletrace.", NT_BATCH_EVENTS);
     assert_checkpoint(f, 3);
     assert_call(f, 4, SQL_RULES, 1);
-    assert_string_equal(f->fake.stmts[5].sql, "COMMIT");
-    assert_int_equal(f->fake.stmts[5].nparams, 0);
+    assert_call(f, 5, SQL_SEAL, 4);
+    assert_string_equal(f->fake.stmts[5].params[2], "4096"); /* the batch's journal range */
+    assert_string_equal(f->fake.stmts[6].sql, "COMMIT");
+    assert_int_equal(f->fake.stmts[6].nparams, 0);
     assert_int_equal(f->fake.n_copies, 2);
     assert_copy_data(f, 0, NT_BATCH_RAW);
     assert_copy_data(f, 1, NT_BATCH_EVENTS);
@@ -383,8 +386,9 @@ static void test_gate_before_checkpoint(void **state)
     assert_checkpoint(f, 3);
     assert_int_equal(nt_txn_done(&f->txn), NT_TXN_PENDING); /* the rules */
     assert_true(nt_txn_begun(&f->txn));
+    assert_int_equal(nt_txn_done(&f->txn), NT_TXN_PENDING); /* the seal */
     assert_int_equal(nt_txn_done(&f->txn), NT_TXN_PENDING); /* COMMIT */
-    assert_string_equal(f->fake.stmts[5].sql, "COMMIT");
+    assert_string_equal(f->fake.stmts[6].sql, "COMMIT");
     assert_int_equal(nt_txn_done(&f->txn), NT_TXN_COMMITTED);
 }
 
@@ -393,7 +397,7 @@ static void test_fast_path_three_tables(void **state)
     fixture_t *f = *state;
     make_batch(f, 1);
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy copy checkpoint rules commit");
+    assert_string_equal(f->trace, "begin copy copy copy checkpoint rules seal commit");
     assert_copy_stmt(f, 1, "needletrace.", NT_BATCH_RAW);
     assert_copy_stmt(f, 2, "needletrace.", NT_BATCH_EVENTS);
     assert_copy_stmt(f, 3, "needletrace.", NT_BATCH_QUARANTINE);
@@ -418,7 +422,7 @@ static void test_outbox_work_in_order(void **state)
     /* A batch transaction never carries the bookkeeping, however due (issue 7: it runs in its
      * own transactions, never inside one that carries events)... */
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules seal commit");
     nt_outbox_committed(&f->outbox, T0 + 5);
     assert_int_equal(f->outbox.n_delivered, 3);
     assert_true(f->outbox.gaps_due);
@@ -480,7 +484,7 @@ static void test_unique_violation_takes_staging_path(void **state)
     server_t srv = {.error_at = 2, .sqlstate = "23505"}; /* the second COPY */
     assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_COMMITTED);
     assert_string_equal(f->trace, "begin copy copy stage stage_copy stage_copy stage_copy merge "
-                                  "checkpoint rules commit");
+                                  "checkpoint rules seal commit");
     assert_copy_stmt(f, 1, "needletrace.", NT_BATCH_RAW);
     assert_copy_stmt(f, 2, "needletrace.", NT_BATCH_EVENTS);
 
@@ -527,13 +531,14 @@ static void test_unique_violation_takes_staging_path(void **state)
     assert_non_null(strstr(merge, "WHERE conflicting DO NOTHING;"));
     assert_checkpoint(f, 8);
     assert_call(f, 9, SQL_RULES, 1);
-    assert_string_equal(f->fake.stmts[10].sql, "COMMIT");
+    assert_call(f, 10, SQL_SEAL, 4);
+    assert_string_equal(f->fake.stmts[11].sql, "COMMIT");
 
     /* The next transaction on the same txn takes the fast path again. */
     f->fake.n = 0;
     f->fake.n_copies = 0;
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy copy checkpoint rules commit");
+    assert_string_equal(f->trace, "begin copy copy copy checkpoint rules seal commit");
 }
 
 /* Staging tables only for the tables with rows. */
@@ -543,8 +548,8 @@ static void test_staging_skips_empty_tables(void **state)
     make_batch(f, 0);
     server_t srv = {.error_at = 1, .sqlstate = "23505"}; /* the first COPY */
     assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace,
-                        "begin copy stage stage_copy stage_copy merge checkpoint rules commit");
+    assert_string_equal(
+        f->trace, "begin copy stage stage_copy stage_copy merge checkpoint rules seal commit");
     assert_null(strstr(f->fake.stmts[2].sql, "quarantine"));
     assert_null(strstr(f->fake.stmts[5].sql, "quarantine"));
     assert_non_null(strstr(f->fake.stmts[5].sql, "nt_stage_events"));
@@ -589,7 +594,7 @@ static void test_other_error_rolls_back(void **state)
     /* Even a commit right after (a batch) does not settle what the rolled back one took. */
     f->fake.n = 0;
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules seal commit");
     nt_outbox_committed(&f->outbox, T0 + 1);
     assert_int_equal(f->outbox.n_delivered, 1);
     assert_true(f->outbox.gaps_due);
@@ -614,9 +619,9 @@ static void test_error_in_commit_rolls_back(void **state)
 {
     fixture_t *f = *state;
     make_batch(f, 0);
-    server_t srv = {.error_at = 5, .sqlstate = "40001"}; /* serialization failure at COMMIT */
+    server_t srv = {.error_at = 6, .sqlstate = "40001"}; /* serialization failure at COMMIT */
     assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_ROLLED_BACK);
-    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit rollback");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules seal commit rollback");
 }
 
 /* Only the first failure of a command is kept. */
@@ -767,9 +772,9 @@ static void test_send_failure(void **state)
     assert_string_equal(f->trace, "begin copy");
 
     f->fake.n = 0;
-    f->fake.fail_send_at = 5; /* COMMIT */
+    f->fake.fail_send_at = 6; /* COMMIT */
     assert_int_equal(drive(f, &f->batch, NULL), NT_EIO);
-    assert_string_equal(f->trace, "begin copy copy checkpoint rules");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules seal");
     assert_string_equal(last_stmt(&f->fake)->sql, "COMMIT");
 
     /* ROLLBACK itself */
@@ -843,7 +848,7 @@ static void test_heartbeat_and_stop_mark(void **state)
     make_batch(f, 0);
     f->txn.maint_mask = NT_TXN_MAINT_HEARTBEAT | NT_TXN_MAINT_STOPPED;
     assert_int_equal(drive(f, &f->batch, NULL), NT_TXN_COMMITTED);
-    assert_string_equal(f->trace, "begin copy copy checkpoint rules commit");
+    assert_string_equal(f->trace, "begin copy copy checkpoint rules seal commit");
 }
 
 int main(void)

@@ -1,0 +1,358 @@
+/* audit.c -- `needletrace audit`: the auditor's commands over the tamper-evident ledger
+ * (011_ledger.sql): keygen (the digest signing key pair), digest (sign the chain heads now, into
+ * a directory kept outside the database), verify (audit_verify.c). The queries the parts share
+ * are here. */
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "audit_internal.h"
+#include "needletrace/cmd.h"
+#include "needletrace/common.h"
+#include "needletrace/config.h"
+#include "needletrace/ident.h"
+
+#define AUDIT__SYNOPSIS                                                                            \
+    "usage: needletrace audit verify [--digests DIR] [--pubkey FILE] [--from TIME] [--to TIME]\n"  \
+    "                                [--clinic ID]\n"                                              \
+    "       needletrace audit digest --key FILE --out DIR\n"                                       \
+    "       needletrace audit keygen --out DIR\n"
+
+static void audit__usage(FILE *out)
+{
+    fputs(AUDIT__SYNOPSIS
+          "\n"
+          "verify  recomputes the ledger from the rows in [database] url (a login of\n"
+          "        needletrace_auditor is enough): every entry's hash and its link to the one\n"
+          "        before, every batch's Merkle root from its rows, rows outside any batch, and\n"
+          "        with --digests every signed digest in DIR (checked with --pubkey, default\n"
+          "        DIR/" NT_DIGEST_PUB_FILE "): the chain heads it names must still be there.\n"
+          "        Prints each finding (table and row) and exits 1, or OK and exits 0.\n"
+          "        --from/--to limit the entries checked to those committed in [FROM, TO);\n"
+          "        --clinic to batches holding that clinic's rows.\n"
+          "digest  signs every chain's head now with the Ed25519 key in FILE into\n"
+          "        DIR/digest-<time>.json (keep DIR where the database's users cannot write)\n"
+          "keygen  a new Ed25519 key pair in DIR: " NT_DIGEST_KEY_FILE " (mode 0600) and\n"
+          "        " NT_DIGEST_PUB_FILE "\n"
+          "Exit codes: 0 done (verify: nothing found), 1 findings or failure, 2 bad usage.\n",
+          out);
+}
+
+typedef struct {
+    const char *verb, *digests, *pubkey, *from, *to, *clinic, *key, *out;
+} audit__opts_t;
+
+static int audit__takes_value(const char *arg)
+{
+    static const char *const with[] = {"--digests", "--pubkey", "--from", "--to",
+                                       "--clinic",  "--key",    "--out",  "--config"};
+    for (size_t i = 0; i < NT_ARRAY_SIZE(with); i++) {
+        if (strcmp(arg, with[i]) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static int audit__bad(const char *what, const char *why)
+{
+    fprintf(stderr, "needletrace: audit: %s %s\n" AUDIT__SYNOPSIS, what, why);
+    return 2;
+}
+
+static int audit__parse(int argc, char **argv, audit__opts_t *o)
+{
+    memset(o, 0, sizeof(*o));
+    if (argc < 2) {
+        return audit__bad("a subcommand", "is missing");
+    }
+    o->verb = argv[1];
+    struct {
+        const char *name;
+        const char **slot;
+    } opts[] = {{"--digests", &o->digests}, {"--pubkey", &o->pubkey}, {"--from", &o->from},
+                {"--to", &o->to},           {"--clinic", &o->clinic}, {"--key", &o->key},
+                {"--out", &o->out}};
+    for (int i = 2; i < argc; i++) {
+        size_t k = 0;
+        while (k < NT_ARRAY_SIZE(opts) && strcmp(argv[i], opts[k].name) != 0) {
+            k++;
+        }
+        if (k == NT_ARRAY_SIZE(opts)) {
+            return audit__bad(argv[i], "is not an option of audit");
+        }
+        if (i + 1 >= argc) {
+            return audit__bad(argv[i], "needs a value");
+        }
+        *opts[k].slot = argv[++i];
+    }
+    if (o->clinic != NULL && !nt_ident_id_valid_str(o->clinic)) {
+        return audit__bad("--clinic", "must be 1-64 characters of [A-Za-z0-9._-]");
+    }
+    if (strcmp(o->verb, "verify") == 0) {
+        return o->key != NULL || o->out != NULL ? audit__bad("verify", "takes no --key/--out") : 0;
+    }
+    if (strcmp(o->verb, "digest") == 0 || strcmp(o->verb, "keygen") == 0) {
+        int digest = o->verb[0] == 'd';
+        if (o->out == NULL || (digest && o->key == NULL) || (!digest && o->key != NULL) ||
+            o->digests != NULL || o->pubkey != NULL || o->from != NULL || o->to != NULL ||
+            o->clinic != NULL) {
+            return audit__bad(o->verb, digest ? "takes --key FILE --out DIR" : "takes --out DIR");
+        }
+        return 0;
+    }
+    return audit__bad(o->verb, "is not a subcommand (verify, digest, keygen)");
+}
+
+/* ---- the shared queries ------------------------------------------------------------------- */
+
+PGresult *nt_audit__query(nt_audit_t *a, const char *sql, int n, const char *const *values,
+                          int binary)
+{
+    PGresult *res = PQexecParams(a->conn, sql, n, NULL, values, NULL, NULL, binary);
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "needletrace: audit: %s", PQresultErrorMessage(res));
+        PQclear(res);
+        a->failed = 1;
+        return NULL;
+    }
+    return res;
+}
+
+nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n)
+{
+    static const char sql[] =
+        "SELECT l.collector_id, l.seq, l.tx, l.journal_id, l.journal_from, l.journal_to, "
+        "l.n_raw, l.n_events, l.n_quarantine, encode(l.merkle_root, 'hex'), "
+        "encode(l.prev_hash, 'hex'), encode(l.entry_hash, 'hex'), "
+        "to_char(l.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') "
+        "FROM needletrace.ledger l "
+        "WHERE ($1::timestamptz IS NULL OR l.committed_at >= $1::timestamptz) "
+        "AND ($2::timestamptz IS NULL OR l.committed_at < $2::timestamptz) "
+        "AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM needletrace.events e WHERE e.tx = l.tx "
+        "AND e.clinic_id = $3) OR EXISTS (SELECT 1 FROM needletrace.quarantine q WHERE q.tx = "
+        "l.tx AND q.clinic_id = $3)) "
+        "ORDER BY l.collector_id, l.seq";
+    const char *values[3] = {a->from, a->to, a->clinic};
+    PGresult *res = nt_audit__query(a, sql, 3, values, 0);
+    if (res == NULL) {
+        return NULL;
+    }
+    *n = (size_t)PQntuples(res);
+    nt_audit_entry_t *e = calloc(*n + 1, sizeof(*e));
+    for (size_t i = 0; e != NULL && i < *n; i++) {
+        int r = (int)i;
+        nt_audit_entry_t *x = &e[i];
+        snprintf(x->collector, sizeof(x->collector), "%s", PQgetvalue(res, r, 0));
+        snprintf(x->seq, sizeof(x->seq), "%s", PQgetvalue(res, r, 1));
+        snprintf(x->tx, sizeof(x->tx), "%s", PQgetvalue(res, r, 2));
+        snprintf(x->journal_id, sizeof(x->journal_id), "%s", PQgetvalue(res, r, 3));
+        snprintf(x->from, sizeof(x->from), "%s", PQgetvalue(res, r, 4));
+        snprintf(x->to, sizeof(x->to), "%s", PQgetvalue(res, r, 5));
+        x->n_raw = strtoll(PQgetvalue(res, r, 6), NULL, 10);
+        x->n_events = strtoll(PQgetvalue(res, r, 7), NULL, 10);
+        x->n_quarantine = strtoll(PQgetvalue(res, r, 8), NULL, 10);
+        snprintf(x->root, sizeof(x->root), "%s", PQgetvalue(res, r, 9));
+        snprintf(x->prev, sizeof(x->prev), "%s", PQgetvalue(res, r, 10));
+        snprintf(x->hash, sizeof(x->hash), "%s", PQgetvalue(res, r, 11));
+        snprintf(x->committed, sizeof(x->committed), "%s", PQgetvalue(res, r, 12));
+    }
+    PQclear(res);
+    return e;
+}
+
+unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t *n)
+{
+    const char *values[2] = {e->collector, e->seq};
+    PGresult *res = nt_audit__query(
+        a, "SELECT leaves FROM needletrace.ledger WHERE collector_id = $1 AND seq = $2::bigint", 2,
+        values, 1);
+    if (res == NULL) {
+        return NULL;
+    }
+    size_t len = PQntuples(res) == 1 ? (size_t)PQgetlength(res, 0, 0) : 0;
+    unsigned char *leaves = malloc(len + 1);
+    if (leaves != NULL && len > 0) {
+        memcpy(leaves, PQgetvalue(res, 0, 0), len);
+    }
+    *n = len / 32;
+    if (len % 32 != 0) {
+        nt_audit__finding(a, "ledger entry %s#%s: its leaves are not whole hashes", e->collector,
+                          e->seq);
+    }
+    PQclear(res);
+    return leaves;
+}
+
+static void audit__hex(const unsigned char *in, size_t n, char *out)
+{
+    static const char hx[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = hx[in[i] >> 4];
+        out[2 * i + 1] = hx[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_audit_entry_t *prev)
+{
+    char text[1024], hex[65];
+    snprintf(text, sizeof(text),
+             "needletrace-ledger-v1|%s|%s|%s|%s|%s|%s|%" PRId64 "|%" PRId64 "|%" PRId64 "|%s|%s|%s",
+             e->collector, e->seq, e->tx, e->journal_id, e->from, e->to, e->n_raw, e->n_events,
+             e->n_quarantine, e->root, e->prev, e->committed);
+    unsigned char md[32];
+    SHA256((const unsigned char *)text, strlen(text), md);
+    audit__hex(md, 32, hex);
+    if (strcmp(hex, e->hash) != 0) {
+        nt_audit__finding(a, "ledger entry %s#%s: its hash does not match its contents",
+                          e->collector, e->seq);
+    }
+    int64_t seq = strtoll(e->seq, NULL, 10);
+    if (prev != NULL) {
+        if (strtoll(prev->seq, NULL, 10) + 1 != seq) {
+            nt_audit__finding(a, "chain %s: entries %s..%" PRId64 " are missing", e->collector,
+                              prev->seq, seq - 1);
+        } else if (strcmp(e->prev, prev->hash) != 0) {
+            nt_audit__finding(a, "chain %s: entry #%s does not link to #%s", e->collector, e->seq,
+                              prev->seq);
+        }
+        return;
+    }
+    if (seq == 1) {
+        if (strspn(e->prev, "0") != 64) {
+            nt_audit__finding(a, "chain %s: its first entry links to something", e->collector);
+        }
+        return;
+    }
+    /* the first checked of its chain, after a --from: the entry before it must be there */
+    char before[24];
+    snprintf(before, sizeof(before), "%" PRId64, seq - 1);
+    const char *values[2] = {e->collector, before};
+    PGresult *res = nt_audit__query(a,
+                                    "SELECT encode(entry_hash, 'hex') FROM needletrace.ledger "
+                                    "WHERE collector_id = $1 AND seq = $2::bigint",
+                                    2, values, 0);
+    if (res == NULL) {
+        return;
+    }
+    if (PQntuples(res) != 1) {
+        nt_audit__finding(a, "chain %s: entries before #%s are missing", e->collector, e->seq);
+    } else if (strcmp(PQgetvalue(res, 0, 0), e->prev) != 0) {
+        nt_audit__finding(a, "chain %s: entry #%s does not link to #%s", e->collector, e->seq,
+                          before);
+    }
+    PQclear(res);
+}
+
+void nt_audit__check_head(nt_audit_t *a, const char *digest, const nt_digest_head_t *h)
+{
+    char seq[24];
+    snprintf(seq, sizeof(seq), "%" PRId64, h->seq);
+    const char *values[2] = {h->collector_id, seq};
+    PGresult *res = nt_audit__query(a,
+                                    "SELECT encode(entry_hash, 'hex') FROM needletrace.ledger "
+                                    "WHERE collector_id = $1 AND seq = $2::bigint",
+                                    2, values, 0);
+    if (res == NULL) {
+        return;
+    }
+    if (PQntuples(res) != 1) {
+        nt_audit__finding(a, "digest %s: chain %s has no entry #%s any more", digest,
+                          h->collector_id, seq);
+    } else if (strcmp(PQgetvalue(res, 0, 0), h->entry_hash) != 0) {
+        nt_audit__finding(a,
+                          "digest %s: chain %s entry #%s was rewritten (signed %.16s..., now "
+                          "%.16s...)",
+                          digest, h->collector_id, seq, h->entry_hash, PQgetvalue(res, 0, 0));
+    }
+    PQclear(res);
+}
+
+/* ---- digest -----------------------------------------------------------------------------------
+ */
+
+/* Signs every chain's head now into o->out. */
+static int audit__digest(nt_audit_t *a, const audit__opts_t *o)
+{
+    PGresult *res = nt_audit__query(
+        a,
+        "SELECT current_database(), to_char(clock_timestamp() AT TIME ZONE 'UTC', "
+        "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), h.collector_id, h.seq, encode(h.entry_hash, "
+        "'hex'), to_char(h.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') "
+        "FROM (SELECT 1) one LEFT JOIN needletrace.ledger_heads h ON true ORDER BY 3",
+        0, NULL, 0);
+    if (res == NULL) {
+        return 1;
+    }
+    size_t n = PQgetisnull(res, 0, 2) ? 0 : (size_t)PQntuples(res);
+    nt_digest_head_t *h = calloc(n + 1, sizeof(*h));
+    for (size_t i = 0; h != NULL && i < n; i++) {
+        snprintf(h[i].collector_id, sizeof(h[i].collector_id), "%s", PQgetvalue(res, (int)i, 2));
+        h[i].seq = strtoll(PQgetvalue(res, (int)i, 3), NULL, 10);
+        snprintf(h[i].entry_hash, sizeof(h[i].entry_hash), "%s", PQgetvalue(res, (int)i, 4));
+        snprintf(h[i].committed_at, sizeof(h[i].committed_at), "%s", PQgetvalue(res, (int)i, 5));
+    }
+    char time[40], path[4096], err[512];
+    snprintf(time, sizeof(time), "%s", PQgetvalue(res, 0, 1));
+    char *text = h != NULL ? nt_digest_text(PQgetvalue(res, 0, 0), time, h, n) : NULL;
+    PQclear(res);
+    int rc = 1;
+    if (text == NULL) {
+        fprintf(stderr, "needletrace: audit digest: out of memory\n");
+    } else if (nt_digest_write(o->key, o->out, time, text, path, sizeof(path), err, sizeof(err)) !=
+               0) {
+        fprintf(stderr, "needletrace: audit digest: %s\n", err);
+    } else {
+        printf("%s: %zu chain head(s) signed\n", path, n);
+        rc = 0;
+    }
+    free(text);
+    free(h);
+    return rc;
+}
+
+/* `needletrace audit`. */
+int nt_cmd_audit(int argc, char **argv, char *const *envp)
+{
+    nt_config_t cfg;
+    int rc = nt_cmd_begin_with(&argc, argv, envp, audit__usage, audit__takes_value, &cfg);
+    if (rc != NT_CMD_CONTINUE) {
+        return rc;
+    }
+    audit__opts_t o;
+    if (audit__parse(argc, argv, &o) != 0) {
+        nt_config_close(&cfg);
+        return 2;
+    }
+    if (strcmp(o.verb, "keygen") == 0) {
+        nt_config_close(&cfg);
+        char err[512];
+        if (nt_digest_keygen(o.out, err, sizeof(err)) != 0) {
+            fprintf(stderr, "needletrace: audit keygen: %s\n", err);
+            return 1;
+        }
+        printf("%s/%s (private, mode 0600) and %s/%s (public)\n", o.out, NT_DIGEST_KEY_FILE, o.out,
+               NT_DIGEST_PUB_FILE);
+        return 0;
+    }
+    nt_audit_t a = {.from = o.from, .to = o.to, .clinic = o.clinic};
+    rc = nt_cmd_connect(cfg.database_url, cfg.database_password, "needletrace-audit", &a.conn);
+    nt_config_close(&cfg);
+    if (rc != 0) {
+        return rc == NT_ECONFIG ? 2 : 1;
+    }
+    if (strcmp(o.verb, "digest") == 0) {
+        rc = audit__digest(&a, &o);
+    } else {
+        char pub[4096];
+        snprintf(pub, sizeof(pub), "%s/%s", o.digests != NULL ? o.digests : ".",
+                 NT_DIGEST_PUB_FILE);
+        rc = nt_audit__verify(&a, o.digests, o.pubkey != NULL ? o.pubkey : pub);
+    }
+    PQfinish(a.conn);
+    return rc;
+}

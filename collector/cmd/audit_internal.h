@@ -1,0 +1,44 @@
+/* audit_internal.h -- what the parts of `needletrace audit` share. */
+#ifndef NEEDLETRACE_AUDIT_INTERNAL_H
+#define NEEDLETRACE_AUDIT_INTERNAL_H
+
+#include <libpq-fe.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "needletrace/digest.h"
+
+typedef struct {
+    PGconn *conn;
+    const char *from, *to, *clinic; /* filters of the entries checked (NULL: none) */
+    size_t findings;
+    int failed; /* a query failed (printed): no verdict */
+} nt_audit_t;
+
+/* One ledger entry as stored (text; hashes in hex). */
+typedef struct {
+    char collector[65], seq[24], tx[24], journal_id[24], from[24], to[24];
+    int64_t n_raw, n_events, n_quarantine;
+    char root[65], prev[65], hash[65], committed[40];
+} nt_audit_entry_t;
+
+/* Prints a finding and counts it. */
+void nt_audit__finding(nt_audit_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Runs a query (results in binary when binary); NULL after printing the error. */
+PGresult *nt_audit__query(nt_audit_t *a, const char *sql, int n, const char *const *values,
+                          int binary);
+/* The entries to check, by collector and seq; NULL after printing the error. */
+nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n);
+/* An entry's stored leaves (32 bytes each); NULL after printing the error. */
+unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t *n);
+/* The entry's hash recomputed, and its link to prev (NULL: the first checked of its chain). */
+void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_audit_entry_t *prev);
+/* A digest's head still in the ledger as it was. */
+void nt_audit__check_head(nt_audit_t *a, const char *digest, const nt_digest_head_t *h);
+/* The root of sorted leaves (011_ledger.sql). */
+void nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]);
+/* `audit verify`: 0 when nothing is found, 1 otherwise (findings printed). */
+int nt_audit__verify(nt_audit_t *a, const char *digests, const char *pub);
+
+#endif

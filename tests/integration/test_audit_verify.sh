@@ -1,0 +1,146 @@
+#!/usr/bin/env bash
+# test_audit_verify.sh -- the tamper-evident ledger (011_ledger.sql) and `needletrace audit`:
+#   1. every batch the collector commits is sealed; `audit verify`, run as an auditor's login,
+#      finds an untouched database complete (exit 0);
+#   2. a superuser who disables the append-only triggers and UPDATEs, DELETEs or INSERTs a row is
+#      found, and the finding names the table and the row (each change undone before the next);
+#   3. a superuser who rewrites a row and then the whole chain after it, consistently, passes the
+#      database's own checks but not a signed digest exported before (audit keygen/digest).
+set -euo pipefail
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+nt_setup "$@"
+
+nt_start_pg
+nt_start_broker
+nt_migrate
+nt_start_collector c1
+nt_wait_collector_ready c1
+nt_simulate "$NT_TMP/sim.json" --clinics 2 --devices 5 --events 6000 --events-per-message 4 \
+    --malformed-rate 0.02 --too-deep-rate 0.01 --seed 1401
+nt_wait_counts "$NT_TMP/sim.json" -- 120
+nt_stop_collector c1 TERM
+
+AUDITOR=$(nt_db_url nt_auditor)
+audit() { # audit ARGS...: `needletrace audit ARGS` as the auditor; output in OUT, code in RC
+    RC=0
+    NEEDLETRACE_DATABASE_URL=$AUDITOR "$NT_BIN" audit "$@" >"$NT_TMP/audit.out" 2>&1 || RC=$?
+    OUT=$(cat "$NT_TMP/audit.out")
+    cat "$NT_TMP/audit.out" >>"$NT_TMP/audit.log"
+}
+entries=$(nt_sql "SELECT count(*) FROM needletrace.ledger")
+nt_expect_eq "rows sealed = rows stored" \
+    "$(nt_sql "SELECT (SELECT count(*) FROM needletrace.raw_messages) + (SELECT count(*) FROM
+        needletrace.events) + (SELECT count(*) FROM needletrace.quarantine)")" \
+    "$(nt_sql "SELECT sum(n_raw + n_events + n_quarantine) FROM needletrace.ledger")"
+nt_log "ledger: $entries entries"
+
+# ---- 1. untouched --------------------------------------------------------------------------------
+mkdir -m 0700 "$NT_TMP/keys" "$NT_TMP/digests"
+"$NT_BIN" audit keygen --out "$NT_TMP/keys" >/dev/null || nt_fail "audit keygen failed"
+cp "$NT_TMP/keys/digest-signing.pub" "$NT_TMP/digests/"
+audit digest --key "$NT_TMP/keys/digest-signing.key" --out "$NT_TMP/digests"
+nt_expect_eq "audit digest: exit code" 0 "$RC"
+nt_log "$OUT"
+audit verify --digests "$NT_TMP/digests"
+nt_expect_eq "verify an untouched database: exit code" 0 "$RC"
+nt_expect_true "verify says OK" grep -q '^OK: ' <<<"$OUT"
+nt_log "$(tr '\n' ' ' <<<"$OUT")"
+
+# ---- 2. a superuser's changes, each found and named -----------------------------------------------
+untrigger() { # the superuser's first step
+    nt_sql "ALTER TABLE needletrace.$1 DISABLE TRIGGER append_only" >/dev/null
+}
+retrigger() {
+    nt_sql "ALTER TABLE needletrace.$1 ENABLE ALWAYS TRIGGER append_only" >/dev/null
+}
+# expect_found WHAT PATTERN: verify exits 1 and one finding matches PATTERN
+expect_found() {
+    audit verify
+    nt_expect_eq "$1: verify exit code" 1 "$RC"
+    nt_expect_true "$1: named ($(grep -m1 '^FINDING' <<<"$OUT" || true))" \
+        grep -qE "$2" <<<"$OUT"
+}
+read -r C S B Q <<<"$(nt_sql "SELECT clinic_id, device_serial, boot_id, seq FROM needletrace.events
+    WHERE kind = 'needle_activity' ORDER BY tx, seq LIMIT 1 OFFSET 100" | tr '|' ' ')"
+key="clinic_id = '$C' AND device_serial = '$S' AND boot_id = $B AND seq = $Q"
+nt_sql "CREATE TABLE public.saved AS SELECT * FROM needletrace.events WHERE $key" >/dev/null
+untrigger events
+nt_sql "UPDATE needletrace.events SET depth_um = depth_um + 1 WHERE $key" >/dev/null
+expect_found "UPDATE of an event" "events row $C/$S/$B/$Q of batch .*: modified"
+nt_sql "UPDATE needletrace.events e SET depth_um = s.depth_um FROM public.saved s
+         WHERE e.clinic_id = s.clinic_id AND e.device_serial = s.device_serial
+           AND e.boot_id = s.boot_id AND e.seq = s.seq" >/dev/null
+audit verify
+nt_expect_eq "the UPDATE undone: verify exit code" 0 "$RC"
+
+nt_sql "DELETE FROM needletrace.events WHERE $key" >/dev/null
+expect_found "DELETE of an event" "events row $C/$S/$B/$Q of batch .*: deleted"
+nt_sql "INSERT INTO needletrace.events SELECT * FROM public.saved" >/dev/null
+audit verify
+nt_expect_eq "the DELETE undone: verify exit code" 0 "$RC"
+
+# An event slipped into a sealed batch, and a raw message in a transaction of its own.
+nt_sql "UPDATE public.saved SET seq = 900000;
+        INSERT INTO needletrace.events SELECT * FROM public.saved;
+        UPDATE public.saved SET seq = $Q" >/dev/null
+expect_found "INSERT into a sealed batch" "events row $C/$S/$B/900000 of batch .*: inserted"
+nt_sql "DELETE FROM needletrace.events WHERE clinic_id = '$C' AND seq = 900000" >/dev/null
+raw_cols=$(nt_sql "SELECT string_agg(attname, ', ' ORDER BY attnum) FROM pg_attribute
+    WHERE attrelid = 'needletrace.raw_messages'::regclass AND attnum > 0 AND NOT attisdropped
+      AND attname <> 'tx'")
+nt_sql "INSERT INTO needletrace.raw_messages ($raw_cols) SELECT $raw_cols
+          FROM needletrace.raw_messages LIMIT 1" >/dev/null
+expect_found "INSERT outside any batch" "raw_messages row .*: inserted outside any sealed batch"
+untrigger raw_messages
+nt_sql "DELETE FROM needletrace.raw_messages WHERE tx > (SELECT max(tx) FROM needletrace.ledger)" \
+    >/dev/null
+retrigger raw_messages
+audit verify
+nt_expect_eq "the INSERTs undone: verify exit code" 0 "$RC"
+
+# ---- 3. a consistent rewrite of the chain, caught by the digest -----------------------------------
+untrigger ledger
+nt_sql "UPDATE needletrace.events SET depth_um = 250 WHERE $key" >/dev/null
+nt_sql "DO \$\$
+DECLARE
+    l needletrace.ledger;
+    v_prev bytea;
+    v_leaves bytea[];
+BEGIN
+    FOR l IN SELECT * FROM needletrace.ledger
+              WHERE collector_id = (SELECT collector_id FROM needletrace.ledger
+                                     WHERE tx = (SELECT tx FROM public.saved))
+              ORDER BY seq LOOP
+        IF l.tx = (SELECT tx FROM public.saved) THEN
+            SELECT array_agg(leaf ORDER BY leaf) INTO v_leaves FROM needletrace.ledger_rows(l.tx);
+            l.merkle_root := needletrace.merkle_root(v_leaves);
+            l.leaves := (SELECT string_agg(x, ''::bytea ORDER BY x) FROM unnest(v_leaves) x);
+        END IF;
+        IF v_prev IS NOT NULL THEN
+            l.prev_hash := v_prev;
+        END IF;
+        l.entry_hash := sha256(convert_to(needletrace.ledger_entry_text(l), 'UTF8'));
+        UPDATE needletrace.ledger SET merkle_root = l.merkle_root, leaves = l.leaves,
+               prev_hash = l.prev_hash, entry_hash = l.entry_hash
+         WHERE collector_id = l.collector_id AND seq = l.seq;
+        v_prev := l.entry_hash;
+    END LOOP;
+END
+\$\$" >/dev/null
+retrigger ledger
+retrigger events
+audit verify
+nt_expect_eq "a consistent rewrite, without digests: verify exit code" 0 "$RC"
+audit verify --digests "$NT_TMP/digests"
+nt_expect_eq "with the digest exported before: verify exit code" 1 "$RC"
+nt_expect_true "the digest names the rewritten chain ($(grep -m1 '^FINDING' <<<"$OUT" || true))" \
+    grep -qE "digest digest-.*: chain it-c1 entry #[0-9]+ was rewritten" <<<"$OUT"
+# A forged digest (another key) is refused.
+mkdir -m 0700 "$NT_TMP/other"
+"$NT_BIN" audit keygen --out "$NT_TMP/other" >/dev/null
+audit digest --key "$NT_TMP/other/digest-signing.key" --out "$NT_TMP/digests"
+audit verify --digests "$NT_TMP/digests"
+nt_expect_true "a digest signed with another key is refused" \
+    grep -q 'the signature does not verify' <<<"$OUT"
+nt_finish
