@@ -179,7 +179,8 @@ chmod 644 ca.crt
     printf '# The collector: reads telemetry (also as $share/<group>/...), writes alerts.\n'
     printf 'user %s\n' "$collector"
     printf 'topic read clinics/+/handpieces/+/telemetry\n'
-    printf 'topic write clinics/+/alerts/#\n\n'
+    printf 'topic write clinics/+/alerts/#\n'
+    printf 'topic write needletrace/digests/#\n\n'
     for s in $(printf '%s\n' "${!pen_clinic[@]}" | sort); do
         printf '# pen %s of clinic %s\nuser %s\n' "$s" "${pen_clinic[$s]}" "$s"
         printf 'topic write clinics/%s/handpieces/%s/telemetry\n\n' "${pen_clinic[$s]}" "$s"

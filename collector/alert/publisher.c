@@ -160,7 +160,7 @@ int nt_publisher_publish(nt_publisher_t *p, const nt_alert_t *a)
         return NT_EAGAIN;
     }
     int mid = 0;
-    int rc = nt_mqttsrc_publish(p->src, topic, a->payload, len, &mid);
+    int rc = nt_mqttsrc_publish(p->src, topic, a->payload, len, 0, &mid);
     if (rc != 0) {
         return rc;
     }

@@ -145,30 +145,32 @@ static EVP_PKEY *digest__load(const char *file, int private, char *err, size_t e
     return key;
 }
 
-/* Writes s as a JSON string (quotes and escapes). */
-static void digest__json_str(FILE *f, const char *s)
+/* Appends s as a JSON string (quotes and escapes) to out (room for 6 bytes per byte of s). */
+static size_t digest__json_str(char *out, const char *s)
 {
-    fputc('"', f);
+    size_t n = 0;
+    out[n++] = '"';
     for (; *s != '\0'; s++) {
         if (*s == '\n') {
-            fputs("\\n", f);
+            n += (size_t)sprintf(out + n, "\\n");
         } else if (*s == '"' || *s == '\\') {
-            fprintf(f, "\\%c", *s);
+            n += (size_t)sprintf(out + n, "\\%c", *s);
         } else if ((unsigned char)*s < 0x20) {
-            fprintf(f, "\\u%04x", (unsigned char)*s);
+            n += (size_t)sprintf(out + n, "\\u%04x", (unsigned char)*s);
         } else {
-            fputc(*s, f);
+            out[n++] = *s;
         }
     }
-    fputc('"', f);
+    out[n++] = '"';
+    out[n] = '\0';
+    return n;
 }
 
-int nt_digest_write(const char *key_file, const char *dir, const char *time, const char *text,
-                    char *path, size_t pathlen, char *err, size_t errlen)
+char *nt_digest_sign(const char *key_file, const char *text, char *err, size_t errlen)
 {
     EVP_PKEY *key = digest__load(key_file, 1, err, errlen);
     if (key == NULL) {
-        return -1;
+        return NULL;
     }
     unsigned char sig[64];
     size_t siglen = sizeof(sig);
@@ -181,11 +183,26 @@ int nt_digest_write(const char *key_file, const char *dir, const char *time, con
     EVP_PKEY_free(key);
     if (!ok) {
         snprintf(err, errlen, "could not sign the digest with \"%s\"", key_file);
-        return -1;
+        return NULL;
     }
-    char hex[129], final[4096], tmp[4200];
+    char hex[129];
     digest__hex(sig, siglen, hex);
-    char name[64];
+    size_t cap = 64 + 6 * strlen(text) + 256;
+    char *json = malloc(cap);
+    if (json == NULL) {
+        snprintf(err, errlen, "out of memory");
+        return NULL;
+    }
+    size_t n = (size_t)sprintf(json, "{\"version\": 1, \"signed\": ");
+    n += digest__json_str(json + n, text);
+    snprintf(json + n, cap - n, ", \"signature\": \"%s\", \"key\": \"%s\"}\n", hex, kid);
+    return json;
+}
+
+int nt_digest_write(const char *dir, const char *time, const char *json, char *path, size_t pathlen,
+                    char *err, size_t errlen)
+{
+    char final[4096], tmp[4200], name[64];
     snprintf(name, sizeof(name), "digest-%s.json", time);
     for (char *c = name; *c != '\0'; c++) {
         *c = *c == ':' ? '-' : *c; /* a portable file name */
@@ -197,10 +214,8 @@ int nt_digest_write(const char *key_file, const char *dir, const char *time, con
     if (f == NULL) {
         return digest__fail(err, errlen, "could not write the digest", tmp);
     }
-    fputs("{\"version\": 1, \"signed\": ", f);
-    digest__json_str(f, text);
-    fprintf(f, ", \"signature\": \"%s\", \"key\": \"%s\"}\n", hex, kid);
-    ok = fflush(f) == 0 && fsync(fileno(f)) == 0;
+    int ok = fputs(json, f) >= 0;
+    ok = fflush(f) == 0 && fsync(fileno(f)) == 0 && ok;
     ok = fclose(f) == 0 && ok;
     if (!ok || rename(tmp, final) != 0) {
         unlink(tmp);

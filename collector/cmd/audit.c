@@ -278,40 +278,19 @@ void nt_audit__check_head(nt_audit_t *a, const char *digest, const nt_digest_hea
 /* Signs every chain's head now into o->out. */
 static int audit__digest(nt_audit_t *a, const audit__opts_t *o)
 {
-    PGresult *res = nt_audit__query(
-        a,
-        "SELECT current_database(), to_char(clock_timestamp() AT TIME ZONE 'UTC', "
-        "'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), h.collector_id, h.seq, encode(h.entry_hash, "
-        "'hex'), to_char(h.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') "
-        "FROM (SELECT 1) one LEFT JOIN needletrace.ledger_heads h ON true ORDER BY 3",
-        0, NULL, 0);
-    if (res == NULL) {
-        return 1;
-    }
-    size_t n = PQgetisnull(res, 0, 2) ? 0 : (size_t)PQntuples(res);
-    nt_digest_head_t *h = calloc(n + 1, sizeof(*h));
-    for (size_t i = 0; h != NULL && i < n; i++) {
-        snprintf(h[i].collector_id, sizeof(h[i].collector_id), "%s", PQgetvalue(res, (int)i, 2));
-        h[i].seq = strtoll(PQgetvalue(res, (int)i, 3), NULL, 10);
-        snprintf(h[i].entry_hash, sizeof(h[i].entry_hash), "%s", PQgetvalue(res, (int)i, 4));
-        snprintf(h[i].committed_at, sizeof(h[i].committed_at), "%s", PQgetvalue(res, (int)i, 5));
-    }
-    char time[40], path[4096], err[512];
-    snprintf(time, sizeof(time), "%s", PQgetvalue(res, 0, 1));
-    char *text = h != NULL ? nt_digest_text(PQgetvalue(res, 0, 0), time, h, n) : NULL;
-    PQclear(res);
+    char *text = NULL, *json = NULL, time[40], path[4096], err[512];
+    size_t n = 0;
     int rc = 1;
-    if (text == NULL) {
-        fprintf(stderr, "needletrace: audit digest: out of memory\n");
-    } else if (nt_digest_write(o->key, o->out, time, text, path, sizeof(path), err, sizeof(err)) !=
-               0) {
+    if (nt_digest_from_db(a->conn, &text, time, sizeof(time), &n, err, sizeof(err)) != 0 ||
+        (json = nt_digest_sign(o->key, text, err, sizeof(err))) == NULL ||
+        nt_digest_write(o->out, time, json, path, sizeof(path), err, sizeof(err)) != 0) {
         fprintf(stderr, "needletrace: audit digest: %s\n", err);
     } else {
         printf("%s: %zu chain head(s) signed\n", path, n);
         rc = 0;
     }
+    free(json);
     free(text);
-    free(h);
     return rc;
 }
 

@@ -10,6 +10,7 @@
 #include "needletrace/cmd.h"
 #include "needletrace/common.h"
 #include "needletrace/config.h"
+#include "needletrace/digester.h"
 #include "needletrace/http.h"
 #include "needletrace/journal.h"
 #include "needletrace/log.h"
@@ -30,6 +31,7 @@ typedef struct {
     nt_mqttsrc_t *src;
     nt_pgsink_t *sink;
     nt_publisher_t *publisher;
+    nt_digester_t *digester; /* periodic signed digests of the ledger (NULL: none) */
     nt_http_t *http;
     uv_signal_t sigterm;
     uv_signal_t sigint;
@@ -146,6 +148,8 @@ static void run__finish(run_t *r)
         return;
     }
     r->stopped = 1;
+    nt_digester_close(r->digester);
+    r->digester = NULL;
     nt_publisher_close(r->publisher);
     r->publisher = NULL;
     if (r->src != NULL) {
@@ -304,6 +308,10 @@ static int run__open(run_t *r)
     nt_mqttsrc_set_connected_cb(r->src, run__on_mqtt_connected);
     if (nt_publisher_init(&r->publisher, r->src, run__on_alert_delivered, r) != 0) {
         nt_log(NT_LOG_ERROR, "run", "could not start the alert publisher: out of memory");
+        return 1;
+    }
+    if (nt_digester_start(&r->loop, &r->cfg, r->src, &r->digester) != 0) {
+        nt_log(NT_LOG_ERROR, "run", "could not start the ledger digests: out of memory");
         return 1;
     }
     if (r->cfg.http_port > 0 &&

@@ -17,6 +17,7 @@ static const char *config__check_url(const char *v);
 static const char *config__check_id(const char *v);
 static const char *config__check_topic(const char *v);
 static const char *config__check_listen(const char *v);
+static const char *config__check_pub_topic(const char *v);
 static const char *config__check_level(const char *v);
 static const char *config__check_format(const char *v);
 
@@ -158,6 +159,19 @@ const nt_config__key_t nt_config__keys[] = {
                 "Minimum level logged: debug, info, warn or error."),
     CONFIG__STR("log", "format", log_format, "json", NULL, 0, config__check_format,
                 "Log line format on stderr: json (one object per line) or text (logfmt)."),
+    CONFIG__STR("audit", "signing_key_file", audit_signing_key_file, NULL, NULL,
+                NT_CONFIG__OPTIONAL, NULL,
+                "Ed25519 private key (PEM; `needletrace audit keygen`) the collector signs its "
+                "periodic digests of the ledger's chain heads with. Unset: no digests."),
+    CONFIG__STR("audit", "digest_dir", audit_digest_dir, NULL, NULL, NT_CONFIG__OPTIONAL, NULL,
+                "Directory the signed digests are written to (digest-<time>.json); mount one "
+                "the database's administrators cannot write."),
+    CONFIG__STR("audit", "digest_topic", audit_digest_topic, NULL, NULL, NT_CONFIG__OPTIONAL,
+                config__check_pub_topic,
+                "MQTT topic prefix: each digest is also published, retained, QoS 1, on "
+                "<topic>/<collector.id>. Unset: not published."),
+    CONFIG__NUM("audit", "digest_interval_s", NT_CONFIG__INT, audit_digest_interval_s, "300", 10,
+                86400, "Seconds between two digests (one is written only when a chain moved)."),
 };
 
 const size_t nt_config__nkeys = NT_ARRAY_SIZE(nt_config__keys);
@@ -469,6 +483,18 @@ static const char *config__check_topic(const char *v)
         level = end + 1;
     }
     return NULL;
+}
+
+/* A topic to publish on: no wildcard, not a $ topic, room for "/<collector id>". */
+static const char *config__check_pub_topic(const char *v)
+{
+    if (*v == '\0' || strlen(v) > 200) {
+        return "a digest topic is 1-200 bytes";
+    }
+    if (strpbrk(v, "+#") != NULL || *v == '$') {
+        return "a topic to publish on has no + or # and does not start with $";
+    }
+    return nt_ident_utf8_valid(v, strlen(v)) ? NULL : "not valid UTF-8";
 }
 
 static const char *config__check_listen(const char *v)

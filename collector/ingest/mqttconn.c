@@ -720,12 +720,12 @@ int nt_mqttconn_pending(const nt_mqttconn_t *c)
 }
 
 int nt_mqttconn_publish(nt_mqttconn_t *c, const char *topic, const void *payload, size_t len,
-                        int *mid)
+                        int retain, int *mid)
 {
     if (c->state != MQTTCONN_CONNECTED || !nt_fdwatch_active(&c->watch)) {
         return NT_EAGAIN;
     }
-    int rc = mosquitto_publish_v5(c->mosq, mid, topic, (int)len, payload, 1, false, NULL);
+    int rc = mosquitto_publish_v5(c->mosq, mid, topic, (int)len, payload, 1, retain != 0, NULL);
     if (rc != MOSQ_ERR_SUCCESS) {
         nt_log(NT_LOG_DEBUG, "mqtt", "could not publish on %s: %s", topic, mosquitto_strerror(rc));
         return NT_EAGAIN;

@@ -485,9 +485,9 @@ void nt_mqttsrc_set_puback_cb(nt_mqttsrc_t *m, nt_mqttsrc_puback_cb cb, void *da
 }
 
 int nt_mqttsrc_publish(nt_mqttsrc_t *m, const char *topic, const void *payload, size_t len,
-                       int *mid)
+                       int retain, int *mid)
 {
-    int rc = nt_mqttconn_publish(m->conn, topic, payload, len, mid);
+    int rc = nt_mqttconn_publish(m->conn, topic, payload, len, retain, mid);
     if (rc != 0) {
         return rc;
     }

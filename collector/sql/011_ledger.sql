@@ -172,5 +172,6 @@ COMMENT ON VIEW needletrace.ledger_heads IS 'The head (newest entry) of each col
 
 SELECT needletrace.collector_may_run(ARRAY['ledger_seal(text, bigint, bigint, bigint)']);
 GRANT SELECT, INSERT ON needletrace.ledger TO needletrace_collector;
+GRANT SELECT ON needletrace.ledger_heads TO needletrace_collector;
 GRANT SELECT ON needletrace.ledger, needletrace.ledger_meta, needletrace.ledger_heads
     TO needletrace_auditor;

@@ -59,6 +59,11 @@ typedef struct {
     /* [log] */
     char *log_level;  /* debug|info|warn|error, default info */
     char *log_format; /* json|text, default json */
+    /* [audit] */
+    char *audit_signing_key_file;    /* Ed25519 key of the periodic digests; NULL: none */
+    char *audit_digest_dir;          /* where they are written; NULL: not written */
+    char *audit_digest_topic;        /* retained on <topic>/<collector id>; NULL: not published */
+    int64_t audit_digest_interval_s; /* default 300 */
 
     /* Derived by nt_config_validate(): */
     char mqtt_host[256];

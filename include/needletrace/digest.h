@@ -40,11 +40,19 @@ int nt_digest_keygen(const char *dir, char *err, size_t errlen);
 char *nt_digest_text(const char *database, const char *time, const nt_digest_head_t *heads,
                      size_t n);
 
-/* Signs text with the private key in key_file and writes the digest file into dir
- * (digest-<time>.json, written whole, synced, then renamed into place). path (when not NULL)
- * gets the file's path. 0, or -1 with err. */
-int nt_digest_write(const char *key_file, const char *dir, const char *time, const char *text,
-                    char *path, size_t pathlen, char *err, size_t errlen);
+/* The digest document (JSON, see above) of text signed with the private key in key_file, in a
+ * malloc'd string, or NULL with err. */
+char *nt_digest_sign(const char *key_file, const char *text, char *err, size_t errlen);
+
+/* Writes a digest document into dir as digest-<time>.json (written whole, synced, renamed into
+ * place). path (when not NULL) gets the file's path. 0, or -1 with err. */
+int nt_digest_write(const char *dir, const char *time, const char *json, char *path, size_t pathlen,
+                    char *err, size_t errlen);
+
+/* Reads every chain head from the database (needletrace.ledger_heads) now: the signed text into
+ * a malloc'd *text, its time into time, the number of heads into *n. 0, or -1 with err. */
+int nt_digest_from_db(void *pgconn, char **text, char *time, size_t timelen, size_t *n, char *err,
+                      size_t errlen);
 
 /* Reads a digest file, checks its signature with the public key in pub_file, and parses its
  * heads (at most max) into heads. Returns the number of heads, or -1 with err (unreadable,

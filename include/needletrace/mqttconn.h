@@ -84,11 +84,11 @@ int nt_mqttconn_want_write(const nt_mqttconn_t *c);
 /* Bytes waiting in the socket's receive queue (0 when unknown or not connected). */
 int nt_mqttconn_pending(const nt_mqttconn_t *c);
 
-/* Publishes payload at QoS 1 on topic; *mid gets the message id that on_published will name.
- * Returns 0, or NT_EAGAIN when not connected or libmosquitto refused (try again later). The
- * bytes go out at the owner's next nt_mqttconn_write(). */
+/* Publishes payload at QoS 1 on topic (retained when retain); *mid gets the message id that
+ * on_published will name. Returns 0, or NT_EAGAIN when not connected or libmosquitto refused (try
+ * again later). The bytes go out at the owner's next nt_mqttconn_write(). */
 int nt_mqttconn_publish(nt_mqttconn_t *c, const char *topic, const void *payload, size_t len,
-                        int *mid);
+                        int retain, int *mid);
 
 /* Cuts the connection at once (shutdown(2) on the socket), without a DISCONNECT: the broker
  * then redelivers everything not acknowledged. The loss is noticed by the next read. */

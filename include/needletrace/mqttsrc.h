@@ -45,7 +45,7 @@ void nt_mqttsrc_set_puback_cb(nt_mqttsrc_t *m, nt_mqttsrc_puback_cb cb, void *da
  * sync that every write waits for). *mid names it in the PUBACK callback. Returns 0, or
  * NT_EAGAIN when not connected or refused by libmosquitto (publish it again later). */
 int nt_mqttsrc_publish(nt_mqttsrc_t *m, const char *topic, const void *payload, size_t len,
-                       int *mid);
+                       int retain, int *mid);
 
 /* Connects (asynchronously, retrying with backoff) and subscribes. 0. */
 int nt_mqttsrc_start(nt_mqttsrc_t *m);

@@ -35,10 +35,23 @@ nt_expect_eq "rows sealed = rows stored" \
     "$(nt_sql "SELECT sum(n_raw + n_events + n_quarantine) FROM needletrace.ledger")"
 nt_log "ledger: $entries entries"
 
-# ---- 1. untouched --------------------------------------------------------------------------------
+# ---- 1. untouched; digests from the collector and on demand ----------------------------------------
 mkdir -m 0700 "$NT_TMP/keys" "$NT_TMP/digests"
 "$NT_BIN" audit keygen --out "$NT_TMP/keys" >/dev/null || nt_fail "audit keygen failed"
 cp "$NT_TMP/keys/digest-signing.pub" "$NT_TMP/digests/"
+# The collector signs a digest 5 s after its start (then every interval, when a chain moved),
+# into the directory and retained on the broker.
+timeout 60 mosquitto_sub -h 127.0.0.1 -p "$NT_BROKER_PORT" -q 1 -C 1 -N -t 'needletrace/digests/#' \
+    >"$NT_TMP/retained.json" 2>"$NT_TMP/retained.err" &
+sub_pid=$!
+nt_start_collector c1 NEEDLETRACE_AUDIT_SIGNING_KEY_FILE="$NT_TMP/keys/digest-signing.key" \
+    NEEDLETRACE_AUDIT_DIGEST_DIR="$NT_TMP/digests" NEEDLETRACE_AUDIT_DIGEST_TOPIC=needletrace/digests \
+    NEEDLETRACE_AUDIT_DIGEST_INTERVAL_S=10
+nt_wait_for "a digest file from the collector" 60 bash -c "ls '$NT_TMP/digests' | grep -q '^digest-.*json$'"
+wait "$sub_pid" || nt_fail "no retained digest on needletrace/digests/#: $(cat "$NT_TMP/retained.err")"
+nt_expect_true "the retained digest is the file's document" \
+    cmp -s "$NT_TMP/retained.json" "$(find "$NT_TMP/digests" -name "digest-*.json" | head -n 1)"
+nt_stop_collector c1 TERM
 audit digest --key "$NT_TMP/keys/digest-signing.key" --out "$NT_TMP/digests"
 nt_expect_eq "audit digest: exit code" 0 "$RC"
 nt_log "$OUT"
