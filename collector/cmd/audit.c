@@ -16,7 +16,7 @@
 #include "needletrace/ident.h"
 
 #define AUDIT__SYNOPSIS                                                                            \
-    "usage: needletrace audit verify [--digests DIR] [--pubkey FILE] [--from TIME] [--to TIME]\n"  \
+    "usage: needletrace audit verify [--digests DIR --pubkey FILE] [--from TIME] [--to TIME]\n"    \
     "                                [--clinic ID]\n"                                              \
     "       needletrace audit digest --key FILE --out DIR\n"                                       \
     "       needletrace audit keygen --out DIR\n"
@@ -28,8 +28,8 @@ static void audit__usage(FILE *out)
           "verify  recomputes the ledger from the rows in [database] url (a login of\n"
           "        needletrace_auditor is enough): every entry's hash and its link to the one\n"
           "        before, every batch's Merkle root from its rows, rows outside any batch, and\n"
-          "        with --digests every signed digest in DIR (checked with --pubkey, default\n"
-          "        DIR/" NT_DIGEST_PUB_FILE "): the chain heads it names must still be there.\n"
+          "        with --digests every signed digest in DIR (checked with --pubkey FILE, the\n"
+          "        public key kept apart): the chain heads it names must still be there.\n"
           "        Prints each finding (table and row) and exits 1, or OK and exits 0.\n"
           "        --from/--to limit the entries checked to those committed in [FROM, TO);\n"
           "        --clinic to batches holding that clinic's rows.\n"
@@ -93,6 +93,10 @@ static int audit__parse(int argc, char **argv, audit__opts_t *o)
         return audit__bad("--clinic", "must be 1-64 characters of [A-Za-z0-9._-]");
     }
     if (strcmp(o->verb, "verify") == 0) {
+        if (o->digests != NULL && o->pubkey == NULL) {
+            return audit__bad("--digests", "needs --pubkey FILE: the public key, kept apart from "
+                                           "the digests (whoever can write one can write both)");
+        }
         return o->key != NULL || o->out != NULL ? audit__bad("verify", "takes no --key/--out") : 0;
     }
     if (strcmp(o->verb, "digest") == 0 || strcmp(o->verb, "keygen") == 0) {
@@ -122,7 +126,7 @@ PGresult *nt_audit__query(nt_audit_t *a, const char *sql, int n, const char *con
     return res;
 }
 
-nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n)
+nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n, int filtered)
 {
     static const char sql[] =
         "SELECT l.collector_id, l.seq, l.tx, l.journal_id, l.journal_from, l.journal_to, "
@@ -136,7 +140,8 @@ nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n)
         "AND e.clinic_id = $3) OR EXISTS (SELECT 1 FROM needletrace.quarantine q WHERE q.tx = "
         "l.tx AND q.clinic_id = $3)) "
         "ORDER BY l.collector_id, l.seq";
-    const char *values[3] = {a->from, a->to, a->clinic};
+    const char *values[3] = {filtered ? a->from : NULL, filtered ? a->to : NULL,
+                             filtered ? a->clinic : NULL};
     PGresult *res = nt_audit__query(a, sql, 3, values, 0);
     if (res == NULL) {
         return NULL;
@@ -213,6 +218,13 @@ void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_aud
     }
     int64_t seq = strtoll(e->seq, NULL, 10);
     if (prev != NULL) {
+        if (strcmp(prev->journal_id, e->journal_id) == 0 && strcmp(prev->to, e->from) != 0) {
+            nt_audit__finding(a,
+                              "chain %s: journal positions %s..%s between entries #%s and #%s "
+                              "are in no sealed batch (a batch deleted with its entry, or a "
+                              "journal accept: see needletrace.checkpoint_resets)",
+                              e->collector, prev->to, e->from, prev->seq, e->seq);
+        }
         if (strtoll(prev->seq, NULL, 10) + 1 != seq) {
             nt_audit__finding(a, "chain %s: entries %s..%" PRId64 " are missing", e->collector,
                               prev->seq, seq - 1);
@@ -324,14 +336,20 @@ int nt_cmd_audit(int argc, char **argv, char *const *envp)
     if (rc != 0) {
         return rc == NT_ECONFIG ? 2 : 1;
     }
-    if (strcmp(o.verb, "digest") == 0) {
+    /* Nothing of the database's choosing: built-in functions only (a function of the same name
+     * in another schema would shadow them), no row-level security hiding rows (an error
+     * instead), read only. */
+    PGresult *set = PQexec(a.conn, "SET search_path = pg_catalog, pg_temp; SET row_security = off; "
+                                   "SET default_transaction_read_only = on");
+    if (PQresultStatus(set) != PGRES_COMMAND_OK) {
+        fprintf(stderr, "needletrace: audit: %s", PQresultErrorMessage(set));
+        rc = 1;
+    } else if (strcmp(o.verb, "digest") == 0) {
         rc = audit__digest(&a, &o);
     } else {
-        char pub[4096];
-        snprintf(pub, sizeof(pub), "%s/%s", o.digests != NULL ? o.digests : ".",
-                 NT_DIGEST_PUB_FILE);
-        rc = nt_audit__verify(&a, o.digests, o.pubkey != NULL ? o.pubkey : pub);
+        rc = nt_audit__verify(&a, o.digests, o.pubkey);
     }
+    PQclear(set);
     PQfinish(a.conn);
     return rc;
 }

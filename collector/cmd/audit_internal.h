@@ -13,7 +13,8 @@ typedef struct {
     PGconn *conn;
     const char *from, *to, *clinic; /* filters of the entries checked (NULL: none) */
     size_t findings;
-    int failed; /* a query failed (printed): no verdict */
+    int failed;         /* a query failed (printed): no verdict */
+    char legacy_tx[24]; /* the genesis entry's tx: rows at or below it predate the ledger */
 } nt_audit_t;
 
 /* One ledger entry as stored (text; hashes in hex). */
@@ -28,8 +29,9 @@ void nt_audit__finding(nt_audit_t *a, const char *fmt, ...) __attribute__((forma
 /* Runs a query (results in binary when binary); NULL after printing the error. */
 PGresult *nt_audit__query(nt_audit_t *a, const char *sql, int n, const char *const *values,
                           int binary);
-/* The entries to check, by collector and seq; NULL after printing the error. */
-nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n);
+/* Every entry (or, with filtered, those the filters select), by collector and seq; NULL after
+ * printing the error. */
+nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n, int filtered);
 /* An entry's stored leaves (32 bytes each); NULL after printing the error. */
 unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t *n);
 /* The entry's hash recomputed, and its link to prev (NULL: the first checked of its chain). */

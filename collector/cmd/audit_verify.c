@@ -16,6 +16,29 @@
 #include "needletrace/decoder.h"
 #include "needletrace/digest.h"
 
+/* The columns of version 1 of the ledger's leaves, as in 011_ledger.sql's ledger_rows: never
+ * change them (a new version gets new lists and a new tag). */
+#define VERIFY__RAW_V1                                                                             \
+    "r.clinic_id, r.device_serial, r.payload_sha256, r.received_at, r.topic, "                     \
+    "r.payload, r.boot_id, r.event_count, r.first_seq, r.last_seq, r.device_model, "               \
+    "r.firmware_version, r.collector_id, r.journal_pos, r.inserted_at, r.conflicting, "            \
+    "r.legacy, r.tx"
+#define VERIFY__EVENTS_V1                                                                          \
+    "e.clinic_id, e.device_serial, e.boot_id, e.seq, e.kind, e.device_time, "                      \
+    "e.received_at, e.session_id, e.payload_sha256, e.collector_id, e.operator_id, "               \
+    "e.patient_ref, e.motor_seconds, e.gtin, e.lot, e.cartridge_serial, e.expiry, "                \
+    "e.needle_count, e.sterile_barrier_intact, e.motor_ms, e.depth_um, "                           \
+    "e.stroke_rate_hz, e.area, e.duration_ms, e.battery_pct, e.temperature_dc, "                   \
+    "e.motor_seconds_total, e.fault_code, e.fault_message, e.inserted_at, e.tx, "                  \
+    "e.device_model"
+#define VERIFY__QUARANTINE_V1                                                                      \
+    "q.clinic_id, q.message_key, q.received_at, q.topic, q.payload, q.payload_sha256, "            \
+    "q.reason, q.detail, q.device_serial, q.collector_id, q.journal_pos, "                         \
+    "q.inserted_at, q.tx"
+
+/* Chains one digest may name. */
+#define VERIFY__MAX_HEADS 4096
+
 typedef struct {
     char tag;        /* 'r', 'e', 'q' */
     char ident[200]; /* the row's identity */
@@ -46,11 +69,6 @@ static void verify__hex(const unsigned char *in, size_t n, char *out)
         out[2 * i + 1] = hx[in[i] & 15];
     }
     out[2 * n] = '\0';
-}
-
-static int verify__cmp_leaf(const void *x, const void *y)
-{
-    return memcmp(x, y, 32);
 }
 
 static int verify__cmp_row(const void *x, const void *y)
@@ -93,13 +111,20 @@ static void verify__leaf(EVP_MD_CTX *md, char tag, const char *row, size_t len,
 /* The rows of transaction tx, with their leaves computed here. NULL on failure (printed). */
 static verify__row_t *verify__rows(nt_audit_t *a, const char *tx, size_t *n)
 {
+    /* The rows of version 1 of the ledger (011_ledger.sql, ledger_rows), every function named
+     * in pg_catalog (the session's search_path is pg_catalog too: audit.c). */
     static const char sql[] =
-        "SELECT 'r', concat_ws('/', r.clinic_id, r.device_serial, encode(r.payload_sha256, "
-        "'hex'), r.journal_pos), record_send(r) FROM needletrace.raw_messages r WHERE r.tx = $1 "
-        "UNION ALL SELECT 'e', concat_ws('/', e.clinic_id, e.device_serial, e.boot_id, e.seq), "
-        "record_send(e) FROM needletrace.events e WHERE e.tx = $1 "
-        "UNION ALL SELECT 'q', concat_ws('/', q.clinic_id, encode(q.message_key, 'hex')), "
-        "record_send(q) FROM needletrace.quarantine q WHERE q.tx = $1";
+        "SELECT 'r', pg_catalog.concat_ws('/', r.clinic_id, r.device_serial, "
+        "pg_catalog.encode(r.payload_sha256, 'hex'), r.journal_pos), "
+        "pg_catalog.record_send(ROW(" VERIFY__RAW_V1 ")) "
+        "FROM needletrace.raw_messages r WHERE r.tx = $1::bigint "
+        "UNION ALL SELECT 'e', pg_catalog.concat_ws('/', e.clinic_id, e.device_serial, e.boot_id, "
+        "e.seq), pg_catalog.record_send(ROW(" VERIFY__EVENTS_V1 ")) "
+        "FROM needletrace.events e WHERE e.tx = $1::bigint "
+        "UNION ALL SELECT 'q', pg_catalog.concat_ws('/', q.clinic_id, "
+        "pg_catalog.encode(q.message_key, 'hex')), "
+        "pg_catalog.record_send(ROW(" VERIFY__QUARANTINE_V1
+        ")) FROM needletrace.quarantine q WHERE q.tx = $1::bigint";
     const char *values[1] = {tx};
     PGresult *res = nt_audit__query(a, sql, 1, values, 1);
     if (res == NULL) {
@@ -148,8 +173,10 @@ static void verify__missing_events(nt_audit_t *a, const nt_audit_entry_t *e,
         }
         for (size_t k = 0; k < m.msg->n_events; k++) {
             char ident[200];
-            snprintf(ident, sizeof(ident), "%s/%s/%" PRIu64 "/%" PRIu64, m.topic.clinic_id,
-                     m.topic.device_serial, m.msg->boot_id, m.msg->events[k]->seq);
+            /* as stored: bigint columns (boot ids above 2^63 read negative) */
+            snprintf(ident, sizeof(ident), "%s/%s/%" PRId64 "/%" PRId64, m.topic.clinic_id,
+                     m.topic.device_serial, (int64_t)m.msg->boot_id,
+                     (int64_t)m.msg->events[k]->seq);
             size_t j = 0;
             while (j < n && !(rows[j].tag == 'e' && strcmp(rows[j].ident, ident) == 0)) {
                 j++;
@@ -185,59 +212,125 @@ static size_t verify__entry(nt_audit_t *a, const nt_audit_entry_t *e, const unsi
     qsort(rows, n, sizeof(*rows), verify__cmp_row);
     int64_t want[3] = {e->n_raw, e->n_events, e->n_quarantine}, found[3] = {0}, unknown[3] = {0};
     const char tags[3] = {'r', 'e', 'q'};
-    size_t matched = 0;
-    for (size_t i = 0; i < n; i++) {
-        int t = rows[i].tag == 'r' ? 0 : rows[i].tag == 'e' ? 1 : 2;
-        found[t]++;
-        if (bsearch(rows[i].leaf, stored, nstored, 32, verify__cmp_leaf) != NULL) {
-            matched++;
-        } else {
+    /* As multisets: both sides sorted, merged; a row matches one sealed leaf at most, so a
+     * duplicate of a sealed row does not hide the row it replaced. */
+    size_t i = 0, j = 0, gone = 0;
+    unsigned char *unknown_at = calloc(n + 1, 1);
+    while (i < n || j < nstored) {
+        int c = i == n ? 1 : j == nstored ? -1 : memcmp(rows[i].leaf, stored + 32 * j, 32);
+        if (c == 0) {
+            found[rows[i].tag == 'r' ? 0 : rows[i].tag == 'e' ? 1 : 2]++;
+            i++;
+            j++;
+        } else if (c < 0) {
+            int t = rows[i].tag == 'r' ? 0 : rows[i].tag == 'e' ? 1 : 2;
+            found[t]++;
             unknown[t]++;
+            if (unknown_at != NULL) {
+                unknown_at[i] = 1;
+            }
+            i++;
+        } else {
+            gone++;
+            j++;
         }
     }
-    for (size_t i = 0; i < n; i++) {
+    for (i = 0; i < n; i++) {
         int t = rows[i].tag == 'r' ? 0 : rows[i].tag == 'e' ? 1 : 2;
-        if (bsearch(rows[i].leaf, stored, nstored, 32, verify__cmp_leaf) == NULL) {
+        if (unknown_at == NULL || unknown_at[i]) {
             nt_audit__finding(a, "%s row %s of batch %s#%s (tx %s): %s", verify__table(tags[t]),
                               rows[i].ident, e->collector, e->seq, e->tx,
                               found[t] > want[t] ? "inserted or modified (not as sealed)"
                                                  : "modified (not as sealed)");
         }
     }
+    free(unknown_at);
     for (int t = 0; t < 3; t++) {
-        int64_t missing = want[t] - (found[t] - unknown[t]) - unknown[t];
-        if (found[t] < want[t] && missing > 0) {
+        if (found[t] < want[t]) {
             nt_audit__finding(a,
-                              "batch %s#%s (tx %s): %" PRId64 " %s row(s) sealed are gone "
-                              "(deleted)",
-                              e->collector, e->seq, e->tx, want[t] - found[t],
+                              "batch %s#%s (tx %s): %" PRId64 " of its %" PRId64
+                              " sealed %s row(s) are gone (deleted)",
+                              e->collector, e->seq, e->tx, want[t] - found[t], want[t],
                               verify__table(tags[t]));
         }
     }
     if (found[1] < want[1]) {
         verify__missing_events(a, e, rows, n);
     }
-    if (matched != nstored && matched == n && n == nstored) {
-        nt_audit__finding(a, "batch %s#%s: leaves do not match its rows", e->collector, e->seq);
+    if (gone > 0 && found[0] >= want[0] && found[1] >= want[1] && found[2] >= want[2] &&
+        unknown[0] + unknown[1] + unknown[2] == 0) {
+        nt_audit__finding(a, "batch %s#%s: %zu sealed leaves match no row", e->collector, e->seq,
+                          gone);
     }
     free(rows);
     return n;
 }
 
-/* Every entry of the ledger: its hash, its link, its rows. */
+/* The rows stored before the ledger: as many as its genesis entry sealed. */
+static void verify__genesis(nt_audit_t *a, const nt_audit_entry_t *g)
+{
+    static const char sql[] =
+        "SELECT (SELECT pg_catalog.count(*) FROM needletrace.raw_messages WHERE tx <= $1::bigint),"
+        " (SELECT pg_catalog.count(*) FROM needletrace.events WHERE tx <= $1::bigint),"
+        " (SELECT pg_catalog.count(*) FROM needletrace.quarantine WHERE tx <= $1::bigint)";
+    const char *values[1] = {g->tx};
+    PGresult *res = nt_audit__query(a, sql, 1, values, 0);
+    if (res == NULL) {
+        return;
+    }
+    int64_t want[3] = {g->n_raw, g->n_events, g->n_quarantine};
+    const char tags[3] = {'r', 'e', 'q'};
+    for (int t = 0; t < 3; t++) {
+        int64_t have = strtoll(PQgetvalue(res, 0, t), NULL, 10);
+        if (have != want[t]) {
+            nt_audit__finding(a,
+                              "%s: %" PRId64 " row(s) from before the ledger, its genesis sealed "
+                              "%" PRId64 " (rows %s among them)",
+                              verify__table(tags[t]), have, want[t],
+                              have > want[t] ? "were inserted" : "were deleted");
+        }
+    }
+    PQclear(res);
+}
+
+/* Is e one of the entries the filters select (sorted by collector and seq)? */
+static int verify__selected(const nt_audit_entry_t *sel, size_t nsel, const nt_audit_entry_t *e)
+{
+    for (size_t i = 0; i < nsel; i++) {
+        if (strcmp(sel[i].collector, e->collector) == 0 && strcmp(sel[i].seq, e->seq) == 0) {
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* Every entry of the ledger: its hash and its link (all of them, whatever the filters), and the
+ * rows of those the filters select. */
 static int verify__ledger(nt_audit_t *a)
 {
-    size_t n = 0;
-    nt_audit_entry_t *entries = nt_audit__entries(a, &n);
-    if (entries == NULL) {
+    size_t n = 0, nsel = 0;
+    nt_audit_entry_t *entries = nt_audit__entries(a, &n, 0);
+    int filtered = a->from != NULL || a->to != NULL || a->clinic != NULL;
+    nt_audit_entry_t *sel = filtered && entries != NULL ? nt_audit__entries(a, &nsel, 1) : NULL;
+    if (entries == NULL || (filtered && sel == NULL)) {
+        free(entries);
         return -1;
     }
-    size_t chains = 0, rows = 0;
+    size_t chains = 0, rows = 0, checked = 0;
+    a->legacy_tx[0] = '\0';
     for (size_t i = 0; i < n && !a->failed; i++) {
         const nt_audit_entry_t *e = &entries[i];
         int first = i == 0 || strcmp(entries[i - 1].collector, e->collector) != 0;
         chains += first;
         nt_audit__check_link(a, e, first ? NULL : &entries[i - 1]);
+        if (strcmp(e->collector, "(genesis)") == 0) {
+            snprintf(a->legacy_tx, sizeof(a->legacy_tx), "%s", e->tx);
+            verify__genesis(a, e);
+            continue;
+        }
+        if (filtered && !verify__selected(sel, nsel, e)) {
+            continue;
+        }
         size_t nleaves = 0;
         unsigned char *leaves = nt_audit__leaves(a, e, &nleaves);
         if (leaves == NULL) {
@@ -245,35 +338,47 @@ static int verify__ledger(nt_audit_t *a)
             break;
         }
         rows += verify__entry(a, e, leaves, nleaves);
+        checked++;
         free(leaves);
     }
-    printf("ledger: %zu entries in %zu chain(s), %zu rows recomputed\n", n, chains, rows);
+    if (a->legacy_tx[0] == '\0') {
+        nt_audit__finding(a, "the ledger has no genesis entry (migration 011's)");
+    }
+    printf("ledger: %zu entries in %zu chain(s), every hash and link checked; rows recomputed for "
+           "%zu batch(es)%s: %zu rows\n",
+           n, chains, checked, filtered ? " (those the filters select)" : "", rows);
     free(entries);
+    free(sel);
     return a->failed ? -1 : 0;
 }
 
-/* Rows no entry seals: inserted outside any batch. */
+/* Rows no entry seals: inserted outside any batch (a NULL tx too). */
 static int verify__outside(nt_audit_t *a)
 {
     static const char sql[] =
-        "WITH l AS (SELECT tx FROM needletrace.ledger), m AS (SELECT value::bigint AS legacy "
-        "FROM needletrace.ledger_meta WHERE key = 'legacy_tx') "
-        "SELECT 'raw_messages', concat_ws('/', r.clinic_id, r.device_serial, "
-        "encode(r.payload_sha256, 'hex'), r.journal_pos), r.tx FROM needletrace.raw_messages r, m "
-        "WHERE r.tx > m.legacy AND r.tx NOT IN (SELECT tx FROM l) "
-        "UNION ALL SELECT 'events', concat_ws('/', e.clinic_id, e.device_serial, e.boot_id, "
-        "e.seq), e.tx FROM needletrace.events e, m WHERE e.tx > m.legacy AND e.tx NOT IN (SELECT "
-        "tx FROM l) "
-        "UNION ALL SELECT 'quarantine', concat_ws('/', q.clinic_id, encode(q.message_key, "
-        "'hex')), q.tx FROM needletrace.quarantine q, m WHERE q.tx > m.legacy AND q.tx NOT IN "
-        "(SELECT tx FROM l) LIMIT 10000";
-    PGresult *res = nt_audit__query(a, sql, 0, NULL, 0);
+        "SELECT 'raw_messages', pg_catalog.concat_ws('/', r.clinic_id, r.device_serial, "
+        "pg_catalog.encode(r.payload_sha256, 'hex'), r.journal_pos), r.tx "
+        "FROM needletrace.raw_messages r WHERE (r.tx > $1::bigint OR r.tx IS NULL) AND NOT EXISTS "
+        "(SELECT 1 FROM needletrace.ledger l WHERE l.tx = r.tx) "
+        "UNION ALL SELECT 'events', pg_catalog.concat_ws('/', e.clinic_id, e.device_serial, "
+        "e.boot_id, e.seq), e.tx FROM needletrace.events e WHERE (e.tx > $1::bigint OR e.tx IS "
+        "NULL) AND NOT EXISTS (SELECT 1 FROM needletrace.ledger l WHERE l.tx = e.tx) "
+        "UNION ALL SELECT 'quarantine', pg_catalog.concat_ws('/', q.clinic_id, "
+        "pg_catalog.encode(q.message_key, 'hex')), q.tx FROM needletrace.quarantine q WHERE (q.tx "
+        "> $1::bigint OR q.tx IS NULL) AND NOT EXISTS (SELECT 1 FROM needletrace.ledger l WHERE "
+        "l.tx = q.tx) LIMIT 10001";
+    const char *values[1] = {a->legacy_tx[0] != '\0' ? a->legacy_tx : "0"};
+    PGresult *res = nt_audit__query(a, sql, 1, values, 0);
     if (res == NULL) {
         return -1;
     }
-    for (int i = 0; i < PQntuples(res); i++) {
+    for (int i = 0; i < PQntuples(res) && i < 10000; i++) {
         nt_audit__finding(a, "%s row %s (tx %s): inserted outside any sealed batch",
-                          PQgetvalue(res, i, 0), PQgetvalue(res, i, 1), PQgetvalue(res, i, 2));
+                          PQgetvalue(res, i, 0), PQgetvalue(res, i, 1),
+                          PQgetisnull(res, i, 2) ? "NULL" : PQgetvalue(res, i, 2));
+    }
+    if (PQntuples(res) > 10000) {
+        nt_audit__finding(a, "more rows outside any sealed batch than the 10000 named above");
     }
     PQclear(res);
     return 0;
@@ -298,19 +403,29 @@ static int verify__digests(nt_audit_t *a, const char *dir, const char *pub)
         }
         char path[4096], err[512], time[64] = "";
         snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
-        nt_digest_head_t h[256];
-        int n = nt_digest_read(path, pub, h, 256, time, sizeof(time), err, sizeof(err));
+        nt_digest_head_t *h = calloc(VERIFY__MAX_HEADS, sizeof(*h));
+        int n = h != NULL ? nt_digest_read(path, pub, h, VERIFY__MAX_HEADS, time, sizeof(time), err,
+                                           sizeof(err))
+                          : -1;
         files++;
         if (n < 0) {
-            nt_audit__finding(a, "digest %s: %s", de->d_name, err);
+            nt_audit__finding(a, "digest %s: %s", de->d_name, h != NULL ? err : "out of memory");
+            free(h);
             continue;
         }
         for (int i = 0; i < n; i++) {
             heads++;
             nt_audit__check_head(a, de->d_name, &h[i]);
         }
+        free(h);
     }
     closedir(d);
+    if (files == 0) {
+        nt_audit__finding(a,
+                          "no digest (digest-*.json) in \"%s\": nothing outside the database "
+                          "to check the chains against",
+                          dir);
+    }
     printf("digests: %zu file(s) in \"%s\", %zu chain head(s) checked\n", files, dir, heads);
     return 0;
 }
@@ -321,6 +436,10 @@ int nt_audit__verify(nt_audit_t *a, const char *digests, const char *pub)
         return 1;
     }
     if (digests != NULL && verify__digests(a, digests, pub) != 0) {
+        return 1;
+    }
+    if (a->failed) {
+        printf("NO VERDICT: a query failed (above); nothing can be said of the record\n");
         return 1;
     }
     if (a->findings == 0) {

@@ -10,6 +10,7 @@
 #include "needletrace/ident.h"
 #include "needletrace/log.h"
 #include "needletrace/metrics.h"
+#include "needletrace/pqutil.h"
 
 #define TXN__SKIP 1 /* a step's send found nothing to send: go on to the next step */
 
@@ -301,7 +302,7 @@ static int txn__send_checkpoint(nt_txn_t *t)
     snprintf(prev, sizeof(prev), "%" PRId32, (int32_t)((t->order - 1u) & 0x7fffffffu));
     const char *params[6] = {t->collector_id, jid, from, to, t->after ? "true" : "false", prev};
     return t->ops->send(t->conn,
-                        "SELECT needletrace.move_checkpoint($1, $2::bigint, $3::bigint, "
+                        "SELECT needletrace.move_checkpoint_sealed($1, $2::bigint, $3::bigint, "
                         "$4::bigint, $5::boolean, $6::int)",
                         6, params);
 }
@@ -339,6 +340,21 @@ static int txn__send_seal(nt_txn_t *t)
                         params);
 }
 
+/* The seal failed: never the rows' fault (they are stored by then), so never isolated -- a
+ * unique violation of the ledger's keys, say, would otherwise quarantine an innocent message.
+ * Reported as the operational failure it is (SQLSTATE NT004: the sink stops and says why). */
+static int txn__seal_failed(nt_txn_t *t)
+{
+    if (nt_pqutil_classify(t->sqlstate) == NT_PQ_DATA) {
+        char was[sizeof(t->error) - 64];
+        snprintf(was, sizeof(was), "%.440s", t->error);
+        snprintf(t->error, sizeof(t->error),
+                 "could not seal the batch in the ledger: SQLSTATE %.5s: %s", t->sqlstate, was);
+        snprintf(t->sqlstate, sizeof(t->sqlstate), "NT004");
+    }
+    return 0;
+}
+
 static const txn__step_t txn__steps[] = {
     {"begin", NULL, txn__send_begin, NULL, NULL, 0, -1},
     {"heartbeat", txn__heartbeat_due, txn__send_heartbeat, NULL, NULL, 0, -1},
@@ -354,7 +370,7 @@ static const txn__step_t txn__steps[] = {
      * commit in journal order. */
     {"checkpoint", txn__has_batch, txn__send_checkpoint, NULL, NULL, 0, NT_STAGE_DB_CHECKPOINT},
     {"rules", txn__has_batch, txn__send_rules, NULL, NULL, 1, NT_STAGE_DB_RULES},
-    {"seal", txn__has_batch, txn__send_seal, NULL, NULL, 0, NT_STAGE_DB_RULES},
+    {"seal", txn__has_batch, txn__send_seal, NULL, txn__seal_failed, 0, NT_STAGE_DB_RULES},
     {"delivered", txn__has_deliveries, txn__send_delivered, NULL, NULL, 0, -1},
     {"refused", txn__has_refusals, txn__send_refused, NULL, NULL, 0, -1},
     {"gaps", txn__gaps_due, txn__send_gaps, NULL, NULL, 1, -1},

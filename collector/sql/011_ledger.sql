@@ -3,9 +3,11 @@
 -- chain per collector. `needletrace audit verify` recomputes both from the stored rows; signed
 -- digests of the chain heads (kept outside the database) catch a chain rewritten consistently.
 --
--- Leaf of a row: sha256(0x00 || tag || record_send(row)), tag 'r' raw_messages, 'e' events,
--- 'q' quarantine; record_send is PostgreSQL's binary form of the whole stored row (every column,
--- each with its type), so any change to any column changes the leaf.
+-- Leaf of a row: sha256(0x00 || tag || record_send(ROW(its columns, v1))), tag 'r' raw_messages,
+-- 'e' events, 'q' quarantine; record_send is PostgreSQL's binary form of a row value (each
+-- column with its type and bytes), over the columns the tables have in version 1 of the ledger
+-- (all of them, in table order: see ledger_rows), so a change to any column changes the leaf and
+-- a column added by a later migration does not change the leaves already sealed.
 -- Root: the leaves sorted (bytewise) and cut into chunks of 64 (the last one shorter); each
 -- chunk's hash is sha256(0x01 || its leaves, in order), the root sha256(0x02 || the chunks'
 -- hashes, in order); no leaves: sha256(0x02). A two-level hash tree: a row's inclusion proof is
@@ -20,27 +22,21 @@
 
 -- ---- which transaction inserted a row -------------------------------------------------------------
 -- events.tx exists (002). Rows stored before this migration read the migration's own
--- transaction id (a fast default): they are before the ledger (ledger_meta.legacy_tx).
+-- transaction id (a fast default): they are before the ledger, counted by its genesis entry.
 ALTER TABLE needletrace.raw_messages ADD COLUMN tx bigint NOT NULL DEFAULT txid_current();
 ALTER TABLE needletrace.quarantine ADD COLUMN tx bigint NOT NULL DEFAULT txid_current();
 CREATE INDEX raw_messages_tx_idx ON needletrace.raw_messages (tx);
 CREATE INDEX quarantine_tx_idx ON needletrace.quarantine (tx);
 COMMENT ON COLUMN needletrace.raw_messages.tx IS
-    'The transaction that inserted the row (its ledger entry''s tx).';
+    'The transaction that inserted the row (its ledger entry''s tx); set by the database only.';
 COMMENT ON COLUMN needletrace.quarantine.tx IS
-    'The transaction that inserted the row (its ledger entry''s tx).';
-
-CREATE TABLE needletrace.ledger_meta (
-    key   text PRIMARY KEY,
-    value text NOT NULL
-);
-COMMENT ON TABLE needletrace.ledger_meta IS
-    'Facts of the ledger: legacy_tx (rows of a transaction at or below it predate the ledger).';
-INSERT INTO needletrace.ledger_meta VALUES ('legacy_tx', txid_current()::text);
+    'The transaction that inserted the row (its ledger entry''s tx); set by the database only.';
 
 -- ---- the ledger ---------------------------------------------------------------------------------------
 CREATE TABLE needletrace.ledger (
-    collector_id text        NOT NULL,
+    collector_id text        NOT NULL
+                             CHECK (collector_id ~ '^[A-Za-z0-9._-]{1,64}$'
+                                    OR collector_id = '(genesis)'),
     seq          bigint      NOT NULL CHECK (seq >= 1),
     tx           bigint      NOT NULL UNIQUE,
     journal_id   bigint      NOT NULL,
@@ -75,27 +71,34 @@ COMMENT ON COLUMN needletrace.ledger.entry_hash IS 'Hash of this entry, the chai
 COMMENT ON COLUMN needletrace.ledger.committed_at IS 'Start of the batch transaction.';
 SELECT needletrace.make_append_only('ledger');
 
--- The leaf of a stored row (see the top).
-CREATE FUNCTION needletrace.ledger_leaf(p_tag text, p_row bytea) RETURNS bytea
-    LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT sha256('\x00'::bytea || convert_to(p_tag, 'UTF8') || p_row)
-$$;
-
 -- The leaves of transaction p_tx's rows, each with its table's tag and the row's identity.
+-- The column lists are version 1 of the ledger: never change them (a new version gets new lists
+-- and a new tag), or every sealed row would stop verifying.
 CREATE FUNCTION needletrace.ledger_rows(p_tx bigint)
     RETURNS TABLE(tag text, ident text, leaf bytea)
     LANGUAGE sql STABLE AS $$
     SELECT 'r', concat_ws('/', r.clinic_id, r.device_serial, encode(r.payload_sha256, 'hex'),
                           r.journal_pos),
-           needletrace.ledger_leaf('r', record_send(r))
+           sha256('\x0072'::bytea || record_send(ROW(r.clinic_id, r.device_serial, r.payload_sha256, r.received_at, r.topic, r.payload, r.boot_id,
+                           r.event_count, r.first_seq, r.last_seq, r.device_model,
+                           r.firmware_version, r.collector_id, r.journal_pos, r.inserted_at,
+                           r.conflicting, r.legacy, r.tx)))
       FROM needletrace.raw_messages r WHERE r.tx = p_tx
     UNION ALL
     SELECT 'e', concat_ws('/', e.clinic_id, e.device_serial, e.boot_id, e.seq),
-           needletrace.ledger_leaf('e', record_send(e))
+           sha256('\x0065'::bytea || record_send(ROW(e.clinic_id, e.device_serial, e.boot_id, e.seq, e.kind, e.device_time, e.received_at,
+                           e.session_id, e.payload_sha256, e.collector_id, e.operator_id,
+                           e.patient_ref, e.motor_seconds, e.gtin, e.lot, e.cartridge_serial,
+                           e.expiry, e.needle_count, e.sterile_barrier_intact, e.motor_ms,
+                           e.depth_um, e.stroke_rate_hz, e.area, e.duration_ms, e.battery_pct,
+                           e.temperature_dc, e.motor_seconds_total, e.fault_code,
+                           e.fault_message, e.inserted_at, e.tx, e.device_model)))
       FROM needletrace.events e WHERE e.tx = p_tx
     UNION ALL
     SELECT 'q', concat_ws('/', q.clinic_id, encode(q.message_key, 'hex')),
-           needletrace.ledger_leaf('q', record_send(q))
+           sha256('\x0071'::bytea || record_send(ROW(q.clinic_id, q.message_key, q.received_at, q.topic, q.payload, q.payload_sha256, q.reason,
+                           q.detail, q.device_serial, q.collector_id, q.journal_pos,
+                           q.inserted_at, q.tx)))
       FROM needletrace.quarantine q WHERE q.tx = p_tx
 $$;
 
@@ -122,10 +125,11 @@ $$;
 -- Seals this transaction's rows: one entry at the head of p_collector_id's chain. Called by the
 -- collector in each batch transaction, after its checkpoint move (so the entry before it, of the
 -- batch before it, is committed and visible) and its rules.
+-- Runs as the owner: the collector cannot write the ledger otherwise.
 CREATE FUNCTION needletrace.ledger_seal(p_collector_id text, p_journal_id bigint,
                                         p_from bigint, p_to bigint)
     RETURNS bytea
-    LANGUAGE plpgsql AS $$
+    LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v_tx     bigint := txid_current();
     v_leaves bytea[];
@@ -138,7 +142,14 @@ BEGIN
                  count(*) FILTER (WHERE r.tag = 'q')]
       INTO v_leaves, v_n
       FROM needletrace.ledger_rows(v_tx) r;
-    SELECT * INTO v_prev FROM needletrace.ledger l
+    IF v_tx <= (SELECT max(l.tx) FROM needletrace.ledger l) THEN
+        -- transaction ids restarted (a logical dump restored into a new cluster): rows could not
+        -- be told from sealed ones. Operational: the collector stops and says so.
+        RAISE EXCEPTION 'the ledger already has transactions after %: transaction ids restarted '
+                        '(was the database restored from a logical dump?)', v_tx
+            USING ERRCODE = 'NT004';
+    END IF;
+    SELECT l.seq, l.entry_hash INTO v_prev.seq, v_prev.entry_hash FROM needletrace.ledger l
      WHERE l.collector_id = p_collector_id ORDER BY l.seq DESC LIMIT 1;
     v_entry.collector_id := p_collector_id;
     v_entry.seq := coalesce(v_prev.seq, 0) + 1;
@@ -165,13 +176,63 @@ COMMENT ON FUNCTION needletrace.ledger_seal(text, bigint, bigint, bigint) IS
 
 -- Each collector's newest entry: what a digest signs.
 CREATE VIEW needletrace.ledger_heads AS
-SELECT DISTINCT ON (l.collector_id) l.collector_id, l.seq, l.entry_hash, l.committed_at
-  FROM needletrace.ledger l
- ORDER BY l.collector_id, l.seq DESC;
+SELECT h.collector_id, h.seq, h.entry_hash, h.committed_at
+  FROM (SELECT DISTINCT l.collector_id FROM needletrace.ledger l) c
+  CROSS JOIN LATERAL (SELECT l.* FROM needletrace.ledger l WHERE l.collector_id = c.collector_id
+                       ORDER BY l.seq DESC LIMIT 1) h;
 COMMENT ON VIEW needletrace.ledger_heads IS 'The head (newest entry) of each collector''s chain.';
 
+-- ---- genesis ---------------------------------------------------------------------------------------
+-- The rows stored before this migration are not sealed row by row (hashing a large history
+-- would hold the migration for hours); the genesis entry seals how many there are, and the
+-- transaction at or below which a row is one of them. verify counts them again.
+DO $$
+DECLARE
+    g needletrace.ledger;
+BEGIN
+    g.collector_id := '(genesis)';
+    g.seq := 1;
+    g.tx := txid_current();
+    g.journal_id := 0;
+    g.journal_from := 0;
+    g.journal_to := 0;
+    g.n_raw := (SELECT count(*) FROM needletrace.raw_messages);
+    g.n_events := (SELECT count(*) FROM needletrace.events);
+    g.n_quarantine := (SELECT count(*) FROM needletrace.quarantine);
+    g.merkle_root := needletrace.merkle_root(NULL);
+    g.leaves := ''::bytea;
+    g.prev_hash := decode(repeat('00', 32), 'hex');
+    g.committed_at := now();
+    g.entry_hash := sha256(convert_to(needletrace.ledger_entry_text(g), 'UTF8'));
+    INSERT INTO needletrace.ledger VALUES (g.*);
+END
+$$;
+
+-- ---- collectors built before the ledger ----------------------------------------------------------------
+-- They would store rows no batch seals (reported by verify forever): their checkpoint move is
+-- renamed, so that they stop with "function needletrace.move_checkpoint(...) does not exist"
+-- (nothing stored, their journals keep everything) until their binary is upgraded.
+ALTER FUNCTION needletrace.move_checkpoint(text, bigint, bigint, bigint, boolean, int)
+    RENAME TO move_checkpoint_sealed;
+
+-- ---- grants ------------------------------------------------------------------------------------------
+-- The collector inserts evidence but never chooses a row's tx (the ledger's batch key) nor its
+-- inserted_at: INSERT on every other column only. It seals through ledger_seal only.
+DO $$
+DECLARE
+    t text;
+BEGIN
+    FOREACH t IN ARRAY ARRAY['raw_messages', 'events', 'quarantine'] LOOP
+        EXECUTE format('REVOKE INSERT ON needletrace.%I FROM needletrace_collector', t);
+        EXECUTE format('GRANT INSERT (%s) ON needletrace.%I TO needletrace_collector',
+                       (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                          FROM pg_attribute a
+                         WHERE a.attrelid = format('needletrace.%I', t)::regclass
+                           AND a.attnum > 0 AND NOT a.attisdropped
+                           AND a.attname NOT IN ('tx', 'inserted_at')), t);
+    END LOOP;
+END
+$$;
 SELECT needletrace.collector_may_run(ARRAY['ledger_seal(text, bigint, bigint, bigint)']);
-GRANT SELECT, INSERT ON needletrace.ledger TO needletrace_collector;
-GRANT SELECT ON needletrace.ledger_heads TO needletrace_collector;
-GRANT SELECT ON needletrace.ledger, needletrace.ledger_meta, needletrace.ledger_heads
-    TO needletrace_auditor;
+GRANT SELECT ON needletrace.ledger, needletrace.ledger_heads TO needletrace_collector;
+GRANT SELECT ON needletrace.ledger, needletrace.ledger_heads TO needletrace_auditor;

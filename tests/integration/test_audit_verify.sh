@@ -38,7 +38,6 @@ nt_log "ledger: $entries entries"
 # ---- 1. untouched; digests from the collector and on demand ----------------------------------------
 mkdir -m 0700 "$NT_TMP/keys" "$NT_TMP/digests"
 "$NT_BIN" audit keygen --out "$NT_TMP/keys" >/dev/null || nt_fail "audit keygen failed"
-cp "$NT_TMP/keys/digest-signing.pub" "$NT_TMP/digests/"
 # The collector signs a digest 5 s after its start (then every interval, when a chain moved),
 # into the directory and retained on the broker.
 timeout 60 mosquitto_sub -h 127.0.0.1 -p "$NT_BROKER_PORT" -q 1 -C 1 -N -t 'needletrace/digests/#' \
@@ -55,7 +54,7 @@ nt_stop_collector c1 TERM
 audit digest --key "$NT_TMP/keys/digest-signing.key" --out "$NT_TMP/digests"
 nt_expect_eq "audit digest: exit code" 0 "$RC"
 nt_log "$OUT"
-audit verify --digests "$NT_TMP/digests"
+audit verify --digests "$NT_TMP/digests" --pubkey "$NT_TMP/keys/digest-signing.pub"
 nt_expect_eq "verify an untouched database: exit code" 0 "$RC"
 nt_expect_true "verify says OK" grep -q '^OK: ' <<<"$OUT"
 nt_log "$(tr '\n' ' ' <<<"$OUT")"
@@ -112,6 +111,17 @@ retrigger raw_messages
 audit verify
 nt_expect_eq "the INSERTs undone: verify exit code" 0 "$RC"
 
+# A row given an old transaction id, to hide among the rows from before the ledger: counted.
+nt_sql "UPDATE public.saved SET seq = 900001, tx = 1;
+        INSERT INTO needletrace.events SELECT * FROM public.saved;
+        UPDATE public.saved SET seq = $Q, tx = (SELECT tx FROM needletrace.events WHERE $key)" \
+    >/dev/null
+expect_found "INSERT before the ledger" "events: 1 row\\(s\\) from before the ledger, its genesis sealed 0"
+untrigger events
+nt_sql "DELETE FROM needletrace.events WHERE seq = 900001" >/dev/null
+audit verify
+nt_expect_eq "that INSERT undone: verify exit code" 0 "$RC"
+
 # ---- 3. a consistent rewrite of the chain, caught by the digest -----------------------------------
 untrigger ledger
 nt_sql "UPDATE needletrace.events SET depth_um = 250 WHERE $key" >/dev/null
@@ -145,7 +155,7 @@ retrigger ledger
 retrigger events
 audit verify
 nt_expect_eq "a consistent rewrite, without digests: verify exit code" 0 "$RC"
-audit verify --digests "$NT_TMP/digests"
+audit verify --digests "$NT_TMP/digests" --pubkey "$NT_TMP/keys/digest-signing.pub"
 nt_expect_eq "with the digest exported before: verify exit code" 1 "$RC"
 nt_expect_true "the digest names the rewritten chain ($(grep -m1 '^FINDING' <<<"$OUT" || true))" \
     grep -qE "digest digest-.*: chain it-c1 entry #[0-9]+ was rewritten" <<<"$OUT"
@@ -153,7 +163,7 @@ nt_expect_true "the digest names the rewritten chain ($(grep -m1 '^FINDING' <<<"
 mkdir -m 0700 "$NT_TMP/other"
 "$NT_BIN" audit keygen --out "$NT_TMP/other" >/dev/null
 audit digest --key "$NT_TMP/other/digest-signing.key" --out "$NT_TMP/digests"
-audit verify --digests "$NT_TMP/digests"
+audit verify --digests "$NT_TMP/digests" --pubkey "$NT_TMP/keys/digest-signing.pub"
 nt_expect_true "a digest signed with another key is refused" \
     grep -q 'the signature does not verify' <<<"$OUT"
 nt_finish

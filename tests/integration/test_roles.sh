@@ -60,6 +60,11 @@ refused nt_collector "register a pen by hand" "INSERT INTO needletrace.devices
 refused nt_collector "write the registry's history" "INSERT INTO needletrace.device_changes
     (device_serial, clinic_id, status, changed_by) VALUES ('HP-F', 'CL-X', 'active', 'x')"
 refused nt_collector "create a table in the schema" "CREATE TABLE needletrace.x (i int)"
+refused nt_collector "choose a row's ledger transaction" "INSERT INTO needletrace.quarantine
+    (clinic_id, message_key, received_at, topic, payload, payload_sha256, reason, collector_id,
+     journal_pos, tx) VALUES ('c', sha256('x'), now(), 't', 'p', sha256('p'), 'r', 'c', 1, 1)"
+refused nt_collector "write the ledger" "INSERT INTO needletrace.ledger SELECT * FROM
+    needletrace.ledger LIMIT 1"
 refused nt_collector "change a rule setting" \
     "UPDATE needletrace.settings SET value = 'register' WHERE key = 'unknown_devices'"
 

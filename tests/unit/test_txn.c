@@ -305,7 +305,7 @@ static void assert_call(const fixture_t *f, int i, const char *sql, int nparams)
 static void assert_checkpoint(const fixture_t *f, int i)
 {
     const stmt_t *s = &f->fake.stmts[i];
-    assert_string_equal(s->sql, "SELECT needletrace.move_checkpoint($1, $2::bigint, "
+    assert_string_equal(s->sql, "SELECT needletrace.move_checkpoint_sealed($1, $2::bigint, "
                                 "$3::bigint, $4::bigint, $5::boolean, $6::int)");
     assert_int_equal(s->nparams, 6);
     assert_string_equal(s->params[4], f->txn.after ? "true" : "false");
