@@ -18,6 +18,8 @@
 #define AUDIT__SYNOPSIS                                                                            \
     "usage: needletrace audit verify [--digests DIR --pubkey FILE] [--from TIME] [--to TIME]\n"    \
     "                                [--clinic ID]\n"                                              \
+    "       needletrace audit prove --session ID [--clinic ID] [--digests DIR --pubkey FILE]\n"    \
+    "                               [--out FILE]\n"                                                \
     "       needletrace audit digest --key FILE --out DIR\n"                                       \
     "       needletrace audit keygen --out DIR\n"
 
@@ -33,6 +35,10 @@ static void audit__usage(FILE *out)
           "        Prints each finding (table and row) and exits 1, or OK and exits 0.\n"
           "        --from/--to limit the entries checked to those committed in [FROM, TO);\n"
           "        --clinic to batches holding that clinic's rows.\n"
+          "prove   the session's event rows, each with its proof of inclusion in its batch's\n"
+          "        root, the chain from that batch to the newest entry and, with --digests,\n"
+          "        the newest signed digest naming it: one JSON document (to --out FILE, else\n"
+          "        stdout) that README, \"Checking a proof\", shows how to check\n"
           "digest  signs every chain's head now with the Ed25519 key in FILE into\n"
           "        DIR/digest-<time>.json (keep DIR where the database's users cannot write)\n"
           "keygen  a new Ed25519 key pair in DIR: " NT_DIGEST_KEY_FILE " (mode 0600) and\n"
@@ -42,13 +48,13 @@ static void audit__usage(FILE *out)
 }
 
 typedef struct {
-    const char *verb, *digests, *pubkey, *from, *to, *clinic, *key, *out;
+    const char *verb, *digests, *pubkey, *from, *to, *clinic, *key, *out, *session;
 } audit__opts_t;
 
 static int audit__takes_value(const char *arg)
 {
-    static const char *const with[] = {"--digests", "--pubkey", "--from", "--to",
-                                       "--clinic",  "--key",    "--out",  "--config"};
+    static const char *const with[] = {"--digests", "--pubkey", "--from",    "--to",    "--clinic",
+                                       "--key",     "--out",    "--session", "--config"};
     for (size_t i = 0; i < NT_ARRAY_SIZE(with); i++) {
         if (strcmp(arg, with[i]) == 0) {
             return 1;
@@ -73,9 +79,9 @@ static int audit__parse(int argc, char **argv, audit__opts_t *o)
     struct {
         const char *name;
         const char **slot;
-    } opts[] = {{"--digests", &o->digests}, {"--pubkey", &o->pubkey}, {"--from", &o->from},
-                {"--to", &o->to},           {"--clinic", &o->clinic}, {"--key", &o->key},
-                {"--out", &o->out}};
+    } opts[] = {{"--digests", &o->digests}, {"--pubkey", &o->pubkey},  {"--from", &o->from},
+                {"--to", &o->to},           {"--clinic", &o->clinic},  {"--key", &o->key},
+                {"--out", &o->out},         {"--session", &o->session}};
     for (int i = 2; i < argc; i++) {
         size_t k = 0;
         while (k < NT_ARRAY_SIZE(opts) && strcmp(argv[i], opts[k].name) != 0) {
@@ -91,6 +97,17 @@ static int audit__parse(int argc, char **argv, audit__opts_t *o)
     }
     if (o->clinic != NULL && !nt_ident_id_valid_str(o->clinic)) {
         return audit__bad("--clinic", "must be 1-64 characters of [A-Za-z0-9._-]");
+    }
+    if (strcmp(o->verb, "prove") == 0) {
+        if (o->session == NULL || o->key != NULL || o->from != NULL || o->to != NULL ||
+            (o->digests != NULL) != (o->pubkey != NULL)) {
+            return audit__bad("prove", "takes --session ID [--clinic ID] [--digests DIR --pubkey "
+                                       "FILE] [--out FILE]");
+        }
+        return 0;
+    }
+    if (o->session != NULL) {
+        return audit__bad("--session", "is for prove");
     }
     if (strcmp(o->verb, "verify") == 0) {
         if (o->digests != NULL && o->pubkey == NULL) {
@@ -108,7 +125,7 @@ static int audit__parse(int argc, char **argv, audit__opts_t *o)
         }
         return 0;
     }
-    return audit__bad(o->verb, "is not a subcommand (verify, digest, keygen)");
+    return audit__bad(o->verb, "is not a subcommand (verify, prove, digest, keygen)");
 }
 
 /* ---- the shared queries ------------------------------------------------------------------- */
@@ -346,6 +363,18 @@ int nt_cmd_audit(int argc, char **argv, char *const *envp)
         rc = 1;
     } else if (strcmp(o.verb, "digest") == 0) {
         rc = audit__digest(&a, &o);
+    } else if (strcmp(o.verb, "prove") == 0) {
+        FILE *out = o.out != NULL ? fopen(o.out, "w") : stdout;
+        if (out == NULL) {
+            fprintf(stderr, "needletrace: audit prove: cannot write \"%s\"\n", o.out);
+            rc = 1;
+        } else {
+            rc = nt_audit__prove(&a, o.session, o.digests, o.pubkey, out);
+            if ((out != stdout && fclose(out) != 0) || (out == stdout && fflush(out) != 0)) {
+                fprintf(stderr, "needletrace: audit prove: could not write the proof\n");
+                rc = 1;
+            }
+        }
     } else {
         rc = nt_audit__verify(&a, o.digests, o.pubkey);
     }

@@ -40,6 +40,21 @@ void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_aud
 void nt_audit__check_head(nt_audit_t *a, const char *digest, const nt_digest_head_t *h);
 /* The root of sorted leaves (011_ledger.sql). */
 void nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]);
+/* Chains one digest may name. */
+#define NT_AUDIT_MAX_HEADS 4096
+
+/* The events columns of version 1 of the ledger's leaves (011_ledger.sql, ledger_rows). */
+#define NT_AUDIT_EVENTS_V1                                                                         \
+    "e.clinic_id, e.device_serial, e.boot_id, e.seq, e.kind, e.device_time, e.received_at, "       \
+    "e.session_id, e.payload_sha256, e.collector_id, e.operator_id, e.patient_ref, "               \
+    "e.motor_seconds, e.gtin, e.lot, e.cartridge_serial, e.expiry, e.needle_count, "               \
+    "e.sterile_barrier_intact, e.motor_ms, e.depth_um, e.stroke_rate_hz, e.area, e.duration_ms, "  \
+    "e.battery_pct, e.temperature_dc, e.motor_seconds_total, e.fault_code, e.fault_message, "      \
+    "e.inserted_at, e.tx, e.device_model"
+
+/* `audit prove --session`: the JSON proof to out; 0, or 1 (printed). */
+int nt_audit__prove(nt_audit_t *a, const char *session, const char *digests, const char *pub,
+                    FILE *out);
 /* `audit verify`: 0 when nothing is found, 1 otherwise (findings printed). */
 int nt_audit__verify(nt_audit_t *a, const char *digests, const char *pub);
 

@@ -23,21 +23,14 @@
     "r.payload, r.boot_id, r.event_count, r.first_seq, r.last_seq, r.device_model, "               \
     "r.firmware_version, r.collector_id, r.journal_pos, r.inserted_at, r.conflicting, "            \
     "r.legacy, r.tx"
-#define VERIFY__EVENTS_V1                                                                          \
-    "e.clinic_id, e.device_serial, e.boot_id, e.seq, e.kind, e.device_time, "                      \
-    "e.received_at, e.session_id, e.payload_sha256, e.collector_id, e.operator_id, "               \
-    "e.patient_ref, e.motor_seconds, e.gtin, e.lot, e.cartridge_serial, e.expiry, "                \
-    "e.needle_count, e.sterile_barrier_intact, e.motor_ms, e.depth_um, "                           \
-    "e.stroke_rate_hz, e.area, e.duration_ms, e.battery_pct, e.temperature_dc, "                   \
-    "e.motor_seconds_total, e.fault_code, e.fault_message, e.inserted_at, e.tx, "                  \
-    "e.device_model"
+#define VERIFY__EVENTS_V1 NT_AUDIT_EVENTS_V1
 #define VERIFY__QUARANTINE_V1                                                                      \
     "q.clinic_id, q.message_key, q.received_at, q.topic, q.payload, q.payload_sha256, "            \
     "q.reason, q.detail, q.device_serial, q.collector_id, q.journal_pos, "                         \
     "q.inserted_at, q.tx"
 
 /* Chains one digest may name. */
-#define VERIFY__MAX_HEADS 4096
+#define VERIFY__MAX_HEADS NT_AUDIT_MAX_HEADS
 
 typedef struct {
     char tag;        /* 'r', 'e', 'q' */

@@ -59,6 +59,25 @@ nt_expect_eq "verify an untouched database: exit code" 0 "$RC"
 nt_expect_true "verify says OK" grep -q '^OK: ' <<<"$OUT"
 nt_log "$(tr '\n' ' ' <<<"$OUT")"
 
+# A session's proof, checked by a short independent program and openssl.
+session=$(nt_sql "SELECT session_id FROM needletrace.events WHERE kind = 'session_started'
+                   ORDER BY tx, seq LIMIT 1")
+audit digest --key "$NT_TMP/keys/digest-signing.key" --out "$NT_TMP/digests"
+audit prove --session "$session" --digests "$NT_TMP/digests" \
+    --pubkey "$NT_TMP/keys/digest-signing.pub" --out "$NT_TMP/proof.json"
+nt_expect_eq "audit prove: exit code" 0 "$RC"
+py_out=$(/usr/bin/python3 "$NT_LIB_DIR/check_proof.py" "$NT_TMP/proof.json" "$NT_TMP/signed.txt") ||
+    nt_fail "the proof does not check: $py_out"
+nt_log "$py_out"
+nt_expect_true "the digest's signature, checked by openssl" openssl pkeyutl -verify -pubin \
+    -inkey "$NT_TMP/keys/digest-signing.pub" -rawin -in "$NT_TMP/signed.txt" \
+    -sigfile "$NT_TMP/signed.txt.sig"
+# A tampered copy of the proof does not check.
+sed 's/"record": "0000/"record": "0001/' "$NT_TMP/proof.json" >"$NT_TMP/bad.json"
+if /usr/bin/python3 "$NT_LIB_DIR/check_proof.py" "$NT_TMP/bad.json" >/dev/null; then
+    nt_fail "a proof with a changed row still checks"
+fi
+
 # ---- 2. a superuser's changes, each found and named -----------------------------------------------
 untrigger() { # the superuser's first step
     nt_sql "ALTER TABLE needletrace.$1 DISABLE TRIGGER append_only" >/dev/null
