@@ -149,8 +149,8 @@ nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n, int filtered)
         "SELECT l.collector_id, l.seq, l.tx, l.journal_id, l.journal_from, l.journal_to, "
         "l.n_raw, l.n_events, l.n_quarantine, encode(l.merkle_root, 'hex'), "
         "encode(l.prev_hash, 'hex'), encode(l.entry_hash, 'hex'), "
-        "to_char(l.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US') "
-        "FROM needletrace.ledger l "
+        "to_char(l.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), "
+        "l.n_messages FROM needletrace.ledger l "
         "WHERE ($1::timestamptz IS NULL OR l.committed_at >= $1::timestamptz) "
         "AND ($2::timestamptz IS NULL OR l.committed_at < $2::timestamptz) "
         "AND ($3::text IS NULL OR EXISTS (SELECT 1 FROM needletrace.events e WHERE e.tx = l.tx "
@@ -181,6 +181,7 @@ nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n, int filtered)
         snprintf(x->prev, sizeof(x->prev), "%s", PQgetvalue(res, r, 10));
         snprintf(x->hash, sizeof(x->hash), "%s", PQgetvalue(res, r, 11));
         snprintf(x->committed, sizeof(x->committed), "%s", PQgetvalue(res, r, 12));
+        x->n_messages = strtoll(PQgetvalue(res, r, 13), NULL, 10);
     }
     PQclear(res);
     return e;
@@ -223,9 +224,10 @@ void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_aud
 {
     char text[1024], hex[65];
     snprintf(text, sizeof(text),
-             "needletrace-ledger-v1|%s|%s|%s|%s|%s|%s|%" PRId64 "|%" PRId64 "|%" PRId64 "|%s|%s|%s",
+             "needletrace-ledger-v1|%s|%s|%s|%s|%s|%s|%" PRId64 "|%" PRId64 "|%" PRId64
+             "|%s|%s|%s|%" PRId64,
              e->collector, e->seq, e->tx, e->journal_id, e->from, e->to, e->n_raw, e->n_events,
-             e->n_quarantine, e->root, e->prev, e->committed);
+             e->n_quarantine, e->root, e->prev, e->committed, e->n_messages);
     unsigned char md[32];
     SHA256((const unsigned char *)text, strlen(text), md);
     audit__hex(md, 32, hex);

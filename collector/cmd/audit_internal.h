@@ -20,7 +20,7 @@ typedef struct {
 /* One ledger entry as stored (text; hashes in hex). */
 typedef struct {
     char collector[65], seq[24], tx[24], journal_id[24], from[24], to[24];
-    int64_t n_raw, n_events, n_quarantine;
+    int64_t n_raw, n_events, n_quarantine, n_messages;
     char root[65], prev[65], hash[65], committed[40];
 } nt_audit_entry_t;
 

@@ -41,9 +41,10 @@ static void prove__str(FILE *out, const char *s)
 static void prove__entry_text(const nt_audit_entry_t *e, char *text, size_t len)
 {
     snprintf(text, len,
-             "needletrace-ledger-v1|%s|%s|%s|%s|%s|%s|%" PRId64 "|%" PRId64 "|%" PRId64 "|%s|%s|%s",
+             "needletrace-ledger-v1|%s|%s|%s|%s|%s|%s|%" PRId64 "|%" PRId64 "|%" PRId64
+             "|%s|%s|%s|%" PRId64,
              e->collector, e->seq, e->tx, e->journal_id, e->from, e->to, e->n_raw, e->n_events,
-             e->n_quarantine, e->root, e->prev, e->committed);
+             e->n_quarantine, e->root, e->prev, e->committed, e->n_messages);
 }
 
 /* One batch of the session: its entry, the chunks of its leaves, and the session's rows in it. */

@@ -330,14 +330,15 @@ static int txn__copy_conflict(nt_txn_t *t)
  * the checkpoint move (the entry of the batch before it is committed) and the rules. */
 static int txn__send_seal(nt_txn_t *t)
 {
-    char jid[24], from[24], to[24];
+    char jid[24], from[24], to[24], msgs[16];
     snprintf(jid, sizeof(jid), "%" PRId64, (int64_t)t->journal_id);
     snprintf(from, sizeof(from), "%" PRIu64, t->batch->first_pos);
     snprintf(to, sizeof(to), "%" PRIu64, t->batch->end_pos);
-    const char *params[4] = {t->collector_id, jid, from, to};
-    return t->ops->send(t->conn,
-                        "SELECT needletrace.ledger_seal($1, $2::bigint, $3::bigint, $4::bigint)", 4,
-                        params);
+    snprintf(msgs, sizeof(msgs), "%" PRIu32, t->batch->messages);
+    const char *params[5] = {t->collector_id, jid, from, to, msgs};
+    return t->ops->send(
+        t->conn, "SELECT needletrace.ledger_seal($1, $2::bigint, $3::bigint, $4::bigint, $5::int)",
+        5, params);
 }
 
 /* The seal failed: never the rows' fault (they are stored by then), so never isolated -- a

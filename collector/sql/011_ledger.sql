@@ -12,9 +12,9 @@
 -- chunk's hash is sha256(0x01 || its leaves, in order), the root sha256(0x02 || the chunks'
 -- hashes, in order); no leaves: sha256(0x02). A two-level hash tree: a row's inclusion proof is
 -- its chunk's leaves and the other chunks' hashes, checked with two hashes.
--- Entry hash: sha256 of the UTF-8 text
+-- Entry hash: sha256 of the UTF-8 text (one line)
 --   needletrace-ledger-v1|collector_id|seq|tx|journal_id|journal_from|journal_to|
---   n_raw|n_events|n_quarantine|hex(merkle_root)|hex(prev_hash)|committed_at
+--   n_raw|n_events|n_quarantine|hex(merkle_root)|hex(prev_hash)|committed_at|n_messages
 -- (committed_at as YYYY-MM-DDTHH:MI:SS.US in UTC; prev_hash 32 zero bytes for seq 1).
 -- Chains are per collector (replica), not global: each replica commits its batches one after the
 -- other already (move_checkpoint), so its chain costs no lock shared with the others; a digest
@@ -45,6 +45,7 @@ CREATE TABLE needletrace.ledger (
     n_raw        int         NOT NULL,
     n_events     int         NOT NULL,
     n_quarantine int         NOT NULL,
+    n_messages   int         NOT NULL, -- journal records the batch held (received)
     merkle_root  bytea       NOT NULL CHECK (octet_length(merkle_root) = 32),
     leaves       bytea       NOT NULL, -- the sorted leaves, 32 bytes each
     prev_hash    bytea       NOT NULL CHECK (octet_length(prev_hash) = 32),
@@ -64,6 +65,9 @@ COMMENT ON COLUMN needletrace.ledger.journal_to IS '...to (exclusive).';
 COMMENT ON COLUMN needletrace.ledger.n_raw IS 'raw_messages rows the batch inserted.';
 COMMENT ON COLUMN needletrace.ledger.n_events IS 'events rows the batch inserted.';
 COMMENT ON COLUMN needletrace.ledger.n_quarantine IS 'quarantine rows the batch inserted.';
+COMMENT ON COLUMN needletrace.ledger.n_messages IS
+    'Messages (journal records) the batch held: stored as raw_messages or quarantine rows, or '
+    'already stored (a redelivery): n_messages - n_raw - n_quarantine.';
 COMMENT ON COLUMN needletrace.ledger.merkle_root IS 'Root over the sorted leaves.';
 COMMENT ON COLUMN needletrace.ledger.leaves IS 'The sorted leaves (32 bytes each).';
 COMMENT ON COLUMN needletrace.ledger.prev_hash IS 'entry_hash of the previous entry (zeros: first).';
@@ -119,7 +123,8 @@ CREATE FUNCTION needletrace.ledger_entry_text(l needletrace.ledger) RETURNS text
     SELECT concat_ws('|', 'needletrace-ledger-v1', l.collector_id, l.seq, l.tx, l.journal_id,
                      l.journal_from, l.journal_to, l.n_raw, l.n_events, l.n_quarantine,
                      encode(l.merkle_root, 'hex'), encode(l.prev_hash, 'hex'),
-                     to_char(l.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'))
+                     to_char(l.committed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US'),
+                     l.n_messages)
 $$;
 
 -- Seals this transaction's rows: one entry at the head of p_collector_id's chain. Called by the
@@ -127,7 +132,7 @@ $$;
 -- batch before it, is committed and visible) and its rules.
 -- Runs as the owner: the collector cannot write the ledger otherwise.
 CREATE FUNCTION needletrace.ledger_seal(p_collector_id text, p_journal_id bigint,
-                                        p_from bigint, p_to bigint)
+                                        p_from bigint, p_to bigint, p_messages int)
     RETURNS bytea
     LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -160,6 +165,7 @@ BEGIN
     v_entry.n_raw := v_n[1];
     v_entry.n_events := v_n[2];
     v_entry.n_quarantine := v_n[3];
+    v_entry.n_messages := p_messages;
     v_entry.merkle_root := needletrace.merkle_root(v_leaves);
     v_entry.leaves := coalesce((SELECT string_agg(x, ''::bytea ORDER BY x)
                                   FROM unnest(v_leaves) AS x), ''::bytea);
@@ -170,7 +176,7 @@ BEGIN
     RETURN v_entry.entry_hash;
 END
 $$;
-COMMENT ON FUNCTION needletrace.ledger_seal(text, bigint, bigint, bigint) IS
+COMMENT ON FUNCTION needletrace.ledger_seal(text, bigint, bigint, bigint, int) IS
     'Seals the rows this transaction inserted under a Merkle root, linked into the collector''s '
     'chain; returns the new entry''s hash. Called by the collector in each batch transaction.';
 
@@ -181,6 +187,48 @@ SELECT h.collector_id, h.seq, h.entry_hash, h.committed_at
   CROSS JOIN LATERAL (SELECT l.* FROM needletrace.ledger l WHERE l.collector_id = c.collector_id
                        ORDER BY l.seq DESC LIMIT 1) h;
 COMMENT ON VIEW needletrace.ledger_heads IS 'The head (newest entry) of each collector''s chain.';
+
+-- ---- completeness ---------------------------------------------------------------------------------
+-- Per collector: what its sealed batches received, and where each message went; a mismatch is a
+-- row, never hidden. Per pen: the sequence holes still open and alerted, and clock skew.
+CREATE VIEW needletrace.completeness AS
+SELECT l.collector_id,
+       count(*) AS batches,
+       sum(l.n_messages)::bigint AS messages_received,
+       sum(l.n_raw)::bigint AS messages_stored,
+       sum(l.n_quarantine)::bigint AS messages_quarantined,
+       (sum(l.n_messages) - sum(l.n_raw) - sum(l.n_quarantine))::bigint AS redeliveries_skipped,
+       sum(l.n_events)::bigint AS events_stored,
+       (SELECT count(*) FROM needletrace.raw_messages r WHERE r.collector_id = l.collector_id
+           AND r.tx > (SELECT g.tx FROM needletrace.ledger g WHERE g.collector_id = '(genesis)'))
+           AS raw_rows_now,
+       min(l.committed_at) AS first_batch_at, max(l.committed_at) AS last_batch_at
+  FROM needletrace.ledger l
+ WHERE l.collector_id <> '(genesis)'
+ GROUP BY l.collector_id;
+COMMENT ON VIEW needletrace.completeness IS
+    'Per collector: messages received by its sealed batches = stored + quarantined + '
+    'redeliveries skipped (already stored); raw_rows_now differing from messages_stored means rows '
+    'were added or removed after sealing (audit verify names them).';
+
+CREATE VIEW needletrace.pen_completeness AS
+SELECT e.clinic_id, e.device_serial, count(*) AS events, count(DISTINCT e.boot_id) AS boots,
+       (SELECT count(*) FROM needletrace.sequence_holes h
+         WHERE h.clinic_id = e.clinic_id AND h.device_serial = e.device_serial) AS open_holes,
+       (SELECT coalesce(sum(h.gap_end - h.gap_start + 1), 0) FROM needletrace.sequence_holes h
+         WHERE h.clinic_id = e.clinic_id AND h.device_serial = e.device_serial) AS missing_seqs,
+       (SELECT count(*) FROM needletrace.alerts a WHERE a.clinic_id = e.clinic_id
+           AND a.device_serial = e.device_serial AND a.rule = 'SEQUENCE_GAP') AS gap_alerts,
+       (SELECT count(*) FROM needletrace.alerts a WHERE a.clinic_id = e.clinic_id
+           AND a.device_serial = e.device_serial AND a.rule = 'CLOCK_SKEW') AS skew_alerts,
+       max(e.device_time - e.received_at) AS max_ahead,
+       max(e.received_at - e.device_time) AS max_behind
+  FROM needletrace.events e
+ GROUP BY e.clinic_id, e.device_serial;
+COMMENT ON VIEW needletrace.pen_completeness IS
+    'Per pen: events, boots, sequence numbers still missing (open holes) and alerted, clock skew '
+    '(device time ahead of / behind the receive time).';
+GRANT SELECT ON needletrace.completeness, needletrace.pen_completeness TO needletrace_auditor;
 
 -- ---- genesis ---------------------------------------------------------------------------------------
 -- The rows stored before this migration are not sealed row by row (hashing a large history
@@ -199,6 +247,7 @@ BEGIN
     g.n_raw := (SELECT count(*) FROM needletrace.raw_messages);
     g.n_events := (SELECT count(*) FROM needletrace.events);
     g.n_quarantine := (SELECT count(*) FROM needletrace.quarantine);
+    g.n_messages := g.n_raw + g.n_quarantine;
     g.merkle_root := needletrace.merkle_root(NULL);
     g.leaves := ''::bytea;
     g.prev_hash := decode(repeat('00', 32), 'hex');
@@ -233,6 +282,6 @@ BEGIN
     END LOOP;
 END
 $$;
-SELECT needletrace.collector_may_run(ARRAY['ledger_seal(text, bigint, bigint, bigint)']);
+SELECT needletrace.collector_may_run(ARRAY['ledger_seal(text, bigint, bigint, bigint, int)']);
 GRANT SELECT ON needletrace.ledger, needletrace.ledger_heads TO needletrace_collector;
 GRANT SELECT ON needletrace.ledger, needletrace.ledger_heads TO needletrace_auditor;

@@ -34,6 +34,16 @@ nt_expect_eq "rows sealed = rows stored" \
         needletrace.events) + (SELECT count(*) FROM needletrace.quarantine)")" \
     "$(nt_sql "SELECT sum(n_raw + n_events + n_quarantine) FROM needletrace.ledger")"
 nt_log "ledger: $entries entries"
+# Completeness: what the collector's batches received, where each message went.
+nt_expect_eq "completeness: received = stored + quarantined (+ redeliveries), as the fleet sent" \
+    "it-c1 $(nt_json_sum .expected.raw_messages "$NT_TMP/sim.json") $(nt_json_sum \
+        .expected.quarantine "$NT_TMP/sim.json") 0 true" \
+    "$(nt_sql "SELECT collector_id, messages_stored, messages_quarantined, redeliveries_skipped,
+                      messages_received = messages_stored + messages_quarantined
+                                          + redeliveries_skipped AND raw_rows_now = messages_stored
+                 FROM needletrace.completeness" | tr '|' ' ' | sed 's/ t$/ true/')"
+nt_log "pens: $(nt_sql "SELECT count(*) || ' pens, ' || sum(events) || ' events, ' ||
+                               sum(missing_seqs) || ' seqs missing' FROM needletrace.pen_completeness")"
 
 # ---- 1. untouched; digests from the collector and on demand ----------------------------------------
 mkdir -m 0700 "$NT_TMP/keys" "$NT_TMP/digests"

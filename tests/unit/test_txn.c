@@ -299,7 +299,7 @@ static void assert_call(const fixture_t *f, int i, const char *sql, int nparams)
 #define SQL_UNDELIVERED                                                                            \
     "SELECT alert_id, clinic_id, rule, payload FROM needletrace.undelivered_alerts($1, $2::int)"
 #define SQL_DELIVERED "SELECT needletrace.mark_alerts_delivered($1, $2::bigint[])"
-#define SQL_SEAL      "SELECT needletrace.ledger_seal($1, $2::bigint, $3::bigint, $4::bigint)"
+#define SQL_SEAL      "SELECT needletrace.ledger_seal($1, $2::bigint, $3::bigint, $4::bigint, $5::int)"
 
 /* The checkpoint moves from the batch's first position to its end, under this journal's id. */
 static void assert_checkpoint(const fixture_t *f, int i)
@@ -341,7 +341,7 @@ static void test_fast_path_commit(void **state)
     assert_copy_stmt(f, 2, "needletrace.", NT_BATCH_EVENTS);
     assert_checkpoint(f, 3);
     assert_call(f, 4, SQL_RULES, 1);
-    assert_call(f, 5, SQL_SEAL, 4);
+    assert_call(f, 5, SQL_SEAL, 5);
     assert_string_equal(f->fake.stmts[5].params[2], "4096"); /* the batch's journal range */
     assert_string_equal(f->fake.stmts[6].sql, "COMMIT");
     assert_int_equal(f->fake.stmts[6].nparams, 0);
@@ -531,7 +531,7 @@ static void test_unique_violation_takes_staging_path(void **state)
     assert_non_null(strstr(merge, "WHERE conflicting DO NOTHING;"));
     assert_checkpoint(f, 8);
     assert_call(f, 9, SQL_RULES, 1);
-    assert_call(f, 10, SQL_SEAL, 4);
+    assert_call(f, 10, SQL_SEAL, 5);
     assert_string_equal(f->fake.stmts[11].sql, "COMMIT");
 
     /* The next transaction on the same txn takes the fast path again. */
