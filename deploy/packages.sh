@@ -8,7 +8,7 @@ NT_PACKAGES_RUN=(build-essential cmake pkg-config libmosquitto-dev mosquitto mos
     procps iproute2 openssl)
 # Everything the test suite needs on top (tests/run.sh).
 NT_PACKAGES_TEST=("${NT_PACKAGES_RUN[@]}" clang libcmocka-dev valgrind
-    python3-paho-mqtt python3-protobuf protobuf-compiler)
+    python3-paho-mqtt python3-protobuf protobuf-compiler chromium)
 
 # nt_install_missing PACKAGE...: apt-get installs the packages that are not installed yet
 # (apt-get update first); sudo when not root, never prompting in CI or without a terminal.

@@ -20,6 +20,9 @@
     "                                [--clinic ID]\n"                                              \
     "       needletrace audit prove --session ID [--clinic ID] [--digests DIR --pubkey FILE]\n"    \
     "                               [--out FILE]\n"                                                \
+    "       needletrace audit report [--clinic ID] --from DATE --to DATE [--format "               \
+    "html|csv|json]\n"                                                                             \
+    "                                --out FILE [--digests DIR --pubkey FILE]\n"                   \
     "       needletrace audit digest --key FILE --out DIR\n"                                       \
     "       needletrace audit keygen --out DIR\n"
 
@@ -39,6 +42,11 @@ static void audit__usage(FILE *out)
           "        root, the chain from that batch to the newest entry and, with --digests,\n"
           "        the newest signed digest naming it: one JSON document (to --out FILE, else\n"
           "        stdout) that README, \"Checking a proof\", shows how to check\n"
+          "report  the compliance report of a clinic (all without --clinic) over local dates\n"
+          "        [FROM, TO] (YYYY-MM-DD): summary, exceptions, sessions, depth per area against\n"
+          "        its limit, sessions per pen per day, completeness, and the verification of\n"
+          "        the record (against --digests); HTML (default: one printable file, no\n"
+          "        network), CSV or JSON, to --out FILE\n"
           "digest  signs every chain's head now with the Ed25519 key in FILE into\n"
           "        DIR/digest-<time>.json (keep DIR where the database's users cannot write)\n"
           "keygen  a new Ed25519 key pair in DIR: " NT_DIGEST_KEY_FILE " (mode 0600) and\n"
@@ -48,13 +56,14 @@ static void audit__usage(FILE *out)
 }
 
 typedef struct {
-    const char *verb, *digests, *pubkey, *from, *to, *clinic, *key, *out, *session;
+    const char *verb, *digests, *pubkey, *from, *to, *clinic, *key, *out, *session, *format;
 } audit__opts_t;
 
 static int audit__takes_value(const char *arg)
 {
-    static const char *const with[] = {"--digests", "--pubkey", "--from",    "--to",    "--clinic",
-                                       "--key",     "--out",    "--session", "--config"};
+    static const char *const with[] = {"--digests", "--pubkey", "--from", "--to",
+                                       "--clinic",  "--key",    "--out",  "--session",
+                                       "--config",  "--format"};
     for (size_t i = 0; i < NT_ARRAY_SIZE(with); i++) {
         if (strcmp(arg, with[i]) == 0) {
             return 1;
@@ -79,9 +88,9 @@ static int audit__parse(int argc, char **argv, audit__opts_t *o)
     struct {
         const char *name;
         const char **slot;
-    } opts[] = {{"--digests", &o->digests}, {"--pubkey", &o->pubkey},  {"--from", &o->from},
-                {"--to", &o->to},           {"--clinic", &o->clinic},  {"--key", &o->key},
-                {"--out", &o->out},         {"--session", &o->session}};
+    } opts[] = {{"--digests", &o->digests}, {"--pubkey", &o->pubkey},   {"--from", &o->from},
+                {"--to", &o->to},           {"--clinic", &o->clinic},   {"--key", &o->key},
+                {"--out", &o->out},         {"--session", &o->session}, {"--format", &o->format}};
     for (int i = 2; i < argc; i++) {
         size_t k = 0;
         while (k < NT_ARRAY_SIZE(opts) && strcmp(argv[i], opts[k].name) != 0) {
@@ -97,6 +106,28 @@ static int audit__parse(int argc, char **argv, audit__opts_t *o)
     }
     if (o->clinic != NULL && !nt_ident_id_valid_str(o->clinic)) {
         return audit__bad("--clinic", "must be 1-64 characters of [A-Za-z0-9._-]");
+    }
+    if (strcmp(o->verb, "report") == 0) {
+        int dates_ok = o->from != NULL && o->to != NULL && strlen(o->from) == 10 &&
+                       strlen(o->to) == 10 && strspn(o->from, "0123456789-") == 10 &&
+                       strspn(o->to, "0123456789-") == 10;
+        if (!dates_ok || o->out == NULL || o->key != NULL || o->session != NULL ||
+            (o->digests != NULL) != (o->pubkey != NULL)) {
+            return audit__bad("report", "takes --from YYYY-MM-DD --to YYYY-MM-DD --out FILE "
+                                        "[--clinic ID] [--format html|csv|json] [--digests DIR "
+                                        "--pubkey FILE]");
+        }
+        if (o->format == NULL) {
+            o->format = "html";
+        }
+        if (strcmp(o->format, "html") != 0 && strcmp(o->format, "csv") != 0 &&
+            strcmp(o->format, "json") != 0) {
+            return audit__bad("--format", "is html, csv or json");
+        }
+        return 0;
+    }
+    if (o->format != NULL) {
+        return audit__bad("--format", "is for report");
     }
     if (strcmp(o->verb, "prove") == 0) {
         if (o->session == NULL || o->key != NULL || o->from != NULL || o->to != NULL ||
@@ -125,7 +156,7 @@ static int audit__parse(int argc, char **argv, audit__opts_t *o)
         }
         return 0;
     }
-    return audit__bad(o->verb, "is not a subcommand (verify, prove, digest, keygen)");
+    return audit__bad(o->verb, "is not a subcommand (verify, prove, report, digest, keygen)");
 }
 
 /* ---- the shared queries ------------------------------------------------------------------- */
@@ -365,6 +396,21 @@ int nt_cmd_audit(int argc, char **argv, char *const *envp)
         rc = 1;
     } else if (strcmp(o.verb, "digest") == 0) {
         rc = audit__digest(&a, &o);
+    } else if (strcmp(o.verb, "report") == 0) {
+        FILE *out = fopen(o.out, "w");
+        if (out == NULL) {
+            fprintf(stderr, "needletrace: audit report: cannot write \"%s\"\n", o.out);
+            rc = 1;
+        } else {
+            rc = nt_audit__report(&a, o.format, o.from, o.to, o.digests, o.pubkey, out);
+            if (fclose(out) != 0) {
+                fprintf(stderr, "needletrace: audit report: could not write \"%s\"\n", o.out);
+                rc = 1;
+            }
+            if (rc == 0) {
+                printf("%s: %s report written\n", o.out, o.format);
+            }
+        }
     } else if (strcmp(o.verb, "prove") == 0) {
         FILE *out = o.out != NULL ? fopen(o.out, "w") : stdout;
         if (out == NULL) {

@@ -6,6 +6,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "needletrace/digest.h"
 
@@ -15,6 +16,7 @@ typedef struct {
     size_t findings;
     int failed;         /* a query failed (printed): no verdict */
     char legacy_tx[24]; /* the genesis entry's tx: rows at or below it predate the ledger */
+    FILE *out;          /* where verify writes (NULL: stdout) */
 } nt_audit_t;
 
 /* One ledger entry as stored (text; hashes in hex). */
@@ -51,6 +53,20 @@ void nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]
     "e.sterile_barrier_intact, e.motor_ms, e.depth_um, e.stroke_rate_hz, e.area, e.duration_ms, "  \
     "e.battery_pct, e.temperature_dc, e.motor_seconds_total, e.fault_code, e.fault_message, "      \
     "e.inserted_at, e.tx, e.device_model"
+
+/* One section of the audit report: its name (CSV/JSON), title (HTML) and query. */
+typedef struct {
+    int nparams; /* of $1 clinic, $2 from, $3 to: the first nparams */
+    const char *name, *title, *sql;
+} report__section_t;
+
+/* `audit report`: the report of the clinic (a->clinic, NULL: all) over local dates [from, to] in
+ * format html|csv|json to out, its verification against digests (may be NULL). 0 or 1. */
+int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const char *to,
+                     const char *digests, const char *pub, FILE *out);
+/* The HTML of the report's sections (audit_report_html.c). 0, or 1 when out failed. */
+int nt_audit__report_html(FILE *out, const report__section_t *sec, PGresult *const *res, size_t n,
+                          const char *verification);
 
 /* `audit prove --session`: the JSON proof to out; 0, or 1 (printed). */
 int nt_audit__prove(nt_audit_t *a, const char *session, const char *digests, const char *pub,

@@ -47,9 +47,10 @@ void nt_audit__finding(nt_audit_t *a, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
-    fputs("FINDING: ", stdout);
-    vprintf(fmt, ap);
-    fputc('\n', stdout);
+    FILE *out = a->out != NULL ? a->out : stdout;
+    fputs("FINDING: ", out);
+    vfprintf(out, fmt, ap);
+    fputc('\n', out);
     va_end(ap);
     a->findings++;
 }
@@ -337,9 +338,10 @@ static int verify__ledger(nt_audit_t *a)
     if (a->legacy_tx[0] == '\0') {
         nt_audit__finding(a, "the ledger has no genesis entry (migration 011's)");
     }
-    printf("ledger: %zu entries in %zu chain(s), every hash and link checked; rows recomputed for "
-           "%zu batch(es)%s: %zu rows\n",
-           n, chains, checked, filtered ? " (those the filters select)" : "", rows);
+    fprintf(a->out != NULL ? a->out : stdout,
+            "ledger: %zu entries in %zu chain(s), every hash and link checked; rows recomputed for "
+            "%zu batch(es)%s: %zu rows\n",
+            n, chains, checked, filtered ? " (those the filters select)" : "", rows);
     free(entries);
     free(sel);
     return a->failed ? -1 : 0;
@@ -419,7 +421,8 @@ static int verify__digests(nt_audit_t *a, const char *dir, const char *pub)
                           "to check the chains against",
                           dir);
     }
-    printf("digests: %zu file(s) in \"%s\", %zu chain head(s) checked\n", files, dir, heads);
+    fprintf(a->out != NULL ? a->out : stdout,
+            "digests: %zu file(s) in \"%s\", %zu chain head(s) checked\n", files, dir, heads);
     return 0;
 }
 
@@ -432,15 +435,18 @@ int nt_audit__verify(nt_audit_t *a, const char *digests, const char *pub)
         return 1;
     }
     if (a->failed) {
-        printf("NO VERDICT: a query failed (above); nothing can be said of the record\n");
+        fprintf(a->out != NULL ? a->out : stdout,
+                "NO VERDICT: a query failed (above); nothing can be said of the record\n");
         return 1;
     }
     if (a->findings == 0) {
-        printf("OK: every sealed row is as sealed, no row is outside the ledger, every chain "
-               "links%s\n",
-               digests != NULL ? ", and every digest matches" : "");
+        fprintf(a->out != NULL ? a->out : stdout,
+                "OK: every sealed row is as sealed, no row is outside the ledger, every chain "
+                "links%s\n",
+                digests != NULL ? ", and every digest matches" : "");
         return 0;
     }
-    printf("%zu finding(s): the record was changed after it was sealed\n", a->findings);
+    fprintf(a->out != NULL ? a->out : stdout,
+            "%zu finding(s): the record was changed after it was sealed\n", a->findings);
     return 1;
 }
