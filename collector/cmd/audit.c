@@ -2,12 +2,14 @@
  * (011_ledger.sql): keygen (the digest signing key pair), digest (sign the chain heads now, into
  * a directory kept outside the database), verify (audit_verify.c). The queries the parts share
  * are here. */
+#include <fcntl.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "audit_internal.h"
 #include "needletrace/cmd.h"
@@ -397,18 +399,27 @@ int nt_cmd_audit(int argc, char **argv, char *const *envp)
     } else if (strcmp(o.verb, "digest") == 0) {
         rc = audit__digest(&a, &o);
     } else if (strcmp(o.verb, "report") == 0) {
-        FILE *out = fopen(o.out, "w");
+        /* Written whole to a private temporary file, then renamed: a failed run leaves the
+         * previous report as it was; patient references are in it (mode 0600). */
+        char tmp[4200];
+        snprintf(tmp, sizeof(tmp), "%s.tmp", o.out);
+        int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        FILE *out = fd >= 0 ? fdopen(fd, "w") : NULL;
         if (out == NULL) {
-            fprintf(stderr, "needletrace: audit report: cannot write \"%s\"\n", o.out);
+            fprintf(stderr, "needletrace: audit report: cannot write \"%s\"\n", tmp);
             rc = 1;
         } else {
             rc = nt_audit__report(&a, o.format, o.from, o.to, o.digests, o.pubkey, out);
-            if (fclose(out) != 0) {
-                fprintf(stderr, "needletrace: audit report: could not write \"%s\"\n", o.out);
+            int wrote = fflush(out) == 0 && fsync(fileno(out)) == 0;
+            wrote = fclose(out) == 0 && wrote;
+            if (!wrote || (rc != 0 && rc != 2) || rename(tmp, o.out) != 0) {
+                fprintf(stderr, "needletrace: audit report: \"%s\" not written\n", o.out);
+                unlink(tmp);
                 rc = 1;
-            }
-            if (rc == 0) {
-                printf("%s: %s report written\n", o.out, o.format);
+            } else {
+                printf("%s: %s report written%s\n", o.out, o.format,
+                       rc == 2 ? " (the record did NOT verify: see its last section)" : "");
+                rc = rc == 2 ? 1 : 0;
             }
         }
     } else if (strcmp(o.verb, "prove") == 0) {

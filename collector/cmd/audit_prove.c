@@ -119,15 +119,17 @@ static int prove__batch(nt_audit_t *a, FILE *out, const nt_audit_entry_t *e, PGr
     return 0;
 }
 
-/* The entries of e's chain from e to the newest, as texts (the checker follows prev links). */
-static void prove__chain(nt_audit_t *a, FILE *out, const nt_audit_entry_t *all, size_t n,
-                         const nt_audit_entry_t *e)
+/* The entries of e's chain after e up to seq upto (INT64_MAX: the newest), as texts: the checker
+ * follows their prev links from e to the head the digest signed. */
+static void prove__chain(FILE *out, const nt_audit_entry_t *all, size_t n,
+                         const nt_audit_entry_t *e, int64_t upto)
 {
     fputs("[", out);
     int first = 1;
+    int64_t from = strtoll(e->seq, NULL, 10);
     for (size_t i = 0; i < n; i++) {
-        if (strcmp(all[i].collector, e->collector) != 0 ||
-            strtoll(all[i].seq, NULL, 10) <= strtoll(e->seq, NULL, 10)) {
+        int64_t seq = strtoll(all[i].seq, NULL, 10);
+        if (strcmp(all[i].collector, e->collector) != 0 || seq <= from || seq > upto) {
             continue;
         }
         char text[1024];
@@ -137,62 +139,104 @@ static void prove__chain(nt_audit_t *a, FILE *out, const nt_audit_entry_t *all, 
         prove__str(out, text);
     }
     fputs("]", out);
-    (void)a;
 }
 
-/* The newest digest in dir (signed by pub) that names last's chain at or after last: its
- * document as it is, or null. */
-static int prove__digest(nt_audit_t *a, const char *dir, const char *pub,
-                         const nt_audit_entry_t *last, FILE *out)
+/* The earliest digest in dir (signed by pub) that names the chain of every batch at or after it:
+ * its path and heads (*nh), or "" when none does. */
+static void prove__pick_digest(const char *dir, const char *pub, const nt_audit_entry_t *const *b,
+                               size_t nb, char *best, size_t bestlen, nt_digest_head_t *heads,
+                               int *nh)
 {
-    char best[4096] = "";
-    int64_t want = last != NULL ? strtoll(last->seq, NULL, 10) : INT64_MAX;
-    DIR *d = dir != NULL && last != NULL ? opendir(dir) : NULL;
-    struct dirent *de;
+    best[0] = '\0';
+    *nh = 0;
+    DIR *d = dir != NULL ? opendir(dir) : NULL;
     nt_digest_head_t *h = d != NULL ? calloc(NT_AUDIT_MAX_HEADS, sizeof(*h)) : NULL;
+    struct dirent *de;
     while (h != NULL && (de = readdir(d)) != NULL) {
         size_t len = strlen(de->d_name);
+        char path[4096], err[512], time[64];
         if (strncmp(de->d_name, "digest-", 7) != 0 || len < 5 ||
             strcmp(de->d_name + len - 5, ".json") != 0) {
             continue;
         }
-        char path[4096], err[512], time[64];
         snprintf(path, sizeof(path), "%s/%s", dir, de->d_name);
         int k =
             nt_digest_read(path, pub, h, NT_AUDIT_MAX_HEADS, time, sizeof(time), err, sizeof(err));
-        for (int i = 0; i < k; i++) {
-            if (strcmp(h[i].collector_id, last->collector) == 0 && h[i].seq >= want &&
-                (best[0] == '\0' || strcmp(path, best) > 0)) {
-                snprintf(best, sizeof(best), "%s", path);
+        int covers = k > 0;
+        for (size_t i = 0; covers && i < nb; i++) {
+            int found = 0;
+            for (int j = 0; j < k && !found; j++) {
+                found = strcmp(h[j].collector_id, b[i]->collector) == 0 &&
+                        h[j].seq >= strtoll(b[i]->seq, NULL, 10);
             }
+            covers = found;
+        }
+        if (covers && (best[0] == '\0' || strcmp(path, best) < 0)) {
+            snprintf(best, bestlen, "%s", path);
+            memcpy(heads, h, (size_t)k * sizeof(*h));
+            *nh = k;
         }
     }
     free(h);
     if (d != NULL) {
         closedir(d);
     }
-    FILE *f = best[0] != '\0' ? fopen(best, "r") : NULL;
-    if (f == NULL) {
-        fputs("null", out);
-        if (dir != NULL) {
-            nt_audit__finding(a,
-                              "no digest in \"%s\" signed by the key names the session's "
-                              "newest batch",
-                              dir);
+}
+
+/* The digest's signed head of collector, or INT64_MAX (no digest: to the newest entry). */
+static int64_t prove__head(const nt_digest_head_t *h, int nh, const char *collector)
+{
+    for (int i = 0; i < nh; i++) {
+        if (strcmp(h[i].collector_id, collector) == 0) {
+            return h[i].seq;
         }
-        return 0;
     }
+    return INT64_MAX;
+}
+
+static void prove__copy_file(FILE *out, const char *path)
+{
+    FILE *f = fopen(path, "r");
     char buf[4096];
     size_t got;
-    while ((got = fread(buf, 1, sizeof(buf), f)) > 0) {
-        /* the document ends with a newline: keep the JSON tidy */
+    while (f != NULL && (got = fread(buf, 1, sizeof(buf), f)) > 0) {
         if (got < sizeof(buf) && buf[got - 1] == '\n') {
-            got--;
+            got--; /* the document ends with a newline: keep the JSON tidy */
         }
         fwrite(buf, 1, got, out);
     }
-    fclose(f);
-    return 0;
+    if (f != NULL) {
+        fclose(f);
+    } else {
+        fputs("null", out);
+    }
+}
+
+/* The session's batches: each distinct tx of rows (sorted by tx), its entry or NULL (counted as a
+ * finding). *nb gets the count; NULL when out of memory. */
+static const nt_audit_entry_t **prove__batches(nt_audit_t *a, PGresult *rows,
+                                               const nt_audit_entry_t *all, size_t n,
+                                               const char *session, size_t *nb)
+{
+    const nt_audit_entry_t **b = calloc((size_t)PQntuples(rows) + 1, sizeof(*b));
+    *nb = 0;
+    for (int r = 0; b != NULL && r < PQntuples(rows); r++) {
+        const char *tx = PQgetvalue(rows, r, 0);
+        if (r > 0 && strcmp(tx, PQgetvalue(rows, r - 1, 0)) == 0) {
+            continue;
+        }
+        const nt_audit_entry_t *e = NULL;
+        for (size_t i = 0; i < n && e == NULL; i++) {
+            e = strcmp(all[i].tx, tx) == 0 ? &all[i] : NULL;
+        }
+        if (e == NULL) {
+            nt_audit__finding(a, "session %s: rows of transaction %s are in no sealed batch",
+                              session, tx);
+        } else {
+            b[(*nb)++] = e;
+        }
+    }
+    return b;
 }
 
 int nt_audit__prove(nt_audit_t *a, const char *session, const char *digests, const char *pub,
@@ -204,58 +248,47 @@ int nt_audit__prove(nt_audit_t *a, const char *session, const char *digests, con
         "pg_catalog.row_to_json(e)::text FROM needletrace.events e "
         "WHERE e.session_id = $1 AND ($2::text IS NULL OR e.clinic_id = $2) ORDER BY e.tx, e.seq";
     const char *values[2] = {session, a->clinic};
-    /* binary: record bytes raw; the text columns arrive as their UTF-8 bytes */
     PGresult *rows = nt_audit__query(a, sql, 2, values, 1);
-    if (rows == NULL) {
-        return 1;
+    size_t n = 0, nb = 0;
+    nt_audit_entry_t *all = rows != NULL ? nt_audit__entries(a, &n, 0) : NULL;
+    const nt_audit_entry_t **b = all != NULL ? prove__batches(a, rows, all, n, session, &nb) : NULL;
+    nt_digest_head_t *heads = calloc(NT_AUDIT_MAX_HEADS, sizeof(*heads));
+    int rc = 1, nh = 0;
+    char path[4096] = "";
+    if (b == NULL || heads == NULL || nb == 0) {
+        fprintf(stderr, "needletrace: audit prove: %s\n",
+                b == NULL || heads == NULL ? "could not read the session or the ledger"
+                                           : "no sealed event of that session");
+        goto done;
     }
-    if (PQntuples(rows) == 0) {
-        fprintf(stderr, "needletrace: audit prove: no event of session \"%s\"%s%s\n", session,
-                a->clinic != NULL ? " in clinic " : "", a->clinic != NULL ? a->clinic : "");
-        PQclear(rows);
-        return 1;
-    }
-    size_t n = 0;
-    nt_audit_entry_t *all = nt_audit__entries(a, &n, 0);
-    if (all == NULL) {
-        PQclear(rows);
-        return 1;
+    prove__pick_digest(digests, pub, b, nb, path, sizeof(path), heads, &nh);
+    if (digests != NULL && path[0] == '\0') {
+        nt_audit__finding(a, "no digest in \"%s\" signed by the key names the session's batches",
+                          digests);
     }
     fputs("{\"version\": 1, \"session\": ", out);
     prove__str(out, session);
     fputs(",\n  \"batches\": [\n", out);
-    const nt_audit_entry_t *last = NULL;
-    char prev_tx[24] = "";
-    int nb = 0;
-    for (int r = 0; r < PQntuples(rows); r++) {
-        const char *tx = PQgetvalue(rows, r, 0);
-        if (strcmp(tx, prev_tx) == 0) {
-            continue;
+    for (size_t i = 0; i < nb; i++) {
+        fputs(i > 0 ? ",\n" : "", out);
+        if (prove__batch(a, out, b[i], rows, b[i]->tx) != 0) {
+            goto done;
         }
-        snprintf(prev_tx, sizeof(prev_tx), "%s", tx);
-        const nt_audit_entry_t *e = NULL;
-        for (size_t i = 0; i < n && e == NULL; i++) {
-            e = strcmp(all[i].tx, tx) == 0 ? &all[i] : NULL;
-        }
-        if (e == NULL) {
-            nt_audit__finding(a, "session %s: rows of transaction %s are in no sealed batch",
-                              session, tx);
-            continue;
-        }
-        fputs(nb++ > 0 ? ",\n" : "", out);
-        if (prove__batch(a, out, e, rows, tx) != 0) {
-            break;
-        }
-        prove__chain(a, out, all, n, e);
+        prove__chain(out, all, n, b[i], prove__head(heads, nh, b[i]->collector));
         fputs("}", out);
-        if (last == NULL || strtoll(e->seq, NULL, 10) > strtoll(last->seq, NULL, 10)) {
-            last = e;
-        }
     }
     fputs("\n  ],\n  \"digest\": ", out);
-    int rc = prove__digest(a, digests, pub, last, out);
+    if (path[0] != '\0') {
+        prove__copy_file(out, path);
+    } else {
+        fputs("null", out);
+    }
     fputs("\n}\n", out);
+    rc = a->failed || a->findings > 0 ? 1 : 0;
+done:
+    free(heads);
+    free(b);
     free(all);
     PQclear(rows);
-    return a->failed || a->findings > 0 || rc != 0 ? 1 : 0;
+    return rc;
 }

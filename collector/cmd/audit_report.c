@@ -100,14 +100,19 @@ static const report__section_t report__sections[] = {
 
 #define REPORT__N (sizeof(report__sections) / sizeof(report__sections[0]))
 
-/* Writes s for CSV (quoted when needed). */
+/* Writes s for CSV (quoted when needed). A cell a spreadsheet would read as a formula (it starts
+ * with = + - @ or a tab or CR: a pen's or a person's text) is quoted and prefixed with '. */
 static void report__csv(FILE *out, const char *s)
 {
-    if (strpbrk(s, ",\"\n\r") == NULL) {
+    int formula = strchr("=+-@\t\r", s[0]) != NULL && s[0] != '\0';
+    if (!formula && strpbrk(s, ",\"\n\r") == NULL) {
         fputs(s, out);
         return;
     }
     fputc('"', out);
+    if (formula) {
+        fputc('\'', out);
+    }
     for (; *s != '\0'; s++) {
         if (*s == '"') {
             fputc('"', out);
@@ -178,8 +183,9 @@ static void report__write_json(FILE *out, PGresult *const *res, const char *veri
     fputs("\n}\n", out);
 }
 
-/* Runs verify into a string (the report's last section). */
-static char *report__verify(nt_audit_t *a, const char *digests, const char *pub)
+/* Runs verify into a string (the report's last section); *verdict gets its exit code (0: the
+ * record verified). */
+static char *report__verify(nt_audit_t *a, const char *digests, const char *pub, int *verdict)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -192,7 +198,13 @@ static char *report__verify(nt_audit_t *a, const char *digests, const char *pub)
     v.findings = 0;
     v.failed = 0;
     v.from = v.to = v.clinic = NULL; /* the record as a whole */
-    (void)nt_audit__verify(&v, digests, pub);
+    *verdict = nt_audit__verify(&v, digests, pub);
+    if (v.failed) {
+        fputs("NO VERDICT: a query failed; nothing can be said of the record\n", mem);
+    }
+    if (digests == NULL) {
+        fputs("(checked without digests: a chain rewritten consistently would not be seen)\n", mem);
+    }
     fclose(mem);
     return buf;
 }
@@ -208,7 +220,8 @@ int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const 
             nt_audit__query(a, report__sections[s].sql, report__sections[s].nparams, values, 0);
         rc = res[s] == NULL;
     }
-    char *verification = rc == 0 ? report__verify(a, digests, pub) : NULL;
+    int verdict = 0;
+    char *verification = rc == 0 ? report__verify(a, digests, pub, &verdict) : NULL;
     if (rc == 0 && verification == NULL) {
         fprintf(stderr, "needletrace: audit report: out of memory\n");
         rc = 1;
@@ -216,11 +229,18 @@ int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const 
     if (rc == 0) {
         if (strcmp(format, "csv") == 0) {
             report__write_csv(out, res, verification);
+            rc = ferror(out) ? 1 : 0;
         } else if (strcmp(format, "json") == 0) {
             report__write_json(out, res, verification);
+            rc = ferror(out) ? 1 : 0;
         } else {
             rc = nt_audit__report_html(out, report__sections, res, REPORT__N, verification);
         }
+    }
+    if (rc == 0 && verdict != 0) {
+        fprintf(stderr, "needletrace: audit report: the verification of the record did not pass "
+                        "(see its section in the report)\n");
+        rc = 2; /* the report is written; the record is not as sealed */
     }
     free(verification);
     for (size_t s = 0; s < REPORT__N; s++) {

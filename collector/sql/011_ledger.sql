@@ -147,11 +147,12 @@ BEGIN
                  count(*) FILTER (WHERE r.tag = 'q')]
       INTO v_leaves, v_n
       FROM needletrace.ledger_rows(v_tx) r;
-    IF v_tx <= (SELECT max(l.tx) FROM needletrace.ledger l) THEN
+    IF v_tx <= (SELECT l.tx FROM needletrace.ledger l WHERE l.collector_id = '(genesis)') THEN
         -- transaction ids restarted (a logical dump restored into a new cluster): rows could not
-        -- be told from sealed ones. Operational: the collector stops and says so.
-        RAISE EXCEPTION 'the ledger already has transactions after %: transaction ids restarted '
-                        '(was the database restored from a logical dump?)', v_tx
+        -- be told from those before the ledger. Operational: the collector stops and says so.
+        -- (Not max(tx): batches of two connections or replicas seal out of txid order.)
+        RAISE EXCEPTION 'transaction id % is older than the ledger''s genesis: transaction ids '
+                        'restarted (was the database restored from a logical dump?)', v_tx
             USING ERRCODE = 'NT004';
     END IF;
     SELECT l.seq, l.entry_hash INTO v_prev.seq, v_prev.entry_hash FROM needletrace.ledger l

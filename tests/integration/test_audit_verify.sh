@@ -82,10 +82,38 @@ nt_log "$py_out"
 nt_expect_true "the digest's signature, checked by openssl" openssl pkeyutl -verify -pubin \
     -inkey "$NT_TMP/keys/digest-signing.pub" -rawin -in "$NT_TMP/signed.txt" \
     -sigfile "$NT_TMP/signed.txt.sig"
-# A tampered copy of the proof does not check.
+# Tampered copies of the proof do not check: a changed row; a made-up batch (its own root and
+# entry) riding on the real digest; a chain cut short.
 sed 's/"record": "0000/"record": "0001/' "$NT_TMP/proof.json" >"$NT_TMP/bad.json"
 if /usr/bin/python3 "$NT_LIB_DIR/check_proof.py" "$NT_TMP/bad.json" >/dev/null; then
     nt_fail "a proof with a changed row still checks"
+fi
+/usr/bin/python3 - "$NT_TMP/proof.json" "$NT_TMP/forged.json" <<'PY'
+import hashlib, json, sys
+h = lambda b: hashlib.sha256(b).digest()
+doc = json.load(open(sys.argv[1]))
+b = doc["batches"][0]
+rec = b"\x00\x00\x00\x01forged"
+leaf = h(b"\x00e" + rec)
+chunk = h(b"\x01" + leaf)
+f = b["entry_text"].split("|")
+f[2], f[10] = "1", h(b"\x02" + chunk).hex()
+text = "|".join(f)
+doc["batches"] = [{"entry_text": text, "entry_hash": h(text.encode()).hex(),
+                   "chunk_hashes": [chunk.hex()], "chain_after": [],
+                   "rows": [{"ident": "x", "row": {}, "record": rec.hex(), "leaf": leaf.hex(),
+                             "chunk": 0, "chunk_leaves": [leaf.hex()]}]}]
+json.dump(doc, open(sys.argv[2], "w"))
+PY
+if /usr/bin/python3 "$NT_LIB_DIR/check_proof.py" "$NT_TMP/forged.json" >/dev/null; then
+    nt_fail "a made-up batch riding on a real digest still checks"
+fi
+/usr/bin/python3 -c "import json,sys; d=json.load(open(sys.argv[1]))
+for b in d['batches']: b['chain_after'] = b['chain_after'][:-1]
+json.dump(d, open(sys.argv[2], 'w'))" "$NT_TMP/proof.json" "$NT_TMP/cut.json"
+if [[ $(/usr/bin/python3 -c "import json,sys; print(sum(len(b['chain_after']) for b in json.load(open(sys.argv[1]))['batches']))" "$NT_TMP/proof.json") -gt 0 ]] &&
+    /usr/bin/python3 "$NT_LIB_DIR/check_proof.py" "$NT_TMP/cut.json" >/dev/null; then
+    nt_fail "a proof with its chain cut short still checks"
 fi
 
 # ---- 2. a superuser's changes, each found and named -----------------------------------------------
