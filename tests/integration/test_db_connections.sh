@@ -15,7 +15,10 @@ SIM="$NT_TMP/sim.json"
 nt_start_pg
 nt_start_broker
 nt_migrate
-nt_start_collector c1
+# The reconnect backoff (database too) capped at 1 s: a connection killed again before it carried
+# a batch would otherwise wait up to mqtt.reconnect_max_ms (30 s) -- longer than the waits below,
+# and not what this test is about.
+nt_start_collector c1 NEEDLETRACE_MQTT_RECONNECT_MAX_MS=1000
 nt_wait_collector_ready c1
 
 # backends N: the collector has N backends now.
