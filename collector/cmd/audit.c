@@ -253,14 +253,35 @@ static void audit__hex(const unsigned char *in, size_t n, char *out)
     out[2 * n] = '\0';
 }
 
-void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_audit_entry_t *prev)
+void nt_audit__entry_text(const nt_audit_entry_t *e, char *text, size_t len)
 {
-    char text[1024], hex[65];
-    snprintf(text, sizeof(text),
+    snprintf(text, len,
              "needletrace-ledger-v1|%s|%s|%s|%s|%s|%s|%" PRId64 "|%" PRId64 "|%" PRId64
              "|%s|%s|%s|%" PRId64,
              e->collector, e->seq, e->tx, e->journal_id, e->from, e->to, e->n_raw, e->n_events,
              e->n_quarantine, e->root, e->prev, e->committed, e->n_messages);
+}
+
+void nt_audit__json_str(FILE *out, const char *s)
+{
+    fputc('"', out);
+    for (; *s != '\0'; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            fprintf(out, "\\%c", c);
+        } else if (c < 0x20) {
+            fprintf(out, "\\u%04x", c);
+        } else {
+            fputc(c, out);
+        }
+    }
+    fputc('"', out);
+}
+
+void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_audit_entry_t *prev)
+{
+    char text[1024], hex[65];
+    nt_audit__entry_text(e, text, sizeof(text));
     unsigned char md[32];
     SHA256((const unsigned char *)text, strlen(text), md);
     audit__hex(md, 32, hex);

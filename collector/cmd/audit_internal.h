@@ -36,6 +36,10 @@ PGresult *nt_audit__query(nt_audit_t *a, const char *sql, int n, const char *con
 nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n, int filtered);
 /* An entry's stored leaves (32 bytes each); NULL after printing the error. */
 unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t *n);
+/* The text an entry's hash is taken over (011_ledger.sql, ledger_entry_text). */
+void nt_audit__entry_text(const nt_audit_entry_t *e, char *text, size_t len);
+/* s as a JSON string (quotes, backslashes and control characters escaped). */
+void nt_audit__json_str(FILE *out, const char *s);
 /* The entry's hash recomputed, and its link to prev (NULL: the first checked of its chain). */
 void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_audit_entry_t *prev);
 /* A digest's head still in the ledger as it was. */

@@ -20,33 +20,6 @@ static void prove__hex(FILE *out, const unsigned char *p, size_t n)
     }
 }
 
-/* A JSON string of s (control characters and quotes escaped). */
-static void prove__str(FILE *out, const char *s)
-{
-    fputc('"', out);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            fprintf(out, "\\%c", c);
-        } else if (c < 0x20) {
-            fprintf(out, "\\u%04x", c);
-        } else {
-            fputc(c, out);
-        }
-    }
-    fputc('"', out);
-}
-
-/* The entry text of e (as nt_audit__check_link hashes it). */
-static void prove__entry_text(const nt_audit_entry_t *e, char *text, size_t len)
-{
-    snprintf(text, len,
-             "needletrace-ledger-v1|%s|%s|%s|%s|%s|%s|%" PRId64 "|%" PRId64 "|%" PRId64
-             "|%s|%s|%s|%" PRId64,
-             e->collector, e->seq, e->tx, e->journal_id, e->from, e->to, e->n_raw, e->n_events,
-             e->n_quarantine, e->root, e->prev, e->committed, e->n_messages);
-}
-
 /* One batch of the session: its entry, the chunks of its leaves, and the session's rows in it. */
 static int prove__batch(nt_audit_t *a, FILE *out, const nt_audit_entry_t *e, PGresult *rows,
                         const char *tx)
@@ -57,9 +30,9 @@ static int prove__batch(nt_audit_t *a, FILE *out, const nt_audit_entry_t *e, PGr
         return -1;
     }
     char text[1024];
-    prove__entry_text(e, text, sizeof(text));
+    nt_audit__entry_text(e, text, sizeof(text));
     fputs("    {\"entry_text\": ", out);
-    prove__str(out, text);
+    nt_audit__json_str(out, text);
     fprintf(out, ",\n     \"entry_hash\": \"%s\",\n     \"chunk_hashes\": [", e->hash);
     unsigned char buf[1 + 64 * 32], h[32];
     buf[0] = 0x01;
@@ -90,7 +63,7 @@ static int prove__batch(nt_audit_t *a, FILE *out, const nt_audit_entry_t *e, PGr
         fputs(first ? "\n      {" : ",\n      {", out);
         first = 0;
         fputs("\"ident\": ", out);
-        prove__str(out, PQgetvalue(rows, r, 1));
+        nt_audit__json_str(out, PQgetvalue(rows, r, 1));
         fputs(", \"row\": ", out);
         fputs(PQgetvalue(rows, r, 3), out); /* row_to_json: for people, not proven by itself */
         fputs(", \"record\": \"", out);
@@ -133,10 +106,10 @@ static void prove__chain(FILE *out, const nt_audit_entry_t *all, size_t n,
             continue;
         }
         char text[1024];
-        prove__entry_text(&all[i], text, sizeof(text));
+        nt_audit__entry_text(&all[i], text, sizeof(text));
         fputs(first ? "\n    " : ",\n    ", out);
         first = 0;
-        prove__str(out, text);
+        nt_audit__json_str(out, text);
     }
     fputs("]", out);
 }
@@ -267,7 +240,7 @@ int nt_audit__prove(nt_audit_t *a, const char *session, const char *digests, con
                           digests);
     }
     fputs("{\"version\": 1, \"session\": ", out);
-    prove__str(out, session);
+    nt_audit__json_str(out, session);
     fputs(",\n  \"batches\": [\n", out);
     for (size_t i = 0; i < nb; i++) {
         fputs(i > 0 ? ",\n" : "", out);

@@ -122,22 +122,6 @@ static void report__csv(FILE *out, const char *s)
     fputc('"', out);
 }
 
-static void report__json_str(FILE *out, const char *s)
-{
-    fputc('"', out);
-    for (; *s != '\0'; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            fprintf(out, "\\%c", c);
-        } else if (c < 0x20) {
-            fprintf(out, "\\u%04x", c);
-        } else {
-            fputc(c, out);
-        }
-    }
-    fputc('"', out);
-}
-
 static void report__write_csv(FILE *out, PGresult *const *res, const char *verification)
 {
     for (size_t s = 0; s < REPORT__N; s++) {
@@ -170,16 +154,16 @@ static void report__write_json(FILE *out, PGresult *const *res, const char *veri
             fputs(r > 0 ? ",\n    {" : "\n    {", out);
             for (int c = 0; c < PQnfields(res[s]); c++) {
                 fputs(c > 0 ? ", " : "", out);
-                report__json_str(out, PQfname(res[s], c));
+                nt_audit__json_str(out, PQfname(res[s], c));
                 fputs(": ", out);
-                report__json_str(out, PQgetvalue(res[s], r, c));
+                nt_audit__json_str(out, PQgetvalue(res[s], r, c));
             }
             fputc('}', out);
         }
         fputs("]", out);
     }
     fputs(",\n  \"verification\": ", out);
-    report__json_str(out, verification);
+    nt_audit__json_str(out, verification);
     fputs("\n}\n", out);
 }
 
