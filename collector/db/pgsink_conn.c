@@ -120,8 +120,12 @@ static void pgsink__checkpoint_done(nt_pgsink_t *s)
 /* ---- the role -----------------------------------------------------------------------------------
  */
 
+/* The fourth column creates the coming quarters' partitions of events when missing
+ * (013_partitions.sql; it never fails, and only warns when the table is too busy to add one). */
 #define PGSINK_PRIVILEGES_QUERY                                                                    \
-    "SELECT superuser, owns_evidence, role_name FROM needletrace.connection_privileges()"
+    "SELECT superuser, owns_evidence, role_name, CASE WHEN pg_catalog.has_function_privilege("     \
+    "'needletrace.events_partitions_ensure(int)', 'EXECUTE') THEN "                                \
+    "needletrace.events_partitions_ensure() END FROM needletrace.connection_privileges()"
 
 /* At every connect, before the checkpoint: is the role one that could rewrite the evidence (a
  * superuser, or a member of the role owning the tables: it could disable their triggers)? */
@@ -137,7 +141,7 @@ static void pgsink__check_privileges(nt_pgsink_t *s)
 
 static void pgsink__privileges_rows(nt_pgsink_t *s, const PGresult *res)
 {
-    if (PQntuples(res) != 1 || PQnfields(res) != 3) {
+    if (PQntuples(res) != 1 || PQnfields(res) != 4) {
         return; /* not read: refused as unknown below */
     }
     s->priv_super = strcmp(PQgetvalue(res, 0, 0), "t") == 0;

@@ -168,19 +168,27 @@ static int txn__send_stage(nt_txn_t *t)
     return t->ops->send(t->conn, t->sql, 0, NULL);
 }
 
-/* The staged rows into the tables, skipping what is stored already: events first (ON CONFLICT on
- * their key), then each raw message only if an event of it was stored now -- a redelivered
- * message stored none -- or, marked conflicting, if every event identity of it was stored from a
- * message with other content (at most once: a partial unique index; see 009_raw_evidence_lean.sql),
- * then quarantine rows (ON CONFLICT on their key). */
+/* The staged rows into the tables, skipping what is stored already: events first -- those whose
+ * identity needletrace.event_keys does not hold, the first of each identity in the batch (the
+ * table is partitioned: 013_partitions.sql) -- then each raw message only if an event of it was
+ * stored now -- a redelivered message stored none -- or, marked conflicting, if every event
+ * identity of it was stored from a message with other content (at most once: a partial unique
+ * index; see 009_raw_evidence_lean.sql), then quarantine rows (ON CONFLICT on their key). */
+static const char txn__merge_events[] =
+    "INSERT INTO needletrace.events (%s) SELECT %s FROM (SELECT DISTINCT ON (s.clinic_id, "
+    "s.device_serial, s.boot_id, s.seq) s.* FROM nt_stage_events s WHERE NOT EXISTS ("
+    "SELECT 1 FROM needletrace.event_keys k WHERE k.clinic_id = s.clinic_id "
+    "AND k.device_serial = s.device_serial AND k.boot_id = s.boot_id AND k.seq = s.seq) "
+    "ORDER BY s.clinic_id, s.device_serial, s.boot_id, s.seq, s.ctid) x;";
+
 static const char txn__merge_raw[] =
     "INSERT INTO needletrace.raw_messages (%s, conflicting) SELECT %s, nt_conflicting FROM ("
     "SELECT DISTINCT ON (s.clinic_id, s.device_serial, s.payload_sha256) s.*, "
     "m.clinic_id IS NULL AS nt_conflicting FROM nt_stage_raw_messages s LEFT JOIN ("
     "SELECT se.clinic_id, se.device_serial, se.payload_sha256, "
-    "bool_or(e.tx = txid_current()) AS now FROM nt_stage_events se JOIN needletrace.events e "
-    "ON e.clinic_id = se.clinic_id AND e.device_serial = se.device_serial "
-    "AND e.boot_id = se.boot_id AND e.seq = se.seq AND e.payload_sha256 = se.payload_sha256 "
+    "bool_or(k.tx = txid_current()) AS now FROM nt_stage_events se JOIN needletrace.event_keys k "
+    "ON k.clinic_id = se.clinic_id AND k.device_serial = se.device_serial "
+    "AND k.boot_id = se.boot_id AND k.seq = se.seq AND k.payload_sha256 = se.payload_sha256 "
     "GROUP BY 1, 2, 3) m ON m.clinic_id = s.clinic_id AND m.device_serial = s.device_serial "
     "AND m.payload_sha256 = s.payload_sha256 WHERE m.now OR m.clinic_id IS NULL "
     "ORDER BY s.clinic_id, s.device_serial, s.payload_sha256, s.journal_pos) x "
@@ -195,9 +203,10 @@ static int txn__send_merge(nt_txn_t *t)
         if (tb->buf.rows == 0) {
             continue;
         }
-        if (order[k] == NT_BATCH_RAW) {
-            n += (size_t)snprintf(t->sql + n, sizeof(t->sql) - n, txn__merge_raw, tb->columns,
-                                  tb->columns);
+        if (order[k] == NT_BATCH_RAW || order[k] == NT_BATCH_EVENTS) {
+            n += (size_t)snprintf(t->sql + n, sizeof(t->sql) - n,
+                                  order[k] == NT_BATCH_RAW ? txn__merge_raw : txn__merge_events,
+                                  tb->columns, tb->columns);
         } else {
             n += (size_t)snprintf(t->sql + n, sizeof(t->sql) - n,
                                   "INSERT INTO needletrace.%s (%s) SELECT %s FROM nt_stage_%s "
@@ -302,7 +311,7 @@ static int txn__send_checkpoint(nt_txn_t *t)
     snprintf(prev, sizeof(prev), "%" PRId32, (int32_t)((t->order - 1u) & 0x7fffffffu));
     const char *params[6] = {t->collector_id, jid, from, to, t->after ? "true" : "false", prev};
     return t->ops->send(t->conn,
-                        "SELECT needletrace.move_checkpoint_sealed($1, $2::bigint, $3::bigint, "
+                        "SELECT needletrace.move_checkpoint_keyed($1, $2::bigint, $3::bigint, "
                         "$4::bigint, $5::boolean, $6::int)",
                         6, params);
 }
@@ -356,6 +365,22 @@ static int txn__seal_failed(nt_txn_t *t)
     return 0;
 }
 
+/* The merge stores only identities event_keys did not hold when it started; another transaction
+ * (a replica given the same redelivered message) may store one of them before it ends: a unique
+ * violation here is that race, never the rows' fault, so never isolated -- the batch is retried
+ * (SQLSTATE 40001, transient), and then finds the identity stored. */
+static int txn__merge_raced(nt_txn_t *t)
+{
+    if (strcmp(t->sqlstate, "23505") == 0) {
+        char was[sizeof(t->error) - 96];
+        snprintf(was, sizeof(was), "%.400s", t->error);
+        snprintf(t->error, sizeof(t->error),
+                 "another transaction stored some of the batch's events meanwhile: %s", was);
+        snprintf(t->sqlstate, sizeof(t->sqlstate), "40001");
+    }
+    return 0;
+}
+
 static const txn__step_t txn__steps[] = {
     {"begin", NULL, txn__send_begin, NULL, NULL, 0, -1},
     {"heartbeat", txn__heartbeat_due, txn__send_heartbeat, NULL, NULL, 0, -1},
@@ -365,7 +390,7 @@ static const txn__step_t txn__steps[] = {
     {"stage", txn__staging_path, txn__send_stage, NULL, NULL, 0, NT_STAGE_DB_COPY},
     {"stage_copy", txn__staging_path, txn__send_stage_copy, txn__copy_again, NULL, 0,
      NT_STAGE_DB_COPY},
-    {"merge", txn__staging_path, txn__send_merge, NULL, NULL, 0, NT_STAGE_DB_COPY},
+    {"merge", txn__staging_path, txn__send_merge, NULL, txn__merge_raced, 0, NT_STAGE_DB_COPY},
     /* The checkpoint before the rules: with two connections, a batch's transaction waits here
      * until the one before it ended, so that its rules see every earlier batch, and batches
      * commit in journal order. */

@@ -86,7 +86,7 @@ typedef struct {
     int failed;       /* the current command failed */
     char sqlstate[6]; /* of the first failure */
     char error[512];  /* its primary message */
-    char sql[4096];
+    char sql[8192];
 } nt_txn_t;
 
 /* Prepares t for transactions of one collector over conn (nothing is sent). */

@@ -117,11 +117,17 @@ if [[ $(/usr/bin/python3 -c "import json,sys; print(sum(len(b['chain_after']) fo
 fi
 
 # ---- 2. a superuser's changes, each found and named -----------------------------------------------
-untrigger() { # the superuser's first step
+untrigger() { # the superuser's first step (on events also the identity's: 013_partitions.sql)
     nt_sql "ALTER TABLE needletrace.$1 DISABLE TRIGGER append_only" >/dev/null
+    if [[ $1 == events ]]; then
+        nt_sql "ALTER TABLE needletrace.events DISABLE TRIGGER event_keys" >/dev/null
+    fi
 }
 retrigger() {
     nt_sql "ALTER TABLE needletrace.$1 ENABLE ALWAYS TRIGGER append_only" >/dev/null
+    if [[ $1 == events ]]; then
+        nt_sql "ALTER TABLE needletrace.events ENABLE ALWAYS TRIGGER event_keys" >/dev/null
+    fi
 }
 # expect_found WHAT PATTERN: verify exits 1 and one finding matches PATTERN
 expect_found() {

@@ -14,6 +14,7 @@
 #include "needletrace/batch.h"
 #include "needletrace/common.h"
 #include "needletrace/outbox.h"
+#include "needletrace/pqutil.h"
 #include "needletrace/txn.h"
 
 #define COLLECTOR  "collector-a"
@@ -305,7 +306,7 @@ static void assert_call(const fixture_t *f, int i, const char *sql, int nparams)
 static void assert_checkpoint(const fixture_t *f, int i)
 {
     const stmt_t *s = &f->fake.stmts[i];
-    assert_string_equal(s->sql, "SELECT needletrace.move_checkpoint_sealed($1, $2::bigint, "
+    assert_string_equal(s->sql, "SELECT needletrace.move_checkpoint_keyed($1, $2::bigint, "
                                 "$3::bigint, $4::bigint, $5::boolean, $6::int)");
     assert_int_equal(s->nparams, 6);
     assert_string_equal(s->params[4], f->txn.after ? "true" : "false");
@@ -516,6 +517,13 @@ static void test_unique_violation_takes_staging_path(void **state)
         if (i == NT_BATCH_RAW) {
             snprintf(want, sizeof(want), "INSERT INTO needletrace.raw_messages (%s, conflicting)",
                      tb->columns);
+        } else if (i == NT_BATCH_EVENTS) {
+            /* partitioned: the identities event_keys does not hold, once each */
+            snprintf(want, sizeof(want),
+                     "INSERT INTO needletrace.events (%s) SELECT %s FROM (SELECT DISTINCT ON "
+                     "(s.clinic_id, s.device_serial, s.boot_id, s.seq) s.* FROM nt_stage_events s "
+                     "WHERE NOT EXISTS (SELECT 1 FROM needletrace.event_keys k ",
+                     tb->columns, tb->columns);
         } else {
             snprintf(want, sizeof(want),
                      "INSERT INTO needletrace.%s (%s) SELECT %s FROM nt_stage_%s ON CONFLICT DO "
@@ -527,7 +535,7 @@ static void test_unique_violation_takes_staging_path(void **state)
     }
     assert_true(at[NT_BATCH_EVENTS] < at[NT_BATCH_RAW] &&
                 at[NT_BATCH_RAW] < at[NT_BATCH_QUARANTINE]);
-    assert_non_null(strstr(merge, "bool_or(e.tx = txid_current())"));
+    assert_non_null(strstr(merge, "bool_or(k.tx = txid_current())"));
     assert_non_null(strstr(merge, "WHERE conflicting DO NOTHING;"));
     assert_checkpoint(f, 8);
     assert_call(f, 9, SQL_RULES, 1);
@@ -566,6 +574,21 @@ static void test_unique_violation_in_stage_copy_rolls_back(void **state)
     assert_string_equal(f->trace, "begin copy stage stage_copy stage_copy rollback");
     assert_string_equal(f->txn.error, "a second failure");
     assert_string_equal(last_stmt(&f->fake)->sql, "ROLLBACK");
+}
+
+/* A unique violation at the merge is another transaction storing the same event meanwhile: the
+ * batch rolls back as transient (40001), never as the rows' fault (isolated as poison). */
+static void test_unique_violation_in_merge_is_transient(void **state)
+{
+    fixture_t *f = *state;
+    make_batch(f, 0);
+    /* The first COPY, then the merge (statement 5). */
+    server_t srv = {.error_at = 1, .sqlstate = "23505", .error2_at = 5, .sqlstate2 = "23505"};
+    assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_ROLLED_BACK);
+    assert_string_equal(f->trace, "begin copy stage stage_copy stage_copy merge rollback");
+    assert_string_equal(f->txn.sqlstate, "40001");
+    assert_non_null(strstr(f->txn.error, "another transaction stored some of the batch's events"));
+    assert_int_equal(nt_pqutil_classify(f->txn.sqlstate), NT_PQ_TRANSIENT);
 }
 
 /* ---- (d) any other error --------------------------------------------------------------------- */
@@ -862,6 +885,7 @@ int main(void)
         T(test_delivered_literal_extremes),
         T(test_unique_violation_takes_staging_path),
         T(test_staging_skips_empty_tables),
+        T(test_unique_violation_in_merge_is_transient),
         T(test_unique_violation_in_stage_copy_rolls_back),
         T(test_other_error_rolls_back),
         T(test_error_in_copy_rolls_back),
