@@ -74,7 +74,9 @@ COMMENT ON TABLE needletrace.events IS
     'Evidence: one row per accepted event, identified by (clinic_id, device_serial, boot_id, '
     'seq); a redelivered event never makes a second row. kind says which typed body columns '
     'apply; the others are NULL. Every body column is device-reported and UNTRUSTED (checked for '
-    'form and range only). Append-only; sealed by needletrace.ledger (column tx).';
+    'form and range only). Append-only; sealed by needletrace.ledger (column tx). Partitioned by '
+    'quarter of received_at (013_partitions.sql); the identity is unique across partitions '
+    'through needletrace.event_keys.';
 COMMENT ON COLUMN needletrace.events.clinic_id IS
     'Clinic of the topic the event''s message came on (topic; checked against '
     'needletrace.devices).';
