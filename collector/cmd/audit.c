@@ -48,7 +48,8 @@ static void audit__usage(FILE *out)
           "        [FROM, TO] (YYYY-MM-DD): summary, exceptions, sessions, depth per area against\n"
           "        its limit, sessions per pen per day, completeness, and the verification of\n"
           "        the record (against --digests); HTML (default: one printable file, no\n"
-          "        network), CSV or JSON, to --out FILE\n"
+          "        network), CSV or JSON, to --out FILE. A session is in the report of the\n"
+          "        period its start is in (README, \"The report\")\n"
           "digest  signs every chain's head now with the Ed25519 key in FILE into\n"
           "        DIR/digest-<time>.json (keep DIR where the database's users cannot write)\n"
           "keygen  a new Ed25519 key pair in DIR: " NT_DIGEST_KEY_FILE " (mode 0600) and\n"
@@ -379,6 +380,62 @@ static int audit__digest(nt_audit_t *a, const audit__opts_t *o)
     return rc;
 }
 
+/* A connection's settings. Nothing of the database's choosing: built-in functions only (a
+ * function of the same name in another schema would shadow them), no row-level security hiding
+ * rows (an error instead), read only; verify and report (big) get room to aggregate in memory. */
+static int audit__session(PGconn *conn, int big)
+{
+    PGresult *set = PQexec(conn, big ? "SET search_path = pg_catalog, pg_temp; SET row_security = "
+                                       "off; SET default_transaction_read_only = on; SET work_mem "
+                                       "= '256MB'; SET hash_mem_multiplier = 4; SET jit = off"
+                                     : "SET search_path = pg_catalog, pg_temp; SET row_security = "
+                                       "off; SET default_transaction_read_only = on");
+    int ok = PQresultStatus(set) == PGRES_COMMAND_OK;
+    if (!ok) {
+        fprintf(stderr, "needletrace: audit: %s", PQresultErrorMessage(set));
+    }
+    PQclear(set);
+    return ok ? 0 : -1;
+}
+
+/* verify and report read everything in one snapshot: one repeatable-read transaction, its
+ * snapshot shared with the second connection. What they check is the record at one instant,
+ * whatever the collectors commit meanwhile. */
+static int audit__snapshot(nt_audit_t *a)
+{
+    PGresult *r = PQexec(a->conn, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY");
+    int ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+    PQclear(r);
+    if (ok && a->conn2 != NULL) {
+        r = PQexec(a->conn, "SELECT pg_catalog.pg_export_snapshot()");
+        char sql[160];
+        ok =
+            PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1 &&
+            strspn(PQgetvalue(r, 0, 0), "0123456789ABCDEFabcdef-") == strlen(PQgetvalue(r, 0, 0)) &&
+            strlen(PQgetvalue(r, 0, 0)) < 64;
+        if (ok) {
+            snprintf(sql, sizeof(sql),
+                     "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; SET TRANSACTION SNAPSHOT "
+                     "'%s'",
+                     PQgetvalue(r, 0, 0));
+        }
+        PQclear(r);
+        if (ok) {
+            r = PQexec(a->conn2, sql);
+            ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+            PQclear(r);
+        }
+    }
+    if (!ok) {
+        fprintf(stderr, "needletrace: audit: could not take a snapshot: %s",
+                PQerrorMessage(a->conn2 != NULL && PQstatus(a->conn2) == CONNECTION_OK &&
+                                       PQtransactionStatus(a->conn) == PQTRANS_INTRANS
+                                   ? a->conn2
+                                   : a->conn));
+    }
+    return ok ? 0 : -1;
+}
+
 /* `needletrace audit`. */
 int nt_cmd_audit(int argc, char **argv, char *const *envp)
 {
@@ -405,17 +462,20 @@ int nt_cmd_audit(int argc, char **argv, char *const *envp)
     }
     nt_audit_t a = {.from = o.from, .to = o.to, .clinic = o.clinic};
     rc = nt_cmd_connect(cfg.database_url, cfg.database_password, "needletrace-audit", &a.conn);
+    int big = strcmp(o.verb, "verify") == 0 || strcmp(o.verb, "report") == 0;
+    if (rc == 0 && big &&
+        nt_cmd_connect(cfg.database_url, cfg.database_password, "needletrace-audit", &a.conn2) !=
+            0) {
+        fprintf(stderr, "needletrace: audit: no second connection: checking on one\n");
+        a.conn2 = NULL;
+    }
     nt_config_close(&cfg);
     if (rc != 0) {
         return rc == NT_ECONFIG ? 2 : 1;
     }
-    /* Nothing of the database's choosing: built-in functions only (a function of the same name
-     * in another schema would shadow them), no row-level security hiding rows (an error
-     * instead), read only. */
-    PGresult *set = PQexec(a.conn, "SET search_path = pg_catalog, pg_temp; SET row_security = off; "
-                                   "SET default_transaction_read_only = on");
-    if (PQresultStatus(set) != PGRES_COMMAND_OK) {
-        fprintf(stderr, "needletrace: audit: %s", PQresultErrorMessage(set));
+    if (audit__session(a.conn, big) != 0 || (a.conn2 != NULL && audit__session(a.conn2, 1) != 0)) {
+        rc = 1;
+    } else if (big && audit__snapshot(&a) != 0) {
         rc = 1;
     } else if (strcmp(o.verb, "digest") == 0) {
         rc = audit__digest(&a, &o);
@@ -458,7 +518,9 @@ int nt_cmd_audit(int argc, char **argv, char *const *envp)
     } else {
         rc = nt_audit__verify(&a, o.digests, o.pubkey);
     }
-    PQclear(set);
     PQfinish(a.conn);
+    if (a.conn2 != NULL) {
+        PQfinish(a.conn2);
+    }
     return rc;
 }

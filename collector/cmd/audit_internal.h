@@ -12,6 +12,8 @@
 
 typedef struct {
     PGconn *conn;
+    PGconn *conn2; /* a second connection in the same snapshot (NULL: none): verify checks the
+                    * batches' rows on both at once */
     const char *from, *to, *clinic; /* filters of the entries checked (NULL: none) */
     size_t findings;
     int failed;         /* a query failed (printed): no verdict */
@@ -44,12 +46,29 @@ void nt_audit__json_str(FILE *out, const char *s);
 void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_audit_entry_t *prev);
 /* A digest's head still in the ledger as it was. */
 void nt_audit__check_head(nt_audit_t *a, const char *digest, const nt_digest_head_t *h);
+/* The rows of entry e (not the genesis) recomputed and compared with its stored leaves and root,
+ * row by row, each difference named: the rows checked (0 after a failure: a->failed). */
+size_t nt_audit__entry_rows(nt_audit_t *a, const nt_audit_entry_t *e);
+/* The rows of the n entries sel (none the genesis) against their stored leaves, on a->conn and
+ * a->conn2 at once; an entry whose rows differ in any way goes to nt_audit__entry_rows, which
+ * names each difference. The rows checked; a->failed after a failure (printed). */
+size_t nt_audit__batches(nt_audit_t *a, const nt_audit_entry_t *const *sel, size_t n);
 /* The root of sorted leaves (011_ledger.sql). */
 void nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]);
 /* Chains one digest may name. */
 #define NT_AUDIT_MAX_HEADS 4096
 
-/* The events columns of version 1 of the ledger's leaves (011_ledger.sql, ledger_rows). */
+/* The columns of version 1 of the ledger's leaves, per table, as in 011_ledger.sql's ledger_rows:
+ * never change them (a new version gets new lists and a new tag). */
+#define NT_AUDIT_RAW_V1                                                                            \
+    "r.clinic_id, r.device_serial, r.payload_sha256, r.received_at, r.topic, "                     \
+    "r.payload, r.boot_id, r.event_count, r.first_seq, r.last_seq, r.device_model, "               \
+    "r.firmware_version, r.collector_id, r.journal_pos, r.inserted_at, r.conflicting, "            \
+    "r.legacy, r.tx"
+#define NT_AUDIT_QUARANTINE_V1                                                                     \
+    "q.clinic_id, q.message_key, q.received_at, q.topic, q.payload, q.payload_sha256, "            \
+    "q.reason, q.detail, q.device_serial, q.collector_id, q.journal_pos, "                         \
+    "q.inserted_at, q.tx"
 #define NT_AUDIT_EVENTS_V1                                                                         \
     "e.clinic_id, e.device_serial, e.boot_id, e.seq, e.kind, e.device_time, e.received_at, "       \
     "e.session_id, e.payload_sha256, e.collector_id, e.operator_id, e.patient_ref, "               \
@@ -61,6 +80,7 @@ void nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]
 /* One section of the audit report: its name (CSV/JSON), title (HTML) and query. */
 typedef struct {
     int nparams; /* of $1 clinic, $2 from, $3 to: the first nparams */
+    int lane;    /* the connection it runs on (0: a->conn, 1: a->conn2 when there is one) */
     const char *name, *title, *sql;
 } report__section_t;
 

@@ -5,19 +5,26 @@
  * digest it was checked against). The same sections as HTML (one printable file: inline CSS and
  * SVG, no network), CSV (a section column first) or JSON (an object of arrays). Times and dates
  * are each clinic's local ones (needletrace.clinics; UTC without a row), as the report states. */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "audit_internal.h"
 
-/* The events of the report: clinic filter, local dates [$2, $3] of the device time in the
- * clinic's zone. */
-#define REPORT__EV                                                                                 \
-    "ev AS MATERIALIZED (SELECT e.*, coalesce(c.time_zone, 'UTC') AS tz FROM needletrace.events "  \
-    "e LEFT JOIN needletrace.clinics c ON c.clinic_id = e.clinic_id WHERE ($1::text IS NULL OR "   \
-    "e.clinic_id = $1) AND (e.device_time AT TIME ZONE coalesce(c.time_zone, 'UTC'))::date "       \
-    "BETWEEN $2::date AND $3::date)"
+/* The events of the report, e (c.tz its clinic's zone, NULL: UTC): the clinic filter, and the
+ * device time within the local dates [$2, $3] in its clinic's zone, as an instant range computed
+ * once per clinic (no time zone conversion per row, no function per row), inside the widest such
+ * range for any zone (UTC-12 to UTC+14) as a plain condition an index or a partition on
+ * device_time can use. Ends with WHERE: more conditions follow with AND. */
+#define REPORT__IN                                                                                 \
+    "needletrace.events e LEFT JOIN (SELECT z.clinic_id, z.time_zone AS tz, ($2::date::timestamp " \
+    "AT TIME ZONE z.time_zone) AS lo, (($3::date + 1)::timestamp AT TIME ZONE z.time_zone) AS hi " \
+    "FROM needletrace.clinics z OFFSET 0) c ON c.clinic_id = e.clinic_id WHERE ($1::text IS NULL " \
+    "OR e.clinic_id = $1) AND e.device_time >= coalesce(c.lo, $2::date::timestamp AT TIME ZONE "   \
+    "'UTC') AND e.device_time < coalesce(c.hi, ($3::date + 1)::timestamp AT TIME ZONE 'UTC') AND " \
+    "e.device_time >= (($2::date - 1)::timestamp AT TIME ZONE 'UTC') AND e.device_time < "         \
+    "(($3::date + 2)::timestamp AT TIME ZONE 'UTC')"
 /* The alerts of the report: those about an event of the period (its device time, local). */
 #define REPORT__AL                                                                                 \
     "al AS MATERIALIZED (SELECT a.*, coalesce(c.time_zone, 'UTC') AS tz FROM needletrace.alerts "  \
@@ -26,50 +33,62 @@
     "a.boot_id AND e.seq = a.seq WHERE ($1::text IS NULL OR a.clinic_id = $1) AND "                \
     "(coalesce(e.device_time, a.raised_at) AT TIME ZONE coalesce(c.time_zone, 'UTC'))::date "      \
     "BETWEEN $2::date AND $3::date)"
+/* The depth limit of area x.area in clinic x.clinic_id. */
 #define REPORT__LIMIT                                                                              \
     "coalesce((SELECT p.max_depth_um FROM needletrace.depth_policy_clinic p WHERE p.clinic_id = "  \
     "x.clinic_id AND p.area = x.area), (SELECT p.max_depth_um FROM needletrace.depth_policy p "    \
     "WHERE p.area = x.area), needletrace.depth_hard_max_um())"
-
+/* Sections on the second connection (lane 1), at once with those on the first: each reads the
+ * period's events once; the sessions (lane 0) cost about as much as the others together. */
 static const report__section_t report__sections[] = {
-    {3, "summary", "Summary",
-     "WITH " REPORT__EV ", " REPORT__AL " SELECT $2::text AS from_date, $3::text AS to_date, "
-     "(SELECT string_agg(DISTINCT clinic_id || ': ' || tz, ', ') FROM ev) AS time_zones, "
-     "(SELECT count(DISTINCT clinic_id) FROM ev) AS clinics, "
-     "(SELECT count(DISTINCT (clinic_id, device_serial)) FROM ev) AS pens, "
-     "(SELECT count(*) FROM ev WHERE kind = 'session_started') AS sessions, "
-     "(SELECT count(*) FROM ev) AS events, "
-     "(SELECT count(DISTINCT (gtin, cartridge_serial)) FROM ev WHERE kind = 'cartridge_mounted') "
-     "AS cartridges_used, (SELECT count(*) FROM al WHERE rule = 'CARTRIDGE_REUSED') AS "
+    {3, 1, "summary", "Summary",
+     "WITH p AS (SELECT e.clinic_id, coalesce(c.tz, 'UTC') AS tz, e.device_serial, count(*) AS n "
+     "FROM " REPORT__IN " GROUP BY 1, 2, 3), " REPORT__AL " SELECT $2::text AS from_date, "
+     "$3::text AS to_date, (SELECT string_agg(DISTINCT clinic_id || ': ' || tz, ', ') FROM p) AS "
+     "time_zones, (SELECT count(DISTINCT clinic_id) FROM p) AS clinics, (SELECT count(*) FROM p) "
+     "AS pens, (SELECT count(*) FROM " REPORT__IN " AND e.kind = 'session_started') AS sessions, "
+     "(SELECT coalesce(sum(n), 0)::bigint FROM p) AS events, (SELECT count(*) FROM (SELECT "
+     "DISTINCT e.gtin, e.cartridge_serial FROM " REPORT__IN " AND e.kind = 'cartridge_mounted') "
+     "k) AS cartridges_used, (SELECT count(*) FROM al WHERE rule = 'CARTRIDGE_REUSED') AS "
      "cartridge_reuse, (SELECT count(*) FROM al) AS exceptions, (SELECT count(*) FROM al WHERE "
      "NOT EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND "
      "k.alert_id = al.alert_id)) AS open, (SELECT count(*) FROM al WHERE EXISTS (SELECT 1 FROM "
      "needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND k.alert_id = al.alert_id)) "
      "AS acknowledged"},
-    {3, "exceptions_by_rule", "Exceptions by rule and severity",
+    {3, 1, "exceptions_by_rule", "Exceptions by rule and severity",
      "WITH " REPORT__AL " SELECT rule, severity, count(*) AS alerts, count(*) FILTER (WHERE NOT "
      "EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND "
      "k.alert_id = al.alert_id)) AS open FROM al GROUP BY 1, 2 ORDER BY 1, 2"},
-    {3, "depth", "Depth used per treatment area against its limit",
-     "WITH " REPORT__EV " SELECT x.area, " REPORT__LIMIT " AS limit_um, x.bucket_um, count(*) "
-     "AS samples FROM (SELECT clinic_id, coalesce(area, 'unspecified') AS area, (depth_um / "
-     "250) * 250 AS bucket_um FROM ev WHERE kind IN ('needle_setting', 'needle_activity')) x "
-     "GROUP BY x.area, 2, x.bucket_um ORDER BY 1, 3"},
-    {3, "sessions_per_day", "Sessions per pen per day",
-     "WITH " REPORT__EV " SELECT device_serial AS pen, (device_time AT TIME ZONE tz)::date::text "
-     "AS day, count(*) AS sessions FROM ev WHERE kind = 'session_started' GROUP BY 1, 2 ORDER BY "
-     "1, 2"},
-    {0, "completeness", "Completeness",
+    {3, 1, "depth", "Depth used per treatment area against its limit",
+     "SELECT x.area, " REPORT__LIMIT " AS limit_um, x.bucket_um, sum(x.n)::bigint AS samples "
+     "FROM (SELECT e.clinic_id, coalesce(e.area, 'unspecified') AS area, (e.depth_um / 250) * "
+     "250 AS bucket_um, count(*) AS n FROM " REPORT__IN " AND e.kind IN ('needle_setting', "
+     "'needle_activity') GROUP BY 1, 2, 3) x GROUP BY x.area, 2, x.bucket_um ORDER BY 1, 3"},
+    {3, 1, "sessions_per_day", "Sessions per pen per day",
+     "SELECT e.device_serial AS pen, (e.device_time AT TIME ZONE coalesce(c.tz, "
+     "'UTC'))::date::text AS day, count(*) AS sessions FROM " REPORT__IN " AND e.kind = "
+     "'session_started' GROUP BY 1, 2 ORDER BY 1, 2"},
+    {0, 1, "completeness", "Completeness",
      "SELECT collector_id, batches, messages_received, messages_stored, messages_quarantined, "
      "redeliveries_skipped, raw_rows_now, CASE WHEN messages_received = messages_stored + "
      "messages_quarantined + redeliveries_skipped AND raw_rows_now = messages_stored THEN 'ok' "
      "ELSE 'MISMATCH' END AS verdict FROM needletrace.completeness ORDER BY 1"},
-    {1, "pens", "Sequence gaps and clock skew per pen",
-     "SELECT clinic_id, device_serial AS pen, events, boots, open_holes, missing_seqs, "
-     "gap_alerts, skew_alerts, coalesce(max_ahead::text, '') AS clock_ahead, "
-     "coalesce(max_behind::text, '') AS clock_behind FROM needletrace.pen_completeness WHERE "
-     "$1::text IS NULL OR clinic_id = $1 ORDER BY 1, 2"},
-    {3, "exceptions", "Exceptions",
+    /* Per pen, over the period: its events, boots and clock skew, and the alerts of the period
+     * about its gaps and clock; its sequence holes still open are the record's now. */
+    {3, 1, "pens", "Sequence gaps and clock skew per pen",
+     "WITH " REPORT__AL " SELECT p.clinic_id, p.device_serial AS pen, sum(p.n)::bigint AS events, "
+     "count(*) AS boots, (SELECT count(*) FROM needletrace.sequence_holes h WHERE h.clinic_id = "
+     "p.clinic_id AND h.device_serial = p.device_serial) AS open_holes, (SELECT "
+     "coalesce(sum(h.gap_end - h.gap_start + 1), 0) FROM needletrace.sequence_holes h WHERE "
+     "h.clinic_id = p.clinic_id AND h.device_serial = p.device_serial) AS missing_seqs, (SELECT "
+     "count(*) FROM al WHERE al.clinic_id = p.clinic_id AND al.device_serial = p.device_serial "
+     "AND al.rule = 'SEQUENCE_GAP') AS gap_alerts, (SELECT count(*) FROM al WHERE al.clinic_id = "
+     "p.clinic_id AND al.device_serial = p.device_serial AND al.rule = 'CLOCK_SKEW') AS "
+     "skew_alerts, coalesce(max(p.ahead)::text, '') AS clock_ahead, coalesce(max(p.behind)::text, "
+     "'') AS clock_behind FROM (SELECT e.clinic_id, e.device_serial, e.boot_id, count(*) AS n, "
+     "max(e.device_time - e.received_at) AS ahead, max(e.received_at - e.device_time) AS behind "
+     "FROM " REPORT__IN " GROUP BY 1, 2, 3) p GROUP BY 1, 2 ORDER BY 1, 2"},
+    {3, 1, "exceptions", "Exceptions",
      "WITH " REPORT__AL " SELECT to_char(al.raised_at AT TIME ZONE al.tz, 'YYYY-MM-DD HH24:MI') "
      "AS raised, al.alert_id, al.rule, al.severity, al.clinic_id, al.device_serial AS pen, "
      "coalesce(al.session_id, '') AS session, coalesce(al.details->>'serial', "
@@ -79,23 +98,43 @@ static const report__section_t report__sections[] = {
      "|| '): ' || coalesce(k.note, ''), 'open') AS acknowledgement FROM al LEFT JOIN LATERAL "
      "(SELECT * FROM needletrace.alert_acks x WHERE x.clinic_id = al.clinic_id AND x.alert_id = "
      "al.alert_id ORDER BY x.acked_at DESC LIMIT 1) k ON true ORDER BY al.raised_at, al.alert_id"},
-    {3, "sessions", "Sessions",
-     "WITH " REPORT__EV ", s AS (SELECT clinic_id, device_serial, session_id, min(tz) AS tz, "
-     "min(device_time) FILTER (WHERE kind = 'session_started') AS started, min(device_time) "
-     "FILTER (WHERE kind = 'session_ended') AS ended, max(operator_id) AS operator, "
-     "max(patient_ref) AS patient, string_agg(DISTINCT gtin || '/' || cartridge_serial, ' ') "
-     "FILTER (WHERE kind = 'cartridge_mounted') AS cartridges FROM ev WHERE session_id IS NOT "
-     "NULL GROUP BY 1, 2, 3), d AS (SELECT x.clinic_id, x.device_serial, x.session_id, "
-     "string_agg(x.area || ' ' || x.mx || '/' || " REPORT__LIMIT " || ' um', ', ' ORDER BY "
-     "x.area) AS depth FROM (SELECT clinic_id, device_serial, session_id, coalesce(area, "
-     "'unspecified') AS area, max(depth_um) AS mx FROM ev WHERE kind IN ('needle_setting', "
-     "'needle_activity') AND session_id IS NOT NULL GROUP BY 1, 2, 3, 4) x GROUP BY 1, 2, 3) "
-     "SELECT s.clinic_id, s.device_serial AS pen, s.session_id, coalesce(s.operator, '') AS "
-     "operator, coalesce(s.patient, '') AS patient_ref, coalesce(to_char(s.started AT TIME ZONE "
-     "s.tz, 'YYYY-MM-DD HH24:MI'), '') AS started, coalesce(round(extract(epoch FROM s.ended - "
-     "s.started) / 60.0, 1)::text, '') AS minutes, coalesce(s.cartridges, '') AS cartridges, "
-     "coalesce(d.depth, '') AS depth_used_vs_limit FROM s LEFT JOIN d USING (clinic_id, "
-     "device_serial, session_id) ORDER BY s.started NULLS LAST, 1, 2, 3"},
+    /* A session is the period's whose start is in it (each session in the report of one period
+     * only), or, with no start in the record at all, that has events in it. Its end is taken
+     * where it is (after the period too: minutes whole); its operator, patient, cartridges and
+     * depth from its events in the period. A session started before the period is in the report
+     * of the period it started in; its events in this one still count in the summary's events,
+     * the depth chart and the pens. */
+    {3, 0, "sessions", "Sessions",
+     "WITH sa AS (SELECT e.clinic_id, e.device_serial, e.session_id, CASE WHEN e.kind IN "
+     "('needle_setting', 'needle_activity') THEN coalesce(e.area, 'unspecified') END AS area, "
+     "min(e.device_time) FILTER (WHERE e.kind = 'session_started') AS started, "
+     "min(e.device_time) FILTER (WHERE e.kind = 'session_ended') AS ended, max(e.operator_id) AS "
+     "operator, max(e.patient_ref) AS patient, max(e.depth_um) AS mx FROM " REPORT__IN
+     " AND e.session_id IS NOT NULL GROUP BY 1, 2, 3, 4), s AS (SELECT clinic_id, device_serial, "
+     "session_id, min(started) AS started, min(ended) AS ended, max(operator) AS operator, "
+     "max(patient) AS patient FROM sa GROUP BY 1, 2, 3), k AS (SELECT e.clinic_id, "
+     "e.device_serial, e.session_id, string_agg(DISTINCT e.gtin || '/' || e.cartridge_serial, ' "
+     "') AS cartridges FROM " REPORT__IN " AND e.kind = 'cartridge_mounted' AND e.session_id IS "
+     "NOT NULL GROUP BY 1, 2, 3), d AS (SELECT v.clinic_id, v.device_serial, v.session_id, "
+     "string_agg(v.area || ' ' || v.mx || '/' || coalesce(pc.max_depth_um, dp.max_depth_um, "
+     "needletrace.depth_hard_max_um()) || ' um', ', ' ORDER BY v.area) AS depth FROM sa v LEFT "
+     "JOIN needletrace.depth_policy_clinic pc ON pc.clinic_id = v.clinic_id AND pc.area = v.area "
+     "LEFT JOIN needletrace.depth_policy dp ON dp.area = v.area WHERE v.area IS NOT NULL GROUP BY "
+     "1, 2, 3) SELECT s.clinic_id, s.device_serial AS pen, s.session_id, coalesce(s.operator, '') "
+     "AS operator, coalesce(s.patient, '') AS patient_ref, coalesce(to_char(s.started AT TIME "
+     "ZONE coalesce(z.time_zone, 'UTC'), 'YYYY-MM-DD HH24:MI'), '') AS started, "
+     "coalesce(round(extract(epoch FROM coalesce(s.ended, f.ended) - s.started) / 60.0, "
+     "1)::text, '') AS minutes, coalesce(k.cartridges, '') AS cartridges, coalesce(d.depth, '') "
+     "AS depth_used_vs_limit FROM s "
+     "LEFT JOIN k USING (clinic_id, device_serial, session_id) LEFT JOIN d USING (clinic_id, "
+     "device_serial, session_id) LEFT JOIN LATERAL (SELECT min(y.device_time) AS ended FROM "
+     "needletrace.events y WHERE s.ended IS NULL AND s.started IS NOT NULL AND y.clinic_id = "
+     "s.clinic_id AND y.device_serial = s.device_serial AND y.session_id = s.session_id AND "
+     "y.kind = 'session_ended' AND y.device_time >= s.started) f ON true LEFT JOIN "
+     "needletrace.clinics z ON z.clinic_id = s.clinic_id WHERE s.started IS NOT "
+     "NULL OR NOT EXISTS (SELECT 1 FROM needletrace.events y WHERE y.clinic_id = s.clinic_id AND "
+     "y.device_serial = s.device_serial AND y.session_id = s.session_id AND y.kind = "
+     "'session_started') ORDER BY s.started NULLS LAST, 1, 2, 3"},
 };
 
 #define REPORT__N (sizeof(report__sections) / sizeof(report__sections[0]))
@@ -193,17 +232,54 @@ static char *report__verify(nt_audit_t *a, const char *digests, const char *pub,
     return buf;
 }
 
+/* The sections of one lane, in order, on conn. */
+typedef struct {
+    PGconn *conn;
+    int lane; /* -1: every section */
+    const char *const *values;
+    PGresult **res;
+    int failed; /* a query failed (printed) */
+} report__lane_t;
+
+static void *report__lane(void *arg)
+{
+    report__lane_t *l = arg;
+    for (size_t s = 0; s < REPORT__N && !l->failed; s++) {
+        if (l->lane >= 0 && report__sections[s].lane != l->lane) {
+            continue;
+        }
+        l->res[s] = PQexecParams(l->conn, report__sections[s].sql, report__sections[s].nparams,
+                                 NULL, l->values, NULL, NULL, 0);
+        if (PQresultStatus(l->res[s]) != PGRES_TUPLES_OK) {
+            fprintf(stderr, "needletrace: audit report: section %s: %s", report__sections[s].name,
+                    PQresultErrorMessage(l->res[s]));
+            PQclear(l->res[s]);
+            l->res[s] = NULL;
+            l->failed = 1;
+        }
+    }
+    return NULL;
+}
+
 int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const char *to,
                      const char *digests, const char *pub, FILE *out)
 {
     PGresult *res[REPORT__N] = {0};
     const char *values[3] = {a->clinic, from, to};
-    int rc = 0;
-    for (size_t s = 0; s < REPORT__N && rc == 0; s++) {
-        res[s] =
-            nt_audit__query(a, report__sections[s].sql, report__sections[s].nparams, values, 0);
-        rc = res[s] == NULL;
+    /* Two lanes at once on the two connections (same snapshot), else one after the other. */
+    report__lane_t lane[2] = {
+        {.conn = a->conn, .lane = a->conn2 != NULL ? 0 : -1, .values = values, .res = res},
+        {.conn = a->conn2, .lane = 1, .values = values, .res = res}};
+    pthread_t th;
+    int threaded = a->conn2 != NULL && pthread_create(&th, NULL, report__lane, &lane[1]) == 0;
+    if (a->conn2 != NULL && !threaded) {
+        lane[0].lane = -1;
     }
+    report__lane(&lane[0]);
+    if (threaded) {
+        pthread_join(th, NULL);
+    }
+    int rc = lane[0].failed || lane[1].failed;
     int verdict = 0;
     char *verification = rc == 0 ? report__verify(a, digests, pub, &verdict) : NULL;
     if (rc == 0 && verification == NULL) {

@@ -6,7 +6,15 @@
 # `needletrace audit report` (one quarter, all clinics) and `needletrace audit verify` over them.
 # Prints the timings. Not part of the suite (minutes to hours); the suite runs it small
 # (ctest scale_smoke: 20,000 events). SCALE_VERIFY_ONLY=1: time verify only.
+# SCALE_KEEP=DIR: the cluster lives in DIR and is kept; a later run with the same DIR and EVENTS
+# reuses it (migrates it to the binary's schema, skips the fill) instead of filling again.
 set -euo pipefail
+if [[ -n ${SCALE_KEEP:-} ]]; then
+    mkdir -p "$SCALE_KEEP"
+    chmod 755 "$SCALE_KEEP"
+    NT_TMP=$(cd "$SCALE_KEEP" && pwd)
+    NT_KEEP_DIR=1
+fi
 # shellcheck source-path=SCRIPTDIR source=../integration/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../integration/lib.sh"
 N=${2:-10000000}
@@ -16,7 +24,7 @@ nt_migrate
 nt_sql "ALTER SYSTEM SET max_wal_size = '4GB'" >/dev/null
 nt_sql "SELECT pg_reload_conf()" >/dev/null
 
-nt_sql "CREATE PROCEDURE public.nt_scale_fill(p_batches int) LANGUAGE plpgsql AS \$\$
+nt_sql "CREATE OR REPLACE PROCEDURE public.nt_scale_fill(p_batches int) LANGUAGE plpgsql AS \$\$
 DECLARE
     b int;
     t0 timestamptz := '2026-01-01 00:00:00+00';
@@ -60,13 +68,21 @@ BEGIN
 END
 \$\$" >/dev/null
 batches=$(((N + 4999) / 5000))
-t0=$(nt_now_ms)
-nt_sql "CALL public.nt_scale_fill($batches)" >/dev/null
-nt_sql "VACUUM ANALYZE" >/dev/null
-fill_ms=$(($(nt_now_ms) - t0))
+if [[ -n ${SCALE_KEEP:-} && $(cat "$NT_TMP/scale-filled" 2>/dev/null) == "$batches" ]]; then
+    nt_sql "VACUUM ANALYZE" >/dev/null # the migrations may have added or rebuilt something
+    nt_log "reusing the $batches batches filled before in $NT_TMP"
+else
+    [[ $(nt_sql "SELECT count(*) FROM needletrace.events") == 0 ]] ||
+        nt_fail "$NT_TMP holds another fill: remove it or use another SCALE_KEEP"
+    t0=$(nt_now_ms)
+    nt_sql "CALL public.nt_scale_fill($batches)" >/dev/null
+    nt_sql "VACUUM ANALYZE" >/dev/null
+    fill_ms=$(($(nt_now_ms) - t0))
+    [[ -z ${SCALE_KEEP:-} ]] || echo "$batches" >"$NT_TMP/scale-filled"
+    nt_log "made $batches sealed batches in $((fill_ms / 1000)) s"
+fi
 events=$(nt_sql "SELECT count(*) FROM needletrace.events")
-nt_log "made $events events in $batches sealed batches in $((fill_ms / 1000)) s" \
-    "($(nt_sql "SELECT pg_size_pretty(pg_database_size('needletrace'))"))"
+nt_log "$events events ($(nt_sql "SELECT pg_size_pretty(pg_database_size('needletrace'))"))"
 
 AUDITOR=$(nt_db_url nt_auditor)
 timed() { # timed LABEL ARGS...: runs needletrace ARGS as the auditor; prints the time
