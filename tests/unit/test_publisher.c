@@ -134,7 +134,7 @@ static void test_colliding_ids_probe_linearly(void **state)
 static void check_remove_middle(nt_publisher__table_t *t, unsigned b)
 {
     /* Cluster: A0 A1 B0 A2 B1 C0 A3 (A home b, B home b+1, C home b+3). */
-    int64_t next = 1, a[4], bb[2], c[1];
+    int64_t next = 1, a[4] = {0}, bb[2] = {0}, c[1] = {0};
     ids_with_home(b, a, 4, &next);
     next = 1;
     ids_with_home((b + 1) % SLOTS, bb, 2, &next);
