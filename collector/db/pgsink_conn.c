@@ -124,7 +124,7 @@ static void pgsink__checkpoint_done(nt_pgsink_t *s)
  * (013_partitions.sql; it never fails, and only warns when the table is too busy to add one). */
 #define PGSINK_PRIVILEGES_QUERY                                                                    \
     "SELECT superuser, owns_evidence, role_name, CASE WHEN pg_catalog.has_function_privilege("     \
-    "'needletrace.events_partitions_ensure(int)', 'EXECUTE') THEN "                                \
+    "'needletrace.events_partitions_ensure()', 'EXECUTE') THEN "                                   \
     "needletrace.events_partitions_ensure() END FROM needletrace.connection_privileges()"
 
 /* At every connect, before the checkpoint: is the role one that could rewrite the evidence (a

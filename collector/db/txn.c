@@ -321,9 +321,25 @@ static int txn__send_commit(nt_txn_t *t)
     return t->ops->send(t->conn, "COMMIT", 0, NULL);
 }
 
+/* No partition of events takes a row (23514 "no partition of relation ... found for row": the
+ * default partition detached by hand): the database's fault, not the rows' -- never isolated as a
+ * poison message but reported as the operational failure it is (SQLSTATE NT005: the sink stops and
+ * says why, and retries). */
+static void txn__no_partition(nt_txn_t *t)
+{
+    if (strcmp(t->sqlstate, "23514") == 0 && strstr(t->error, "no partition of relation") != NULL) {
+        char was[sizeof(t->error) - 64];
+        snprintf(was, sizeof(was), "%.400s", t->error);
+        snprintf(t->error, sizeof(t->error), "the events table has no partition for a row: %s",
+                 was);
+        snprintf(t->sqlstate, sizeof(t->sqlstate), "NT005");
+    }
+}
+
 /* A unique violation on the fast path: some rows are already stored (a redelivery). */
 static int txn__copy_conflict(nt_txn_t *t)
 {
+    txn__no_partition(t);
     if (strcmp(t->sqlstate, "23505") != 0) {
         return 0;
     }
@@ -371,6 +387,7 @@ static int txn__seal_failed(nt_txn_t *t)
  * (SQLSTATE 40001, transient), and then finds the identity stored. */
 static int txn__merge_raced(nt_txn_t *t)
 {
+    txn__no_partition(t);
     if (strcmp(t->sqlstate, "23505") == 0) {
         char was[sizeof(t->error) - 96];
         snprintf(was, sizeof(was), "%.400s", t->error);

@@ -4,6 +4,9 @@
 #   1. events is partitioned by quarter of received_at: the current quarter and two after it
 #      exist, a default partition takes anything beyond, each partition has the append-only
 #      trigger; events_partitions_ensure() is idempotent.
+#      Only the owner may ask for more than two quarters ahead; a quarter whose rows already went
+#      to the default partition is skipped and the quarters after it are still created; a locked
+#      partition makes events_partitions_ensure() warn and return 0, never fail its caller.
 #   2. one identity, two partitions: a row whose identity is stored, with a received_at in another
 #      quarter (or years ahead, in the default partition), is refused with unique_violation
 #      naming event_keys; the collector's login cannot write a partition directly (past the
@@ -97,6 +100,69 @@ out=$(collector_sql "INSERT INTO needletrace.events ($COLS) VALUES
 nt_expect_eq "an event received years ahead lands in" "needletrace.events_default" \
     "$(nt_sql "SELECT tableoid::regclass FROM needletrace.events WHERE seq = 2
                   AND clinic_id = 'CL-P'")"
+nt_sql "ALTER TABLE needletrace.events DISABLE TRIGGER append_only;
+        ALTER TABLE needletrace.event_keys DISABLE TRIGGER append_only;
+        DELETE FROM needletrace.events WHERE clinic_id = 'CL-P';
+        DELETE FROM needletrace.event_keys WHERE clinic_id = 'CL-P';
+        ALTER TABLE needletrace.events ENABLE ALWAYS TRIGGER append_only;
+        ALTER TABLE needletrace.event_keys ENABLE ALWAYS TRIGGER append_only" >/dev/null
+
+# ---- 1b. partition care (017_partitions_care.sql) ---------------------------------------------------
+rc=0
+out=$(collector_sql "SELECT needletrace.events_partitions_ensure(8)") || rc=$?
+nt_expect_true "the collector's login may not ask for 8 quarters ahead ($(head -1 <<<"$out"))" \
+    grep -q 'permission denied for function events_partitions_ensure' <<<"$out"
+nt_expect_eq "the collector's login may keep two ahead" 0 \
+    "$(collector_sql "SELECT needletrace.events_partitions_ensure()")"
+q5=$(nt_sql "SELECT (date_trunc('quarter', now() AT TIME ZONE 'UTC') + interval '15 months'
+                     + interval '1 day') AT TIME ZONE 'UTC'")
+collector_sql "INSERT INTO needletrace.events ($COLS) VALUES
+    ('CL-P', 'PEN-P', 7, 3, 'device_status', now(), '$q5', sha256('z'), 'it')" >/dev/null
+nt_expect_eq "an event received 5 quarters ahead ($q5) lands in" "needletrace.events_default" \
+    "$(nt_sql "SELECT tableoid::regclass FROM needletrace.events WHERE seq = 3
+                  AND clinic_id = 'CL-P'")"
+out=$(nt_psql needletrace "SELECT needletrace.events_partitions_ensure(8)" 2>&1)
+nt_expect_true "ensure(8) skips that quarter and makes the three after it: $(tr '\n' ' ' <<<"$out")" \
+    grep -qx 3 <<<"$out"
+nt_expect_true "... saying why" grep -q 'are in events_default' <<<"$out"
+nt_expect_eq "that event is still in" "needletrace.events_default" \
+    "$(nt_sql "SELECT tableoid::regclass FROM needletrace.events WHERE seq = 3
+                  AND clinic_id = 'CL-P'")"
+# The owner's way out (README, Growth): that quarter's rows moved, unchanged, to a partition of
+# their own.
+q5name=$(nt_sql "SELECT to_char('$q5'::timestamptz AT TIME ZONE 'UTC', '\"events_\"YYYY\"q\"Q')")
+q5from=$(nt_sql "SELECT date_trunc('quarter', '$q5'::timestamptz AT TIME ZONE 'UTC')")
+nt_psql needletrace "BEGIN;
+CREATE TABLE needletrace.$q5name (LIKE needletrace.events INCLUDING DEFAULTS INCLUDING CONSTRAINTS);
+ALTER TABLE needletrace.events_default DISABLE TRIGGER append_only;
+WITH moved AS (DELETE FROM needletrace.events_default
+                WHERE received_at >= '$q5from+00' AND received_at < '$q5from+00'::timestamptz
+                      + interval '3 months' RETURNING *)
+INSERT INTO needletrace.$q5name SELECT * FROM moved;
+ALTER TABLE needletrace.events_default ENABLE ALWAYS TRIGGER append_only;
+ALTER TABLE needletrace.events ATTACH PARTITION needletrace.$q5name
+    FOR VALUES FROM ('$q5from+00') TO (('$q5from+00'::timestamptz + interval '3 months'));
+SELECT needletrace.events_partition_dress('needletrace.$q5name');
+COMMIT" >/dev/null || nt_fail "moving a quarter out of events_default failed"
+nt_expect_eq "after the owner's move the event is in" "needletrace.$q5name" \
+    "$(nt_sql "SELECT tableoid::regclass FROM needletrace.events WHERE seq = 3
+                  AND clinic_id = 'CL-P'")"
+nt_expect_eq "... with its append-only trigger" "A" "$(nt_sql "SELECT tgenabled FROM pg_trigger
+    WHERE tgrelid = 'needletrace.$q5name'::regclass AND tgname = 'append_only'")"
+# A partition locked by someone else (an owner's ALTER, a VACUUM FULL): ensure warns, returns 0.
+nt_psql needletrace "BEGIN; LOCK TABLE needletrace.events_default IN ACCESS EXCLUSIVE MODE;
+                     SELECT pg_sleep(8); COMMIT" >/dev/null 2>&1 &
+locker=$!
+nt_wait_for "the default partition locked" 30 nt_sql_eq 1 "SELECT count(*) FROM pg_locks
+    WHERE relation = 'needletrace.events_default'::regclass AND mode = 'AccessExclusiveLock'
+      AND granted"
+t0=$(nt_now_ms)
+rc=0
+out=$(collector_sql "SELECT needletrace.events_partitions_ensure()") || rc=$?
+nt_expect_eq "ensure() against a locked partition: exit code" 0 "$rc"
+nt_expect_true "... returns 0 with a warning in $(($(nt_now_ms) - t0)) ms: $(tr '\n' ' ' <<<"$out")" \
+    grep -q 'could not create the partitions ahead' <<<"$out"
+wait "$locker" || true
 nt_sql "ALTER TABLE needletrace.events DISABLE TRIGGER append_only;
         ALTER TABLE needletrace.event_keys DISABLE TRIGGER append_only;
         DELETE FROM needletrace.events WHERE clinic_id = 'CL-P';

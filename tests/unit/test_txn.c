@@ -122,6 +122,7 @@ typedef struct {
     int rows_ncols, rows_n;
     int64_t rows_first_id;
     int64_t deliver_during; /* an alert id acknowledged while the transaction runs, 0 none */
+    const char *message;    /* the first failure's message, NULL: a generic one */
 } server_t;
 
 typedef struct {
@@ -161,7 +162,8 @@ static int drive(fixture_t *f, nt_batch_t *batch, const server_t *srv)
             assert_int_equal(nt_outbox_delivered(&f->outbox, srv->deliver_during), 0);
         }
         if (srv != NULL && idx == srv->error_at) {
-            nt_txn_error(&f->txn, srv->sqlstate, "a failure the server reported");
+            nt_txn_error(&f->txn, srv->sqlstate,
+                         srv->message != NULL ? srv->message : "a failure the server reported");
         } else if (srv != NULL && srv->sqlstate2 != NULL && idx == srv->error2_at) {
             nt_txn_error(&f->txn, srv->sqlstate2, "a second failure");
         } else if (srv != NULL && srv->rows_step != NULL && strcmp(name, srv->rows_step) == 0) {
@@ -591,6 +593,32 @@ static void test_unique_violation_in_merge_is_transient(void **state)
     assert_int_equal(nt_pqutil_classify(f->txn.sqlstate), NT_PQ_TRANSIENT);
 }
 
+/* A row no partition of events takes (the default partition detached): operational (NT005), never
+ * isolated as the rows' fault. */
+static void test_no_partition_is_operational(void **state)
+{
+    fixture_t *f = *state;
+    make_batch(f, 0);
+    server_t srv = {.error_at = 1,
+                    .sqlstate = "23514",
+                    .message = "no partition of relation \"events\" found for row"};
+    assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_ROLLED_BACK);
+    assert_string_equal(f->txn.sqlstate, "NT005");
+    assert_non_null(strstr(f->txn.error, "the events table has no partition for a row"));
+    assert_int_equal(nt_pqutil_classify(f->txn.sqlstate), NT_PQ_OPERATIONAL);
+}
+
+/* Another check violation stays the rows' fault (isolated). */
+static void test_check_violation_stays_data(void **state)
+{
+    fixture_t *f = *state;
+    make_batch(f, 0);
+    server_t srv = {.error_at = 1, .sqlstate = "23514"};
+    assert_int_equal(drive(f, &f->batch, &srv), NT_TXN_ROLLED_BACK);
+    assert_string_equal(f->txn.sqlstate, "23514");
+    assert_int_equal(nt_pqutil_classify(f->txn.sqlstate), NT_PQ_DATA);
+}
+
 /* ---- (d) any other error --------------------------------------------------------------------- */
 
 static void test_other_error_rolls_back(void **state)
@@ -886,6 +914,8 @@ int main(void)
         T(test_unique_violation_takes_staging_path),
         T(test_staging_skips_empty_tables),
         T(test_unique_violation_in_merge_is_transient),
+        T(test_no_partition_is_operational),
+        T(test_check_violation_stays_data),
         T(test_unique_violation_in_stage_copy_rolls_back),
         T(test_other_error_rolls_back),
         T(test_error_in_copy_rolls_back),
