@@ -18,9 +18,9 @@
 -- event_keys does not hold (txn.c).
 --
 -- Events already stored stay in events_legacy, attached as the partition of everything before
--- the first quarter boundary after both now() and its newest received_at; quarters after it are
--- created ahead by events_partitions_ensure() (at migrate and at each collector connect), and
--- anything beyond them lands in events_default.
+-- the first quarter boundary after now() (rows received later move to events_default); quarters
+-- after it are created ahead by events_partitions_ensure() (at migrate, at each collector connect
+-- and with each heartbeat: 017), and anything beyond them lands in events_default.
 --
 -- Collectors built before this migration must not run against it (their staging path relied on
 -- ON CONFLICT on the events' key): the checkpoint function they call is renamed below, so their
@@ -84,8 +84,7 @@ CREATE TABLE needletrace.event_keys (
     seq            bigint      NOT NULL,
     payload_sha256 bytea       NOT NULL,
     received_at    timestamptz NOT NULL,
-    tx             bigint      NOT NULL DEFAULT txid_current(),
-    PRIMARY KEY (clinic_id, device_serial, boot_id, seq)
+    tx             bigint      NOT NULL DEFAULT txid_current()
 );
 COMMENT ON TABLE needletrace.event_keys IS
     'The identity of every stored event, unique across the partitions of needletrace.events; '
@@ -102,11 +101,14 @@ COMMENT ON COLUMN needletrace.event_keys.received_at IS
     'The stored event''s received_at: names the partition of events that holds it.';
 COMMENT ON COLUMN needletrace.event_keys.tx IS 'The transaction that stored the event.';
 
+-- Loaded in key order, then keyed: a primary key built once is several times cheaper than one
+-- maintained row by row over a large table.
 INSERT INTO needletrace.event_keys (clinic_id, device_serial, boot_id, seq, payload_sha256,
                                     received_at, tx)
 SELECT clinic_id, device_serial, boot_id, seq, payload_sha256, received_at, tx
-  FROM needletrace.events_legacy;
--- event_keys enforces it now; the partition's copy of the identity index is built below.
+  FROM needletrace.events_legacy
+ ORDER BY clinic_id, device_serial, boot_id, seq;
+ALTER TABLE needletrace.event_keys ADD PRIMARY KEY (clinic_id, device_serial, boot_id, seq);
 ALTER TABLE needletrace.events_legacy DROP CONSTRAINT events_legacy_pkey;
 SELECT needletrace.make_append_only('event_keys');
 
@@ -227,14 +229,30 @@ END
 $$;
 REVOKE ALL ON FUNCTION needletrace.events_partitions_ensure(int) FROM PUBLIC;
 
--- events_legacy: everything before the first quarter boundary after now() and after its newest
--- row (validated by a scan of it: no row falls outside).
+-- events_legacy: everything received before the first quarter boundary after now(). A row
+-- received later than that (a collector clock that ran far ahead) moves, unchanged, to
+-- events_default, so that one such row cannot stretch events_legacy over the years to come and
+-- keep every quarter from having its partition. (The ledger's hashes do not depend on the
+-- partition; event_keys already holds the rows' identities.) The attach validates the bound by a
+-- scan of events_legacy.
+CREATE TABLE needletrace.events_default PARTITION OF needletrace.events DEFAULT;
 DO $$
 DECLARE
-    v_bound timestamptz := (date_trunc('quarter', greatest(now(),
-                               (SELECT max(received_at) FROM needletrace.events_legacy))
-                               AT TIME ZONE 'UTC') + interval '3 months') AT TIME ZONE 'UTC';
+    v_bound timestamptz := (date_trunc('quarter', now() AT TIME ZONE 'UTC') + interval '3 months')
+                           AT TIME ZONE 'UTC';
+    v_cols  text := (SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum)
+                       FROM pg_attribute a
+                      WHERE a.attrelid = 'needletrace.events'::regclass AND a.attnum > 0
+                        AND NOT a.attisdropped);
+    v_moved bigint;
 BEGIN
+    EXECUTE format('WITH moved AS (DELETE FROM needletrace.events_legacy WHERE received_at >= %L '
+                   'RETURNING %s) INSERT INTO needletrace.events_default (%s) SELECT %s FROM moved',
+                   v_bound, v_cols, v_cols, v_cols);
+    GET DIAGNOSTICS v_moved = ROW_COUNT;
+    IF v_moved > 0 THEN
+        RAISE NOTICE '013: % event(s) received after % moved to events_default', v_moved, v_bound;
+    END IF;
     EXECUTE format('ALTER TABLE needletrace.events ATTACH PARTITION needletrace.events_legacy '
                    'FOR VALUES FROM (MINVALUE) TO (%L)', v_bound);
 END
@@ -244,7 +262,6 @@ COMMENT ON TABLE needletrace.events_legacy IS
     'anything received before its upper bound). Read it through needletrace.events.';
 SELECT needletrace.events_partition_comments('needletrace.events_legacy');
 -- (events_legacy keeps its TRUNCATE trigger of 001; the row trigger below is cloned onto it.)
-CREATE TABLE needletrace.events_default PARTITION OF needletrace.events DEFAULT;
 SELECT needletrace.events_partition_dress('needletrace.events_default');
 SELECT needletrace.make_append_only('events');
 SELECT needletrace.events_partitions_ensure();
