@@ -425,10 +425,17 @@ static int audit__snapshot(nt_audit_t *a)
             ok = PQresultStatus(r) == PGRES_COMMAND_OK;
             PQclear(r);
         }
+        if (ok && a->conn3 != NULL) {
+            r = PQexec(a->conn3, sql);
+            ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+            PQclear(r);
+        }
     }
     if (!ok) {
         fprintf(stderr, "needletrace: audit: could not take a snapshot: %s",
-                PQerrorMessage(a->conn2 != NULL && PQstatus(a->conn2) == CONNECTION_OK &&
+                PQerrorMessage(a->conn3 != NULL && PQtransactionStatus(a->conn2) == PQTRANS_INTRANS
+                                   ? a->conn3
+                               : a->conn2 != NULL && PQstatus(a->conn2) == CONNECTION_OK &&
                                        PQtransactionStatus(a->conn) == PQTRANS_INTRANS
                                    ? a->conn2
                                    : a->conn));
@@ -469,11 +476,18 @@ int nt_cmd_audit(int argc, char **argv, char *const *envp)
         fprintf(stderr, "needletrace: audit: no second connection: checking on one\n");
         a.conn2 = NULL;
     }
+    /* report: a third, for the verification to run while the sessions section does */
+    if (rc == 0 && a.conn2 != NULL && strcmp(o.verb, "report") == 0 &&
+        nt_cmd_connect(cfg.database_url, cfg.database_password, "needletrace-audit", &a.conn3) !=
+            0) {
+        a.conn3 = NULL; /* verified after the sections instead */
+    }
     nt_config_close(&cfg);
     if (rc != 0) {
         return rc == NT_ECONFIG ? 2 : 1;
     }
-    if (audit__session(a.conn, big) != 0 || (a.conn2 != NULL && audit__session(a.conn2, 1) != 0)) {
+    if (audit__session(a.conn, big) != 0 || (a.conn2 != NULL && audit__session(a.conn2, 1) != 0) ||
+        (a.conn3 != NULL && audit__session(a.conn3, 1) != 0)) {
         rc = 1;
     } else if (big && audit__snapshot(&a) != 0) {
         rc = 1;
@@ -521,6 +535,9 @@ int nt_cmd_audit(int argc, char **argv, char *const *envp)
     PQfinish(a.conn);
     if (a.conn2 != NULL) {
         PQfinish(a.conn2);
+    }
+    if (a.conn3 != NULL) {
+        PQfinish(a.conn3);
     }
     return rc;
 }

@@ -14,6 +14,8 @@ typedef struct {
     PGconn *conn;
     PGconn *conn2; /* a second connection in the same snapshot (NULL: none): verify checks the
                     * batches' rows on both at once */
+    PGconn *conn3; /* report: a third one in the same snapshot (NULL: none): the verification
+                    * runs on conn2 and conn3 while the sessions section runs on conn */
     const char *from, *to, *clinic; /* filters of the entries checked (NULL: none) */
     size_t findings;
     int failed;         /* a query failed (printed): no verdict */
@@ -81,7 +83,8 @@ void nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]
 typedef struct {
     int nparams; /* of $1 clinic, $2 from, $3 to: the first nparams */
     int lane;    /* the connection it runs on (0: a->conn, 1: a->conn2 when there is one) */
-    const char *name, *title, *sql;
+    const char *name, *title, *sql; /* sql NULL: its rows come from the report's shared query */
+    const char *cols;               /* then its column names, comma-separated */
 } report__section_t;
 
 /* `audit report`: the report of the clinic (a->clinic, NULL: all) over local dates [from, to] in

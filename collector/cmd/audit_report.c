@@ -38,56 +38,84 @@
     "coalesce((SELECT p.max_depth_um FROM needletrace.depth_policy_clinic p WHERE p.clinic_id = "  \
     "x.clinic_id AND p.area = x.area), (SELECT p.max_depth_um FROM needletrace.depth_policy p "    \
     "WHERE p.area = x.area), needletrace.depth_hard_max_um())"
+/* The summary, the depth chart and the pens from one read of the period's events: per pen and
+ * boot (events, clock ahead and behind) and per clinic, area and depth bucket (needle settings
+ * and activity), two groupings of one scan. One result: per row the section's index in
+ * report__sections (k), its order (o) and its columns as text (c1...), split by report__split
+ * into a result per section with the names in report__sections[k].cols. */
+static const char report__shared[] =
+    "WITH x AS MATERIALIZED (SELECT GROUPING(x.boot_id) AS g, x.clinic_id, x.device_serial, "
+    "x.boot_id, x.area, x.bucket_um, count(*) AS n, max(x.ahead) AS ahead, max(x.behind) AS "
+    "behind FROM (SELECT e.clinic_id, e.device_serial, e.boot_id, e.device_time - e.received_at "
+    "AS ahead, e.received_at - e.device_time AS behind, CASE WHEN e.kind IN ('needle_setting', "
+    "'needle_activity') THEN coalesce(e.area, 'unspecified') END AS area, CASE WHEN e.kind IN "
+    "('needle_setting', 'needle_activity') THEN (e.depth_um / 250) * 250 END AS bucket_um "
+    "FROM " REPORT__IN ") x GROUP BY GROUPING SETS ((x.clinic_id, x.device_serial, x.boot_id), "
+    "(x.clinic_id, x.area, x.bucket_um))), pb AS (SELECT clinic_id, device_serial, boot_id, n, "
+    "ahead, behind FROM x WHERE g = 0), p AS (SELECT pb.clinic_id, coalesce(z.time_zone, 'UTC') "
+    "AS tz, pb.device_serial, sum(pb.n) AS n FROM pb LEFT JOIN needletrace.clinics z ON "
+    "z.clinic_id = pb.clinic_id GROUP BY 1, 2, 3), " REPORT__AL
+    ", sm AS (SELECT $2::text AS from_date, $3::text AS to_date, (SELECT string_agg(DISTINCT "
+    "clinic_id || ': ' || tz, ', ') FROM p) AS time_zones, (SELECT count(DISTINCT clinic_id) "
+    "FROM p) AS clinics, (SELECT count(*) FROM p) AS pens, (SELECT count(*) FROM " REPORT__IN
+    " AND e.kind = 'session_started') AS sessions, (SELECT coalesce(sum(n), 0)::bigint FROM p) "
+    "AS events, (SELECT count(*) FROM (SELECT DISTINCT e.gtin, e.cartridge_serial FROM " REPORT__IN
+    " AND e.kind = 'cartridge_mounted') k) AS cartridges_used, (SELECT count(*) FROM al WHERE "
+    "rule = 'CARTRIDGE_REUSED') AS cartridge_reuse, (SELECT count(*) FROM al) AS exceptions, "
+    "(SELECT count(*) FROM al WHERE NOT EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE "
+    "k.clinic_id = al.clinic_id AND k.alert_id = al.alert_id)) AS open, (SELECT count(*) FROM al "
+    "WHERE EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND "
+    "k.alert_id = al.alert_id)) AS acknowledged), dp AS (SELECT x.area, " REPORT__LIMIT
+    " AS limit_um, x.bucket_um, sum(x.n)::bigint AS samples FROM x WHERE x.g = 1 AND x.area IS "
+    "NOT NULL GROUP BY x.area, 2, x.bucket_um), pn AS (SELECT p.clinic_id, p.device_serial AS "
+    "pen, sum(p.n)::bigint AS events, count(*) AS boots, (SELECT count(*) FROM "
+    "needletrace.sequence_holes h WHERE h.clinic_id = p.clinic_id AND h.device_serial = "
+    "p.device_serial) AS open_holes, (SELECT coalesce(sum(h.gap_end - h.gap_start + 1), 0) FROM "
+    "needletrace.sequence_holes h WHERE h.clinic_id = p.clinic_id AND h.device_serial = "
+    "p.device_serial) AS missing_seqs, (SELECT count(*) FROM al WHERE al.clinic_id = p.clinic_id "
+    "AND al.device_serial = p.device_serial AND al.rule = 'SEQUENCE_GAP') AS gap_alerts, (SELECT "
+    "count(*) FROM al WHERE al.clinic_id = p.clinic_id AND al.device_serial = p.device_serial AND "
+    "al.rule = 'CLOCK_SKEW') AS skew_alerts, coalesce(max(p.ahead)::text, '') AS clock_ahead, "
+    "coalesce(max(p.behind)::text, '') AS clock_behind FROM pb p GROUP BY 1, 2) "
+    "SELECT 0 AS k, 0::bigint AS o, from_date AS c1, to_date, time_zones, clinics::text, "
+    "pens::text, sessions::text, events::text, cartridges_used::text, cartridge_reuse::text, "
+    "exceptions::text, open::text, acknowledged::text FROM sm UNION ALL SELECT 2, row_number() "
+    "OVER (ORDER BY area, bucket_um, limit_um), area, limit_um::text, bucket_um::text, "
+    "samples::text, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL FROM dp UNION ALL SELECT 5, "
+    "row_number() OVER (ORDER BY clinic_id, pen), clinic_id, pen, events::text, boots::text, "
+    "open_holes::text, missing_seqs::text, gap_alerts::text, skew_alerts::text, clock_ahead, "
+    "clock_behind, NULL, NULL FROM pn ORDER BY 1, 2";
+
 /* Sections on the second connection (lane 1), at once with those on the first: each reads the
  * period's events once; the sessions (lane 0) cost about as much as the others together. */
 static const report__section_t report__sections[] = {
-    {3, 1, "summary", "Summary",
-     "WITH p AS (SELECT e.clinic_id, coalesce(c.tz, 'UTC') AS tz, e.device_serial, count(*) AS n "
-     "FROM " REPORT__IN " GROUP BY 1, 2, 3), " REPORT__AL " SELECT $2::text AS from_date, "
-     "$3::text AS to_date, (SELECT string_agg(DISTINCT clinic_id || ': ' || tz, ', ') FROM p) AS "
-     "time_zones, (SELECT count(DISTINCT clinic_id) FROM p) AS clinics, (SELECT count(*) FROM p) "
-     "AS pens, (SELECT count(*) FROM " REPORT__IN " AND e.kind = 'session_started') AS sessions, "
-     "(SELECT coalesce(sum(n), 0)::bigint FROM p) AS events, (SELECT count(*) FROM (SELECT "
-     "DISTINCT e.gtin, e.cartridge_serial FROM " REPORT__IN " AND e.kind = 'cartridge_mounted') "
-     "k) AS cartridges_used, (SELECT count(*) FROM al WHERE rule = 'CARTRIDGE_REUSED') AS "
-     "cartridge_reuse, (SELECT count(*) FROM al) AS exceptions, (SELECT count(*) FROM al WHERE "
-     "NOT EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND "
-     "k.alert_id = al.alert_id)) AS open, (SELECT count(*) FROM al WHERE EXISTS (SELECT 1 FROM "
-     "needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND k.alert_id = al.alert_id)) "
-     "AS acknowledged"},
+    /* summary, depth and pens: from report__shared (their columns here, their rows there) */
+    {3, 1, "summary", "Summary", NULL,
+     "from_date,to_date,time_zones,clinics,pens,sessions,events,cartridges_used,cartridge_reuse,"
+     "exceptions,open,acknowledged"},
     {3, 1, "exceptions_by_rule", "Exceptions by rule and severity",
      "WITH " REPORT__AL " SELECT rule, severity, count(*) AS alerts, count(*) FILTER (WHERE NOT "
      "EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND "
-     "k.alert_id = al.alert_id)) AS open FROM al GROUP BY 1, 2 ORDER BY 1, 2"},
-    {3, 1, "depth", "Depth used per treatment area against its limit",
-     "SELECT x.area, " REPORT__LIMIT " AS limit_um, x.bucket_um, sum(x.n)::bigint AS samples "
-     "FROM (SELECT e.clinic_id, coalesce(e.area, 'unspecified') AS area, (e.depth_um / 250) * "
-     "250 AS bucket_um, count(*) AS n FROM " REPORT__IN " AND e.kind IN ('needle_setting', "
-     "'needle_activity') GROUP BY 1, 2, 3) x GROUP BY x.area, 2, x.bucket_um ORDER BY 1, 3"},
+     "k.alert_id = al.alert_id)) AS open FROM al GROUP BY 1, 2 ORDER BY 1, 2",
+     NULL},
+    {3, 1, "depth", "Depth used per treatment area against its limit", NULL,
+     "area,limit_um,bucket_um,samples"},
     {3, 1, "sessions_per_day", "Sessions per pen per day",
      "SELECT e.device_serial AS pen, (e.device_time AT TIME ZONE coalesce(c.tz, "
      "'UTC'))::date::text AS day, count(*) AS sessions FROM " REPORT__IN " AND e.kind = "
-     "'session_started' GROUP BY 1, 2 ORDER BY 1, 2"},
+     "'session_started' GROUP BY 1, 2 ORDER BY 1, 2",
+     NULL},
     {0, 1, "completeness", "Completeness",
      "SELECT collector_id, batches, messages_received, messages_stored, messages_quarantined, "
      "redeliveries_skipped, raw_rows_now, CASE WHEN messages_received = messages_stored + "
      "messages_quarantined + redeliveries_skipped AND raw_rows_now = messages_stored THEN 'ok' "
-     "ELSE 'MISMATCH' END AS verdict FROM needletrace.completeness ORDER BY 1"},
+     "ELSE 'MISMATCH' END AS verdict FROM needletrace.completeness ORDER BY 1",
+     NULL},
     /* Per pen, over the period: its events, boots and clock skew, and the alerts of the period
      * about its gaps and clock; its sequence holes still open are the record's now. */
-    {3, 1, "pens", "Sequence gaps and clock skew per pen",
-     "WITH " REPORT__AL " SELECT p.clinic_id, p.device_serial AS pen, sum(p.n)::bigint AS events, "
-     "count(*) AS boots, (SELECT count(*) FROM needletrace.sequence_holes h WHERE h.clinic_id = "
-     "p.clinic_id AND h.device_serial = p.device_serial) AS open_holes, (SELECT "
-     "coalesce(sum(h.gap_end - h.gap_start + 1), 0) FROM needletrace.sequence_holes h WHERE "
-     "h.clinic_id = p.clinic_id AND h.device_serial = p.device_serial) AS missing_seqs, (SELECT "
-     "count(*) FROM al WHERE al.clinic_id = p.clinic_id AND al.device_serial = p.device_serial "
-     "AND al.rule = 'SEQUENCE_GAP') AS gap_alerts, (SELECT count(*) FROM al WHERE al.clinic_id = "
-     "p.clinic_id AND al.device_serial = p.device_serial AND al.rule = 'CLOCK_SKEW') AS "
-     "skew_alerts, coalesce(max(p.ahead)::text, '') AS clock_ahead, coalesce(max(p.behind)::text, "
-     "'') AS clock_behind FROM (SELECT e.clinic_id, e.device_serial, e.boot_id, count(*) AS n, "
-     "max(e.device_time - e.received_at) AS ahead, max(e.received_at - e.device_time) AS behind "
-     "FROM " REPORT__IN " GROUP BY 1, 2, 3) p GROUP BY 1, 2 ORDER BY 1, 2"},
+    {3, 1, "pens", "Sequence gaps and clock skew per pen", NULL,
+     "clinic_id,pen,events,boots,open_holes,missing_seqs,gap_alerts,skew_alerts,clock_ahead,"
+     "clock_behind"},
     {3, 1, "exceptions", "Exceptions",
      "WITH " REPORT__AL " SELECT to_char(al.raised_at AT TIME ZONE al.tz, 'YYYY-MM-DD HH24:MI') "
      "AS raised, al.alert_id, al.rule, al.severity, al.clinic_id, al.device_serial AS pen, "
@@ -97,7 +125,8 @@ static const report__section_t report__sections[] = {
      "(' || k.acked_role || ', ' || to_char(k.acked_at AT TIME ZONE al.tz, 'YYYY-MM-DD HH24:MI') "
      "|| '): ' || coalesce(k.note, ''), 'open') AS acknowledgement FROM al LEFT JOIN LATERAL "
      "(SELECT * FROM needletrace.alert_acks x WHERE x.clinic_id = al.clinic_id AND x.alert_id = "
-     "al.alert_id ORDER BY x.acked_at DESC LIMIT 1) k ON true ORDER BY al.raised_at, al.alert_id"},
+     "al.alert_id ORDER BY x.acked_at DESC LIMIT 1) k ON true ORDER BY al.raised_at, al.alert_id",
+     NULL},
     /* A session is the period's whose start is in it (each session in the report of one period
      * only), or, with no start in the record at all, that has events in it. Its end is taken
      * where it is (after the period too: minutes whole); its operator, patient, cartridges and
@@ -134,7 +163,8 @@ static const report__section_t report__sections[] = {
      "needletrace.clinics z ON z.clinic_id = s.clinic_id WHERE s.started IS NOT "
      "NULL OR NOT EXISTS (SELECT 1 FROM needletrace.events y WHERE y.clinic_id = s.clinic_id AND "
      "y.device_serial = s.device_serial AND y.session_id = s.session_id AND y.kind = "
-     "'session_started') ORDER BY s.started NULLS LAST, 1, 2, 3"},
+     "'session_started') ORDER BY s.started NULLS LAST, 1, 2, 3",
+     NULL},
 };
 
 #define REPORT__N (sizeof(report__sections) / sizeof(report__sections[0]))
@@ -208,7 +238,8 @@ static void report__write_json(FILE *out, PGresult *const *res, const char *veri
 
 /* Runs verify into a string (the report's last section); *verdict gets its exit code (0: the
  * record verified). */
-static char *report__verify(nt_audit_t *a, const char *digests, const char *pub, int *verdict)
+static char *report__verify(nt_audit_t *a, PGconn *c1, PGconn *c2, const char *digests,
+                            const char *pub, int *verdict)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -217,6 +248,8 @@ static char *report__verify(nt_audit_t *a, const char *digests, const char *pub,
         return NULL;
     }
     nt_audit_t v = *a;
+    v.conn = c1;
+    v.conn2 = c2;
     v.out = mem;
     v.findings = 0;
     v.failed = 0;
@@ -232,20 +265,79 @@ static char *report__verify(nt_audit_t *a, const char *digests, const char *pub,
     return buf;
 }
 
-/* The sections of one lane, in order, on conn. */
+/* The rows of report__shared into a result per section (each column text, NULL kept). 0, or -1
+ * (printed). */
+static int report__split(const PGresult *all, PGresult **res)
+{
+    for (size_t s = 0; s < REPORT__N; s++) {
+        if (report__sections[s].sql != NULL) {
+            continue;
+        }
+        PGresAttDesc att[16];
+        char names[512];
+        int n = 0;
+        snprintf(names, sizeof(names), "%s", report__sections[s].cols);
+        for (char *save = NULL, *t = strtok_r(names, ",", &save); t != NULL && n < 16;
+             t = strtok_r(NULL, ",", &save)) {
+            att[n++] = (PGresAttDesc){.name = t, .typid = 25, .typlen = -1, .atttypmod = -1};
+        }
+        res[s] = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
+        if (res[s] == NULL || !PQsetResultAttrs(res[s], n, att)) {
+            fprintf(stderr, "needletrace: audit report: out of memory\n");
+            return -1;
+        }
+    }
+    for (int r = 0; r < PQntuples(all); r++) {
+        size_t k = (size_t)strtoul(PQgetvalue(all, r, 0), NULL, 10);
+        if (k >= REPORT__N || report__sections[k].sql != NULL) {
+            fprintf(stderr, "needletrace: audit report: shared query: no section %zu\n", k);
+            return -1;
+        }
+        int row = PQntuples(res[k]);
+        for (int c = 0; c < PQnfields(res[k]) && c + 2 < PQnfields(all); c++) {
+            int null = PQgetisnull(all, r, c + 2);
+            if (!PQsetvalue(res[k], row, c, null ? NULL : PQgetvalue(all, r, c + 2),
+                            null ? -1 : PQgetlength(all, r, c + 2))) {
+                fprintf(stderr, "needletrace: audit report: out of memory\n");
+                return -1;
+            }
+        }
+    }
+    return 0;
+}
+
+/* The sections of one lane, in order, on conn; lane 1 starts with report__shared. With a third
+ * connection, lane 1 then verifies the record on conn and conn3 (the sessions of lane 0 go on
+ * meanwhile: the server's work on both cores throughout). */
 typedef struct {
     PGconn *conn;
     int lane; /* -1: every section */
     const char *const *values;
     PGresult **res;
-    int failed; /* a query failed (printed) */
+    int failed;         /* a query failed (printed) */
+    nt_audit_t *verify; /* non-NULL: verify after the sections, on conn and verify->conn3 */
+    const char *digests, *pub;
+    char *verification;
+    int verdict;
 } report__lane_t;
 
 static void *report__lane(void *arg)
 {
     report__lane_t *l = arg;
+    if (l->lane != 0) {
+        PGresult *all = PQexecParams(l->conn, report__shared, 3, NULL, l->values, NULL, NULL, 0);
+        if (PQresultStatus(all) != PGRES_TUPLES_OK) {
+            fprintf(stderr, "needletrace: audit report: summary, depth and pens: %s",
+                    PQresultErrorMessage(all));
+            l->failed = 1;
+        } else if (report__split(all, l->res) != 0) {
+            l->failed = 1;
+        }
+        PQclear(all);
+    }
     for (size_t s = 0; s < REPORT__N && !l->failed; s++) {
-        if (l->lane >= 0 && report__sections[s].lane != l->lane) {
+        if ((l->lane >= 0 && report__sections[s].lane != l->lane) ||
+            report__sections[s].sql == NULL) {
             continue;
         }
         l->res[s] = PQexecParams(l->conn, report__sections[s].sql, report__sections[s].nparams,
@@ -258,6 +350,10 @@ static void *report__lane(void *arg)
             l->failed = 1;
         }
     }
+    if (l->verify != NULL && !l->failed) {
+        l->verification =
+            report__verify(l->verify, l->conn, l->verify->conn3, l->digests, l->pub, &l->verdict);
+    }
     return NULL;
 }
 
@@ -266,22 +362,33 @@ int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const 
 {
     PGresult *res[REPORT__N] = {0};
     const char *values[3] = {a->clinic, from, to};
-    /* Two lanes at once on the two connections (same snapshot), else one after the other. */
+    /* Two lanes at once on the two connections (same snapshot), else one after the other; with
+     * a third, lane 1 verifies on it and its own once its sections are done. */
     report__lane_t lane[2] = {
         {.conn = a->conn, .lane = a->conn2 != NULL ? 0 : -1, .values = values, .res = res},
-        {.conn = a->conn2, .lane = 1, .values = values, .res = res}};
+        {.conn = a->conn2,
+         .lane = 1,
+         .values = values,
+         .res = res,
+         .verify = a->conn3 != NULL ? a : NULL,
+         .digests = digests,
+         .pub = pub}};
     pthread_t th;
     int threaded = a->conn2 != NULL && pthread_create(&th, NULL, report__lane, &lane[1]) == 0;
     if (a->conn2 != NULL && !threaded) {
         lane[0].lane = -1;
+        lane[1].verify = NULL;
     }
     report__lane(&lane[0]);
     if (threaded) {
         pthread_join(th, NULL);
     }
     int rc = lane[0].failed || lane[1].failed;
-    int verdict = 0;
-    char *verification = rc == 0 ? report__verify(a, digests, pub, &verdict) : NULL;
+    int verdict = lane[1].verdict;
+    char *verification = lane[1].verification;
+    if (rc == 0 && lane[1].verify == NULL) {
+        verification = report__verify(a, a->conn, a->conn2, digests, pub, &verdict);
+    }
     if (rc == 0 && verification == NULL) {
         fprintf(stderr, "needletrace: audit report: out of memory\n");
         rc = 1;
