@@ -5,12 +5,25 @@
  * digest it was checked against). The same sections as HTML (one printable file: inline CSS and
  * SVG, no network), CSV (a section column first) or JSON (an object of arrays). Times and dates
  * are each clinic's local ones (needletrace.clinics; UTC without a row), as the report states. */
+#include <ctype.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "audit_internal.h"
+
+/* PostgreSQL's oids (pg_type.dat) of the types the JSON report writes bare. */
+enum {
+    REPORT__BOOL = 16,
+    REPORT__INT8 = 20,
+    REPORT__INT2 = 21,
+    REPORT__INT4 = 23,
+    REPORT__FLOAT4 = 700,
+    REPORT__FLOAT8 = 701,
+    REPORT__NUMERIC = 1700,
+};
 
 /* The events of the report, e (c.tz its clinic's zone, NULL: UTC): the clinic filter, and the
  * device time within the local dates [$2, $3] in its clinic's zone, as an instant range computed
@@ -86,20 +99,26 @@ static const char report__shared[] =
     "open_holes::text, missing_seqs::text, gap_alerts::text, skew_alerts::text, clock_ahead, "
     "clock_behind, NULL, NULL FROM pn ORDER BY 1, 2";
 
+/* An integer of an alert's details as a number, NULL when absent or not an integer (details are
+ * the rules', but an alert row is not trusted to be well-formed). */
+#define REPORT__INT(key)                                                                           \
+    "CASE WHEN al.details->>'" key "' ~ '^-?[0-9]{1,18}$' THEN (al.details->>'" key "')::bigint "  \
+    "END AS " key
+
 /* Sections on the second connection (lane 1), at once with those on the first: each reads the
  * period's events once; the sessions (lane 0) cost about as much as the others together. */
 static const report__section_t report__sections[] = {
     /* summary, depth and pens: from report__shared (their columns here, their rows there) */
     {3, 1, "summary", "Summary", NULL,
-     "from_date,to_date,time_zones,clinics,pens,sessions,events,cartridges_used,cartridge_reuse,"
-     "exceptions,open,acknowledged"},
+     "from_date,to_date,time_zones,clinics#,pens#,sessions#,events#,cartridges_used#,"
+     "cartridge_reuse#,exceptions#,open#,acknowledged#"},
     {3, 1, "exceptions_by_rule", "Exceptions by rule and severity",
      "WITH " REPORT__AL " SELECT rule, severity, count(*) AS alerts, count(*) FILTER (WHERE NOT "
      "EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND "
      "k.alert_id = al.alert_id)) AS open FROM al GROUP BY 1, 2 ORDER BY 1, 2",
      NULL},
     {3, 1, "depth", "Depth used per treatment area against its limit", NULL,
-     "area,limit_um,bucket_um,samples"},
+     "area,limit_um#,bucket_um#,samples#"},
     {3, 1, "sessions_per_day", "Sessions per pen per day",
      "SELECT e.device_serial AS pen, (e.device_time AT TIME ZONE coalesce(c.tz, "
      "'UTC'))::date::text AS day, count(*) AS sessions FROM " REPORT__IN " AND e.kind = "
@@ -114,18 +133,22 @@ static const report__section_t report__sections[] = {
     /* Per pen, over the period: its events, boots and clock skew, and the alerts of the period
      * about its gaps and clock; its sequence holes still open are the record's now. */
     {3, 1, "pens", "Sequence gaps and clock skew per pen", NULL,
-     "clinic_id,pen,events,boots,open_holes,missing_seqs,gap_alerts,skew_alerts,clock_ahead,"
+     "clinic_id,pen,events#,boots#,open_holes#,missing_seqs#,gap_alerts#,skew_alerts#,clock_ahead,"
      "clock_behind"},
     {3, 1, "exceptions", "Exceptions",
      "WITH " REPORT__AL " SELECT to_char(al.raised_at AT TIME ZONE al.tz, 'YYYY-MM-DD HH24:MI') "
      "AS raised, al.alert_id, al.rule, al.severity, al.clinic_id, al.device_serial AS pen, "
      "coalesce(al.session_id, '') AS session, coalesce(al.details->>'serial', "
-     "al.details->>'cartridge_serial', '') AS cartridge, coalesce(al.details->>'limit_um', '') "
-     "AS limit_um, coalesce(al.details->>'depth_um', '') AS depth_um, coalesce(k.acked_by || ' "
-     "(' || k.acked_role || ', ' || to_char(k.acked_at AT TIME ZONE al.tz, 'YYYY-MM-DD HH24:MI') "
-     "|| '): ' || coalesce(k.note, ''), 'open') AS acknowledgement FROM al LEFT JOIN LATERAL "
-     "(SELECT * FROM needletrace.alert_acks x WHERE x.clinic_id = al.clinic_id AND x.alert_id = "
-     "al.alert_id ORDER BY x.acked_at DESC LIMIT 1) k ON true ORDER BY al.raised_at, al.alert_id",
+     "al.details->>'cartridge_serial', '') AS cartridge, " REPORT__INT("limit_um") ", " REPORT__INT(
+         "depth_um") ", coalesce(k.acked_by || ' "
+                     "(' || k.acked_role || ', ' || to_char(k.acked_at AT TIME ZONE al.tz, "
+                     "'YYYY-MM-DD HH24:MI') "
+                     "|| '): ' || coalesce(k.note, ''), 'open') AS acknowledgement FROM al LEFT "
+                     "JOIN LATERAL "
+                     "(SELECT * FROM needletrace.alert_acks x WHERE x.clinic_id = al.clinic_id AND "
+                     "x.alert_id = "
+                     "al.alert_id ORDER BY x.acked_at DESC LIMIT 1) k ON true ORDER BY "
+                     "al.raised_at, al.alert_id",
      NULL},
     /* A session is the period's whose start is in it (each session in the report of one period
      * only), or, with no start in the record at all, that has events in it. Its end is taken
@@ -214,6 +237,40 @@ static void report__write_csv(FILE *out, PGresult *const *res, const char *verif
     fputc('\n', out);
 }
 
+/* One value in JSON as its column's type says: numbers (a finite one; else a string) and booleans
+ * bare, NULL as null, everything else a string. */
+static void report__json_value(FILE *out, const PGresult *res, int r, int c)
+{
+    const char *v = PQgetvalue(res, r, c);
+    if (PQgetisnull(res, r, c)) {
+        fputs("null", out);
+        return;
+    }
+    switch (PQftype(res, c)) {
+    case REPORT__BOOL:
+        fputs(v[0] == 't' ? "true" : "false", out);
+        return;
+    case REPORT__INT2:
+    case REPORT__INT4:
+    case REPORT__INT8:
+    case REPORT__FLOAT4:
+    case REPORT__FLOAT8:
+    case REPORT__NUMERIC: {
+        char *end = NULL;
+        double d = strtod(v, &end);
+        if (end != v && *end == '\0' && isfinite(d) &&
+            (v[0] == '-' || isdigit((unsigned char)v[0]))) {
+            fputs(v, out);
+            return;
+        }
+        break;
+    }
+    default:
+        break;
+    }
+    nt_audit__json_str(out, v);
+}
+
 static void report__write_json(FILE *out, PGresult *const *res, const char *verification)
 {
     fputs("{", out);
@@ -225,7 +282,7 @@ static void report__write_json(FILE *out, PGresult *const *res, const char *veri
                 fputs(c > 0 ? ", " : "", out);
                 nt_audit__json_str(out, PQfname(res[s], c));
                 fputs(": ", out);
-                nt_audit__json_str(out, PQgetvalue(res[s], r, c));
+                report__json_value(out, res[s], r, c);
             }
             fputc('}', out);
         }
@@ -279,7 +336,11 @@ static int report__split(const PGresult *all, PGresult **res)
         snprintf(names, sizeof(names), "%s", report__sections[s].cols);
         for (char *save = NULL, *t = strtok_r(names, ",", &save); t != NULL && n < 16;
              t = strtok_r(NULL, ",", &save)) {
-            att[n++] = (PGresAttDesc){.name = t, .typid = 25, .typlen = -1, .atttypmod = -1};
+            size_t tl = strlen(t);
+            int number = tl > 0 && t[tl - 1] == '#'; /* a count: a number in JSON */
+            t[tl - (size_t)number] = '\0';
+            att[n++] = (PGresAttDesc){
+                .name = t, .typid = number ? REPORT__NUMERIC : 25, .typlen = -1, .atttypmod = -1};
         }
         res[s] = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
         if (res[s] == NULL || !PQsetResultAttrs(res[s], n, att)) {

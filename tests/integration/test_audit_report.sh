@@ -61,6 +61,13 @@ nt_expect_eq "JSON: one session row per session" "$want_sessions" \
     "$(j "$NT_TMP/report.json" "len([s for s in d['sessions'] if s['started']])")"
 nt_expect_eq "JSON: the verification found the record intact" "OK" \
     "$(j "$NT_TMP/report.json" "[l for l in d['verification'].split(chr(10)) if l.startswith('OK')][0][:2]")"
+nt_expect_eq "JSON: counts are numbers, absent values null, names strings" "True True True True" \
+    "$(j "$NT_TMP/report.json" "' '.join(str(x) for x in [
+        isinstance(d['summary'][0]['sessions'], int) and isinstance(d['depth'][0]['samples'], int),
+        all(isinstance(r['alerts'], int) for r in d['exceptions_by_rule']),
+        any(e['limit_um'] is None for e in d['exceptions']) and all(e['limit_um'] is None
+            or isinstance(e['limit_um'], int) for e in d['exceptions']),
+        all(isinstance(p['pen'], str) and isinstance(p['events'], int) for p in d['pens'])])")"
 nt_expect_eq "JSON --clinic: only that clinic's exceptions" \
     "$(nt_sql "SELECT count(*) FROM needletrace.alerts WHERE clinic_id = '$C1'")" \
     "$(j "$NT_TMP/report-c1.json" "len(d['exceptions'])")"
