@@ -387,7 +387,7 @@ static int audit__session(PGconn *conn, int big)
 {
     PGresult *set = PQexec(conn, big ? "SET search_path = pg_catalog, pg_temp; SET row_security = "
                                        "off; SET default_transaction_read_only = on; SET work_mem "
-                                       "= '256MB'; SET hash_mem_multiplier = 4; SET jit = off"
+                                       "= '256MB'; SET hash_mem_multiplier = 2; SET jit = off"
                                      : "SET search_path = pg_catalog, pg_temp; SET row_security = "
                                        "off; SET default_transaction_read_only = on");
     int ok = PQresultStatus(set) == PGRES_COMMAND_OK;

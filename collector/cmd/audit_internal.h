@@ -56,7 +56,7 @@ size_t nt_audit__entry_rows(nt_audit_t *a, const nt_audit_entry_t *e);
  * names each difference. The rows checked; a->failed after a failure (printed). */
 size_t nt_audit__batches(nt_audit_t *a, const nt_audit_entry_t *const *sel, size_t n);
 /* The root of sorted leaves (011_ledger.sql). */
-void nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]);
+int nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]);
 /* Chains one digest may name. */
 #define NT_AUDIT_MAX_HEADS 4096
 

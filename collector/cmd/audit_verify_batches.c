@@ -91,7 +91,10 @@ static void batches__one(batches__run_t *r, size_t i, const PGresult *res)
     unsigned char root[32];
     char hex[65];
     static const char hx[] = "0123456789abcdef";
-    nt_audit__root(stored, nstored / 32, root);
+    if (nt_audit__root(stored, nstored / 32, root) != 0) {
+        r->status[i] = BATCHES__ROWS; /* checked row by row, where it fails as it must */
+        return;
+    }
     for (int k = 0; k < 32; k++) {
         hex[2 * k] = hx[root[k] >> 4];
         hex[2 * k + 1] = hx[root[k] & 15];

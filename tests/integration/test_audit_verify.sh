@@ -185,6 +185,38 @@ nt_sql "DELETE FROM needletrace.events WHERE seq = 900001" >/dev/null
 audit verify
 nt_expect_eq "that INSERT undone: verify exit code" 0 "$RC"
 
+# A deleted event with a copy of another sealed row of its batch in its place (the counts even):
+# the deleted one named from the batch's raw messages, the copy named as a copy.
+read -r C2 S2 B2 Q2 <<<"$(nt_sql "SELECT clinic_id, device_serial, boot_id, seq FROM needletrace.events
+    WHERE tx = (SELECT tx FROM needletrace.events WHERE $key) AND NOT ($key)
+    ORDER BY seq LIMIT 1" | tr '|' ' ')"
+key2="clinic_id = '$C2' AND device_serial = '$S2' AND boot_id = $B2 AND seq = $Q2"
+nt_sql "DELETE FROM needletrace.events WHERE $key;
+        INSERT INTO needletrace.events SELECT * FROM needletrace.events WHERE $key2" >/dev/null
+expect_found "DELETE hidden by a copy" "events row $C/$S/$B/$Q of batch .*: deleted"
+nt_expect_true "... and the copy named as one" \
+    grep -qE "events row $C2/$S2/$B2/$Q2 of batch .*: a copy of a sealed row" <<<"$OUT"
+nt_sql "DELETE FROM needletrace.events WHERE ctid = (SELECT max(ctid) FROM needletrace.events
+                                                    WHERE $key2) AND $key2;
+        INSERT INTO needletrace.events SELECT * FROM public.saved" >/dev/null
+audit verify
+nt_expect_eq "that undone: verify exit code" 0 "$RC"
+
+# A second genesis entry, which would hide the rows up to its tx among those before the ledger.
+nt_sql "DO \$\$ DECLARE g needletrace.ledger; BEGIN
+    SELECT * INTO g FROM needletrace.ledger WHERE collector_id = '(genesis)';
+    g.seq := 2; g.prev_hash := g.entry_hash;
+    g.tx := (SELECT max(tx) FROM needletrace.ledger) + 1000;
+    g.entry_hash := sha256(convert_to(needletrace.ledger_entry_text(g), 'UTF8'));
+    INSERT INTO needletrace.ledger VALUES (g.*);
+END \$\$" >/dev/null
+expect_found "a second genesis entry" "ledger entry \\(genesis\\)#2 .*: a second genesis entry"
+untrigger ledger
+nt_sql "DELETE FROM needletrace.ledger WHERE collector_id = '(genesis)' AND seq = 2" >/dev/null
+retrigger ledger
+audit verify
+nt_expect_eq "that undone: verify exit code" 0 "$RC"
+
 # ---- 3. a consistent rewrite of the chain, caught by the digest -----------------------------------
 untrigger ledger
 nt_sql "UPDATE needletrace.events SET depth_um = 250 WHERE $key" >/dev/null
