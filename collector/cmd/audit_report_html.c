@@ -84,23 +84,23 @@ static void html__depth_chart(FILE *out, const PGresult *r)
         top += 250;
         const double w = 360.0, h = 120.0;
         fputs("<figure class=\"chart\"><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"380\" "
-              "height=\"150\" role=\"img\"><title>depth ",
+              "height=\"166\" role=\"img\"><title>depth ",
               out);
         html__esc(out, area);
-        fputs("</title><rect x=\"10\" y=\"10\" width=\"360\" height=\"120\" class=\"frame\"/>",
+        fputs("</title><rect x=\"10\" y=\"22\" width=\"360\" height=\"120\" class=\"frame\"/>",
               out);
         for (int k = i; k < j; k++) {
             double b = atoi(PQgetvalue(r, k, cb)), n = atof(PQgetvalue(r, k, cs));
             double x = 10 + w * b / top, bw = w * 250 / top - 1, bh = h * n / (double)most;
             fprintf(out,
                     "<rect class=\"bar%s\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\"/>",
-                    b + 250 > limit ? " over" : "", x, 130 - bh, bw, bh);
+                    b + 250 > limit ? " over" : "", x, 142 - bh, bw, bh);
         }
         double lx = 10 + w * limit / top;
         fprintf(out,
-                "<line class=\"limit\" x1=\"%.1f\" y1=\"10\" x2=\"%.1f\" y2=\"130\"/>"
-                "<text x=\"%.1f\" y=\"145\" class=\"lbl\">limit %d um</text>"
-                "<text x=\"12\" y=\"24\" class=\"lbl\">",
+                "<line class=\"limit\" x1=\"%.1f\" y1=\"22\" x2=\"%.1f\" y2=\"142\"/>"
+                "<text x=\"%.1f\" y=\"158\" class=\"lbl\">limit %d um</text>"
+                "<text x=\"10\" y=\"15\" class=\"lbl\">",
                 lx, lx, lx > 300 ? 300 : lx, limit);
         html__esc(out, area);
         fprintf(out, " (most %ld per 250 um)</text></svg></figure>\n", most);
@@ -123,21 +123,21 @@ static void html__sessions_chart(FILE *out, const PGresult *r)
         }
         double bw = 360.0 / (j - i);
         fputs("<figure class=\"chart\"><svg xmlns=\"http://www.w3.org/2000/svg\" width=\"380\" "
-              "height=\"150\" role=\"img\"><title>sessions ",
+              "height=\"166\" role=\"img\"><title>sessions ",
               out);
         html__esc(out, pen);
-        fputs("</title><rect x=\"10\" y=\"10\" width=\"360\" height=\"120\" class=\"frame\"/>",
+        fputs("</title><rect x=\"10\" y=\"22\" width=\"360\" height=\"120\" class=\"frame\"/>",
               out);
         for (int k = i; k < j; k++) {
             double bh = 120.0 * atof(PQgetvalue(r, k, cn)) / (double)most;
             fprintf(out,
                     "<rect class=\"bar\" x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\">",
-                    10 + bw * (k - i), 130 - bh, bw > 2 ? bw - 1 : bw, bh);
+                    10 + bw * (k - i), 142 - bh, bw > 2 ? bw - 1 : bw, bh);
             fputs("<title>", out);
             html__esc(out, PQgetvalue(r, k, cd));
             fprintf(out, ": %s</title></rect>", PQgetvalue(r, k, cn));
         }
-        fputs("<text x=\"12\" y=\"24\" class=\"lbl\">", out);
+        fputs("<text x=\"10\" y=\"15\" class=\"lbl\">", out);
         html__esc(out, pen);
         fprintf(out, " (%s .. %s, most %ld a day)</text></svg></figure>\n", PQgetvalue(r, i, cd),
                 PQgetvalue(r, j - 1, cd), most);
