@@ -321,6 +321,19 @@ static int txn__send_commit(nt_txn_t *t)
     return t->ops->send(t->conn, "COMMIT", 0, NULL);
 }
 
+/* Gives a failure the class it really has: t->sqlstate becomes sqlstate, t->error says what
+ * happened, then the server's SQLSTATE and message. */
+static void txn__recast(nt_txn_t *t, const char *sqlstate, const char *what)
+{
+    char was[sizeof(t->error)];
+    memcpy(was, t->error, sizeof(was));
+    int n = snprintf(t->error, sizeof(t->error), "%s: SQLSTATE %.5s: %s", what, t->sqlstate, was);
+    if (n >= (int)sizeof(t->error)) {
+        memcpy(t->error + sizeof(t->error) - 4, "...", 4); /* the server's message cut short */
+    }
+    snprintf(t->sqlstate, sizeof(t->sqlstate), "%s", sqlstate);
+}
+
 /* No partition of events takes a row (23514 "no partition of relation ... found for row": the
  * default partition detached by hand): the database's fault, not the rows' -- never isolated as a
  * poison message but reported as the operational failure it is (SQLSTATE NT005: the sink stops and
@@ -328,11 +341,7 @@ static int txn__send_commit(nt_txn_t *t)
 static void txn__no_partition(nt_txn_t *t)
 {
     if (strcmp(t->sqlstate, "23514") == 0 && strstr(t->error, "no partition of relation") != NULL) {
-        char was[sizeof(t->error) - 64];
-        snprintf(was, sizeof(was), "%.400s", t->error);
-        snprintf(t->error, sizeof(t->error), "the events table has no partition for a row: %s",
-                 was);
-        snprintf(t->sqlstate, sizeof(t->sqlstate), "NT005");
+        txn__recast(t, "NT005", "the events table has no partition for a row");
     }
 }
 
@@ -372,11 +381,7 @@ static int txn__send_seal(nt_txn_t *t)
 static int txn__seal_failed(nt_txn_t *t)
 {
     if (nt_pqutil_classify(t->sqlstate) == NT_PQ_DATA) {
-        char was[sizeof(t->error) - 64];
-        snprintf(was, sizeof(was), "%.440s", t->error);
-        snprintf(t->error, sizeof(t->error),
-                 "could not seal the batch in the ledger: SQLSTATE %.5s: %s", t->sqlstate, was);
-        snprintf(t->sqlstate, sizeof(t->sqlstate), "NT004");
+        txn__recast(t, "NT004", "could not seal the batch in the ledger");
     }
     return 0;
 }
@@ -389,11 +394,7 @@ static int txn__merge_raced(nt_txn_t *t)
 {
     txn__no_partition(t);
     if (strcmp(t->sqlstate, "23505") == 0) {
-        char was[sizeof(t->error) - 96];
-        snprintf(was, sizeof(was), "%.400s", t->error);
-        snprintf(t->error, sizeof(t->error),
-                 "another transaction stored some of the batch's events meanwhile: %s", was);
-        snprintf(t->sqlstate, sizeof(t->sqlstate), "40001");
+        txn__recast(t, "40001", "another transaction stored some of the batch's events meanwhile");
     }
     return 0;
 }
