@@ -3,6 +3,7 @@
 #define NEEDLETRACE_AUDIT_INTERNAL_H
 
 #include <libpq-fe.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -10,12 +11,23 @@
 
 #include "needletrace/digest.h"
 
+/* A connection that joins the check of the batches' rows once it is free (the report's, after
+ * its sessions): set conn (NULL: none will come) and done under mu, then signal cv. */
+typedef struct {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    PGconn *conn;
+    int done;      /* conn is set (or none will come) */
+    int exhausted; /* every piece of the check is taken: nobody waits any more */
+} nt_audit_late_t;
+
 typedef struct {
     PGconn *conn;
     PGconn *conn2; /* a second connection in the same snapshot (NULL: none): verify checks the
                     * batches' rows on both at once */
     PGconn *conn3; /* report: a third one in the same snapshot (NULL: none): the verification
                     * runs on conn2 and conn3 while the sessions section runs on conn */
+    nt_audit_late_t *late;          /* report: a connection that may join the batches' check */
     const char *from, *to, *clinic; /* filters of the entries checked (NULL: none) */
     size_t findings;
     int failed;         /* a query failed (printed): no verdict */

@@ -25,19 +25,27 @@ enum {
     REPORT__NUMERIC = 1700,
 };
 
-/* The events of the report, e (c.tz its clinic's zone, NULL: UTC): the clinic filter, and the
- * device time within the local dates [$2, $3] in its clinic's zone, as an instant range computed
- * once per clinic (no time zone conversion per row, no function per row), inside the widest such
- * range for any zone (UTC-12 to UTC+14) as a plain condition an index or a partition on
- * device_time can use. Ends with WHERE: more conditions follow with AND. */
+/* The types of $1 clinic, $2 from, $3 to: dates typed as such, not text cast in the query (a
+ * cast from text is stable, not folded into a constant when planned: it was parsed again for
+ * each row, three quarters of a scan's time). */
+static const Oid report__types[3] = {25 /* text */, 1082 /* date */, 1082};
+
+/* The events of the report, e: the clinic filter, and the device time within the local dates
+ * [$2, $3] in its clinic's zone (needletrace.clinics, UTC without a row). Every zone is within a
+ * day of UTC: a time from $2 + 1 to $3 (UTC) is in the period in any zone, one before $2 - 1 or
+ * from $3 + 2 in none (plain conditions an index or a partition on device_time can use); only
+ * those between, near the edges, look up their clinic's zone (no join, no zone conversion for
+ * the bulk of the rows). Ends with a condition: more follow with AND. */
 #define REPORT__IN                                                                                 \
-    "needletrace.events e LEFT JOIN (SELECT z.clinic_id, z.time_zone AS tz, ($2::date::timestamp " \
-    "AT TIME ZONE z.time_zone) AS lo, (($3::date + 1)::timestamp AT TIME ZONE z.time_zone) AS hi " \
-    "FROM needletrace.clinics z OFFSET 0) c ON c.clinic_id = e.clinic_id WHERE ($1::text IS NULL " \
-    "OR e.clinic_id = $1) AND e.device_time >= coalesce(c.lo, $2::date::timestamp AT TIME ZONE "   \
-    "'UTC') AND e.device_time < coalesce(c.hi, ($3::date + 1)::timestamp AT TIME ZONE 'UTC') AND " \
-    "e.device_time >= (($2::date - 1)::timestamp AT TIME ZONE 'UTC') AND e.device_time < "         \
-    "(($3::date + 2)::timestamp AT TIME ZONE 'UTC')"
+    "needletrace.events e WHERE ($1::text IS NULL OR e.clinic_id = $1) AND e.device_time >= "      \
+    "(($2::date - 1)::timestamp AT TIME ZONE 'UTC') AND e.device_time < (($3::date + "             \
+    "2)::timestamp AT TIME ZONE 'UTC') AND ((e.device_time >= (($2::date + 1)::timestamp AT TIME " \
+    "ZONE 'UTC') AND e.device_time < ($3::date::timestamp AT TIME ZONE 'UTC')) OR "                \
+    "coalesce((SELECT e.device_time >= ($2::date::timestamp AT TIME ZONE z.time_zone) AND "        \
+    "e.device_time < (($3::date + 1)::timestamp AT TIME ZONE z.time_zone) FROM "                   \
+    "needletrace.clinics z WHERE z.clinic_id = e.clinic_id), e.device_time >= "                    \
+    "($2::date::timestamp AT TIME ZONE 'UTC') AND e.device_time < (($3::date + 1)::timestamp AT "  \
+    "TIME ZONE 'UTC')))"
 /* The alerts of the report: those about an event of the period (its device time, local). */
 #define REPORT__AL                                                                                 \
     "al AS MATERIALIZED (SELECT a.*, coalesce(c.time_zone, 'UTC') AS tz FROM needletrace.alerts "  \
@@ -68,7 +76,8 @@ static const char report__shared[] =
     "ahead, behind FROM x WHERE g = 0), p AS (SELECT pb.clinic_id, coalesce(z.time_zone, 'UTC') "
     "AS tz, pb.device_serial, sum(pb.n) AS n FROM pb LEFT JOIN needletrace.clinics z ON "
     "z.clinic_id = pb.clinic_id GROUP BY 1, 2, 3), " REPORT__AL
-    ", sm AS (SELECT $2::text AS from_date, $3::text AS to_date, (SELECT string_agg(DISTINCT "
+    ", sm AS (SELECT to_char($2::date, 'YYYY-MM-DD') AS from_date, to_char($3::date, "
+    "'YYYY-MM-DD') AS to_date, (SELECT string_agg(DISTINCT "
     "clinic_id || ': ' || tz, ', ') FROM p) AS time_zones, (SELECT count(DISTINCT clinic_id) "
     "FROM p) AS clinics, (SELECT count(*) FROM p) AS pens, (SELECT count(*) FROM " REPORT__IN
     " AND e.kind = 'session_started') AS sessions, (SELECT coalesce(sum(n), 0)::bigint FROM p) "
@@ -120,9 +129,10 @@ static const report__section_t report__sections[] = {
     {3, 1, "depth", "Depth used per treatment area against its limit", NULL,
      "area,limit_um#,bucket_um#,samples#"},
     {3, 1, "sessions_per_day", "Sessions per pen per day",
-     "SELECT e.device_serial AS pen, (e.device_time AT TIME ZONE coalesce(c.tz, "
-     "'UTC'))::date::text AS day, count(*) AS sessions FROM " REPORT__IN " AND e.kind = "
-     "'session_started' GROUP BY 1, 2 ORDER BY 1, 2",
+     "SELECT e.device_serial AS pen, (e.device_time AT TIME ZONE coalesce(z.time_zone, "
+     "'UTC'))::date::text AS day, count(*) AS sessions FROM (SELECT e.clinic_id, "
+     "e.device_serial, e.device_time FROM " REPORT__IN " AND e.kind = 'session_started') e LEFT "
+     "JOIN needletrace.clinics z ON z.clinic_id = e.clinic_id GROUP BY 1, 2 ORDER BY 1, 2",
      NULL},
     {0, 1, "completeness", "Completeness",
      "SELECT collector_id, batches, messages_received, messages_stored, messages_quarantined, "
@@ -159,27 +169,30 @@ static const report__section_t report__sections[] = {
     {3, 0, "sessions", "Sessions",
      "WITH sa AS (SELECT e.clinic_id, e.device_serial, e.session_id, CASE WHEN e.kind IN "
      "('needle_setting', 'needle_activity') THEN coalesce(e.area, 'unspecified') END AS area, "
-     "min(e.device_time) FILTER (WHERE e.kind = 'session_started') AS started, "
-     "min(e.device_time) FILTER (WHERE e.kind = 'session_ended') AS ended, max(e.operator_id) AS "
-     "operator, max(e.patient_ref) AS patient, max(e.depth_um) AS mx FROM " REPORT__IN
-     " AND e.session_id IS NOT NULL GROUP BY 1, 2, 3, 4), s AS (SELECT clinic_id, device_serial, "
-     "session_id, min(started) AS started, min(ended) AS ended, max(operator) AS operator, "
-     "max(patient) AS patient FROM sa GROUP BY 1, 2, 3), k AS (SELECT e.clinic_id, "
-     "e.device_serial, e.session_id, string_agg(DISTINCT e.gtin || '/' || e.cartridge_serial, ' "
-     "') AS cartridges FROM " REPORT__IN " AND e.kind = 'cartridge_mounted' AND e.session_id IS "
-     "NOT NULL GROUP BY 1, 2, 3), d AS (SELECT v.clinic_id, v.device_serial, v.session_id, "
-     "string_agg(v.area || ' ' || v.mx || '/' || coalesce(pc.max_depth_um, dp.max_depth_um, "
-     "needletrace.depth_hard_max_um()) || ' um', ', ' ORDER BY v.area) AS depth FROM sa v LEFT "
-     "JOIN needletrace.depth_policy_clinic pc ON pc.clinic_id = v.clinic_id AND pc.area = v.area "
-     "LEFT JOIN needletrace.depth_policy dp ON dp.area = v.area WHERE v.area IS NOT NULL GROUP BY "
-     "1, 2, 3) SELECT s.clinic_id, s.device_serial AS pen, s.session_id, coalesce(s.operator, '') "
-     "AS operator, coalesce(s.patient, '') AS patient_ref, coalesce(to_char(s.started AT TIME "
+     "max(e.depth_um) AS mx FROM " REPORT__IN " AND e.session_id IS NOT NULL GROUP BY 1, 2, 3, "
+     "4), h AS (SELECT e.clinic_id, e.device_serial, e.session_id, min(e.device_time) FILTER "
+     "(WHERE e.kind = 'session_started') AS started, min(e.device_time) FILTER (WHERE e.kind = "
+     "'session_ended') AS ended, max(e.operator_id) AS operator, max(e.patient_ref) AS patient "
+     "FROM " REPORT__IN " AND e.kind IN ('session_started', 'session_ended') AND e.session_id IS "
+     "NOT NULL GROUP BY 1, 2, 3), s AS (SELECT v.clinic_id, v.device_serial, v.session_id, "
+     "h.started, h.ended, h.operator, h.patient FROM (SELECT DISTINCT clinic_id, device_serial, "
+     "session_id FROM sa) v LEFT JOIN h USING (clinic_id, device_serial, session_id)), k AS "
+     "(SELECT e.clinic_id, e.device_serial, e.session_id, string_agg(DISTINCT e.gtin || '/' || "
+     "e.cartridge_serial, ' ') AS cartridges FROM " REPORT__IN " AND e.kind = 'cartridge_mounted' "
+     "AND e.session_id IS NOT NULL GROUP BY 1, 2, 3), d AS (SELECT v.clinic_id, v.device_serial, "
+     "v.session_id, string_agg(v.area || ' ' || v.mx || '/' || coalesce(pc.max_depth_um, "
+     "dp.max_depth_um, needletrace.depth_hard_max_um()) || ' um', ', ' ORDER BY v.area) AS depth "
+     "FROM sa v LEFT JOIN needletrace.depth_policy_clinic pc ON pc.clinic_id = v.clinic_id AND "
+     "pc.area = v.area LEFT JOIN needletrace.depth_policy dp ON dp.area = v.area WHERE v.area IS "
+     "NOT NULL GROUP BY 1, 2, 3) SELECT s.clinic_id, s.device_serial AS pen, s.session_id, "
+     "coalesce(s.operator, '') AS operator, coalesce(s.patient, '') AS patient_ref, "
+     "coalesce(to_char(s.started AT TIME "
      "ZONE coalesce(z.time_zone, 'UTC'), 'YYYY-MM-DD HH24:MI'), '') AS started, "
      "coalesce(round(extract(epoch FROM coalesce(s.ended, f.ended) - s.started) / 60.0, "
      "1)::text, '') AS minutes, coalesce(k.cartridges, '') AS cartridges, coalesce(d.depth, '') "
-     "AS depth_used_vs_limit FROM s "
-     "LEFT JOIN k USING (clinic_id, device_serial, session_id) LEFT JOIN d USING (clinic_id, "
-     "device_serial, session_id) LEFT JOIN LATERAL (SELECT min(y.device_time) AS ended FROM "
+     "AS depth_used_vs_limit FROM s LEFT JOIN k USING (clinic_id, device_serial, session_id) LEFT "
+     "JOIN d USING (clinic_id, device_serial, session_id) LEFT JOIN LATERAL (SELECT "
+     "min(y.device_time) AS ended FROM "
      "needletrace.events y WHERE s.ended IS NULL AND s.started IS NOT NULL AND y.clinic_id = "
      "s.clinic_id AND y.device_serial = s.device_serial AND y.session_id = s.session_id AND "
      "y.kind = 'session_ended' AND y.device_time >= s.started) f ON true LEFT JOIN "
@@ -295,8 +308,8 @@ static void report__write_json(FILE *out, PGresult *const *res, const char *veri
 
 /* Runs verify into a string (the report's last section); *verdict gets its exit code (0: the
  * record verified). */
-static char *report__verify(nt_audit_t *a, PGconn *c1, PGconn *c2, const char *digests,
-                            const char *pub, int *verdict)
+static char *report__verify(nt_audit_t *a, PGconn *c1, PGconn *c2, nt_audit_late_t *late,
+                            const char *digests, const char *pub, int *verdict)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -307,6 +320,7 @@ static char *report__verify(nt_audit_t *a, PGconn *c1, PGconn *c2, const char *d
     nt_audit_t v = *a;
     v.conn = c1;
     v.conn2 = c2;
+    v.late = late;
     v.out = mem;
     v.findings = 0;
     v.failed = 0;
@@ -375,8 +389,10 @@ typedef struct {
     int lane; /* -1: every section */
     const char *const *values;
     PGresult **res;
-    int failed;         /* a query failed (printed) */
-    nt_audit_t *verify; /* non-NULL: verify after the sections, on conn and verify->conn3 */
+    int failed;            /* a query failed (printed) */
+    nt_audit_t *verify;    /* non-NULL: verify after the sections, on conn and verify->conn3 */
+    nt_audit_late_t *late; /* lane 0: its connection offered to the verification once done;
+                            * lane 1: the verification takes it */
     const char *digests, *pub;
     char *verification;
     int verdict;
@@ -386,7 +402,8 @@ static void *report__lane(void *arg)
 {
     report__lane_t *l = arg;
     if (l->lane != 0) {
-        PGresult *all = PQexecParams(l->conn, report__shared, 3, NULL, l->values, NULL, NULL, 0);
+        PGresult *all =
+            PQexecParams(l->conn, report__shared, 3, report__types, l->values, NULL, NULL, 0);
         if (PQresultStatus(all) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: summary, depth and pens: %s",
                     PQresultErrorMessage(all));
@@ -402,7 +419,7 @@ static void *report__lane(void *arg)
             continue;
         }
         l->res[s] = PQexecParams(l->conn, report__sections[s].sql, report__sections[s].nparams,
-                                 NULL, l->values, NULL, NULL, 0);
+                                 report__types, l->values, NULL, NULL, 0);
         if (PQresultStatus(l->res[s]) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: section %s: %s", report__sections[s].name,
                     PQresultErrorMessage(l->res[s]));
@@ -412,8 +429,14 @@ static void *report__lane(void *arg)
         }
     }
     if (l->verify != NULL && !l->failed) {
-        l->verification =
-            report__verify(l->verify, l->conn, l->verify->conn3, l->digests, l->pub, &l->verdict);
+        l->verification = report__verify(l->verify, l->conn, l->verify->conn3, l->late, l->digests,
+                                         l->pub, &l->verdict);
+    } else if (l->late != NULL && l->lane == 0) { /* done with conn: the verification may use it */
+        pthread_mutex_lock(&l->late->mu);
+        l->late->conn = l->failed ? NULL : l->conn;
+        l->late->done = 1;
+        pthread_cond_broadcast(&l->late->cv);
+        pthread_mutex_unlock(&l->late->mu);
     }
     return NULL;
 }
@@ -425,19 +448,26 @@ int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const 
     const char *values[3] = {a->clinic, from, to};
     /* Two lanes at once on the two connections (same snapshot), else one after the other; with
      * a third, lane 1 verifies on it and its own once its sections are done. */
-    report__lane_t lane[2] = {
-        {.conn = a->conn, .lane = a->conn2 != NULL ? 0 : -1, .values = values, .res = res},
-        {.conn = a->conn2,
-         .lane = 1,
-         .values = values,
-         .res = res,
-         .verify = a->conn3 != NULL ? a : NULL,
-         .digests = digests,
-         .pub = pub}};
+    nt_audit_late_t late = {
+        .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .conn = NULL};
+    report__lane_t lane[2] = {{.conn = a->conn,
+                               .lane = a->conn2 != NULL ? 0 : -1,
+                               .values = values,
+                               .res = res,
+                               .late = a->conn3 != NULL ? &late : NULL},
+                              {.conn = a->conn2,
+                               .lane = 1,
+                               .values = values,
+                               .res = res,
+                               .verify = a->conn3 != NULL ? a : NULL,
+                               .late = a->conn3 != NULL ? &late : NULL,
+                               .digests = digests,
+                               .pub = pub}};
     pthread_t th;
     int threaded = a->conn2 != NULL && pthread_create(&th, NULL, report__lane, &lane[1]) == 0;
     if (a->conn2 != NULL && !threaded) {
         lane[0].lane = -1;
+        lane[0].late = NULL;
         lane[1].verify = NULL;
     }
     report__lane(&lane[0]);
@@ -448,7 +478,7 @@ int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const 
     int verdict = lane[1].verdict;
     char *verification = lane[1].verification;
     if (rc == 0 && lane[1].verify == NULL) {
-        verification = report__verify(a, a->conn, a->conn2, digests, pub, &verdict);
+        verification = report__verify(a, a->conn, a->conn2, NULL, digests, pub, &verdict);
     }
     if (rc == 0 && verification == NULL) {
         fprintf(stderr, "needletrace: audit report: out of memory\n");

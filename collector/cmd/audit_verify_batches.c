@@ -1,13 +1,18 @@
-/* audit_verify_batches.c -- `audit verify`'s check of the sealed batches' rows, at scale: for each
- * batch the server makes its rows' leaves (its built-in record_send and sha256, as before) and
- * sends them as one string per table, 32 bytes a row and nothing else, with the entry's stored
- * leaves; here they are sorted and compared whole. The batches are cut in two runs of about as
- * many rows, checked at once on two connections in the same snapshot (a->conn, a->conn2: the
- * server's work, the bulk of it, on two cores), each run's results streamed a batch at a time.
+/* audit_verify_batches.c -- `audit verify`'s check of the sealed batches' rows, at scale: the
+ * rows of a run of batches come by COPY in binary, each column in its type's binary form (the
+ * type's send function, as record_send uses it), and their leaves are made here: the bytes
+ * record_send would give (the column count, then each column's type and length before its
+ * value) rebuilt around them, with the types record_send gives these columns (asked once, of a
+ * row of NULLs), hashed with the table's tag as 011_ledger.sql says. The server's work is the
+ * reading and the send functions, the hashing (half its work before) is this process's. Each
+ * batch's leaves are sorted and compared whole with the entry's stored ones. The batches are cut
+ * in two runs of about as many rows, checked at once on two connections in the same snapshot
+ * (a->conn, a->conn2: both cores busy), each run in pieces of at most BATCHES__ROWS rows.
  * A batch whose rows differ in any way (a count, a leaf) is checked again row by row by
  * nt_audit__entry_rows (audit_verify.c), which names each row that differs: the findings are
  * those of the row-by-row check, only the batches found intact are not looked at twice. */
 #include <inttypes.h>
+#include <openssl/evp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,84 +20,180 @@
 
 #include "audit_internal.h"
 
-/* Per batch ($1 tx, $2 collector, $3 seq, in that order): the entry's stored leaves, then the
- * leaves of its raw_messages, events and quarantine rows (version 1 of the ledger, as in
- * audit_verify.c's row-by-row query), each table's concatenated in no particular order. */
-static const char batches__sql[] =
-    "SELECT (SELECT l.leaves FROM needletrace.ledger l WHERE l.collector_id = t.c AND l.seq = "
-    "t.s), (SELECT pg_catalog.string_agg(pg_catalog.sha256('\\x0072'::bytea || "
-    "pg_catalog.record_send(ROW(" NT_AUDIT_RAW_V1 "))), ''::bytea) FROM needletrace.raw_messages "
-    "r WHERE r.tx = t.tx), (SELECT pg_catalog.string_agg(pg_catalog.sha256('\\x0065'::bytea || "
-    "pg_catalog.record_send(ROW(" NT_AUDIT_EVENTS_V1 "))), ''::bytea) FROM needletrace.events e "
-    "WHERE e.tx = t.tx), (SELECT pg_catalog.string_agg(pg_catalog.sha256('\\x0071'::bytea || "
-    "pg_catalog.record_send(ROW(" NT_AUDIT_QUARANTINE_V1 "))), ''::bytea) FROM "
-    "needletrace.quarantine q WHERE q.tx = t.tx) FROM ROWS FROM (pg_catalog.unnest($1::bigint[]), "
-    "pg_catalog.unnest($2::text[]), pg_catalog.unnest($3::bigint[])) WITH ORDINALITY AS t(tx, c, "
-    "s, o) ORDER BY t.o";
+/* The tables of a batch, their tag in a leaf and the columns of version 1 of the ledger (as in
+ * audit_verify.c's row-by-row query). */
+static const struct {
+    char tag;
+    const char *from, *cols;
+} batches__tables[3] = {
+    {'r', "needletrace.raw_messages r", NT_AUDIT_RAW_V1},
+    {'e', "needletrace.events e", NT_AUDIT_EVENTS_V1},
+    {'q', "needletrace.quarantine q", NT_AUDIT_QUARANTINE_V1},
+};
 
+/* Columns of a leaf's row at most. */
+#define BATCHES__MAX_COLS 64
 /* Batches per query: the parameters stay small whatever the ledger's length. */
 #define BATCHES__PER_QUERY 2048
+/* Rows (as the entries count them) per query: the leaves held at once stay small (8 MiB). */
+#define BATCHES__ROWS 262144
 
-enum { BATCHES__OK, BATCHES__ROOT, BATCHES__ROWS };
+enum { BATCHES__OK, BATCHES__ROOT, BATCHES__ROWS_DIFFER };
+
+/* One batch's leaves as read. */
+typedef struct {
+    unsigned char *leaf; /* 32 bytes each */
+    size_t n, cap;
+    int64_t count[3]; /* per table */
+} batches__acc_t;
 
 typedef struct {
     PGconn *conn;
-    const nt_audit_entry_t *const *e; /* this run's entries */
-    size_t n;
-    unsigned char *status; /* per entry: BATCHES__OK, __ROOT (rows as sealed, root not), __ROWS */
+    const nt_audit_entry_t *const *e; /* the entries checked */
+    unsigned char *status; /* per entry: BATCHES__OK, __ROOT (rows as sealed, root not), __ROWS_ */
     size_t rows;           /* rows found as sealed */
     int failed;            /* a query failed (printed) */
-    unsigned char *buf;    /* the rows' leaves of one batch, sorted here */
-    size_t cap;
+    int ncols[3];          /* per table: the leaf row's columns */
+    unsigned char oid[3][BATCHES__MAX_COLS][4]; /* ... and their types, as record_send writes */
+    EVP_MD *md;
+    EVP_MD_CTX *ctx;
+    uint32_t *slot;      /* batches__same's table: a stored leaf's index + 1, 0 empty */
+    unsigned char *used; /* per stored leaf: taken */
+    size_t slots_cap;
+    unsigned char *row; /* a row's record_send bytes, rebuilt */
+    size_t row_cap;
+    batches__acc_t *acc; /* per entry of the piece */
+    struct batches__tx {
+        int64_t tx;
+        size_t i;
+    } * by_tx; /* the piece's entries by tx */
 } batches__run_t;
 
-static int batches__cmp_leaf(const void *x, const void *y)
+static int batches__cmp_tx(const void *x, const void *y)
 {
-    return memcmp(x, y, 32);
+    const struct batches__tx *p = x, *q = y;
+    return p->tx < q->tx ? -1 : p->tx > q->tx;
 }
 
-/* One batch's result row: its rows against its stored leaves, then its stored leaves against its
- * root. Any difference: BATCHES__ROWS (the row-by-row check says which). */
-static void batches__one(batches__run_t *r, size_t i, const PGresult *res)
+static uint32_t batches__be32(const unsigned char *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* The types record_send gives each table's leaf columns: one row of NULLs sent by it (the
+ * column count, then per column its type and -1). 0, or -1 (printed). */
+static int batches__types(batches__run_t *r)
+{
+    for (int t = 0; t < 3; t++) {
+        char sql[2048];
+        snprintf(sql, sizeof(sql),
+                 "SELECT pg_catalog.record_send(ROW(%s)) FROM (SELECT (NULL::%.*s).*) %c",
+                 batches__tables[t].cols, (int)(strlen(batches__tables[t].from) - 2),
+                 batches__tables[t].from, batches__tables[t].tag);
+        PGresult *res = PQexecParams(r->conn, sql, 0, NULL, NULL, NULL, NULL, 1);
+        const unsigned char *v = (const unsigned char *)PQgetvalue(res, 0, 0);
+        int len = PQresultStatus(res) == PGRES_TUPLES_OK && PQntuples(res) == 1
+                      ? PQgetlength(res, 0, 0)
+                      : -1;
+        uint32_t n = len >= 4 ? batches__be32(v) : 0;
+        if (len < 4 || n == 0 || n > BATCHES__MAX_COLS || (size_t)len != 4 + 8 * (size_t)n) {
+            fprintf(stderr, "needletrace: audit verify: the types of %s's columns: %s\n",
+                    batches__tables[t].from, len < 0 ? PQresultErrorMessage(res) : "unexpected");
+            PQclear(res);
+            return -1;
+        }
+        r->ncols[t] = (int)n;
+        for (uint32_t c = 0; c < n; c++) {
+            memcpy(r->oid[t][c], v + 4 + 8 * c, 4);
+        }
+        PQclear(res);
+    }
+    return 0;
+}
+
+static uint64_t batches__key(const unsigned char *leaf)
+{
+    uint64_t k;
+    memcpy(&k, leaf, 8); /* a hash's bytes: any 8 of them spread evenly */
+    return k;
+}
+
+/* The n leaves read (acc) are the n stored ones, sorted as sealed, each used once: the stored
+ * leaves in a table by their first bytes, each leaf read taking its own (no sort of the leaves
+ * read: two thirds of this process's time when they were sorted). */
+static int batches__same(batches__run_t *r, const batches__acc_t *acc, const unsigned char *stored,
+                         size_t n)
+{
+    for (size_t k = 1; k < n; k++) {
+        if (memcmp(stored + 32 * (k - 1), stored + 32 * k, 32) > 0) {
+            return 0;
+        }
+    }
+    size_t cap = 16;
+    while (cap < 2 * n) {
+        cap *= 2;
+    }
+    if (cap > r->slots_cap) {
+        uint32_t *slot = realloc(r->slot, cap * sizeof(*slot));
+        unsigned char *used = slot != NULL ? realloc(r->used, cap) : NULL;
+        if (slot != NULL) {
+            r->slot = slot;
+        }
+        if (used == NULL) {
+            return 0; /* out of memory: the row-by-row check will tell */
+        }
+        r->used = used;
+        r->slots_cap = cap;
+    }
+    memset(r->slot, 0, cap * sizeof(*r->slot));
+    memset(r->used, 0, n);
+    for (size_t k = 0; k < n; k++) {
+        size_t h = (size_t)batches__key(stored + 32 * k) & (cap - 1);
+        while (r->slot[h] != 0) {
+            h = (h + 1) & (cap - 1);
+        }
+        r->slot[h] = (uint32_t)(k + 1);
+    }
+    for (size_t i = 0; i < acc->n; i++) {
+        const unsigned char *leaf = acc->leaf + 32 * i;
+        size_t h = (size_t)batches__key(leaf) & (cap - 1);
+        for (;; h = (h + 1) & (cap - 1)) {
+            uint32_t k = r->slot[h];
+            if (k == 0) {
+                return 0; /* not stored, or stored fewer times */
+            }
+            if (!r->used[k - 1] && memcmp(stored + 32 * (k - 1), leaf, 32) == 0) {
+                r->used[k - 1] = 1;
+                break;
+            }
+        }
+    }
+    return 1;
+}
+
+/* One batch's leaves against its stored ones (stored, nstored bytes; NULL: no entry), then its
+ * stored leaves against its root. Any difference: BATCHES__ROWS_DIFFER (the row-by-row check
+ * says which). */
+static void batches__one(batches__run_t *r, size_t i, batches__acc_t *acc,
+                         const unsigned char *stored, size_t nstored)
 {
     const nt_audit_entry_t *e = r->e[i];
-    size_t nstored = (size_t)PQgetlength(res, 0, 0), len[3], total = 0;
-    const unsigned char *stored = (const unsigned char *)PQgetvalue(res, 0, 0);
     const int64_t want[3] = {e->n_raw, e->n_events, e->n_quarantine};
-    int same = !PQgetisnull(res, 0, 0) && nstored % 32 == 0;
+    int same = stored != NULL && nstored % 32 == 0 && acc->n * 32 == nstored;
     for (int t = 0; t < 3; t++) {
-        len[t] = (size_t)PQgetlength(res, 0, t + 1); /* 0 when NULL: no row */
-        same = same && want[t] >= 0 && len[t] == 32 * (size_t)want[t];
-        total += len[t];
+        same = same && want[t] >= 0 && acc->count[t] == want[t];
     }
-    same = same && total == nstored;
-    if (same && total > r->cap) {
-        unsigned char *p = realloc(r->buf, total);
-        same = p != NULL; /* out of memory: the row-by-row check will tell */
-        if (p != NULL) {
-            r->buf = p;
-            r->cap = total;
-        }
-    }
-    if (same && total > 0) {
-        size_t at = 0;
-        for (int t = 0; t < 3; t++) {
-            memcpy(r->buf + at, PQgetvalue(res, 0, t + 1), len[t]);
-            at += len[t];
-        }
-        qsort(r->buf, total / 32, 32, batches__cmp_leaf);
-        same = memcmp(r->buf, stored, total) == 0;
-    }
+    same = same && batches__same(r, acc, stored, nstored / 32);
     if (!same) {
-        r->status[i] = BATCHES__ROWS;
+        r->status[i] = BATCHES__ROWS_DIFFER;
         return;
     }
-    r->rows += total / 32;
+    r->rows += acc->n;
     unsigned char root[32];
     char hex[65];
     static const char hx[] = "0123456789abcdef";
     if (nt_audit__root(stored, nstored / 32, root) != 0) {
-        r->status[i] = BATCHES__ROWS; /* checked row by row, where it fails as it must */
+        r->status[i] = BATCHES__ROWS_DIFFER; /* checked row by row, where it fails as it must */
         return;
     }
     for (int k = 0; k < 32; k++) {
@@ -119,7 +220,12 @@ static char *batches__params(const batches__run_t *r, size_t from, size_t to, ch
     for (size_t i = from; i < to; i++) {
         const char *sep = i > from ? "," : "{";
         /* collector ids are [A-Za-z0-9._-]{1,64} (011_ledger.sql): quoted all the same */
-        at += (size_t)sprintf(tx + at, "%s%.22s", sep, r->e[i]->tx);
+        /* tx goes into a COPY's text: an integer, or NULL (no row; the entry is checked row
+         * by row) */
+        const char *t = r->e[i]->tx;
+        int num = t[t[0] == '-'] != '\0' &&
+                  strspn(t + (t[0] == '-'), "0123456789") == strlen(t + (t[0] == '-'));
+        at += (size_t)sprintf(tx + at, "%s%.22s", sep, num ? t : "NULL");
         ac += (size_t)sprintf(c + ac, "%s\"%.64s\"", sep, r->e[i]->collector);
         as += (size_t)sprintf(s + as, "%s%.22s", sep, r->e[i]->seq);
     }
@@ -131,91 +237,335 @@ static char *batches__params(const batches__run_t *r, size_t from, size_t to, ch
     return tx;
 }
 
-/* Entries [from, to) of the run: one query, its rows streamed one batch at a time. */
-static void batches__query(batches__run_t *r, size_t from, size_t to)
+/* Adds the leaf of one COPY row of table t (the fields after its tx, at p, end its end) to the
+ * batches of tx. The bytes read, or 0 when the row is malformed. */
+static size_t batches__row(batches__run_t *r, int t, size_t from, size_t to, const unsigned char *p,
+                           const unsigned char *end)
 {
-    char *coll = NULL, *seq = NULL, *tx = batches__params(r, from, to, &coll, &seq);
-    const char *values[3] = {tx, coll, seq};
-    if (tx == NULL) {
+    const unsigned char *start = p;
+    if (end - p < 2 + 4 + 8 || (p[0] << 8 | p[1]) != 1 + r->ncols[t] || batches__be32(p + 2) != 8) {
+        return 0;
+    }
+    int64_t tx = 0;
+    for (int k = 0; k < 8; k++) {
+        tx = (int64_t)((uint64_t)tx << 8 | p[6 + k]);
+    }
+    p += 14;
+    size_t need = 6 + 8 * (size_t)r->ncols[t] + (size_t)(end - p);
+    if (need > r->row_cap) {
+        unsigned char *row = realloc(r->row, need);
+        if (row == NULL) {
+            return 0;
+        }
+        r->row = row;
+        r->row_cap = need;
+    }
+    /* record_send: the column count, then per column its type, its length (-1: NULL) and its
+     * bytes; the leaf hashes 0x00, the table's tag and those bytes */
+    unsigned char *w = r->row;
+    uint32_t nc = (uint32_t)r->ncols[t];
+    *w++ = 0;
+    *w++ = (unsigned char)batches__tables[t].tag;
+    *w++ = (unsigned char)(nc >> 24), *w++ = (unsigned char)(nc >> 16);
+    *w++ = (unsigned char)(nc >> 8), *w++ = (unsigned char)nc;
+    for (int c = 0; c < r->ncols[t]; c++) {
+        if (end - p < 4) {
+            return 0;
+        }
+        uint32_t len = batches__be32(p);
+        size_t body = len == 0xffffffffu ? 0 : len;
+        if (len != 0xffffffffu && (len > INT32_MAX || (size_t)(end - p - 4) < body)) {
+            return 0;
+        }
+        memcpy(w, r->oid[t][c], 4);
+        memcpy(w + 4, p, 4 + body);
+        w += 8 + body;
+        p += 4 + body;
+    }
+    unsigned char leaf[32];
+    if (EVP_DigestInit_ex(r->ctx, r->md, NULL) != 1 ||
+        EVP_DigestUpdate(r->ctx, r->row, (size_t)(w - r->row)) != 1 ||
+        EVP_DigestFinal_ex(r->ctx, leaf, NULL) != 1) {
+        return 0;
+    }
+    /* every entry of the piece with this tx (one, unless the ledger was forged) */
+    struct batches__tx key = {.tx = tx}, *hit = bsearch(&key, r->by_tx, to - from,
+                                                        sizeof(*r->by_tx), batches__cmp_tx);
+    while (hit != NULL && hit > r->by_tx && hit[-1].tx == tx) {
+        hit--;
+    }
+    for (; hit != NULL && hit < r->by_tx + (to - from) && hit->tx == tx; hit++) {
+        batches__acc_t *acc = &r->acc[hit->i - from];
+        if (acc->n == acc->cap) {
+            size_t cap = acc->cap > 0 ? acc->cap * 2 : 256;
+            unsigned char *l = realloc(acc->leaf, cap * 32);
+            if (l == NULL) {
+                return 0;
+            }
+            acc->leaf = l;
+            acc->cap = cap;
+        }
+        memcpy(acc->leaf + 32 * acc->n++, leaf, 32);
+        acc->count[t]++;
+    }
+    return (size_t)(p - start);
+}
+
+/* Table t's rows of the piece's batches (txs, an array literal) by COPY in binary, each row's
+ * leaf to its batch. 0, or -1 (printed). */
+static int batches__copy(batches__run_t *r, int t, size_t from, size_t to, const char *txs)
+{
+    size_t cap = strlen(txs) + 4096;
+    char *sql = malloc(cap);
+    if (sql == NULL) {
         fprintf(stderr, "needletrace: audit verify: out of memory\n");
-        r->failed = 1;
-        return;
+        return -1;
     }
-    if (!PQsendQueryParams(r->conn, batches__sql, 3, NULL, values, NULL, NULL, 1) ||
-        !PQsetSingleRowMode(r->conn)) {
-        fprintf(stderr, "needletrace: audit: %s", PQerrorMessage(r->conn));
-        r->failed = 1;
+    snprintf(sql, cap,
+             "COPY (SELECT %c.tx, %s FROM %s WHERE %c.tx = ANY ('%s'::bigint[])) TO STDOUT "
+             "(FORMAT binary)",
+             batches__tables[t].tag, batches__tables[t].cols, batches__tables[t].from,
+             batches__tables[t].tag, txs);
+    PGresult *res = PQexec(r->conn, sql);
+    free(sql);
+    int ok = PQresultStatus(res) == PGRES_COPY_OUT, header = 1, bad = 0;
+    if (!ok) {
+        fprintf(stderr, "needletrace: audit verify: %s", PQresultErrorMessage(res));
     }
-    free(tx);
-    free(coll);
-    free(seq);
-    size_t i = from;
-    PGresult *res;
+    PQclear(res);
+    static const unsigned char sig[11] = "PGCOPY\n\377\r\n";
+    char *buf;
+    int n;
+    while (ok && (n = PQgetCopyData(r->conn, &buf, 0)) > 0) {
+        const unsigned char *p = (const unsigned char *)buf, *end = p + n;
+        if (header) { /* the signature, flags and the extension's length, then the extension */
+            header = 0;
+            uint32_t ext = n >= 19 ? batches__be32(p + 15) : 0;
+            bad = n < 19 || memcmp(p, sig, 11) != 0 || ext > (uint32_t)(n - 19);
+            p += bad ? 0 : 19 + ext;
+        }
+        while (!bad && p < end) {
+            if (end - p >= 2 && p[0] == 0xff && p[1] == 0xff) { /* the trailer */
+                p += 2;
+                continue;
+            }
+            size_t used = batches__row(r, t, from, to, p, end);
+            bad = used == 0;
+            p += used;
+        }
+        PQfreemem(buf);
+    }
     while ((res = PQgetResult(r->conn)) != NULL) {
-        ExecStatusType st = PQresultStatus(res);
-        if (st == PGRES_SINGLE_TUPLE && i < to && !r->failed) {
-            batches__one(r, i++, res);
-        } else if (st != PGRES_TUPLES_OK && st != PGRES_SINGLE_TUPLE) {
-            fprintf(stderr, "needletrace: audit: %s", PQresultErrorMessage(res));
-            r->failed = 1;
+        if (ok && PQresultStatus(res) != PGRES_COMMAND_OK) {
+            fprintf(stderr, "needletrace: audit verify: %s", PQresultErrorMessage(res));
+            ok = 0;
         }
         PQclear(res);
     }
-    if (!r->failed && i != to) {
-        fprintf(stderr, "needletrace: audit verify: %zu batch(es) instead of %zu\n", i - from,
-                to - from);
-        r->failed = 1;
+    if (ok && bad) {
+        fprintf(stderr,
+                "needletrace: audit verify: the %s rows came in a form not understood "
+                "(or out of memory)\n",
+                batches__tables[t].from);
     }
+    return ok && !bad ? 0 : -1;
 }
 
-static void *batches__run(void *arg)
+/* Entries [from, to) of the run: their stored leaves, then their rows, table by table. */
+static void batches__query(batches__run_t *r, size_t from, size_t to)
 {
-    batches__run_t *r = arg;
-    for (size_t from = 0; from < r->n && !r->failed; from += BATCHES__PER_QUERY) {
-        batches__query(r, from,
-                       from + BATCHES__PER_QUERY < r->n ? from + BATCHES__PER_QUERY : r->n);
+    char *coll = NULL, *seq = NULL, *tx = batches__params(r, from, to, &coll, &seq);
+    const char *values[2] = {coll, seq};
+    PGresult *stored = NULL;
+    r->acc = calloc(to - from, sizeof(*r->acc));
+    r->by_tx = calloc(to - from, sizeof(*r->by_tx));
+    if (tx == NULL || r->acc == NULL || r->by_tx == NULL) {
+        fprintf(stderr, "needletrace: audit verify: out of memory\n");
+        r->failed = 1;
+    } else {
+        stored = PQexecParams(r->conn,
+                              "SELECT l.leaves FROM ROWS FROM (pg_catalog.unnest($1::text[]), "
+                              "pg_catalog.unnest($2::bigint[])) WITH ORDINALITY AS t(c, s, o) "
+                              "LEFT JOIN needletrace.ledger l ON l.collector_id = t.c AND l.seq "
+                              "= t.s ORDER BY t.o",
+                              2, NULL, values, NULL, NULL, 1);
+        if (PQresultStatus(stored) != PGRES_TUPLES_OK || PQntuples(stored) != (int)(to - from)) {
+            fprintf(stderr, "needletrace: audit verify: %s", PQresultErrorMessage(stored));
+            r->failed = 1;
+        }
     }
-    free(r->buf);
-    r->buf = NULL;
+    for (size_t i = from; i < to && !r->failed; i++) {
+        r->by_tx[i - from] = (struct batches__tx){.tx = strtoll(r->e[i]->tx, NULL, 10), .i = i};
+    }
+    if (!r->failed) {
+        qsort(r->by_tx, to - from, sizeof(*r->by_tx), batches__cmp_tx);
+    }
+    for (int t = 0; t < 3 && !r->failed; t++) {
+        r->failed = batches__copy(r, t, from, to, tx) != 0;
+    }
+    for (size_t i = from; i < to && !r->failed; i++) {
+        batches__one(r, i, &r->acc[i - from],
+                     PQgetisnull(stored, (int)(i - from), 0)
+                         ? NULL
+                         : (const unsigned char *)PQgetvalue(stored, (int)(i - from), 0),
+                     (size_t)PQgetlength(stored, (int)(i - from), 0));
+    }
+    for (size_t i = from; r->acc != NULL && i < to; i++) {
+        free(r->acc[i - from].leaf);
+    }
+    free(r->acc);
+    free(r->by_tx);
+    r->acc = NULL;
+    r->by_tx = NULL;
+    PQclear(stored);
+    free(tx);
+    free(coll);
+    free(seq);
+}
+
+/* The pieces of the check, taken in turn by the workers (one per connection). */
+typedef struct {
+    pthread_mutex_t mu;
+    size_t next, n;
+    size_t (*piece)[2]; /* [from, to) of each piece */
+    int failed;         /* a worker failed: the others stop */
+    nt_audit_late_t *late;
+} batches__queue_t;
+
+typedef struct {
+    batches__run_t run;
+    batches__queue_t *q;
+    int joiner; /* waits for q->late's connection first */
+} batches__worker_t;
+
+/* The next piece, or 0 when none is left (then a connection still to come need not). */
+static int batches__take(batches__queue_t *q, size_t *from, size_t *to)
+{
+    pthread_mutex_lock(&q->mu);
+    int got = q->next < q->n && !q->failed;
+    if (got) {
+        *from = q->piece[q->next][0];
+        *to = q->piece[q->next][1];
+        q->next++;
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (!got && q->late != NULL) {
+        pthread_mutex_lock(&q->late->mu);
+        q->late->exhausted = 1;
+        pthread_cond_broadcast(&q->late->cv);
+        pthread_mutex_unlock(&q->late->mu);
+    }
+    return got;
+}
+
+static void *batches__work(void *arg)
+{
+    batches__worker_t *w = arg;
+    batches__run_t *r = &w->run;
+    if (w->joiner) {
+        nt_audit_late_t *late = w->q->late;
+        pthread_mutex_lock(&late->mu);
+        while (!late->done && !late->exhausted) {
+            pthread_cond_wait(&late->cv, &late->mu);
+        }
+        r->conn = late->exhausted ? NULL : late->conn;
+        pthread_mutex_unlock(&late->mu);
+        if (r->conn == NULL) {
+            return NULL;
+        }
+    }
+    r->md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    r->ctx = EVP_MD_CTX_new();
+    if (r->md == NULL || r->ctx == NULL) {
+        fprintf(stderr, "needletrace: audit verify: no SHA-256 (OpenSSL)\n");
+        r->failed = 1;
+    } else if (batches__types(r) != 0) {
+        r->failed = 1;
+    }
+    size_t from, to;
+    while (!r->failed && batches__take(w->q, &from, &to)) {
+        batches__query(r, from, to);
+        if (r->failed) {
+            pthread_mutex_lock(&w->q->mu);
+            w->q->failed = 1;
+            pthread_mutex_unlock(&w->q->mu);
+        }
+    }
+    free(r->row);
+    free(r->slot);
+    free(r->used);
+    r->row = NULL;
+    EVP_MD_CTX_free(r->ctx);
+    EVP_MD_free(r->md);
     return NULL;
+}
+
+/* Cuts the n entries sel into pieces of at most BATCHES__PER_QUERY batches and BATCHES__ROWS rows
+ * (one batch at least); their number, 0 when out of memory. */
+static size_t batches__pieces(const nt_audit_entry_t *const *sel, size_t n, size_t (**out)[2])
+{
+    size_t(*piece)[2] = malloc((n + 1) * sizeof(*piece)), k = 0;
+    if (piece == NULL) {
+        return 0;
+    }
+    for (size_t from = 0, to; from < n; from = to) {
+        int64_t rows = 0;
+        for (to = from;
+             to < n && to - from < BATCHES__PER_QUERY && (to == from || rows < BATCHES__ROWS);
+             to++) {
+            const int64_t c[3] = {sel[to]->n_raw, sel[to]->n_events, sel[to]->n_quarantine};
+            for (int t = 0; t < 3; t++) { /* a forged count: no overflow */
+                rows += c[t] < 0 ? 0 : c[t] > BATCHES__ROWS ? BATCHES__ROWS : c[t];
+            }
+        }
+        piece[k][0] = from;
+        piece[k][1] = to;
+        k++;
+    }
+    *out = piece;
+    return k;
 }
 
 size_t nt_audit__batches(nt_audit_t *a, const nt_audit_entry_t *const *sel, size_t n)
 {
     unsigned char *status = calloc(n + 1, 1);
-    if (status == NULL) {
+    batches__queue_t q = {.mu = PTHREAD_MUTEX_INITIALIZER, .late = a->late};
+    q.n = batches__pieces(sel, n, &q.piece);
+    if (status == NULL || (n > 0 && q.n == 0)) {
         fprintf(stderr, "needletrace: audit verify: out of memory\n");
         a->failed = 1;
+        free(status);
+        free(q.piece);
         return 0;
     }
-    /* Two runs of about as many rows each (the second empty without a second connection). */
-    int64_t all = 0, half = 0;
-    for (size_t i = 0; i < n; i++) {
-        all += sel[i]->n_raw + sel[i]->n_events + sel[i]->n_quarantine;
+    /* a worker per connection, taking pieces in turn: this thread on a->conn, threads on
+     * a->conn2 and (once it is free) a->late's */
+    batches__worker_t w[3] = {{.run = {.conn = a->conn, .e = sel, .status = status}, .q = &q},
+                              {.run = {.conn = a->conn2, .e = sel, .status = status}, .q = &q},
+                              {.run = {.e = sel, .status = status}, .q = &q, .joiner = 1}};
+    pthread_t th[3];
+    int started[3] = {0};
+    for (int k = 1; k < 3; k++) {
+        int want = k == 1 ? a->conn2 != NULL : a->late != NULL;
+        started[k] = want && q.n > 0 && pthread_create(&th[k], NULL, batches__work, &w[k]) == 0;
     }
-    size_t cut = a->conn2 != NULL ? 0 : n;
-    while (cut < n && half * 2 < all) {
-        half += sel[cut]->n_raw + sel[cut]->n_events + sel[cut]->n_quarantine;
-        cut++;
+    batches__work(&w[0]);
+    size_t rows = w[0].run.rows;
+    a->failed |= w[0].run.failed;
+    for (int k = 1; k < 3; k++) {
+        if (started[k]) {
+            pthread_join(th[k], NULL);
+            rows += w[k].run.rows;
+            a->failed |= w[k].run.failed;
+        }
     }
-    batches__run_t run[2] = {
-        {.conn = a->conn, .e = sel, .n = cut, .status = status},
-        {.conn = a->conn2, .e = sel + cut, .n = n - cut, .status = status + cut}};
-    pthread_t th;
-    int threaded = run[1].n > 0 && pthread_create(&th, NULL, batches__run, &run[1]) == 0;
-    batches__run(&run[0]);
-    if (threaded) {
-        pthread_join(th, NULL);
-    } else if (run[1].n > 0) {
-        batches__run(&run[1]); /* no thread: one after the other */
-    }
-    size_t rows = run[0].rows + run[1].rows;
-    a->failed |= run[0].failed | run[1].failed;
+    free(q.piece);
+    pthread_mutex_destroy(&q.mu);
     for (size_t i = 0; i < n && !a->failed; i++) {
         if (status[i] == BATCHES__ROOT) {
             nt_audit__finding(a, "ledger entry %s#%s: its leaves do not give its root",
                               sel[i]->collector, sel[i]->seq);
-        } else if (status[i] == BATCHES__ROWS) {
+        } else if (status[i] == BATCHES__ROWS_DIFFER) {
             rows += nt_audit__entry_rows(a, sel[i]);
         }
     }
