@@ -174,24 +174,23 @@ static const report__section_t report__sections[] = {
      "(WHERE e.kind = 'session_started') AS started, min(e.device_time) FILTER (WHERE e.kind = "
      "'session_ended') AS ended, max(e.operator_id) AS operator, max(e.patient_ref) AS patient "
      "FROM " REPORT__IN " AND e.kind IN ('session_started', 'session_ended') AND e.session_id IS "
-     "NOT NULL GROUP BY 1, 2, 3), s AS (SELECT v.clinic_id, v.device_serial, v.session_id, "
-     "h.started, h.ended, h.operator, h.patient FROM (SELECT DISTINCT clinic_id, device_serial, "
-     "session_id FROM sa) v LEFT JOIN h USING (clinic_id, device_serial, session_id)), k AS "
-     "(SELECT e.clinic_id, e.device_serial, e.session_id, string_agg(DISTINCT e.gtin || '/' || "
-     "e.cartridge_serial, ' ') AS cartridges FROM " REPORT__IN " AND e.kind = 'cartridge_mounted' "
-     "AND e.session_id IS NOT NULL GROUP BY 1, 2, 3), d AS (SELECT v.clinic_id, v.device_serial, "
-     "v.session_id, string_agg(v.area || ' ' || v.mx || '/' || coalesce(pc.max_depth_um, "
-     "dp.max_depth_um, needletrace.depth_hard_max_um()) || ' um', ', ' ORDER BY v.area) AS depth "
-     "FROM sa v LEFT JOIN needletrace.depth_policy_clinic pc ON pc.clinic_id = v.clinic_id AND "
-     "pc.area = v.area LEFT JOIN needletrace.depth_policy dp ON dp.area = v.area WHERE v.area IS "
-     "NOT NULL GROUP BY 1, 2, 3) SELECT s.clinic_id, s.device_serial AS pen, s.session_id, "
+     "NOT NULL GROUP BY 1, 2, 3), d AS (SELECT v.clinic_id, v.device_serial, v.session_id, "
+     "string_agg(v.area || ' ' || v.mx || '/' || coalesce(pc.max_depth_um, dp.max_depth_um, "
+     "needletrace.depth_hard_max_um()) || ' um', ', ') FILTER (WHERE v.area IS NOT NULL) AS "
+     "depth FROM sa v LEFT JOIN needletrace.depth_policy_clinic pc ON pc.clinic_id = v.clinic_id "
+     "AND pc.area = v.area LEFT JOIN needletrace.depth_policy dp ON dp.area = v.area GROUP BY 1, "
+     "2, 3), s AS (SELECT d.*, h.started, h.ended, h.operator, h.patient FROM d LEFT JOIN h USING "
+     "(clinic_id, device_serial, session_id)), k AS (SELECT e.clinic_id, e.device_serial, "
+     "e.session_id, string_agg(DISTINCT e.gtin || '/' || e.cartridge_serial, ' ') AS cartridges "
+     "FROM " REPORT__IN " AND e.kind = 'cartridge_mounted' AND e.session_id IS NOT NULL GROUP BY "
+     "1, 2, 3) SELECT s.clinic_id, s.device_serial AS pen, s.session_id, "
      "coalesce(s.operator, '') AS operator, coalesce(s.patient, '') AS patient_ref, "
      "coalesce(to_char(s.started AT TIME "
      "ZONE coalesce(z.time_zone, 'UTC'), 'YYYY-MM-DD HH24:MI'), '') AS started, "
      "coalesce(round(extract(epoch FROM coalesce(s.ended, f.ended) - s.started) / 60.0, "
-     "1)::text, '') AS minutes, coalesce(k.cartridges, '') AS cartridges, coalesce(d.depth, '') "
+     "1)::text, '') AS minutes, coalesce(k.cartridges, '') AS cartridges, coalesce(s.depth, '') "
      "AS depth_used_vs_limit FROM s LEFT JOIN k USING (clinic_id, device_serial, session_id) LEFT "
-     "JOIN d USING (clinic_id, device_serial, session_id) LEFT JOIN LATERAL (SELECT "
+     "JOIN LATERAL (SELECT "
      "min(y.device_time) AS ended FROM "
      "needletrace.events y WHERE s.ended IS NULL AND s.started IS NOT NULL AND y.clinic_id = "
      "s.clinic_id AND y.device_serial = s.device_serial AND y.session_id = s.session_id AND "
@@ -328,6 +327,7 @@ static char *report__verify(nt_audit_t *a, PGconn *c1, PGconn *c2, nt_audit_late
     *verdict = nt_audit__verify(&v, digests, pub);
     if (v.failed) {
         fputs("NO VERDICT: a query failed; nothing can be said of the record\n", mem);
+        *verdict = -1;
     }
     if (digests == NULL) {
         fputs("(checked without digests: a chain rewritten consistently would not be seen)\n", mem);
@@ -381,6 +381,55 @@ static int report__split(const PGresult *all, PGresult **res)
     return 0;
 }
 
+static int report__cmp_str(const void *x, const void *y)
+{
+    return strcmp(*(char *const *)x, *(char *const *)y);
+}
+
+/* The sessions' last column (depth used per area, "area depth/limit um, ...", aggregated by hash
+ * in no order: sorting each session's areas there cost the server a sort of every session and
+ * area) with each cell's areas in order. 0, or -1 (out of memory). */
+static int report__sort_depths(PGresult *res)
+{
+    int c = PQnfields(res) - 1;
+    for (int r = 0; r < PQntuples(res); r++) {
+        const char *v = PQgetvalue(res, r, c);
+        if (strstr(v, ", ") == NULL) {
+            continue; /* one area or none */
+        }
+        size_t len = strlen(v), n = 0;
+        char *copy = strdup(v), *out = malloc(len + 1);
+        char **part = malloc((len / 2 + 1) * sizeof(*part));
+        if (copy == NULL || out == NULL || part == NULL) {
+            free(copy);
+            free(out);
+            free(part);
+            return -1;
+        }
+        for (char *p = copy, *q; p != NULL; p = q) {
+            q = strstr(p, ", ");
+            if (q != NULL) {
+                *q = '\0';
+                q += 2;
+            }
+            part[n++] = p;
+        }
+        qsort(part, n, sizeof(*part), report__cmp_str);
+        size_t at = 0;
+        for (size_t k = 0; k < n; k++) {
+            at += (size_t)sprintf(out + at, "%s%s", k > 0 ? ", " : "", part[k]);
+        }
+        int ok = PQsetvalue(res, r, c, out, (int)at);
+        free(copy);
+        free(out);
+        free(part);
+        if (!ok) {
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The sections of one lane, in order, on conn; lane 1 starts with report__shared. With a third
  * connection, lane 1 then verifies the record on conn and conn3 (the sessions of lane 0 go on
  * meanwhile: the server's work on both cores throughout). */
@@ -425,6 +474,10 @@ static void *report__lane(void *arg)
                     PQresultErrorMessage(l->res[s]));
             PQclear(l->res[s]);
             l->res[s] = NULL;
+            l->failed = 1;
+        } else if (strcmp(report__sections[s].name, "sessions") == 0 &&
+                   report__sort_depths(l->res[s]) != 0) {
+            fprintf(stderr, "needletrace: audit report: out of memory\n");
             l->failed = 1;
         }
     }
@@ -495,7 +548,11 @@ int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const 
             rc = nt_audit__report_html(out, report__sections, res, REPORT__N, verification);
         }
     }
-    if (rc == 0 && verdict != 0) {
+    if (rc == 0 && verdict < 0) { /* a report without a verdict is not one to hand over */
+        fprintf(stderr, "needletrace: audit report: the record could not be verified (a query "
+                        "failed: see above)\n");
+        rc = 1;
+    } else if (rc == 0 && verdict != 0) {
         fprintf(stderr, "needletrace: audit report: the verification of the record did not pass "
                         "(see its section in the report)\n");
         rc = 2; /* the report is written; the record is not as sealed */

@@ -5,12 +5,14 @@
  * value) rebuilt around them, with the types record_send gives these columns (asked once, of a
  * row of NULLs), hashed with the table's tag as 011_ledger.sql says. The server's work is the
  * reading and the send functions, the hashing (half its work before) is this process's. Each
- * batch's leaves are sorted and compared whole with the entry's stored ones. The batches are cut
- * in two runs of about as many rows, checked at once on two connections in the same snapshot
- * (a->conn, a->conn2: both cores busy), each run in pieces of at most BATCHES__ROWS rows.
+ * batch's leaves are compared as a multiset with the entry's stored ones (sorted, as sealed).
+ * The batches are cut in pieces of at most BATCHES__ROWS rows, taken in turn by a worker per
+ * connection in the same snapshot (a->conn, a->conn2 and, in a report, the sessions' one once
+ * it is done: every core busy). What an entry claims bounds what is read and kept of it.
  * A batch whose rows differ in any way (a count, a leaf) is checked again row by row by
  * nt_audit__entry_rows (audit_verify.c), which names each row that differs: the findings are
  * those of the row-by-row check, only the batches found intact are not looked at twice. */
+#include <errno.h>
 #include <inttypes.h>
 #include <openssl/evp.h>
 #include <pthread.h>
@@ -45,6 +47,7 @@ typedef struct {
     unsigned char *leaf; /* 32 bytes each */
     size_t n, cap;
     int64_t count[3]; /* per table */
+    int over;         /* more rows than the entry claims */
 } batches__acc_t;
 
 typedef struct {
@@ -80,6 +83,17 @@ static uint32_t batches__be32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
+/* Prints why a query failed: res's message, or the connection's (res NULL: no result at all). */
+static void batches__error(PGconn *conn, const PGresult *res)
+{
+    const char *m = res != NULL ? PQresultErrorMessage(res) : "";
+    m = m[0] != '\0' ? m : PQerrorMessage(conn);
+    size_t len = strlen(m);
+    fprintf(stderr, "needletrace: audit verify: %s%s",
+            len > 0 ? m : "a query failed, no reason given",
+            len > 0 && m[len - 1] == '\n' ? "" : "\n");
+}
+
 /* The types record_send gives each table's leaf columns: one row of NULLs sent by it (the
  * column count, then per column its type and -1). 0, or -1 (printed). */
 static int batches__types(batches__run_t *r)
@@ -97,8 +111,11 @@ static int batches__types(batches__run_t *r)
                       : -1;
         uint32_t n = len >= 4 ? batches__be32(v) : 0;
         if (len < 4 || n == 0 || n > BATCHES__MAX_COLS || (size_t)len != 4 + 8 * (size_t)n) {
-            fprintf(stderr, "needletrace: audit verify: the types of %s's columns: %s\n",
-                    batches__tables[t].from, len < 0 ? PQresultErrorMessage(res) : "unexpected");
+            if (len < 0) {
+                batches__error(r->conn, res);
+            }
+            fprintf(stderr, "needletrace: audit verify: the types of %s's columns not read\n",
+                    batches__tables[t].from);
             PQclear(res);
             return -1;
         }
@@ -118,9 +135,16 @@ static uint64_t batches__key(const unsigned char *leaf)
     return k;
 }
 
+/* Probes of the table at most. Leaves are SHA-256 hashes, spread evenly over a table at most a
+ * quarter full (linear probing): a leaf 64 slots from its own has a chance of about 2^-58;
+ * stored leaves that make one (forged to share their first bytes, so that filling the table
+ * would take time quadratic in their number) are not as sealed. */
+#define BATCHES__PROBES 64
+
 /* The n leaves read (acc) are the n stored ones, sorted as sealed, each used once: the stored
  * leaves in a table by their first bytes, each leaf read taking its own (no sort of the leaves
- * read: two thirds of this process's time when they were sorted). */
+ * read: two thirds of this process's time when they were sorted). 0: they differ (or the table
+ * could not be made), and the row-by-row check says how. */
 static int batches__same(batches__run_t *r, const batches__acc_t *acc, const unsigned char *stored,
                          size_t n)
 {
@@ -130,7 +154,7 @@ static int batches__same(batches__run_t *r, const batches__acc_t *acc, const uns
         }
     }
     size_t cap = 16;
-    while (cap < 2 * n) {
+    while (cap < 4 * n) {
         cap *= 2;
     }
     if (cap > r->slots_cap) {
@@ -148,18 +172,21 @@ static int batches__same(batches__run_t *r, const batches__acc_t *acc, const uns
     memset(r->slot, 0, cap * sizeof(*r->slot));
     memset(r->used, 0, n);
     for (size_t k = 0; k < n; k++) {
-        size_t h = (size_t)batches__key(stored + 32 * k) & (cap - 1);
+        size_t h = (size_t)batches__key(stored + 32 * k) & (cap - 1), probes = 0;
         while (r->slot[h] != 0) {
+            if (++probes == BATCHES__PROBES) {
+                return 0; /* leaves no hash would give */
+            }
             h = (h + 1) & (cap - 1);
         }
         r->slot[h] = (uint32_t)(k + 1);
     }
     for (size_t i = 0; i < acc->n; i++) {
         const unsigned char *leaf = acc->leaf + 32 * i;
-        size_t h = (size_t)batches__key(leaf) & (cap - 1);
+        size_t h = (size_t)batches__key(leaf) & (cap - 1), probes = 0;
         for (;; h = (h + 1) & (cap - 1)) {
             uint32_t k = r->slot[h];
-            if (k == 0) {
+            if (k == 0 || ++probes > BATCHES__PROBES) {
                 return 0; /* not stored, or stored fewer times */
             }
             if (!r->used[k - 1] && memcmp(stored + 32 * (k - 1), leaf, 32) == 0) {
@@ -179,7 +206,7 @@ static void batches__one(batches__run_t *r, size_t i, batches__acc_t *acc,
 {
     const nt_audit_entry_t *e = r->e[i];
     const int64_t want[3] = {e->n_raw, e->n_events, e->n_quarantine};
-    int same = stored != NULL && nstored % 32 == 0 && acc->n * 32 == nstored;
+    int same = !acc->over && stored != NULL && nstored % 32 == 0 && acc->n * 32 == nstored;
     for (int t = 0; t < 3; t++) {
         same = same && want[t] >= 0 && acc->count[t] == want[t];
     }
@@ -204,36 +231,76 @@ static void batches__one(batches__run_t *r, size_t i, batches__acc_t *acc,
     r->status[i] = strcmp(hex, e->root) == 0 ? BATCHES__OK : BATCHES__ROOT;
 }
 
-/* The parameters of entries [from, to) of the run: arrays of their tx, collector and seq. */
-static char *batches__params(const batches__run_t *r, size_t from, size_t to, char **coll,
-                             char **seq)
+/* Rows of a batch checked here at most: a larger one (none the collector makes) is checked row
+ * by row, its stored leaves never read whole into this process. */
+#define BATCHES__MAX_BATCH_ROWS 1048576
+
+/* The rows an entry claims, or -1 when they are more than BATCHES__MAX_BATCH_ROWS or one of its
+ * counts is negative (no leaves of that length are read: its rows differ). */
+static int64_t batches__claimed(const nt_audit_entry_t *e)
+{
+    const int64_t c[3] = {e->n_raw, e->n_events, e->n_quarantine};
+    int64_t n = 0;
+    for (int t = 0; t < 3; t++) {
+        if (c[t] < 0 || c[t] > BATCHES__MAX_BATCH_ROWS) {
+            return -1;
+        }
+        n += c[t];
+    }
+    return n > BATCHES__MAX_BATCH_ROWS ? -1 : n;
+}
+
+/* The parameters of entries [from, to) of the run, as array literals: their tx (returned; it
+ * goes into the COPY's text, made from the number read), collector, seq and the length of the
+ * leaves they claim (32 bytes a row); r->by_tx filled. NULL after printing why (a tx that is no
+ * integer: the ledger's column was changed; or out of memory). */
+static char *batches__params(batches__run_t *r, size_t from, size_t to, char **coll, char **seq,
+                             char **lens)
 {
     size_t n = to - from;
-    char *tx = malloc(2 + 25 * n + 1), *c = malloc(2 + 70 * n + 1), *s = malloc(2 + 25 * n + 1);
-    if (tx == NULL || c == NULL || s == NULL) {
+    char *tx = malloc(2 + 25 * n + 1), *c = malloc(2 + 70 * n + 1), *s = malloc(2 + 25 * n + 1),
+         *l = malloc(2 + 25 * n + 1);
+    if (tx == NULL || c == NULL || s == NULL || l == NULL) {
+        fprintf(stderr, "needletrace: audit verify: out of memory\n");
         free(tx);
         free(c);
         free(s);
+        free(l);
         return NULL;
     }
-    size_t at = 0, ac = 0, as = 0;
+    size_t at = 0, ac = 0, as = 0, al = 0;
     for (size_t i = from; i < to; i++) {
+        const nt_audit_entry_t *e = r->e[i];
         const char *sep = i > from ? "," : "{";
+        char *end = NULL;
+        errno = 0;
+        long long v = strtoll(e->tx, &end, 10);
+        if (errno != 0 || end == e->tx || *end != '\0') {
+            fprintf(stderr,
+                    "needletrace: audit verify: ledger entry %s#%s: its tx \"%.22s\" is no "
+                    "integer\n",
+                    e->collector, e->seq, e->tx);
+            free(tx);
+            free(c);
+            free(s);
+            free(l);
+            return NULL;
+        }
+        r->by_tx[i - from] = (struct batches__tx){.tx = (int64_t)v, .i = i};
+        int64_t claimed = batches__claimed(e);
+        at += (size_t)sprintf(tx + at, "%s%" PRId64, sep, (int64_t)v);
         /* collector ids are [A-Za-z0-9._-]{1,64} (011_ledger.sql): quoted all the same */
-        /* tx goes into a COPY's text: an integer, or NULL (no row; the entry is checked row
-         * by row) */
-        const char *t = r->e[i]->tx;
-        int num = t[t[0] == '-'] != '\0' &&
-                  strspn(t + (t[0] == '-'), "0123456789") == strlen(t + (t[0] == '-'));
-        at += (size_t)sprintf(tx + at, "%s%.22s", sep, num ? t : "NULL");
-        ac += (size_t)sprintf(c + ac, "%s\"%.64s\"", sep, r->e[i]->collector);
-        as += (size_t)sprintf(s + as, "%s%.22s", sep, r->e[i]->seq);
+        ac += (size_t)sprintf(c + ac, "%s\"%.64s\"", sep, e->collector);
+        as += (size_t)sprintf(s + as, "%s%.22s", sep, e->seq);
+        al += (size_t)sprintf(l + al, "%s%" PRId64, sep, claimed < 0 ? -1 : 32 * claimed);
     }
     strcpy(tx + (n > 0 ? at : 0), n > 0 ? "}" : "{}");
     strcpy(c + (n > 0 ? ac : 0), n > 0 ? "}" : "{}");
     strcpy(s + (n > 0 ? as : 0), n > 0 ? "}" : "{}");
+    strcpy(l + (n > 0 ? al : 0), n > 0 ? "}" : "{}");
     *coll = c;
     *seq = s;
+    *lens = l;
     return tx;
 }
 
@@ -291,11 +358,20 @@ static size_t batches__row(batches__run_t *r, int t, size_t from, size_t to, con
     /* every entry of the piece with this tx (one, unless the ledger was forged) */
     struct batches__tx key = {.tx = tx}, *hit = bsearch(&key, r->by_tx, to - from,
                                                         sizeof(*r->by_tx), batches__cmp_tx);
-    while (hit != NULL && hit > r->by_tx && hit[-1].tx == tx) {
+    if (hit == NULL) {
+        return 0; /* a row of no batch asked for: the query is not what was meant */
+    }
+    while (hit > r->by_tx && hit[-1].tx == tx) {
         hit--;
     }
-    for (; hit != NULL && hit < r->by_tx + (to - from) && hit->tx == tx; hit++) {
+    for (; hit < r->by_tx + (to - from) && hit->tx == tx; hit++) {
         batches__acc_t *acc = &r->acc[hit->i - from];
+        int64_t claimed = batches__claimed(r->e[hit->i]);
+        if ((int64_t)acc->n >= claimed) { /* more rows than it claims: they differ, and no
+                                           * more of its leaves are kept */
+            acc->over = 1;
+            continue;
+        }
         if (acc->n == acc->cap) {
             size_t cap = acc->cap > 0 ? acc->cap * 2 : 256;
             unsigned char *l = realloc(acc->leaf, cap * 32);
@@ -328,45 +404,58 @@ static int batches__copy(batches__run_t *r, int t, size_t from, size_t to, const
              batches__tables[t].tag, txs);
     PGresult *res = PQexec(r->conn, sql);
     free(sql);
-    int ok = PQresultStatus(res) == PGRES_COPY_OUT, header = 1, bad = 0;
+    int ok = PQresultStatus(res) == PGRES_COPY_OUT, header = 1, trailer = 0, bad = 0, n = 0;
     if (!ok) {
-        fprintf(stderr, "needletrace: audit verify: %s", PQresultErrorMessage(res));
+        batches__error(r->conn, res);
     }
     PQclear(res);
     static const unsigned char sig[11] = "PGCOPY\n\377\r\n";
     char *buf;
-    int n;
     while (ok && (n = PQgetCopyData(r->conn, &buf, 0)) > 0) {
         const unsigned char *p = (const unsigned char *)buf, *end = p + n;
         if (header) { /* the signature, flags and the extension's length, then the extension */
             header = 0;
             uint32_t ext = n >= 19 ? batches__be32(p + 15) : 0;
-            bad = n < 19 || memcmp(p, sig, 11) != 0 || ext > (uint32_t)(n - 19);
+            /* flags: bits 0-15 a change this reader does not know, 16 OIDs (none since 12) */
+            bad = n < 19 || memcmp(p, sig, 11) != 0 || (batches__be32(p + 11) & 0x1ffffu) != 0 ||
+                  ext > (uint32_t)(n - 19);
             p += bad ? 0 : 19 + ext;
         }
         while (!bad && p < end) {
-            if (end - p >= 2 && p[0] == 0xff && p[1] == 0xff) { /* the trailer */
+            if (trailer) {
+                bad = 1; /* nothing after the trailer */
+            } else if (end - p >= 2 && p[0] == 0xff && p[1] == 0xff) {
+                trailer = 1;
                 p += 2;
-                continue;
+            } else {
+                size_t used = batches__row(r, t, from, to, p, end);
+                bad = used == 0;
+                p += used;
             }
-            size_t used = batches__row(r, t, from, to, p, end);
-            bad = used == 0;
-            p += used;
         }
         PQfreemem(buf);
     }
+    if (ok && n == -2) { /* the connection lost, or no memory for a row: nothing more from it */
+        batches__error(r->conn, NULL);
+        ok = 0;
+    }
     while ((res = PQgetResult(r->conn)) != NULL) {
-        if (ok && PQresultStatus(res) != PGRES_COMMAND_OK) {
-            fprintf(stderr, "needletrace: audit verify: %s", PQresultErrorMessage(res));
+        ExecStatusType st = PQresultStatus(res);
+        if (ok && st != PGRES_COMMAND_OK) {
+            batches__error(r->conn, res);
             ok = 0;
         }
         PQclear(res);
+        if (st == PGRES_COPY_OUT || st == PGRES_COPY_IN || st == PGRES_COPY_BOTH) {
+            break; /* still in the COPY (after -2): it would come back forever */
+        }
     }
-    if (ok && bad) {
+    if (ok && (bad || header || !trailer)) {
         fprintf(stderr,
                 "needletrace: audit verify: the %s rows came in a form not understood "
                 "(or out of memory)\n",
                 batches__tables[t].from);
+        bad = 1;
     }
     return ok && !bad ? 0 : -1;
 }
@@ -374,28 +463,34 @@ static int batches__copy(batches__run_t *r, int t, size_t from, size_t to, const
 /* Entries [from, to) of the run: their stored leaves, then their rows, table by table. */
 static void batches__query(batches__run_t *r, size_t from, size_t to)
 {
-    char *coll = NULL, *seq = NULL, *tx = batches__params(r, from, to, &coll, &seq);
-    const char *values[2] = {coll, seq};
+    char *coll = NULL, *seq = NULL, *lens = NULL, *tx = NULL;
     PGresult *stored = NULL;
     r->acc = calloc(to - from, sizeof(*r->acc));
     r->by_tx = calloc(to - from, sizeof(*r->by_tx));
-    if (tx == NULL || r->acc == NULL || r->by_tx == NULL) {
+    if (r->acc == NULL || r->by_tx == NULL) {
         fprintf(stderr, "needletrace: audit verify: out of memory\n");
         r->failed = 1;
+    } else if ((tx = batches__params(r, from, to, &coll, &seq, &lens)) == NULL) {
+        r->failed = 1;
     } else {
+        /* an entry's leaves only when as long as its counts say (else NULL: its rows differ,
+         * checked row by row): a forged one, however long, is not read here */
+        const char *values[3] = {coll, seq, lens};
         stored = PQexecParams(r->conn,
-                              "SELECT l.leaves FROM ROWS FROM (pg_catalog.unnest($1::text[]), "
-                              "pg_catalog.unnest($2::bigint[])) WITH ORDINALITY AS t(c, s, o) "
-                              "LEFT JOIN needletrace.ledger l ON l.collector_id = t.c AND l.seq "
-                              "= t.s ORDER BY t.o",
-                              2, NULL, values, NULL, NULL, 1);
-        if (PQresultStatus(stored) != PGRES_TUPLES_OK || PQntuples(stored) != (int)(to - from)) {
-            fprintf(stderr, "needletrace: audit verify: %s", PQresultErrorMessage(stored));
+                              "SELECT CASE WHEN pg_catalog.octet_length(l.leaves) = t.n THEN "
+                              "l.leaves END FROM ROWS FROM (pg_catalog.unnest($1::text[]), "
+                              "pg_catalog.unnest($2::bigint[]), pg_catalog.unnest($3::bigint[])) "
+                              "WITH ORDINALITY AS t(c, s, n, o) LEFT JOIN needletrace.ledger l ON "
+                              "l.collector_id = t.c AND l.seq = t.s ORDER BY t.o",
+                              3, NULL, values, NULL, NULL, 1);
+        if (PQresultStatus(stored) != PGRES_TUPLES_OK) {
+            batches__error(r->conn, stored);
+            r->failed = 1;
+        } else if (PQntuples(stored) != (int)(to - from)) {
+            fprintf(stderr, "needletrace: audit verify: %d stored leaves for %zu batches\n",
+                    PQntuples(stored), to - from);
             r->failed = 1;
         }
-    }
-    for (size_t i = from; i < to && !r->failed; i++) {
-        r->by_tx[i - from] = (struct batches__tx){.tx = strtoll(r->e[i]->tx, NULL, 10), .i = i};
     }
     if (!r->failed) {
         qsort(r->by_tx, to - from, sizeof(*r->by_tx), batches__cmp_tx);
@@ -421,6 +516,7 @@ static void batches__query(batches__run_t *r, size_t from, size_t to)
     free(tx);
     free(coll);
     free(seq);
+    free(lens);
 }
 
 /* The pieces of the check, taken in turn by the workers (one per connection). */
@@ -485,11 +581,12 @@ static void *batches__work(void *arg)
     size_t from, to;
     while (!r->failed && batches__take(w->q, &from, &to)) {
         batches__query(r, from, to);
-        if (r->failed) {
-            pthread_mutex_lock(&w->q->mu);
-            w->q->failed = 1;
-            pthread_mutex_unlock(&w->q->mu);
-        }
+    }
+    if (r->failed) { /* no verdict: the others stop, a connection still to come need not */
+        pthread_mutex_lock(&w->q->mu);
+        w->q->failed = 1;
+        pthread_mutex_unlock(&w->q->mu);
+        batches__take(w->q, &from, &to);
     }
     free(r->row);
     free(r->slot);

@@ -74,13 +74,18 @@ int nt_cmd_connect(const char *conninfo, const char *password, const char *appli
     PQconninfoFree(opts);
 
     /* Later entries override earlier ones, and dbname expands into the whole conninfo: a
-     * connect_timeout of the user's wins over ours; client_encoding is ours (UTF-8 in, UTF-8
-     * out, whatever PGCLIENTENCODING says); a NULL password is ignored. */
-    const char *const keys[] = {"connect_timeout", "fallback_application_name",
-                                "dbname",          NT_PQUTIL_ENCODING_KEY,
-                                "password",        NULL};
-    const char *const values[] = {CMD__CONNECT_TIMEOUT,     application_name, conninfo,
-                                  NT_PQUTIL_ENCODING_VALUE, password,         NULL};
+     * connect_timeout or keepalive setting of the user's wins over ours (TCP keepalives: a
+     * server gone without a word, a power cut, is noticed within about two minutes, not the
+     * system's two hours, by a command waiting on a long query); client_encoding is ours (UTF-8
+     * in, UTF-8 out, whatever PGCLIENTENCODING says); a NULL password is ignored. */
+    const char *const keys[] = {"connect_timeout",  "keepalives",
+                                "keepalives_idle",  "keepalives_interval",
+                                "keepalives_count", "fallback_application_name",
+                                "dbname",           NT_PQUTIL_ENCODING_KEY,
+                                "password",         NULL};
+    const char *const values[] = {
+        CMD__CONNECT_TIMEOUT,     "1",      "60", "10", "6", application_name, conninfo,
+        NT_PQUTIL_ENCODING_VALUE, password, NULL};
     PGconn *conn = PQconnectdbParams(keys, values, 1);
     if (conn == NULL) {
         fprintf(stderr, "needletrace: could not connect to the database: out of memory\n");
