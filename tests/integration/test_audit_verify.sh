@@ -217,6 +217,18 @@ retrigger ledger
 audit verify
 nt_expect_eq "that undone: verify exit code" 0 "$RC"
 
+# A batch's stored leaves doubled (they are not in the entry's hash, its root is): read only when
+# as long as its counts say, never whole into the verifier, and the batch checked row by row.
+untrigger ledger
+nt_sql "UPDATE needletrace.ledger SET leaves = leaves || leaves
+         WHERE tx = (SELECT tx FROM needletrace.events WHERE $key)" >/dev/null
+expect_found "stored leaves doubled" "ledger entry [^ ]+#[0-9]+: its leaves do not give its root"
+nt_sql "UPDATE needletrace.ledger SET leaves = substring(leaves FROM 1 FOR octet_length(leaves) / 2)
+         WHERE tx = (SELECT tx FROM needletrace.events WHERE $key)" >/dev/null
+retrigger ledger
+audit verify
+nt_expect_eq "that undone: verify exit code" 0 "$RC"
+
 # ---- 3. a consistent rewrite of the chain, caught by the digest -----------------------------------
 untrigger ledger
 nt_sql "UPDATE needletrace.events SET depth_um = 250 WHERE $key" >/dev/null
