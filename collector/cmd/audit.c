@@ -3,6 +3,7 @@
  * a directory kept outside the database), verify (audit_verify.c). The queries the parts share
  * are here. */
 #include <fcntl.h>
+#include <inttypes.h>
 #include <openssl/sha.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,22 +224,42 @@ nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n, int filtered)
 
 unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t *n)
 {
-    const char *values[2] = {e->collector, e->seq};
-    PGresult *res = nt_audit__query(
-        a, "SELECT leaves FROM needletrace.ledger WHERE collector_id = $1 AND seq = $2::bigint", 2,
-        values, 1);
+    /* read only when no longer than a batch's can be (a forged bytea of a gigabyte is named,
+     * not loaded: the row-by-row check then names every row of the batch) */
+    char cap[24];
+    snprintf(cap, sizeof(cap), "%d", 32 * NT_AUDIT_MAX_BATCH_ROWS);
+    const char *values[3] = {e->collector, e->seq, cap};
+    PGresult *res = nt_audit__query(a,
+                                    "SELECT CASE WHEN octet_length(leaves) <= $3::int THEN leaves "
+                                    "END, octet_length(leaves)::text FROM needletrace.ledger WHERE "
+                                    "collector_id = $1 AND seq = $2::bigint",
+                                    3, values, 1);
     if (res == NULL) {
         return NULL;
     }
-    size_t len = PQntuples(res) == 1 ? (size_t)PQgetlength(res, 0, 0) : 0;
+    int found = PQntuples(res) == 1;
+    size_t len = found ? (size_t)PQgetlength(res, 0, 0) : 0;
     unsigned char *leaves = malloc(len + 1);
     if (leaves != NULL && len > 0) {
         memcpy(leaves, PQgetvalue(res, 0, 0), len);
     }
     *n = len / 32;
-    if (len % 32 != 0) {
+    const int64_t c[3] = {e->n_raw, e->n_events, e->n_quarantine};
+    int64_t claimed = 0; /* -1: a count out of any batch's range (forged: no overflow) */
+    for (int t = 0; t < 3 && claimed >= 0; t++) {
+        claimed = c[t] < 0 || c[t] > NT_AUDIT_MAX_BATCH_ROWS ? -1 : claimed + c[t];
+    }
+    if (found && PQgetisnull(res, 0, 0) && !PQgetisnull(res, 0, 1)) {
+        nt_audit__finding(a,
+                          "ledger entry %s#%s: its leaves are %s bytes, more than any batch's "
+                          "(not read)",
+                          e->collector, e->seq, PQgetvalue(res, 0, 1));
+    } else if (len % 32 != 0) {
         nt_audit__finding(a, "ledger entry %s#%s: its leaves are not whole hashes", e->collector,
                           e->seq);
+    } else if (found && (int64_t)(len / 32) != claimed) {
+        nt_audit__finding(a, "ledger entry %s#%s: %zu leaves for the %" PRId64 " rows it counts",
+                          e->collector, e->seq, len / 32, claimed);
     }
     PQclear(res);
     return leaves;

@@ -50,7 +50,12 @@ PGresult *nt_audit__query(nt_audit_t *a, const char *sql, int n, const char *con
 /* Every entry (or, with filtered, those the filters select), by collector and seq; NULL after
  * printing the error. */
 nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n, int filtered);
-/* An entry's stored leaves (32 bytes each); NULL after printing the error. */
+/* Rows of a batch at most (the collector's batch.max_events is 100,000 at most): stored leaves
+ * longer than this many hashes are not read. */
+#define NT_AUDIT_MAX_BATCH_ROWS 1048576
+/* An entry's stored leaves (32 bytes each; none when longer than NT_AUDIT_MAX_BATCH_ROWS hashes,
+ * a finding printed, as for leaves that are not as many as the entry counts); NULL after printing
+ * the error. */
 unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t *n);
 /* The text an entry's hash is taken over (011_ledger.sql, ledger_entry_text). */
 void nt_audit__entry_text(const nt_audit_entry_t *e, char *text, size_t len);

@@ -233,7 +233,7 @@ static void batches__one(batches__run_t *r, size_t i, batches__acc_t *acc,
 
 /* Rows of a batch checked here at most: a larger one (none the collector makes) is checked row
  * by row, its stored leaves never read whole into this process. */
-#define BATCHES__MAX_BATCH_ROWS 1048576
+#define BATCHES__MAX_BATCH_ROWS NT_AUDIT_MAX_BATCH_ROWS
 
 /* The rows an entry claims, or -1 when they are more than BATCHES__MAX_BATCH_ROWS or one of its
  * counts is negative (no leaves of that length are read: its rows differ). */

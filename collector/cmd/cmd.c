@@ -74,7 +74,8 @@ int nt_cmd_connect(const char *conninfo, const char *password, const char *appli
     PQconninfoFree(opts);
 
     /* Later entries override earlier ones, and dbname expands into the whole conninfo: a
-     * connect_timeout or keepalive setting of the user's wins over ours (TCP keepalives: a
+     * connect_timeout or keepalive setting in database.url wins over ours (not one from a
+     * service file or the environment: libpq fills only what is unset) (TCP keepalives: a
      * server gone without a word, a power cut, is noticed within about two minutes, not the
      * system's two hours, by a command waiting on a long query); client_encoding is ours (UTF-8
      * in, UTF-8 out, whatever PGCLIENTENCODING says); a NULL password is ignored. */
