@@ -85,9 +85,11 @@ metric_labelled() {
 }
 
 # metric__find SERIES: reads a /metrics text on stdin and prints the value of SERIES (the name
-# with its {labels}, exactly as printed), when it is a number.
+# with its {labels}, exactly as printed), when it is a number. Reads it to the end: leaving early
+# broke the pipe under curl, whose exit 23 failed the pipeline (pipefail) now and then.
 metric__find() {
-    awk -v n="$1" '$1 == n && $2 ~ /^[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$/ { print $2; exit }'
+    awk -v n="$1" '!found && $1 == n && $2 ~ /^[-+]?[0-9]*\.?[0-9]+([eE][-+]?[0-9]+)?$/ {
+        print $2; found = 1 }'
 }
 
 # The collector's stages, each a needletrace_stage_seconds_total{stage="..."} counter (seconds
