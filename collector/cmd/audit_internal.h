@@ -21,6 +21,10 @@ typedef struct {
     int exhausted; /* every piece of the check is taken: nobody waits any more */
 } nt_audit_late_t;
 
+/* The report's figures over the period's events, gathered from the rows the verification reads
+ * (audit_agg.c). */
+typedef struct nt_audit_agg nt_audit_agg_t;
+
 typedef struct {
     PGconn *conn;
     PGconn *conn2; /* a second connection in the same snapshot (NULL: none): verify checks the
@@ -30,9 +34,11 @@ typedef struct {
     nt_audit_late_t *late;          /* report: a connection that may join the batches' check */
     const char *from, *to, *clinic; /* filters of the entries checked (NULL: none) */
     size_t findings;
-    int failed;         /* a query failed (printed): no verdict */
-    char legacy_tx[24]; /* the genesis entry's tx: rows at or below it predate the ledger */
-    FILE *out;          /* where verify writes (NULL: stdout) */
+    int failed;          /* a query failed (printed): no verdict */
+    char legacy_tx[24];  /* the genesis entry's tx: rows at or below it predate the ledger */
+    FILE *out;           /* where verify writes (NULL: stdout) */
+    nt_audit_agg_t *agg; /* report: the figures, gathered from the events rows checked (NULL:
+                          * none gathered) */
 } nt_audit_t;
 
 /* One ledger entry as stored (text; hashes in hex). */
@@ -72,6 +78,10 @@ size_t nt_audit__entry_rows(nt_audit_t *a, const nt_audit_entry_t *e);
  * a->conn2 at once; an entry whose rows differ in any way goes to nt_audit__entry_rows, which
  * names each difference. The rows checked; a->failed after a failure (printed). */
 size_t nt_audit__batches(nt_audit_t *a, const nt_audit_entry_t *const *sel, size_t n);
+/* The events rows no checked entry seals (those from before the ledger; with findings, any
+ * outside the checked batches) into a->agg, which the batches' check has filled with the others:
+ * the figures are of every row. 0, or -1 (printed, a->failed). */
+int nt_audit__agg_rest(nt_audit_t *a);
 /* The root of sorted leaves (011_ledger.sql). */
 int nt_audit__root(const unsigned char *leaves, size_t n, unsigned char out[32]);
 /* Chains one digest may name. */
@@ -111,6 +121,48 @@ int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const 
 /* The HTML of the report's sections (audit_report_html.c). 0, or 1 when out failed. */
 int nt_audit__report_html(FILE *out, const report__section_t *sec, PGresult *const *res, size_t n,
                           const char *verification);
+
+/* An array in binary, as array_recv reads it (one dimension, from 1), of elements of type oid. */
+typedef struct {
+    unsigned char *b;
+    size_t len, cap;
+    uint32_t n, oid;
+    int oom;
+} nt_audit_arr_t;
+void nt_audit__arr_init(nt_audit_arr_t *a, uint32_t elem_oid);
+/* An element: len bytes at p, or NULL (len -1). */
+void nt_audit__arr_add(nt_audit_arr_t *a, const void *p, int32_t len);
+void nt_audit__arr_i64(nt_audit_arr_t *a, int64_t v);
+/* Ready to send: 0, or -1 (out of memory, or larger than a parameter may be). */
+int nt_audit__arr_finish(nt_audit_arr_t *a);
+void nt_audit__arr_free(nt_audit_arr_t *a);
+
+/* The figures of the events whose device time (microseconds since 2000-01-01 UTC) is in [lo, hi)
+ * (their clinic's own bounds when given by nt_audit__agg_bound), of clinic (NULL: every one; it
+ * must outlive the aggregate). NULL when out of memory. */
+nt_audit_agg_t *nt_audit__agg_new(const char *clinic, int64_t lo, int64_t hi);
+int nt_audit__agg_bound(nt_audit_agg_t *g, const char *clinic, int64_t lo, int64_t hi);
+/* An empty one with g's filters (for a worker; merged back by nt_audit__agg_merge, freed after
+ * it; g's bounds are not changed meanwhile). */
+nt_audit_agg_t *nt_audit__agg_child(const nt_audit_agg_t *g);
+/* One events row: its ncols fields (NT_AUDIT_EVENTS_V1 in order) f, their lengths (-1 NULL) in
+ * len, in binary. 0, or -1 (nt_audit__agg_error says why). */
+int nt_audit__agg_row(nt_audit_agg_t *g, int ncols, const unsigned char *const *f,
+                      const int32_t *len);
+int nt_audit__agg_merge(nt_audit_agg_t *into, nt_audit_agg_t *from);
+/* Why it failed; NULL when it did not. */
+const char *nt_audit__agg_error(const nt_audit_agg_t *g);
+void nt_audit__agg_free(nt_audit_agg_t *g);
+/* The figures as arrays in binary: per pen and boot (clinic, serial, boot, rows, and device and
+ * reception times of the rows furthest ahead and behind); per clinic, area and bucket (clinic,
+ * area, bucket, rows); per session (clinic, serial, session, depth used against the limit that
+ * limit_sql gives for $1 clinics and $2 areas, in their order). 0, or -1 (sessions: printed). */
+int nt_audit__agg_pens(const nt_audit_agg_t *g, nt_audit_arr_t out[8]);
+int nt_audit__agg_depth(const nt_audit_agg_t *g, nt_audit_arr_t out[4]);
+int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql,
+                           nt_audit_arr_t out[4]);
+/* The session_started rows and the cartridges (gtin, serial) mounted. */
+void nt_audit__agg_counts(const nt_audit_agg_t *g, int64_t *started, int64_t *cartridges);
 
 /* `audit prove --session`: the JSON proof to out; 0, or 1 (printed). */
 int nt_audit__prove(nt_audit_t *a, const char *session, const char *digests, const char *pub,

@@ -6,6 +6,7 @@
  * SVG, no network), CSV (a section column first) or JSON (an object of arrays). Times and dates
  * are each clinic's local ones (needletrace.clinics; UTC without a row), as the report states. */
 #include <ctype.h>
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -25,10 +26,18 @@ enum {
     REPORT__NUMERIC = 1700,
 };
 
-/* The types of $1 clinic, $2 from, $3 to: dates typed as such, not text cast in the query (a
- * cast from text is stable, not folded into a constant when planned: it was parsed again for
- * each row, three quarters of a scan's time). */
-static const Oid report__types[3] = {25 /* text */, 1082 /* date */, 1082};
+/* The types of the queries' parameters: $1 clinic, $2 from, $3 to (dates typed as such, not
+ * text cast in the query: a cast from text is stable, not folded into a constant when planned,
+ * and was parsed again for each row); then the figures gathered with the verification, arrays
+ * in binary: $4-$7 per session (clinic, pen, session, depth used against the limit), $8-$15 per
+ * pen and boot (clinic, pen, boot, events, device and reception time of the events furthest
+ * ahead and behind), $16-$19 per clinic, area and depth bucket (clinic, area, bucket, samples);
+ * $20 the sessions started, $21 the cartridges mounted. */
+#define REPORT__NPARAMS 21
+static const Oid report__types[REPORT__NPARAMS] = {
+    25 /* text */, 1082 /* date */,      1082, 1009 /* text[] */,        1009, 1009, 1009, 1009,
+    1009,          1016 /* bigint[] */,  1016, 1185 /* timestamptz[] */, 1185, 1185, 1185, 1009,
+    1009,          1007 /* integer[] */, 1016, 20 /* bigint */,          20};
 
 /* The events of the report, e: the clinic filter, and the device time within the local dates
  * [$2, $3] in its clinic's zone (needletrace.clinics, UTC without a row). Every zone is within a
@@ -59,38 +68,35 @@ static const Oid report__types[3] = {25 /* text */, 1082 /* date */, 1082};
     "coalesce((SELECT p.max_depth_um FROM needletrace.depth_policy_clinic p WHERE p.clinic_id = "  \
     "x.clinic_id AND p.area = x.area), (SELECT p.max_depth_um FROM needletrace.depth_policy p "    \
     "WHERE p.area = x.area), needletrace.depth_hard_max_um())"
-/* The summary, the depth chart and the pens from one read of the period's events: per pen and
- * boot (events, clock ahead and behind) and per clinic, area and depth bucket (needle settings
- * and activity), two groupings of one scan. One result: per row the section's index in
- * report__sections (k), its order (o) and its columns as text (c1...), split by report__split
- * into a result per section with the names in report__sections[k].cols. */
+/* The summary, the depth chart and the pens, from the figures ($8-$21) gathered from the rows
+ * the verification read: per pen and boot (events, clock ahead and behind: the difference of the
+ * times of the events furthest ahead and behind, as the server prints an interval) and per
+ * clinic, area and depth bucket (needle settings and activity). One result: per row the
+ * section's index in report__sections (k), its order (o) and its columns as text (c1...), split
+ * by report__split into a result per section with the names in report__sections[k].cols. */
 static const char report__shared[] =
-    "WITH x AS MATERIALIZED (SELECT GROUPING(x.boot_id) AS g, x.clinic_id, x.device_serial, "
-    "x.boot_id, x.area, x.bucket_um, count(*) AS n, max(x.ahead) AS ahead, max(x.behind) AS "
-    "behind FROM (SELECT e.clinic_id, e.device_serial, e.boot_id, e.device_time - e.received_at "
-    "AS ahead, e.received_at - e.device_time AS behind, CASE WHEN e.kind IN ('needle_setting', "
-    "'needle_activity') THEN coalesce(e.area, 'unspecified') END AS area, CASE WHEN e.kind IN "
-    "('needle_setting', 'needle_activity') THEN (e.depth_um / 250) * 250 END AS bucket_um "
-    "FROM " REPORT__IN ") x GROUP BY GROUPING SETS ((x.clinic_id, x.device_serial, x.boot_id), "
-    "(x.clinic_id, x.area, x.bucket_um))), pb AS (SELECT clinic_id, device_serial, boot_id, n, "
-    "ahead, behind FROM x WHERE g = 0), p AS (SELECT pb.clinic_id, coalesce(z.time_zone, 'UTC') "
-    "AS tz, pb.device_serial, sum(pb.n) AS n FROM pb LEFT JOIN needletrace.clinics z ON "
-    "z.clinic_id = pb.clinic_id GROUP BY 1, 2, 3), " REPORT__AL
+    "WITH pb AS (SELECT u.clinic_id, u.device_serial, u.boot_id, u.n, u.adt - u.ara AS ahead, "
+    "u.bra - u.bdt AS behind FROM unnest($8::text[], $9::text[], $10::bigint[], "
+    "$11::bigint[], $12::timestamptz[], $13::timestamptz[], $14::timestamptz[], "
+    "$15::timestamptz[]) AS u(clinic_id, device_serial, boot_id, n, adt, ara, bdt, bra)), x AS "
+    "(SELECT u.clinic_id, u.area, u.bucket_um, u.n FROM unnest($16::text[], "
+    "$17::text[], $18::integer[], $19::bigint[]) AS u(clinic_id, area, bucket_um, n)), p AS "
+    "(SELECT pb.clinic_id, coalesce(z.time_zone, 'UTC') AS tz, pb.device_serial, sum(pb.n) AS n "
+    "FROM pb LEFT JOIN needletrace.clinics z ON z.clinic_id = pb.clinic_id GROUP BY 1, 2, "
+    "3), " REPORT__AL
     ", sm AS (SELECT to_char($2::date, 'YYYY-MM-DD') AS from_date, to_char($3::date, "
     "'YYYY-MM-DD') AS to_date, (SELECT string_agg(DISTINCT "
     "clinic_id || ': ' || tz, ', ') FROM p) AS time_zones, (SELECT count(DISTINCT clinic_id) "
-    "FROM p) AS clinics, (SELECT count(*) FROM p) AS pens, (SELECT count(*) FROM " REPORT__IN
-    " AND e.kind = 'session_started') AS sessions, (SELECT coalesce(sum(n), 0)::bigint FROM p) "
-    "AS events, (SELECT count(*) FROM (SELECT DISTINCT e.gtin, e.cartridge_serial FROM " REPORT__IN
-    " AND e.kind = 'cartridge_mounted') k) AS cartridges_used, (SELECT count(*) FROM al WHERE "
-    "rule = 'CARTRIDGE_REUSED') AS cartridge_reuse, (SELECT count(*) FROM al) AS exceptions, "
-    "(SELECT count(*) FROM al WHERE NOT EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE "
-    "k.clinic_id = al.clinic_id AND k.alert_id = al.alert_id)) AS open, (SELECT count(*) FROM al "
-    "WHERE EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND "
-    "k.alert_id = al.alert_id)) AS acknowledged), dp AS (SELECT x.area, " REPORT__LIMIT
-    " AS limit_um, x.bucket_um, sum(x.n)::bigint AS samples FROM x WHERE x.g = 1 AND x.area IS "
-    "NOT NULL GROUP BY x.area, 2, x.bucket_um), pn AS (SELECT p.clinic_id, p.device_serial AS "
-    "pen, sum(p.n)::bigint AS events, count(*) AS boots, (SELECT count(*) FROM "
+    "FROM p) AS clinics, (SELECT count(*) FROM p) AS pens, $20::bigint AS sessions, (SELECT "
+    "coalesce(sum(n), 0)::bigint FROM p) AS events, $21::bigint AS cartridges_used, (SELECT "
+    "count(*) FROM al WHERE rule = 'CARTRIDGE_REUSED') AS cartridge_reuse, (SELECT count(*) FROM "
+    "al) AS exceptions, (SELECT count(*) FROM al WHERE NOT EXISTS (SELECT 1 FROM "
+    "needletrace.alert_acks k WHERE k.clinic_id = al.clinic_id AND k.alert_id = al.alert_id)) AS "
+    "open, (SELECT count(*) FROM al WHERE EXISTS (SELECT 1 FROM needletrace.alert_acks k WHERE "
+    "k.clinic_id = al.clinic_id AND k.alert_id = al.alert_id)) AS acknowledged), dp AS (SELECT "
+    "x.area, " REPORT__LIMIT " AS limit_um, x.bucket_um, sum(x.n)::bigint AS samples FROM x WHERE "
+    "x.area IS NOT NULL GROUP BY x.area, 2, x.bucket_um), pn AS (SELECT p.clinic_id, "
+    "p.device_serial AS pen, sum(p.n)::bigint AS events, count(*) AS boots, (SELECT count(*) FROM "
     "needletrace.sequence_holes h WHERE h.clinic_id = p.clinic_id AND h.device_serial = "
     "p.device_serial) AS open_holes, (SELECT coalesce(sum(h.gap_end - h.gap_start + 1), 0) FROM "
     "needletrace.sequence_holes h WHERE h.clinic_id = p.clinic_id AND h.device_serial = "
@@ -107,6 +113,11 @@ static const char report__shared[] =
     "row_number() OVER (ORDER BY clinic_id, pen), clinic_id, pen, events::text, boots::text, "
     "open_holes::text, missing_seqs::text, gap_alerts::text, skew_alerts::text, clock_ahead, "
     "clock_behind, NULL, NULL FROM pn ORDER BY 1, 2";
+
+/* The limit of each area ($2) of a clinic ($1), in order: for the sessions' depth used. */
+static const char report__limits[] =
+    "SELECT (" REPORT__LIMIT ")::text FROM unnest($1::text[], $2::text[]) WITH "
+    "ORDINALITY AS x(clinic_id, area, o) ORDER BY x.o";
 
 /* An integer of an alert's details as a number, NULL when absent or not an integer (details are
  * the rules', but an alert row is not trusted to be well-formed). */
@@ -166,21 +177,17 @@ static const report__section_t report__sections[] = {
      * depth from its events in the period. A session started before the period is in the report
      * of the period it started in; its events in this one still count in the summary's events,
      * the depth chart and the pens. */
-    {3, 0, "sessions", "Sessions",
-     "WITH sa AS (SELECT e.clinic_id, e.device_serial, e.session_id, CASE WHEN e.kind IN "
-     "('needle_setting', 'needle_activity') THEN coalesce(e.area, 'unspecified') END AS area, "
-     "max(e.depth_um) AS mx FROM " REPORT__IN " AND e.session_id IS NOT NULL GROUP BY 1, 2, 3, "
-     "4), h AS (SELECT e.clinic_id, e.device_serial, e.session_id, min(e.device_time) FILTER "
+    {7, 0, "sessions", "Sessions",
+     "WITH d AS (SELECT u.clinic_id, u.device_serial, u.session_id, u.depth FROM "
+     "unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS u(clinic_id, "
+     "device_serial, session_id, depth)), h AS (SELECT e.clinic_id, e.device_serial, "
+     "e.session_id, min(e.device_time) FILTER "
      "(WHERE e.kind = 'session_started') AS started, min(e.device_time) FILTER (WHERE e.kind = "
      "'session_ended') AS ended, max(e.operator_id) AS operator, max(e.patient_ref) AS patient "
      "FROM " REPORT__IN " AND e.kind IN ('session_started', 'session_ended') AND e.session_id IS "
-     "NOT NULL GROUP BY 1, 2, 3), d AS (SELECT v.clinic_id, v.device_serial, v.session_id, "
-     "string_agg(v.area || ' ' || v.mx || '/' || coalesce(pc.max_depth_um, dp.max_depth_um, "
-     "needletrace.depth_hard_max_um()) || ' um', ', ') FILTER (WHERE v.area IS NOT NULL) AS "
-     "depth FROM sa v LEFT JOIN needletrace.depth_policy_clinic pc ON pc.clinic_id = v.clinic_id "
-     "AND pc.area = v.area LEFT JOIN needletrace.depth_policy dp ON dp.area = v.area GROUP BY 1, "
-     "2, 3), s AS (SELECT d.*, h.started, h.ended, h.operator, h.patient FROM d LEFT JOIN h USING "
-     "(clinic_id, device_serial, session_id)), k AS (SELECT e.clinic_id, e.device_serial, "
+     "NOT NULL GROUP BY 1, 2, 3), s AS (SELECT d.*, h.started, h.ended, h.operator, h.patient "
+     "FROM d LEFT JOIN h USING (clinic_id, device_serial, session_id)), k AS (SELECT "
+     "e.clinic_id, e.device_serial, "
      "e.session_id, string_agg(DISTINCT e.gtin || '/' || e.cartridge_serial, ' ') AS cartridges "
      "FROM " REPORT__IN " AND e.kind = 'cartridge_mounted' AND e.session_id IS NOT NULL GROUP BY "
      "1, 2, 3) SELECT s.clinic_id, s.device_serial AS pen, s.session_id, "
@@ -305,34 +312,88 @@ static void report__write_json(FILE *out, PGresult *const *res, const char *veri
     fputs("\n}\n", out);
 }
 
-/* Runs verify into a string (the report's last section); *verdict gets its exit code (0: the
- * record verified). */
-static char *report__verify(nt_audit_t *a, PGconn *c1, PGconn *c2, nt_audit_late_t *late,
-                            const char *digests, const char *pub, int *verdict)
+/* The period's bounds (device time, microseconds since 2000-01-01 UTC): in UTC, then per clinic
+ * in its zone. */
+static const char report__bounds[] =
+    "SELECT NULL::text, ((extract(epoch FROM ($1::date::timestamp AT TIME ZONE 'UTC')) - "
+    "946684800) * 1000000)::bigint, ((extract(epoch FROM (($2::date + 1)::timestamp AT TIME ZONE "
+    "'UTC')) - 946684800) * 1000000)::bigint UNION ALL SELECT z.clinic_id, ((extract(epoch FROM "
+    "($1::date::timestamp AT TIME ZONE z.time_zone)) - 946684800) * 1000000)::bigint, "
+    "((extract(epoch FROM (($2::date + 1)::timestamp AT TIME ZONE z.time_zone)) - 946684800) * "
+    "1000000)::bigint FROM needletrace.clinics z";
+
+/* An aggregate for the events of clinic (NULL: all) whose device time is within the local dates
+ * [from, to] of their clinic (UTC without a row in needletrace.clinics); NULL after printing. */
+static nt_audit_agg_t *report__agg(PGconn *conn, const char *clinic, const char *from,
+                                   const char *to)
+{
+    const Oid types[2] = {1082, 1082};
+    const char *values[2] = {from, to};
+    PGresult *res = PQexecParams(conn, report__bounds, 2, types, values, NULL, NULL, 0);
+    nt_audit_agg_t *g = NULL;
+    if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1) {
+        fprintf(stderr, "needletrace: audit report: the period's bounds: %s",
+                PQresultErrorMessage(res));
+    } else if ((g = nt_audit__agg_new(clinic, strtoll(PQgetvalue(res, 0, 1), NULL, 10),
+                                      strtoll(PQgetvalue(res, 0, 2), NULL, 10))) == NULL) {
+        fprintf(stderr, "needletrace: audit report: out of memory\n");
+    }
+    for (int r = 1; g != NULL && r < PQntuples(res); r++) {
+        if (nt_audit__agg_bound(g, PQgetvalue(res, r, 0), strtoll(PQgetvalue(res, r, 1), NULL, 10),
+                                strtoll(PQgetvalue(res, r, 2), NULL, 10)) != 0) {
+            fprintf(stderr, "needletrace: audit report: out of memory\n");
+            nt_audit__agg_free(g);
+            g = NULL;
+        }
+    }
+    PQclear(res);
+    return g;
+}
+
+/* Runs verify into a string (the report's last section), gathering the figures into g on the way
+ * (the rows it reads are the events, once): every connection in turn takes a piece of the check.
+ * *verdict gets its exit code (0: the record verified; -1: no verdict). NULL when out of memory
+ * or when the figures could not be made (printed). */
+static char *report__verify(nt_audit_t *a, nt_audit_agg_t *g, const char *digests, const char *pub,
+                            int *verdict)
 {
     char *buf = NULL;
     size_t len = 0;
     FILE *mem = open_memstream(&buf, &len);
     if (mem == NULL) {
+        fprintf(stderr, "needletrace: audit report: out of memory\n");
         return NULL;
     }
+    /* the third connection joins at once */
+    nt_audit_late_t late = {.mu = PTHREAD_MUTEX_INITIALIZER,
+                            .cv = PTHREAD_COND_INITIALIZER,
+                            .conn = a->conn3,
+                            .done = 1};
     nt_audit_t v = *a;
-    v.conn = c1;
-    v.conn2 = c2;
-    v.late = late;
+    v.late = a->conn3 != NULL ? &late : NULL;
     v.out = mem;
     v.findings = 0;
     v.failed = 0;
+    v.agg = g;
     v.from = v.to = v.clinic = NULL; /* the record as a whole */
     *verdict = nt_audit__verify(&v, digests, pub);
+    int figures = 0;
     if (v.failed) {
         fputs("NO VERDICT: a query failed; nothing can be said of the record\n", mem);
         *verdict = -1;
+    } else {
+        figures = nt_audit__agg_rest(&v) == 0; /* the events no checked batch seals */
     }
     if (digests == NULL) {
         fputs("(checked without digests: a chain rewritten consistently would not be seen)\n", mem);
     }
     fclose(mem);
+    pthread_mutex_destroy(&late.mu);
+    pthread_cond_destroy(&late.cv);
+    if (!figures && *verdict >= 0) {
+        free(buf);
+        return NULL;
+    }
     return buf;
 }
 
@@ -381,78 +442,22 @@ static int report__split(const PGresult *all, PGresult **res)
     return 0;
 }
 
-static int report__cmp_str(const void *x, const void *y)
-{
-    return strcmp(*(char *const *)x, *(char *const *)y);
-}
-
-/* The sessions' last column (depth used per area, "area depth/limit um, ...", aggregated by hash
- * in no order: sorting each session's areas there cost the server a sort of every session and
- * area) with each cell's areas in order. 0, or -1 (out of memory). */
-static int report__sort_depths(PGresult *res)
-{
-    int c = PQnfields(res) - 1;
-    for (int r = 0; r < PQntuples(res); r++) {
-        const char *v = PQgetvalue(res, r, c);
-        if (strstr(v, ", ") == NULL) {
-            continue; /* one area or none */
-        }
-        size_t len = strlen(v), n = 0;
-        char *copy = strdup(v), *out = malloc(len + 1);
-        char **part = malloc((len / 2 + 1) * sizeof(*part));
-        if (copy == NULL || out == NULL || part == NULL) {
-            free(copy);
-            free(out);
-            free(part);
-            return -1;
-        }
-        for (char *p = copy, *q; p != NULL; p = q) {
-            q = strstr(p, ", ");
-            if (q != NULL) {
-                *q = '\0';
-                q += 2;
-            }
-            part[n++] = p;
-        }
-        qsort(part, n, sizeof(*part), report__cmp_str);
-        size_t at = 0;
-        for (size_t k = 0; k < n; k++) {
-            at += (size_t)sprintf(out + at, "%s%s", k > 0 ? ", " : "", part[k]);
-        }
-        int ok = PQsetvalue(res, r, c, out, (int)at);
-        free(copy);
-        free(out);
-        free(part);
-        if (!ok) {
-            return -1;
-        }
-    }
-    return 0;
-}
-
-/* The sections of one lane, in order, on conn; lane 1 starts with report__shared. With a third
- * connection, lane 1 then verifies the record on conn and conn3 (the sessions of lane 0 go on
- * meanwhile: the server's work on both cores throughout). */
+/* The sections of one lane, in order, on conn; lane 1 starts with report__shared. */
 typedef struct {
     PGconn *conn;
     int lane; /* -1: every section */
     const char *const *values;
+    const int *lengths, *formats;
     PGresult **res;
-    int failed;            /* a query failed (printed) */
-    nt_audit_t *verify;    /* non-NULL: verify after the sections, on conn and verify->conn3 */
-    nt_audit_late_t *late; /* lane 0: its connection offered to the verification once done;
-                            * lane 1: the verification takes it */
-    const char *digests, *pub;
-    char *verification;
-    int verdict;
+    int failed; /* a query failed (printed) */
 } report__lane_t;
 
 static void *report__lane(void *arg)
 {
     report__lane_t *l = arg;
     if (l->lane != 0) {
-        PGresult *all =
-            PQexecParams(l->conn, report__shared, 3, report__types, l->values, NULL, NULL, 0);
+        PGresult *all = PQexecParams(l->conn, report__shared, REPORT__NPARAMS, report__types,
+                                     l->values, l->lengths, l->formats, 0);
         if (PQresultStatus(all) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: summary, depth and pens: %s",
                     PQresultErrorMessage(all));
@@ -468,76 +473,90 @@ static void *report__lane(void *arg)
             continue;
         }
         l->res[s] = PQexecParams(l->conn, report__sections[s].sql, report__sections[s].nparams,
-                                 report__types, l->values, NULL, NULL, 0);
+                                 report__types, l->values, l->lengths, l->formats, 0);
         if (PQresultStatus(l->res[s]) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: section %s: %s", report__sections[s].name,
                     PQresultErrorMessage(l->res[s]));
             PQclear(l->res[s]);
             l->res[s] = NULL;
             l->failed = 1;
-        } else if (strcmp(report__sections[s].name, "sessions") == 0 &&
-                   report__sort_depths(l->res[s]) != 0) {
-            fprintf(stderr, "needletrace: audit report: out of memory\n");
-            l->failed = 1;
         }
     }
-    if (l->verify != NULL && !l->failed) {
-        l->verification = report__verify(l->verify, l->conn, l->verify->conn3, l->late, l->digests,
-                                         l->pub, &l->verdict);
-    } else if (l->late != NULL && l->lane == 0) { /* done with conn: the verification may use it */
-        pthread_mutex_lock(&l->late->mu);
-        l->late->conn = l->failed ? NULL : l->conn;
-        l->late->done = 1;
-        pthread_cond_broadcast(&l->late->cv);
-        pthread_mutex_unlock(&l->late->mu);
-    }
     return NULL;
+}
+
+/* The sections' queries, their parameters the figures in g: on two lanes at once (the sessions
+ * on a->conn, the others on a->conn2: same snapshot) or, with one connection, one after the
+ * other. 0, or -1 (printed). */
+static int report__sections_run(nt_audit_t *a, nt_audit_agg_t *g, const char *from, const char *to,
+                                PGresult **res)
+{
+    nt_audit_arr_t arr[16];
+    char started[24], carts[24];
+    int64_t ns, nc;
+    int rc = nt_audit__agg_sessions(g, a->conn, report__limits, &arr[0]);
+    if (rc == 0 && (nt_audit__agg_pens(g, &arr[4]) != 0 || nt_audit__agg_depth(g, &arr[12]) != 0)) {
+        fprintf(stderr, "needletrace: audit report: the figures: more than a report can hold\n");
+        rc = -1;
+    }
+    nt_audit__agg_counts(g, &ns, &nc);
+    snprintf(started, sizeof(started), "%" PRId64, ns);
+    snprintf(carts, sizeof(carts), "%" PRId64, nc);
+    const char *values[REPORT__NPARAMS] = {a->clinic, from, to};
+    int lengths[REPORT__NPARAMS] = {0}, formats[REPORT__NPARAMS] = {0};
+    for (int i = 0; i < 16; i++) {
+        values[3 + i] = (const char *)arr[i].b;
+        lengths[3 + i] = (int)arr[i].len;
+        formats[3 + i] = 1;
+    }
+    values[19] = started;
+    values[20] = carts;
+    report__lane_t lane[2] = {{.conn = a->conn,
+                               .lane = a->conn2 != NULL ? 0 : -1,
+                               .values = values,
+                               .lengths = lengths,
+                               .formats = formats,
+                               .res = res},
+                              {.conn = a->conn2,
+                               .lane = 1,
+                               .values = values,
+                               .lengths = lengths,
+                               .formats = formats,
+                               .res = res}};
+    pthread_t th;
+    int threaded = 0;
+    if (rc == 0) {
+        threaded = a->conn2 != NULL && pthread_create(&th, NULL, report__lane, &lane[1]) == 0;
+        if (!threaded) {
+            lane[0].lane = -1;
+        }
+        report__lane(&lane[0]);
+        if (threaded) {
+            pthread_join(th, NULL);
+        }
+        rc = lane[0].failed || lane[1].failed ? -1 : 0;
+    }
+    for (int i = 0; i < 16; i++) {
+        nt_audit__arr_free(&arr[i]);
+    }
+    return rc;
 }
 
 int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const char *to,
                      const char *digests, const char *pub, FILE *out)
 {
     PGresult *res[REPORT__N] = {0};
-    const char *values[3] = {a->clinic, from, to};
-    /* Two lanes at once on the two connections (same snapshot), else one after the other; with
-     * a third, lane 1 verifies on it and its own once its sections are done. */
-    nt_audit_late_t late = {
-        .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .conn = NULL};
-    report__lane_t lane[2] = {{.conn = a->conn,
-                               .lane = a->conn2 != NULL ? 0 : -1,
-                               .values = values,
-                               .res = res,
-                               .late = a->conn3 != NULL ? &late : NULL},
-                              {.conn = a->conn2,
-                               .lane = 1,
-                               .values = values,
-                               .res = res,
-                               .verify = a->conn3 != NULL ? a : NULL,
-                               .late = a->conn3 != NULL ? &late : NULL,
-                               .digests = digests,
-                               .pub = pub}};
-    pthread_t th;
-    int threaded = a->conn2 != NULL && pthread_create(&th, NULL, report__lane, &lane[1]) == 0;
-    if (a->conn2 != NULL && !threaded) {
-        lane[0].lane = -1;
-        lane[0].late = NULL;
-        lane[1].verify = NULL;
-    }
-    report__lane(&lane[0]);
-    if (threaded) {
-        pthread_join(th, NULL);
-    }
-    int rc = lane[0].failed || lane[1].failed;
-    int verdict = lane[1].verdict;
-    char *verification = lane[1].verification;
-    if (rc == 0 && lane[1].verify == NULL) {
-        verification = report__verify(a, a->conn, a->conn2, NULL, digests, pub, &verdict);
-    }
-    if (rc == 0 && verification == NULL) {
-        fprintf(stderr, "needletrace: audit report: out of memory\n");
+    /* The verification first, every connection busy with it, the figures gathered from the
+     * events it reads; then the sections, their queries on the figures and the small tables. */
+    nt_audit_agg_t *g = report__agg(a->conn, a->clinic, from, to);
+    int verdict = -1;
+    char *verification = g != NULL ? report__verify(a, g, digests, pub, &verdict) : NULL;
+    int rc = verification == NULL;
+    if (rc == 0 && verdict >= 0 && report__sections_run(a, g, from, to, res) != 0) {
         rc = 1;
     }
-    if (rc == 0) {
+    nt_audit__agg_free(g);
+    if (rc == 0 && verdict >= 0) {
         if (strcmp(format, "csv") == 0) {
             report__write_csv(out, res, verification);
             rc = ferror(out) ? 1 : 0;

@@ -69,7 +69,11 @@ typedef struct {
     struct batches__tx {
         int64_t tx;
         size_t i;
-    } * by_tx; /* the piece's entries by tx */
+    } * by_tx;                /* the piece's entries by tx */
+    nt_audit_agg_t *agg;      /* the report's figures (NULL: none): every events row read, once */
+    const unsigned char *dup; /* per entry: its tx is an earlier entry's (a forged ledger): its
+                               * rows are counted with that one's */
+    int agg_only;             /* rows for the figures only (no batch, no leaf) */
 } batches__run_t;
 
 static int batches__cmp_tx(const void *x, const void *y)
@@ -335,6 +339,8 @@ static size_t batches__row(batches__run_t *r, int t, size_t from, size_t to, con
     *w++ = (unsigned char)batches__tables[t].tag;
     *w++ = (unsigned char)(nc >> 24), *w++ = (unsigned char)(nc >> 16);
     *w++ = (unsigned char)(nc >> 8), *w++ = (unsigned char)nc;
+    const unsigned char *field[BATCHES__MAX_COLS];
+    int32_t flen[BATCHES__MAX_COLS];
     for (int c = 0; c < r->ncols[t]; c++) {
         if (end - p < 4) {
             return 0;
@@ -344,10 +350,17 @@ static size_t batches__row(batches__run_t *r, int t, size_t from, size_t to, con
         if (len != 0xffffffffu && (len > INT32_MAX || (size_t)(end - p - 4) < body)) {
             return 0;
         }
+        field[c] = p + 4;
+        flen[c] = len == 0xffffffffu ? -1 : (int32_t)len;
         memcpy(w, r->oid[t][c], 4);
         memcpy(w + 4, p, 4 + body);
         w += 8 + body;
         p += 4 + body;
+    }
+    if (r->agg_only) {
+        return r->agg != NULL && nt_audit__agg_row(r->agg, r->ncols[t], field, flen) != 0
+                   ? 0
+                   : (size_t)(p - start);
     }
     unsigned char leaf[32];
     if (EVP_DigestInit_ex(r->ctx, r->md, NULL) != 1 ||
@@ -363,6 +376,14 @@ static size_t batches__row(batches__run_t *r, int t, size_t from, size_t to, con
     }
     while (hit > r->by_tx && hit[-1].tx == tx) {
         hit--;
+    }
+    int count = 0; /* for the figures: when one of its entries here is the first of its tx */
+    for (struct batches__tx *h = hit; h < r->by_tx + (to - from) && h->tx == tx; h++) {
+        count = count || r->dup == NULL || !r->dup[h->i];
+    }
+    if (t == 1 && r->agg != NULL && count &&
+        nt_audit__agg_row(r->agg, r->ncols[t], field, flen) != 0) {
+        return 0;
     }
     for (; hit < r->by_tx + (to - from) && hit->tx == tx; hit++) {
         batches__acc_t *acc = &r->acc[hit->i - from];
@@ -387,21 +408,27 @@ static size_t batches__row(batches__run_t *r, int t, size_t from, size_t to, con
     return (size_t)(p - start);
 }
 
-/* Table t's rows of the piece's batches (txs, an array literal) by COPY in binary, each row's
- * leaf to its batch. 0, or -1 (printed). */
-static int batches__copy(batches__run_t *r, int t, size_t from, size_t to, const char *txs)
+/* Table t's rows of the piece's batches (txs, an array literal; with r->agg_only, where is the
+ * condition instead) by COPY in binary, each row's leaf to its batch. 0, or -1 (printed). */
+static int batches__copy(batches__run_t *r, int t, size_t from, size_t to, const char *txs,
+                         const char *where)
 {
-    size_t cap = strlen(txs) + 4096;
+    size_t cap = strlen(txs != NULL ? txs : where) + 4096;
     char *sql = malloc(cap);
     if (sql == NULL) {
         fprintf(stderr, "needletrace: audit verify: out of memory\n");
         return -1;
     }
-    snprintf(sql, cap,
-             "COPY (SELECT %c.tx, %s FROM %s WHERE %c.tx = ANY ('%s'::bigint[])) TO STDOUT "
-             "(FORMAT binary)",
-             batches__tables[t].tag, batches__tables[t].cols, batches__tables[t].from,
-             batches__tables[t].tag, txs);
+    if (txs != NULL) {
+        snprintf(sql, cap,
+                 "COPY (SELECT %c.tx, %s FROM %s WHERE %c.tx = ANY ('%s'::bigint[])) TO STDOUT "
+                 "(FORMAT binary)",
+                 batches__tables[t].tag, batches__tables[t].cols, batches__tables[t].from,
+                 batches__tables[t].tag, txs);
+    } else {
+        snprintf(sql, cap, "COPY (SELECT %c.tx, %s FROM %s WHERE %s) TO STDOUT (FORMAT binary)",
+                 batches__tables[t].tag, batches__tables[t].cols, batches__tables[t].from, where);
+    }
     PGresult *res = PQexec(r->conn, sql);
     free(sql);
     int ok = PQresultStatus(res) == PGRES_COPY_OUT, header = 1, trailer = 0, bad = 0, n = 0;
@@ -450,7 +477,11 @@ static int batches__copy(batches__run_t *r, int t, size_t from, size_t to, const
             break; /* still in the COPY (after -2): it would come back forever */
         }
     }
-    if (ok && (bad || header || !trailer)) {
+    const char *agg = r->agg != NULL ? nt_audit__agg_error(r->agg) : NULL;
+    if (ok && agg != NULL) {
+        fprintf(stderr, "needletrace: audit report: the figures: %s\n", agg);
+        bad = 1;
+    } else if (ok && (bad || header || !trailer)) {
         fprintf(stderr,
                 "needletrace: audit verify: the %s rows came in a form not understood "
                 "(or out of memory)\n",
@@ -496,7 +527,7 @@ static void batches__query(batches__run_t *r, size_t from, size_t to)
         qsort(r->by_tx, to - from, sizeof(*r->by_tx), batches__cmp_tx);
     }
     for (int t = 0; t < 3 && !r->failed; t++) {
-        r->failed = batches__copy(r, t, from, to, tx) != 0;
+        r->failed = batches__copy(r, t, from, to, tx, NULL) != 0;
     }
     for (size_t i = from; i < to && !r->failed; i++) {
         batches__one(r, i, &r->acc[i - from],
@@ -623,23 +654,62 @@ static size_t batches__pieces(const nt_audit_entry_t *const *sel, size_t n, size
     return k;
 }
 
+/* Per entry: its tx is an earlier entry's (the rows of a tx are counted in the figures once,
+ * with its first entry). NULL when out of memory. */
+static unsigned char *batches__dups(const nt_audit_entry_t *const *sel, size_t n)
+{
+    unsigned char *dup = calloc(n + 1, 1);
+    struct batches__tx *t = calloc(n + 1, sizeof(*t));
+    for (size_t i = 0; dup != NULL && t != NULL && i < n; i++) {
+        t[i] = (struct batches__tx){.tx = strtoll(sel[i]->tx, NULL, 10), .i = i};
+    }
+    if (dup != NULL && t != NULL) {
+        qsort(t, n, sizeof(*t), batches__cmp_tx);
+        for (size_t i = 0, j; i < n; i = j) {
+            size_t first = t[i].i;
+            for (j = i + 1; j < n && t[j].tx == t[i].tx; j++) {
+                first = t[j].i < first ? t[j].i : first;
+            }
+            for (size_t k = i; k < j; k++) {
+                dup[t[k].i] = t[k].i != first;
+            }
+        }
+    }
+    free(t);
+    if (t == NULL) {
+        free(dup);
+        return NULL;
+    }
+    return dup;
+}
+
 size_t nt_audit__batches(nt_audit_t *a, const nt_audit_entry_t *const *sel, size_t n)
 {
     unsigned char *status = calloc(n + 1, 1);
+    unsigned char *dup = a->agg != NULL ? batches__dups(sel, n) : NULL;
     batches__queue_t q = {.mu = PTHREAD_MUTEX_INITIALIZER, .late = a->late};
     q.n = batches__pieces(sel, n, &q.piece);
-    if (status == NULL || (n > 0 && q.n == 0)) {
-        fprintf(stderr, "needletrace: audit verify: out of memory\n");
-        a->failed = 1;
-        free(status);
-        free(q.piece);
-        return 0;
-    }
     /* a worker per connection, taking pieces in turn: this thread on a->conn, threads on
-     * a->conn2 and (once it is free) a->late's */
+     * a->conn2 and (once it is free) a->late's; each gathers its own figures */
     batches__worker_t w[3] = {{.run = {.conn = a->conn, .e = sel, .status = status}, .q = &q},
                               {.run = {.conn = a->conn2, .e = sel, .status = status}, .q = &q},
                               {.run = {.e = sel, .status = status}, .q = &q, .joiner = 1}};
+    int oom = status == NULL || (n > 0 && q.n == 0) || (a->agg != NULL && dup == NULL);
+    for (int k = 0; k < 3 && a->agg != NULL && !oom; k++) {
+        w[k].run.dup = dup;
+        oom = (w[k].run.agg = nt_audit__agg_child(a->agg)) == NULL;
+    }
+    if (oom) {
+        fprintf(stderr, "needletrace: audit verify: out of memory\n");
+        a->failed = 1;
+        for (int k = 0; k < 3; k++) {
+            nt_audit__agg_free(w[k].run.agg);
+        }
+        free(status);
+        free(dup);
+        free(q.piece);
+        return 0;
+    }
     pthread_t th[3];
     int started[3] = {0};
     for (int k = 1; k < 3; k++) {
@@ -657,7 +727,16 @@ size_t nt_audit__batches(nt_audit_t *a, const nt_audit_entry_t *const *sel, size
         }
     }
     free(q.piece);
+    free(dup);
     pthread_mutex_destroy(&q.mu);
+    for (int k = 0; k < 3; k++) { /* the workers' figures into the report's */
+        if (w[k].run.agg != NULL && !a->failed && nt_audit__agg_merge(a->agg, w[k].run.agg) != 0) {
+            fprintf(stderr, "needletrace: audit report: the figures: %s\n",
+                    nt_audit__agg_error(a->agg));
+            a->failed = 1;
+        }
+        nt_audit__agg_free(w[k].run.agg);
+    }
     for (size_t i = 0; i < n && !a->failed; i++) {
         if (status[i] == BATCHES__ROOT) {
             nt_audit__finding(a, "ledger entry %s#%s: its leaves do not give its root",
@@ -668,4 +747,28 @@ size_t nt_audit__batches(nt_audit_t *a, const nt_audit_entry_t *const *sel, size
     }
     free(status);
     return rows;
+}
+
+int nt_audit__agg_rest(nt_audit_t *a)
+{
+    /* Without findings every row after the genesis is in a checked batch (verify looked): the
+     * rest are those from before the ledger, read by the tx index. With findings (rows outside
+     * any batch, a second genesis, a forged entry), every row no checked entry seals: a scan. */
+    static const char sealed[] = "NOT EXISTS (SELECT 1 FROM needletrace.ledger l WHERE l.tx = "
+                                 "e.tx AND l.collector_id <> '(genesis)')";
+    char where[256];
+    char *end = NULL;
+    long long legacy = strtoll(a->legacy_tx, &end, 10);
+    if (a->findings == 0 && a->legacy_tx[0] != '\0' && end != NULL && *end == '\0') {
+        snprintf(where, sizeof(where), "e.tx <= %lld AND %s", legacy, sealed);
+    } else {
+        snprintf(where, sizeof(where), "%s", sealed);
+    }
+    batches__run_t r = {.conn = a->conn, .agg = a->agg, .agg_only = 1};
+    int rc = batches__types(&r) == 0 ? batches__copy(&r, 1, 0, 0, NULL, where) : -1;
+    free(r.row);
+    if (rc != 0) {
+        a->failed = 1;
+    }
+    return rc;
 }

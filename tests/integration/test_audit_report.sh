@@ -82,6 +82,107 @@ nt_expect_true "HTML: self-contained (no http reference, no script)" \
     bash -c "! grep -qiE 'https?://[^\"]*\"|<script|<link' '$NT_TMP/report.html' ||
              ! grep -iE 'src=|href=|<script|<link' '$NT_TMP/report.html' | grep -v 'xmlns' | grep -q ."
 
+# ---- the figures: as SQL over the events computes them ------------------------------------------
+# The report gathers its figures from the rows its verification reads; here they are computed by
+# their plain definition (each event's device time as a local date of its clinic) and compared:
+# for a period whose edges cut the clinics' days differently, with rows from before the ledger
+# (an upgraded database), and with a row inserted outside any batch (the record tampered with:
+# the report says so, and its figures still count the row).
+figures_expected() { # figures_expected DIR FROM TO: the reference figures, in DIR
+    local dir=$1 e
+    mkdir -p "$dir"
+    e="WITH e AS (SELECT e.* FROM needletrace.events e LEFT JOIN needletrace.clinics z
+                   ON z.clinic_id = e.clinic_id WHERE (e.device_time AT TIME ZONE
+                   coalesce(z.time_zone, 'UTC'))::date BETWEEN '$2' AND '$3'),
+           n AS (SELECT *, coalesce(area, 'unspecified') AS a FROM e
+                  WHERE kind IN ('needle_setting', 'needle_activity')),
+           l AS (SELECT DISTINCT n.clinic_id, n.a, coalesce(pc.max_depth_um, dp.max_depth_um,
+                        needletrace.depth_hard_max_um()) AS lim FROM n
+                   LEFT JOIN needletrace.depth_policy_clinic pc ON pc.clinic_id = n.clinic_id
+                    AND pc.area = n.a LEFT JOIN needletrace.depth_policy dp ON dp.area = n.a)"
+    nt_sql "$e SELECT count(*), count(DISTINCT (clinic_id, device_serial)),
+                count(DISTINCT clinic_id), count(*) FILTER (WHERE kind = 'session_started'),
+                (SELECT count(*) FROM (SELECT DISTINCT gtin, cartridge_serial FROM e
+                  WHERE kind = 'cartridge_mounted') k) FROM e" >"$dir/summary.txt"
+    nt_sql "$e SELECT clinic_id, device_serial, count(*), count(DISTINCT boot_id),
+                max(device_time - received_at), max(received_at - device_time)
+              FROM e GROUP BY 1, 2" >"$dir/pens.txt"
+    nt_sql "$e SELECT n.a, l.lim, (n.depth_um / 250) * 250, count(*) FROM n JOIN l
+                USING (clinic_id, a) GROUP BY 1, 2, 3" >"$dir/depth.txt"
+    nt_sql "$e, s AS (SELECT n.clinic_id, n.device_serial, n.session_id,
+                        n.a || ' ' || max(n.depth_um) || '/' || l.lim || ' um' AS part
+                   FROM n JOIN l USING (clinic_id, a) WHERE n.session_id IS NOT NULL
+                  GROUP BY n.clinic_id, n.device_serial, n.session_id, n.a, l.lim)
+            SELECT k.clinic_id, k.device_serial, k.session_id, coalesce((SELECT string_agg(
+                     s.part, ', ' ORDER BY s.part COLLATE \"C\") FROM s WHERE s.clinic_id =
+                     k.clinic_id AND s.device_serial = k.device_serial AND s.session_id =
+                     k.session_id), '')
+              FROM (SELECT DISTINCT clinic_id, device_serial, session_id FROM e
+                     WHERE session_id IS NOT NULL) k" >"$dir/sessions.txt"
+    nt_sql "$e SELECT clinic_id, device_serial, session_id FROM e
+             WHERE kind = 'session_started' AND session_id IS NOT NULL" >"$dir/started.txt"
+}
+figures_match() { # figures_match WHAT JSON FROM TO
+    figures_expected "$NT_TMP/want" "$3" "$4"
+    nt_expect_true "$1: the report's figures are the database's" \
+        /usr/bin/python3 "$NT_LIB_DIR/check_report_figures.py" "$2" "$NT_TMP/want"
+}
+figures_match "the whole period" "$NT_TMP/report.json" "$FROM" "$TO"
+# 2025-01-01 on: New York's evening of 2024-12-31 (UTC's new year) is out, Berlin's night is in
+FROM=2025-01-01
+report json "$NT_TMP/report-edge.json"
+nt_expect_true "the edge cuts New York's events (not all are in)" test \
+    "$(j "$NT_TMP/report-edge.json" "d['summary'][0]['events']")" -lt \
+    "$(j "$NT_TMP/report.json" "d['summary'][0]['events']")"
+figures_match "from the new year" "$NT_TMP/report-edge.json" "$FROM" "$TO"
+FROM=2024-12-31
+
+# An upgraded database: rows from before the ledger (a transaction id below its genesis, which
+# counts them), made here by the superuser: copies of events under new sequence numbers, the
+# genesis entry rewritten to count them (consistently: verify without digests passes).
+events_untrigger() {
+    nt_sql "ALTER TABLE needletrace.events DISABLE TRIGGER append_only;
+            ALTER TABLE needletrace.events DISABLE TRIGGER event_keys;
+            ALTER TABLE needletrace.ledger DISABLE TRIGGER append_only" >/dev/null
+}
+events_retrigger() {
+    nt_sql "ALTER TABLE needletrace.events ENABLE ALWAYS TRIGGER append_only;
+            ALTER TABLE needletrace.events ENABLE ALWAYS TRIGGER event_keys;
+            ALTER TABLE needletrace.ledger ENABLE ALWAYS TRIGGER append_only" >/dev/null
+}
+events_untrigger
+nt_sql "CREATE TABLE public.old AS SELECT * FROM needletrace.events
+          WHERE kind IN ('needle_activity', 'session_started') ORDER BY device_time LIMIT 40;
+        UPDATE public.old SET seq = seq + 1000000, tx = 1;
+        INSERT INTO needletrace.events SELECT * FROM public.old;
+        UPDATE needletrace.ledger SET n_events = n_events + 40 WHERE collector_id = '(genesis)';
+        UPDATE needletrace.ledger l SET entry_hash = sha256(convert_to(
+                 needletrace.ledger_entry_text(l), 'UTF8')) WHERE collector_id = '(genesis)'" \
+    >/dev/null
+events_retrigger
+NEEDLETRACE_DATABASE_URL=$AUDITOR "$NT_BIN" audit verify >"$NT_TMP/verify-old.out" 2>&1 || true
+nt_expect_true "rows from before the ledger: the record verifies" \
+    grep -q '^OK' "$NT_TMP/verify-old.out"
+report json "$NT_TMP/report-old.json"
+figures_match "with rows from before the ledger" "$NT_TMP/report-old.json" "$FROM" "$TO"
+
+# A row inserted outside any batch: the report is written and says the record did not verify;
+# its figures count the row all the same (nothing hidden).
+events_untrigger
+nt_sql "UPDATE public.old SET seq = seq + 1000000, tx = (SELECT max(tx) + 1000 FROM
+          needletrace.ledger) WHERE seq = (SELECT min(seq) FROM public.old);
+        INSERT INTO needletrace.events SELECT * FROM public.old WHERE seq > 2000000" >/dev/null
+events_retrigger
+rc=0
+NEEDLETRACE_DATABASE_URL=$AUDITOR "$NT_BIN" audit report --from $FROM --to $TO --format json \
+    --out "$NT_TMP/report-bad.json" >"$NT_TMP/report-bad.out" 2>&1 || rc=$?
+nt_expect_eq "a tampered record: the report is written, exit code" 1 "$rc"
+nt_expect_true "... and says the record did NOT verify" \
+    grep -q "did NOT verify" "$NT_TMP/report-bad.out"
+nt_expect_true "... the row outside any batch named in it" \
+    grep -q "inserted outside any sealed batch" "$NT_TMP/report-bad.json"
+figures_match "with a row outside any batch" "$NT_TMP/report-bad.json" "$FROM" "$TO"
+
 # ---- a person's look: chromium renders it ---------------------------------------------------------
 CHROMIUM=$(command -v chromium || true)
 if [[ -z $CHROMIUM ]]; then
