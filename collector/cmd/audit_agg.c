@@ -74,10 +74,14 @@ struct nt_audit_agg {
     agg__map_t areas;    /* area: interned */
     agg__map_t carts;    /* gtin, serial of each cartridge mounted */
     int64_t started;     /* session_started rows */
-    int failed;          /* AGG__OOM or AGG__LONG */
+    int failed;          /* AGG__OOM or AGG__AREAS */
 };
 
-enum { AGG__OOM = 1, AGG__LONG = 2 };
+enum { AGG__OOM = 1, AGG__AREAS = 2 };
+
+/* Areas of a session at most (the schema allows 11): more only in a record altered by hand, whose
+ * figures are refused rather than taking time quadratic in them. */
+#define AGG__MAX_AREAS 64
 
 /* ---- SipHash-1-3 (Aumasson, Bernstein: "SipHash: a fast short-input PRF") ---- */
 
@@ -185,27 +189,62 @@ static agg__ent_t *agg__find(nt_audit_agg_t *g, agg__map_t *m, const unsigned ch
 }
 
 /* A key: its fields one after the other, each its length (4 bytes, 0xffffffff NULL) and bytes
- * (no two keys alike whatever the bytes). */
+ * (no two keys alike whatever the bytes); on the stack, on the heap when longer (a value of any
+ * length: the figures never fail for a row the schema would refuse). */
 typedef struct {
-    unsigned char b[1024];
-    size_t len;
-    int over; /* fields longer than the key has room for (none the schema allows): the report
-               * fails, saying so */
+    unsigned char *b;
+    size_t len, cap;
+    int oom;
+    unsigned char inl[480];
 } agg__key_t;
+
+static void agg__key_init(agg__key_t *k)
+{
+    k->b = k->inl;
+    k->len = 0;
+    k->cap = sizeof(k->inl);
+    k->oom = 0;
+}
+
+static void agg__key_done(agg__key_t *k)
+{
+    if (k->b != k->inl) {
+        free(k->b);
+    }
+    agg__key_init(k);
+}
+
+/* Appends n bytes (the key's room grown as needed; k->oom when it cannot be). */
+static void agg__append(agg__key_t *k, const unsigned char *p, size_t n)
+{
+    if (k->oom) {
+        return;
+    }
+    if (k->cap - k->len < n) {
+        size_t cap = k->len + n < (SIZE_MAX >> 2) ? 2 * (k->len + n) : 0;
+        unsigned char *b = cap > 0 ? malloc(cap) : NULL;
+        if (b == NULL) {
+            k->oom = 1;
+            return;
+        }
+        memcpy(b, k->b, k->len);
+        if (k->b != k->inl) {
+            free(k->b);
+        }
+        k->b = b;
+        k->cap = cap;
+    }
+    memcpy(k->b + k->len, p, n);
+    k->len += n;
+}
 
 static void agg__field(agg__key_t *k, const unsigned char *p, int32_t len)
 {
     uint32_t l = len < 0 ? 0xffffffffu : (uint32_t)len;
-    size_t body = len < 0 ? 0 : (size_t)len;
-    if (k->over || sizeof(k->b) - k->len < 4 + body) {
-        k->over = 1;
-        return;
-    }
-    unsigned char *w = k->b + k->len;
-    w[0] = (unsigned char)(l >> 24), w[1] = (unsigned char)(l >> 16);
-    w[2] = (unsigned char)(l >> 8), w[3] = (unsigned char)l;
-    memcpy(w + 4, p, body);
-    k->len += 4 + body;
+    unsigned char w[4] = {(unsigned char)(l >> 24), (unsigned char)(l >> 16),
+                          (unsigned char)(l >> 8), (unsigned char)l};
+    agg__append(k, w, 4);
+    agg__append(k, p, len < 0 ? 0 : (size_t)len);
 }
 
 /* Field i of a key (its bytes; *len -1 when NULL); the key's end when there is none. */
@@ -258,14 +297,20 @@ nt_audit_agg_t *nt_audit__agg_new(const char *clinic, int64_t lo, int64_t hi)
 
 int nt_audit__agg_bound(nt_audit_agg_t *g, const char *clinic, int64_t lo, int64_t hi)
 {
-    agg__key_t k = {.len = 0};
+    agg__key_t k;
+    agg__key_init(&k);
     agg__field(&k, (const unsigned char *)clinic, (int32_t)strlen(clinic));
-    agg__ent_t *e = k.over ? NULL : agg__find(g, g->bounds, k.b, k.len, 1);
+    agg__ent_t *e = k.oom ? NULL : agg__find(g, g->bounds, k.b, k.len, 1);
+    agg__key_done(&k);
     if (e == NULL) {
         return -1;
     }
+    if (e->v[2]) {
+        return -2; /* twice: which zone would be the clinic's? */
+    }
     e->v[0] = lo;
     e->v[1] = hi;
+    e->v[2] = 1;
     return 0;
 }
 
@@ -320,6 +365,10 @@ static void agg__area(nt_audit_agg_t *g, agg__ent_t *e, const agg__ent_t *area, 
         i++;
     }
     if (a == NULL || i == a->n) {
+        if (a != NULL && a->n == AGG__MAX_AREAS) {
+            g->failed = AGG__AREAS;
+            return;
+        }
         if (a == NULL || a->n == a->cap) {
             uint32_t cap = a != NULL ? 2 * a->cap : 4;
             agg__areas_t *b = realloc(a, sizeof(*a) + cap * sizeof(a->it[0]));
@@ -365,32 +414,17 @@ static int agg__is(const unsigned char *p, int32_t len, const char *s)
     return len >= 0 && (size_t)len == strlen(s) && memcmp(p, s, (size_t)len) == 0;
 }
 
-int nt_audit__agg_row(nt_audit_agg_t *g, int ncols, const unsigned char *const *f,
-                      const int32_t *len)
+/* The rest of a row in the period (k holds its clinic): its pen, depth, session, cartridge. */
+static void agg__in(nt_audit_agg_t *g, agg__key_t *k, int64_t dt, const unsigned char *const *f,
+                    const int32_t *len)
 {
-    if (ncols < AGG__COLS || len[AGG__CLINIC] < 0 || len[AGG__DEVICE_TIME] != 8) {
-        return 0; /* not in the period (no device time): as the query's filter says */
-    }
-    if (g->clinic != NULL && !agg__is(f[AGG__CLINIC], len[AGG__CLINIC], g->clinic)) {
-        return 0;
-    }
-    int64_t dt = agg__be(f[AGG__DEVICE_TIME], 8), lo = g->lo, hi = g->hi;
-    agg__key_t k = {.len = 0};
-    agg__field(&k, f[AGG__CLINIC], len[AGG__CLINIC]);
-    const agg__ent_t *b = g->bounds->n > 0 ? agg__find(g, g->bounds, k.b, k.len, 0) : NULL;
-    if (b != NULL) {
-        lo = b->v[0], hi = b->v[1];
-    }
-    if (dt < lo || dt >= hi) {
-        return 0;
-    }
-    agg__field(&k, f[AGG__SERIAL], len[AGG__SERIAL]);
-    size_t pen_len = k.len;
-    agg__field(&k, f[AGG__BOOT], len[AGG__BOOT]);
-    agg__ent_t *e = k.over ? NULL : agg__find(g, &g->pens, k.b, k.len, 1);
+    agg__field(k, f[AGG__SERIAL], len[AGG__SERIAL]);
+    size_t pen_len = k->len;
+    agg__field(k, f[AGG__BOOT], len[AGG__BOOT]);
+    agg__ent_t *e = k->oom ? NULL : agg__find(g, &g->pens, k->b, k->len, 1);
     if (e == NULL) {
-        g->failed = k.over ? AGG__LONG : AGG__OOM;
-        return -1;
+        g->failed = AGG__OOM;
+        return;
     }
     e->v[0]++;
     if (len[AGG__RECEIVED] == 8) {
@@ -402,39 +436,38 @@ int nt_audit__agg_row(nt_audit_agg_t *g, int ncols, const unsigned char *const *
     int32_t depth = has ? (int32_t)agg__be(f[AGG__DEPTH], 4) : 0;
     const agg__ent_t *area = NULL;
     if (needle) { /* the depth chart: per clinic, area ('unspecified' when none) and bucket */
-        agg__key_t a = {.len = 0};
+        agg__key_t a, d;
+        agg__key_init(&a);
+        agg__key_init(&d);
         if (len[AGG__AREA] >= 0) {
             agg__field(&a, f[AGG__AREA], len[AGG__AREA]);
         } else {
             agg__field(&a, (const unsigned char *)"unspecified", 11);
         }
-        area = a.over ? NULL : agg__find(g, &g->areas, a.b, a.len, 1);
-        agg__key_t d = {.len = 0}; /* clinic, area, bucket */
+        area = a.oom ? NULL : agg__find(g, &g->areas, a.b, a.len, 1);
         agg__field(&d, f[AGG__CLINIC], len[AGG__CLINIC]);
-        d.over = d.over || a.over || sizeof(d.b) - d.len < a.len;
-        if (!d.over) {
-            memcpy(d.b + d.len, a.b, a.len);
-            d.len += a.len;
-        }
-        unsigned char bucket[4];
+        agg__append(&d, a.b, a.len);
         int32_t bu = has ? depth / 250 * 250 : 0;
-        bucket[0] = (unsigned char)((uint32_t)bu >> 24), bucket[1] = (unsigned char)(bu >> 16);
-        bucket[2] = (unsigned char)(bu >> 8), bucket[3] = (unsigned char)bu;
+        unsigned char bucket[4] = {(unsigned char)((uint32_t)bu >> 24),
+                                   (unsigned char)((uint32_t)bu >> 16),
+                                   (unsigned char)((uint32_t)bu >> 8), (unsigned char)bu};
         agg__field(&d, bucket, has ? 4 : -1);
-        e = area == NULL || d.over ? NULL : agg__find(g, &g->depth, d.b, d.len, 1);
+        e = area == NULL || a.oom || d.oom ? NULL : agg__find(g, &g->depth, d.b, d.len, 1);
+        agg__key_done(&a);
+        agg__key_done(&d);
         if (e == NULL) {
-            g->failed = d.over ? AGG__LONG : AGG__OOM;
-            return -1;
+            g->failed = AGG__OOM;
+            return;
         }
         e->v[0]++;
     }
     if (len[AGG__SESSION] >= 0) { /* the session's areas */
-        k.len = pen_len;
-        agg__field(&k, f[AGG__SESSION], len[AGG__SESSION]);
-        e = k.over ? NULL : agg__find(g, &g->sessions, k.b, k.len, 1);
+        k->len = pen_len;
+        agg__field(k, f[AGG__SESSION], len[AGG__SESSION]);
+        e = k->oom ? NULL : agg__find(g, &g->sessions, k->b, k->len, 1);
         if (e == NULL) {
-            g->failed = k.over ? AGG__LONG : AGG__OOM;
-            return -1;
+            g->failed = AGG__OOM;
+            return;
         }
         if (needle) {
             agg__area(g, e, area, has, depth);
@@ -443,14 +476,35 @@ int nt_audit__agg_row(nt_audit_agg_t *g, int ncols, const unsigned char *const *
     if (agg__is(f[AGG__KIND], len[AGG__KIND], "session_started")) {
         g->started++;
     } else if (agg__is(f[AGG__KIND], len[AGG__KIND], "cartridge_mounted")) {
-        k.len = 0;
-        agg__field(&k, f[AGG__GTIN], len[AGG__GTIN]);
-        agg__field(&k, f[AGG__CARTRIDGE], len[AGG__CARTRIDGE]);
-        if (k.over || agg__find(g, &g->carts, k.b, k.len, 1) == NULL) {
-            g->failed = k.over ? AGG__LONG : AGG__OOM;
-            return -1;
+        k->len = 0;
+        agg__field(k, f[AGG__GTIN], len[AGG__GTIN]);
+        agg__field(k, f[AGG__CARTRIDGE], len[AGG__CARTRIDGE]);
+        if (k->oom || agg__find(g, &g->carts, k->b, k->len, 1) == NULL) {
+            g->failed = AGG__OOM;
         }
     }
+}
+
+int nt_audit__agg_row(nt_audit_agg_t *g, int ncols, const unsigned char *const *f,
+                      const int32_t *len)
+{
+    if (g->failed || ncols < AGG__COLS || len[AGG__DEVICE_TIME] != 8) {
+        return 0; /* not in the period (no device time): as the query's filter says */
+    }
+    if (g->clinic != NULL && !agg__is(f[AGG__CLINIC], len[AGG__CLINIC], g->clinic)) {
+        return 0;
+    }
+    int64_t dt = agg__be(f[AGG__DEVICE_TIME], 8), lo = g->lo, hi = g->hi;
+    agg__key_t k;
+    agg__key_init(&k);
+    agg__field(&k, f[AGG__CLINIC], len[AGG__CLINIC]); /* NULL too: in UTC, as before */
+    const agg__ent_t *b =
+        g->bounds->n > 0 && !k.oom ? agg__find(g, g->bounds, k.b, k.len, 0) : NULL;
+    if (dt >= (b != NULL ? b->v[0] : lo) && dt < (b != NULL ? b->v[1] : hi)) {
+        agg__in(g, &k, dt, f, len);
+    }
+    g->failed = g->failed ? g->failed : k.oom ? AGG__OOM : 0;
+    agg__key_done(&k);
     return g->failed ? -1 : 0;
 }
 
@@ -573,7 +627,7 @@ int nt_audit__arr_finish(nt_audit_arr_t *a)
             a->b[12 + i] = (unsigned char)(a->n >> (24 - 8 * i));
         }
     }
-    return a->oom || a->len > INT32_MAX || a->n > INT32_MAX ? -1 : 0;
+    return a->oom || a->len >= (1u << 30) ? -1 : 0; /* a parameter is a palloc: 1 GiB at most */
 }
 
 void nt_audit__arr_free(nt_audit_arr_t *a)
@@ -654,10 +708,11 @@ void nt_audit__agg_counts(const nt_audit_agg_t *g, int64_t *started, int64_t *ca
 
 const char *nt_audit__agg_error(const nt_audit_agg_t *g)
 {
-    return g->failed == 0           ? NULL
-           : g->failed == AGG__LONG ? "an events row's clinic, serial, session or area is longer "
-                                      "than any the schema allows: its figures cannot be made"
-                                    : "out of memory";
+    return g->failed == 0 ? NULL
+           : g->failed == AGG__AREAS
+               ? "a session has more treatment areas than the schema allows (the record was "
+                 "altered by hand: audit verify names the rows)"
+               : "out of memory";
 }
 
 static int agg__cmp_str(const void *x, const void *y)
@@ -676,16 +731,14 @@ static int agg__limits(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql, a
         for (uint32_t i = 0; a != NULL && i < a->n && !g->failed; i++) {
             int32_t l;
             const unsigned char *clinic = agg__key_get(e, 0, &l);
-            agg__key_t k = {.len = 0};
+            agg__key_t k;
+            agg__key_init(&k);
             agg__field(&k, clinic, l);
-            k.over = k.over || sizeof(k.b) - k.len < a->it[i].area->klen;
-            if (!k.over) {
-                memcpy(k.b + k.len, a->it[i].area->key, a->it[i].area->klen);
-                k.len += a->it[i].area->klen;
+            agg__append(&k, a->it[i].area->key, a->it[i].area->klen);
+            if (k.oom || agg__find(g, pairs, k.b, k.len, 1) == NULL) {
+                g->failed = AGG__OOM;
             }
-            if (k.over || agg__find(g, pairs, k.b, k.len, 1) == NULL) {
-                g->failed = k.over ? AGG__LONG : AGG__OOM;
-            }
+            agg__key_done(&k);
         }
     }
     nt_audit_arr_t arr[2];
@@ -706,7 +759,8 @@ static int agg__limits(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql, a
                  : 0;
     if (rc != 0) {
         fprintf(stderr, "needletrace: audit report: sessions: %s\n",
-                g->failed ? nt_audit__agg_error(g) : "out of memory");
+                g->failed ? nt_audit__agg_error(g)
+                          : "out of memory, or more than a query's parameter may hold (1 GiB)");
     } else {
         const Oid types[2] = {1009, 1009}; /* text[] */
         const char *values[2] = {(const char *)arr[0].b, (const char *)arr[1].b};
@@ -715,7 +769,8 @@ static int agg__limits(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql, a
         if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != (int)n) {
             fprintf(stderr, "needletrace: audit report: the depth limits: %s",
                     PQresultStatus(res) == PGRES_TUPLES_OK ? "not one per area\n"
-                                                           : PQresultErrorMessage(res));
+                    : PQresultErrorMessage(res)[0] != '\0' ? PQresultErrorMessage(res)
+                                                           : PQerrorMessage(conn));
             rc = -1;
         }
         for (size_t i = 0; rc == 0 && i < n; i++) {
@@ -750,11 +805,17 @@ static int agg__depth_text(nt_audit_agg_t *g, const agg__ent_t *e, agg__map_t *p
         if (!a->it[i].has) {
             continue; /* max of no depth: NULL, left out by string_agg */
         }
-        agg__key_t k = {.len = 0};
+        agg__key_t k;
+        agg__key_init(&k);
         agg__field(&k, clinic, cl);
-        memcpy(k.b + k.len, a->it[i].area->key, a->it[i].area->klen); /* fitted in agg__limits */
-        k.len += a->it[i].area->klen;
-        const agg__ent_t *pair = agg__find(g, pairs, k.b, k.len, 0);
+        agg__append(&k, a->it[i].area->key, a->it[i].area->klen);
+        int oom = k.oom;
+        const agg__ent_t *pair = oom ? NULL : agg__find(g, pairs, k.b, k.len, 0);
+        agg__key_done(&k);
+        if (oom) {
+            rc = -1;
+            break;
+        }
         int32_t al;
         const unsigned char *area = agg__key_get(a->it[i].area, 0, &al);
         if (pair == NULL || pair->v[0] == INT64_MIN) {
@@ -817,7 +878,8 @@ int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sq
     }
     for (int i = 0; rc == 0 && i < 4; i++) {
         if (nt_audit__arr_finish(&out[i]) != 0) {
-            fprintf(stderr, "needletrace: audit report: sessions: more than a report can hold\n");
+            fprintf(stderr, "needletrace: audit report: sessions: out of memory, or more "
+                            "than a query's parameter may hold (1 GiB)\n");
             rc = -1;
         }
     }

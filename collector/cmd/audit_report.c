@@ -318,9 +318,10 @@ static const char report__bounds[] =
     "SELECT NULL::text, ((extract(epoch FROM ($1::date::timestamp AT TIME ZONE 'UTC')) - "
     "946684800) * 1000000)::bigint, ((extract(epoch FROM (($2::date + 1)::timestamp AT TIME ZONE "
     "'UTC')) - 946684800) * 1000000)::bigint UNION ALL SELECT z.clinic_id, ((extract(epoch FROM "
-    "($1::date::timestamp AT TIME ZONE z.time_zone)) - 946684800) * 1000000)::bigint, "
-    "((extract(epoch FROM (($2::date + 1)::timestamp AT TIME ZONE z.time_zone)) - 946684800) * "
-    "1000000)::bigint FROM needletrace.clinics z";
+    "($1::date::timestamp AT TIME ZONE coalesce(z.time_zone, 'UTC'))) - 946684800) * "
+    "1000000)::bigint, ((extract(epoch FROM (($2::date + 1)::timestamp AT TIME ZONE "
+    "coalesce(z.time_zone, 'UTC'))) - 946684800) * 1000000)::bigint FROM needletrace.clinics z "
+    "WHERE z.clinic_id IS NOT NULL";
 
 /* An aggregate for the events of clinic (NULL: all) whose device time is within the local dates
  * [from, to] of their clinic (UTC without a row in needletrace.clinics); NULL after printing. */
@@ -333,15 +334,24 @@ static nt_audit_agg_t *report__agg(PGconn *conn, const char *clinic, const char 
     nt_audit_agg_t *g = NULL;
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1) {
         fprintf(stderr, "needletrace: audit report: the period's bounds: %s",
-                PQresultErrorMessage(res));
+                PQresultErrorMessage(res)[0] != '\0' ? PQresultErrorMessage(res)
+                                                     : PQerrorMessage(conn));
     } else if ((g = nt_audit__agg_new(clinic, strtoll(PQgetvalue(res, 0, 1), NULL, 10),
                                       strtoll(PQgetvalue(res, 0, 2), NULL, 10))) == NULL) {
         fprintf(stderr, "needletrace: audit report: out of memory\n");
     }
     for (int r = 1; g != NULL && r < PQntuples(res); r++) {
-        if (nt_audit__agg_bound(g, PQgetvalue(res, r, 0), strtoll(PQgetvalue(res, r, 1), NULL, 10),
-                                strtoll(PQgetvalue(res, r, 2), NULL, 10)) != 0) {
-            fprintf(stderr, "needletrace: audit report: out of memory\n");
+        int rc = PQgetisnull(res, r, 1) || PQgetisnull(res, r, 2)
+                     ? -3
+                     : nt_audit__agg_bound(g, PQgetvalue(res, r, 0),
+                                           strtoll(PQgetvalue(res, r, 1), NULL, 10),
+                                           strtoll(PQgetvalue(res, r, 2), NULL, 10));
+        if (rc != 0) {
+            fprintf(stderr, "needletrace: audit report: clinic \"%.64s\": %s\n",
+                    PQgetvalue(res, r, 0),
+                    rc == -2   ? "two rows in needletrace.clinics: which time zone is its own?"
+                    : rc == -3 ? "the period's bounds in its time zone are not known"
+                               : "out of memory");
             nt_audit__agg_free(g);
             g = NULL;
         }
@@ -387,9 +397,21 @@ static char *report__verify(nt_audit_t *a, nt_audit_agg_t *g, const char *digest
     if (digests == NULL) {
         fputs("(checked without digests: a chain rewritten consistently would not be seen)\n", mem);
     }
-    fclose(mem);
+    int lost = ferror(mem); /* out of memory while it grew: a verification cut short */
+    if (fclose(mem) != 0 || lost) {
+        fprintf(stderr, "needletrace: audit report: out of memory\n");
+        free(buf);
+        buf = NULL;
+        *verdict = -1;
+        figures = 1;
+    }
     pthread_mutex_destroy(&late.mu);
     pthread_cond_destroy(&late.cv);
+    const char *why = nt_audit__agg_error(g);
+    if (why != NULL && *verdict >= 0 && buf != NULL) {
+        fprintf(stderr, "needletrace: audit report: the figures: %s\n", why);
+        figures = 0;
+    }
     if (!figures && *verdict >= 0) {
         free(buf);
         return NULL;
@@ -442,6 +464,16 @@ static int report__split(const PGresult *all, PGresult **res)
     return 0;
 }
 
+/* Why res failed: its message, else the connection's (no result at all: out of memory, or the
+ * connection lost). */
+static const char *report__why(PGconn *conn, const PGresult *res)
+{
+    const char *m = res != NULL ? PQresultErrorMessage(res) : "";
+    return m[0] != '\0'                      ? m
+           : PQerrorMessage(conn)[0] != '\0' ? PQerrorMessage(conn)
+                                             : "no reason given\n";
+}
+
 /* The sections of one lane, in order, on conn; lane 1 starts with report__shared. */
 typedef struct {
     PGconn *conn;
@@ -460,7 +492,7 @@ static void *report__lane(void *arg)
                                      l->values, l->lengths, l->formats, 0);
         if (PQresultStatus(all) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: summary, depth and pens: %s",
-                    PQresultErrorMessage(all));
+                    report__why(l->conn, all));
             l->failed = 1;
         } else if (report__split(all, l->res) != 0) {
             l->failed = 1;
@@ -476,7 +508,7 @@ static void *report__lane(void *arg)
                                  report__types, l->values, l->lengths, l->formats, 0);
         if (PQresultStatus(l->res[s]) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: section %s: %s", report__sections[s].name,
-                    PQresultErrorMessage(l->res[s]));
+                    report__why(l->conn, l->res[s]));
             PQclear(l->res[s]);
             l->res[s] = NULL;
             l->failed = 1;
@@ -491,12 +523,14 @@ static void *report__lane(void *arg)
 static int report__sections_run(nt_audit_t *a, nt_audit_agg_t *g, const char *from, const char *to,
                                 PGresult **res)
 {
-    nt_audit_arr_t arr[16];
+    nt_audit_arr_t arr[16] = {{0}};
     char started[24], carts[24];
     int64_t ns, nc;
     int rc = nt_audit__agg_sessions(g, a->conn, report__limits, &arr[0]);
     if (rc == 0 && (nt_audit__agg_pens(g, &arr[4]) != 0 || nt_audit__agg_depth(g, &arr[12]) != 0)) {
-        fprintf(stderr, "needletrace: audit report: the figures: more than a report can hold\n");
+        fprintf(stderr,
+                "needletrace: audit report: the figures: out of memory, or more than a query's "
+                "parameter may hold (1 GiB)\n");
         rc = -1;
     }
     nt_audit__agg_counts(g, &ns, &nc);
