@@ -39,7 +39,7 @@ enum {
 typedef struct agg__ent {
     uint64_t h;
     int64_t v[8];
-    void *ext; /* sessions: their areas (agg__areas_t) */
+    void *ext; /* sessions: their areas (agg__areas_t); pens: the session of their last row */
     uint32_t klen;
     unsigned char key[];
 } agg__ent_t;
@@ -421,7 +421,7 @@ static void agg__in(nt_audit_agg_t *g, agg__key_t *k, int64_t dt, const unsigned
     agg__field(k, f[AGG__SERIAL], len[AGG__SERIAL]);
     size_t pen_len = k->len;
     agg__field(k, f[AGG__BOOT], len[AGG__BOOT]);
-    agg__ent_t *e = k->oom ? NULL : agg__find(g, &g->pens, k->b, k->len, 1);
+    agg__ent_t *e = k->oom ? NULL : agg__find(g, &g->pens, k->b, k->len, 1), *pen = e;
     if (e == NULL) {
         g->failed = AGG__OOM;
         return;
@@ -464,7 +464,13 @@ static void agg__in(nt_audit_agg_t *g, agg__key_t *k, int64_t dt, const unsigned
     if (len[AGG__SESSION] >= 0) { /* the session's areas */
         k->len = pen_len;
         agg__field(k, f[AGG__SESSION], len[AGG__SESSION]);
-        e = k->oom ? NULL : agg__find(g, &g->sessions, k->b, k->len, 1);
+        /* the pen's session of its row before, most often (a table far larger than a cache) */
+        agg__ent_t *last = pen->ext;
+        e = k->oom ? NULL
+            : last != NULL && last->klen == k->len && memcmp(last->key, k->b, k->len) == 0
+                ? last
+                : agg__find(g, &g->sessions, k->b, k->len, 1);
+        pen->ext = e;
         if (e == NULL) {
             g->failed = AGG__OOM;
             return;
