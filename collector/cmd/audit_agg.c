@@ -856,23 +856,50 @@ static int agg__depth_text(nt_audit_agg_t *g, const agg__ent_t *e, agg__map_t *p
     return rc;
 }
 
-int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql,
-                           nt_audit_arr_t out[4])
+/* Row r of started (text: clinic, pen, session first): its session's entry, marked, and its
+ * depth used as the last column. 0, or -1 out of memory. */
+static int agg__started(nt_audit_agg_t *g, agg__map_t *pairs, PGresult *started, int r)
 {
-    static const uint32_t oid[4] = {25, 25, 25, 25};
+    agg__key_t k;
+    agg__key_init(&k);
+    for (int c = 0; c < 3; c++) {
+        agg__field(&k, (const unsigned char *)PQgetvalue(started, r, c),
+                   PQgetisnull(started, r, c) ? -1 : PQgetlength(started, r, c));
+    }
+    int oom = k.oom;
+    agg__ent_t *e = oom ? NULL : agg__find(g, &g->sessions, k.b, k.len, 0);
+    agg__key_done(&k);
+    char *text = NULL;
+    if (oom || (e != NULL && agg__depth_text(g, e, pairs, &text) != 0)) {
+        return -1;
+    }
+    if (e != NULL) {
+        e->v[0] = 1; /* in the report with its start */
+    }
+    int ok = PQsetvalue(started, r, PQnfields(started) - 1, text != NULL ? text : "",
+                        text != NULL ? (int)strlen(text) : 0);
+    free(text);
+    return ok ? 0 : -1;
+}
+
+int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql,
+                           PGresult *started, nt_audit_arr_t out[4])
+{
     for (int i = 0; i < 4; i++) {
-        nt_audit__arr_init(&out[i], oid[i]);
+        nt_audit__arr_init(&out[i], 25);
     }
     agg__map_t pairs = {.n = 0};
     int rc = agg__limits(g, conn, limit_sql, &pairs);
+    for (int r = 0; rc == 0 && r < PQntuples(started); r++) {
+        rc = agg__started(g, &pairs, started, r);
+    }
     for (size_t s = 0; rc == 0 && s < g->sessions.cap; s++) {
         const agg__ent_t *e = g->sessions.slot[s];
         char *text = NULL;
-        if (e == NULL) {
-            continue;
+        if (e == NULL || e->v[0]) {
+            continue; /* none, or started in the period */
         }
         if (agg__depth_text(g, e, &pairs, &text) != 0) {
-            fprintf(stderr, "needletrace: audit report: sessions: out of memory\n");
             rc = -1;
             break;
         }
@@ -881,6 +908,9 @@ int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sq
         }
         nt_audit__arr_add(&out[3], text, text != NULL ? (int32_t)strlen(text) : -1);
         free(text);
+    }
+    if (rc != 0) {
+        fprintf(stderr, "needletrace: audit report: sessions: out of memory\n");
     }
     for (int i = 0; rc == 0 && i < 4; i++) {
         if (nt_audit__arr_finish(&out[i]) != 0) {

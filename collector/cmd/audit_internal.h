@@ -155,12 +155,15 @@ const char *nt_audit__agg_error(const nt_audit_agg_t *g);
 void nt_audit__agg_free(nt_audit_agg_t *g);
 /* The figures as arrays in binary: per pen and boot (clinic, serial, boot, rows, and device and
  * reception times of the rows furthest ahead and behind); per clinic, area and bucket (clinic,
- * area, bucket, rows); per session (clinic, serial, session, depth used against the limit that
- * limit_sql gives for $1 clinics and $2 areas, in their order). 0, or -1 (sessions: printed). */
+ * area, bucket, rows). 0, or -1. */
 int nt_audit__agg_pens(const nt_audit_agg_t *g, nt_audit_arr_t out[8]);
 int nt_audit__agg_depth(const nt_audit_agg_t *g, nt_audit_arr_t out[4]);
+/* The sessions' depth used against the limit that limit_sql gives for $1 clinics and $2 areas (in
+ * their order): into the last column of each row of started (the sessions started in the period,
+ * text, clinic, pen and session first), and for every other session with events in the period
+ * into out (clinic, serial, session, depth used). 0, or -1 (printed). */
 int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql,
-                           nt_audit_arr_t out[4]);
+                           PGresult *started, nt_audit_arr_t out[4]);
 /* The session_started rows and the cartridges (gtin, serial) mounted. */
 void nt_audit__agg_counts(const nt_audit_agg_t *g, int64_t *started, int64_t *cartridges);
 

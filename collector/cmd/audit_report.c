@@ -119,6 +119,39 @@ static const char report__limits[] =
     "SELECT (" REPORT__LIMIT ")::text FROM unnest($1::text[], $2::text[]) WITH "
     "ORDINALITY AS x(clinic_id, area, o) ORDER BY x.o";
 
+/* The sessions' heads from their start and end in the period (extra: a further condition on e),
+ * h; their cartridges mounted in the period, k; a session's row from s (clinic_id, device_serial,
+ * session_id, started, ended, operator, patient, depth), its end looked for after the period
+ * when there is none in it. */
+#define REPORT__SESSION_H(extra)                                                                   \
+    "h AS (SELECT e.clinic_id, e.device_serial, e.session_id, min(e.device_time) FILTER (WHERE "   \
+    "e.kind = 'session_started') AS started, min(e.device_time) FILTER (WHERE e.kind = "           \
+    "'session_ended') AS ended, max(e.operator_id) AS operator, max(e.patient_ref) AS patient "    \
+    "FROM " REPORT__IN " AND e.kind IN ('session_started', 'session_ended') AND e.session_id IS "  \
+    "NOT NULL" extra " GROUP BY 1, 2, 3)"
+#define REPORT__SESSION_K(extra)                                                                   \
+    "k AS (SELECT e.clinic_id, e.device_serial, e.session_id, string_agg(DISTINCT e.gtin || '/' "  \
+    "|| e.cartridge_serial, ' ') AS cartridges FROM " REPORT__IN " AND e.kind = "                  \
+    "'cartridge_mounted' AND e.session_id IS NOT NULL" extra " GROUP BY 1, 2, 3)"
+#define REPORT__SESSION_ROW                                                                        \
+    "SELECT s.clinic_id, s.device_serial AS pen, s.session_id, coalesce(s.operator, '') AS "       \
+    "operator, coalesce(s.patient, '') AS patient_ref, coalesce(to_char(s.started AT TIME ZONE "   \
+    "coalesce(z.time_zone, 'UTC'), 'YYYY-MM-DD HH24:MI'), '') AS started, "                        \
+    "coalesce(round(extract(epoch FROM coalesce(s.ended, f.ended) - s.started) / 60.0, "           \
+    "1)::text, '') AS minutes, coalesce(k.cartridges, '') AS cartridges, coalesce(s.depth, '') "   \
+    "AS depth_used_vs_limit FROM s LEFT JOIN k USING (clinic_id, device_serial, session_id) LEFT " \
+    "JOIN LATERAL (SELECT min(y.device_time) AS ended FROM needletrace.events y WHERE s.ended IS " \
+    "NULL AND s.started IS NOT NULL AND y.clinic_id = s.clinic_id AND y.device_serial = "          \
+    "s.device_serial AND y.session_id = s.session_id AND y.kind = 'session_ended' AND "            \
+    "y.device_time >= s.started) f ON true LEFT JOIN needletrace.clinics z ON z.clinic_id = "      \
+    "s.clinic_id"
+
+/* The sessions started in the period, in order, their depth used left empty (the figures' once
+ * the record is verified): run while it is, on the connection that then joins the check. */
+static const char report__started[] = "WITH " REPORT__SESSION_H("") ", " REPORT__SESSION_K(
+    "") ", s AS (SELECT h.*, NULL::text AS depth FROM h WHERE h.started IS NOT "
+        "NULL) " REPORT__SESSION_ROW " ORDER BY s.started, 1, 2, 3";
+
 /* An integer of an alert's details as a number, NULL when absent or not an integer (details are
  * the rules', but an alert row is not trusted to be well-formed). */
 #define REPORT__INT(key)                                                                           \
@@ -176,36 +209,47 @@ static const report__section_t report__sections[] = {
      * where it is (after the period too: minutes whole); its operator, patient, cartridges and
      * depth from its events in the period. A session started before the period is in the report
      * of the period it started in; its events in this one still count in the summary's events,
-     * the depth chart and the pens. */
+     * the depth chart and the pens. Those started in the period come from report__started (while
+     * the record is verified), the others from this query, its $4-$7 the sessions with events in
+     * the period and no start in it: the figures' (their depth used too). */
     {7, 0, "sessions", "Sessions",
      "WITH d AS (SELECT u.clinic_id, u.device_serial, u.session_id, u.depth FROM "
-     "unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS u(clinic_id, "
-     "device_serial, session_id, depth)), h AS (SELECT e.clinic_id, e.device_serial, "
-     "e.session_id, min(e.device_time) FILTER "
-     "(WHERE e.kind = 'session_started') AS started, min(e.device_time) FILTER (WHERE e.kind = "
-     "'session_ended') AS ended, max(e.operator_id) AS operator, max(e.patient_ref) AS patient "
-     "FROM " REPORT__IN " AND e.kind IN ('session_started', 'session_ended') AND e.session_id IS "
-     "NOT NULL GROUP BY 1, 2, 3), s AS (SELECT d.*, h.started, h.ended, h.operator, h.patient "
-     "FROM d LEFT JOIN h USING (clinic_id, device_serial, session_id)), k AS (SELECT "
-     "e.clinic_id, e.device_serial, "
-     "e.session_id, string_agg(DISTINCT e.gtin || '/' || e.cartridge_serial, ' ') AS cartridges "
-     "FROM " REPORT__IN " AND e.kind = 'cartridge_mounted' AND e.session_id IS NOT NULL GROUP BY "
-     "1, 2, 3) SELECT s.clinic_id, s.device_serial AS pen, s.session_id, "
-     "coalesce(s.operator, '') AS operator, coalesce(s.patient, '') AS patient_ref, "
-     "coalesce(to_char(s.started AT TIME "
-     "ZONE coalesce(z.time_zone, 'UTC'), 'YYYY-MM-DD HH24:MI'), '') AS started, "
-     "coalesce(round(extract(epoch FROM coalesce(s.ended, f.ended) - s.started) / 60.0, "
-     "1)::text, '') AS minutes, coalesce(k.cartridges, '') AS cartridges, coalesce(s.depth, '') "
-     "AS depth_used_vs_limit FROM s LEFT JOIN k USING (clinic_id, device_serial, session_id) LEFT "
-     "JOIN LATERAL (SELECT "
-     "min(y.device_time) AS ended FROM "
-     "needletrace.events y WHERE s.ended IS NULL AND s.started IS NOT NULL AND y.clinic_id = "
-     "s.clinic_id AND y.device_serial = s.device_serial AND y.session_id = s.session_id AND "
-     "y.kind = 'session_ended' AND y.device_time >= s.started) f ON true LEFT JOIN "
-     "needletrace.clinics z ON z.clinic_id = s.clinic_id WHERE s.started IS NOT "
-     "NULL OR NOT EXISTS (SELECT 1 FROM needletrace.events y WHERE y.clinic_id = s.clinic_id AND "
-     "y.device_serial = s.device_serial AND y.session_id = s.session_id AND y.kind = "
-     "'session_started') ORDER BY s.started NULLS LAST, 1, 2, 3",
+     "unnest($4::text[], $5::text[], $6::text[], $7::text[]) AS u(clinic_id, device_serial, "
+     "session_id, depth)), " REPORT__SESSION_H(
+         " AND (e.clinic_id, e.device_serial, e.session_id) "
+         "IN (SELECT d.clinic_id, d.device_serial, "
+         "d.session_id FROM d)") ", " REPORT__SESSION_K(" AND (e.clinic_id, e.device_serial, "
+                                                        "e.session_id) IN (SELECT "
+                                                        "d.clinic_id, d.device_serial, "
+                                                        "d.session_id FROM d)") ", s AS (SELECT "
+                                                                                "d.*, h.started, "
+                                                                                "h.ended, "
+                                                                                "h.operator, "
+                                                                                "h.patient FROM d "
+                                                                                "LEFT JOIN h "
+                                                                                "USING (clinic_id, "
+                                                                                "device_serial, "
+                                                                                "session_id))"
+                                                                                " " REPORT__SESSION_ROW
+                                                                                " WHERE s.started "
+                                                                                "IS NOT NULL OR "
+                                                                                "NOT EXISTS "
+                                                                                "(SELECT 1 FROM "
+                                                                                "needletrace."
+                                                                                "events y "
+                                                                                "WHERE y.clinic_id "
+                                                                                "= s.clinic_id AND "
+                                                                                "y.device_serial = "
+                                                                                "s.device_serial "
+                                                                                "AND "
+                                                                                "y.session_id = "
+                                                                                "s.session_id AND "
+                                                                                "y.kind = "
+                                                                                "'session_started')"
+                                                                                " ORDER BY "
+                                                                                "s.started "
+                                                                                "NULLS LAST, 1, 2, "
+                                                                                "3",
      NULL},
 };
 
@@ -360,12 +404,42 @@ static nt_audit_agg_t *report__agg(PGconn *conn, const char *clinic, const char 
     return g;
 }
 
+static const char *report__why(PGconn *conn, const PGresult *res);
+
+/* The sessions started in the period (report__started) on conn; then, when late is set, conn
+ * offered to the verification. */
+typedef struct {
+    PGconn *conn;
+    const char *const *values;
+    PGresult *res; /* NULL after a failure (printed) */
+    nt_audit_late_t *late;
+} report__started_t;
+
+static void *report__started_run(void *arg)
+{
+    report__started_t *s = arg;
+    s->res = PQexecParams(s->conn, report__started, 3, report__types, s->values, NULL, NULL, 0);
+    if (PQresultStatus(s->res) != PGRES_TUPLES_OK) {
+        fprintf(stderr, "needletrace: audit report: sessions: %s", report__why(s->conn, s->res));
+        PQclear(s->res);
+        s->res = NULL;
+    }
+    if (s->late != NULL) {
+        pthread_mutex_lock(&s->late->mu);
+        s->late->conn = s->res != NULL ? s->conn : NULL; /* a failed transaction is no use */
+        s->late->done = 1;
+        pthread_cond_broadcast(&s->late->cv);
+        pthread_mutex_unlock(&s->late->mu);
+    }
+    return NULL;
+}
+
 /* Runs verify into a string (the report's last section), gathering the figures into g on the way
  * (the rows it reads are the events, once): every connection in turn takes a piece of the check.
  * *verdict gets its exit code (0: the record verified; -1: no verdict). NULL when out of memory
  * or when the figures could not be made (printed). */
 static char *report__verify(nt_audit_t *a, nt_audit_agg_t *g, const char *digests, const char *pub,
-                            int *verdict)
+                            int *verdict, report__started_t *started)
 {
     char *buf = NULL;
     size_t len = 0;
@@ -374,19 +448,32 @@ static char *report__verify(nt_audit_t *a, nt_audit_agg_t *g, const char *digest
         fprintf(stderr, "needletrace: audit report: out of memory\n");
         return NULL;
     }
-    /* the third connection joins at once */
-    nt_audit_late_t late = {.mu = PTHREAD_MUTEX_INITIALIZER,
-                            .cv = PTHREAD_COND_INITIALIZER,
-                            .conn = a->conn3,
-                            .done = 1};
+    /* the third connection gets the sessions started in the period first, then joins */
+    nt_audit_late_t late = {
+        .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .conn = NULL, .done = 1};
+    pthread_t th;
+    int threaded = 0;
+    if (a->conn3 != NULL) {
+        late.done = 0;
+        started->conn = a->conn3;
+        started->late = &late;
+        threaded = pthread_create(&th, NULL, report__started_run, started) == 0;
+        late.done = !threaded;
+        started->conn = threaded ? a->conn3 : NULL;
+        started->late = threaded ? &late : NULL;
+    }
     nt_audit_t v = *a;
-    v.late = a->conn3 != NULL ? &late : NULL;
+    v.late = threaded ? &late : NULL;
     v.out = mem;
     v.findings = 0;
     v.failed = 0;
     v.agg = g;
     v.from = v.to = v.clinic = NULL; /* the record as a whole */
     *verdict = nt_audit__verify(&v, digests, pub);
+    if (threaded) {
+        pthread_join(th, NULL);
+        started->late = NULL;
+    }
     int figures = 0;
     if (v.failed) {
         fputs("NO VERDICT: a query failed; nothing can be said of the record\n", mem);
@@ -481,8 +568,44 @@ typedef struct {
     const char *const *values;
     const int *lengths, *formats;
     PGresult **res;
-    int failed; /* a query failed (printed) */
+    PGresult *started; /* the sessions started in the period: the sessions' first rows */
+    int others;        /* sessions with events in the period and no start in it */
+    int failed;        /* a query failed (printed) */
 } report__lane_t;
+
+/* The sessions: those started in the period, then the others (if any: their query). NULL after
+ * a failure (printed). */
+static PGresult *report__sessions(report__lane_t *l, size_t s)
+{
+    PGresult *started = l->started, *others = NULL;
+    l->started = NULL; /* the section's now */
+    if (l->others > 0) {
+        others = PQexecParams(l->conn, report__sections[s].sql, report__sections[s].nparams,
+                              report__types, l->values, l->lengths, l->formats, 0);
+        if (PQresultStatus(others) != PGRES_TUPLES_OK) {
+            fprintf(stderr, "needletrace: audit report: section %s: %s", report__sections[s].name,
+                    report__why(l->conn, others));
+            PQclear(others);
+            PQclear(started);
+            return NULL;
+        }
+    }
+    int n = PQntuples(started), ok = others == NULL || PQnfields(others) == PQnfields(started);
+    for (int r = 0; ok && others != NULL && r < PQntuples(others); r++) {
+        for (int c = 0; ok && c < PQnfields(others); c++) {
+            int null = PQgetisnull(others, r, c);
+            ok = PQsetvalue(started, n + r, c, null ? NULL : PQgetvalue(others, r, c),
+                            null ? -1 : PQgetlength(others, r, c));
+        }
+    }
+    PQclear(others);
+    if (!ok) {
+        fprintf(stderr, "needletrace: audit report: sessions: out of memory\n");
+        PQclear(started);
+        return NULL;
+    }
+    return started;
+}
 
 static void *report__lane(void *arg)
 {
@@ -504,6 +627,11 @@ static void *report__lane(void *arg)
             report__sections[s].sql == NULL) {
             continue;
         }
+        if (strcmp(report__sections[s].name, "sessions") == 0) {
+            l->res[s] = report__sessions(l, s);
+            l->failed = l->res[s] == NULL;
+            continue;
+        }
         l->res[s] = PQexecParams(l->conn, report__sections[s].sql, report__sections[s].nparams,
                                  report__types, l->values, l->lengths, l->formats, 0);
         if (PQresultStatus(l->res[s]) != PGRES_TUPLES_OK) {
@@ -521,12 +649,12 @@ static void *report__lane(void *arg)
  * on a->conn, the others on a->conn2: same snapshot) or, with one connection, one after the
  * other. 0, or -1 (printed). */
 static int report__sections_run(nt_audit_t *a, nt_audit_agg_t *g, const char *from, const char *to,
-                                PGresult **res)
+                                PGresult *first, PGresult **res)
 {
     nt_audit_arr_t arr[16] = {{0}};
     char started[24], carts[24];
     int64_t ns, nc;
-    int rc = nt_audit__agg_sessions(g, a->conn, report__limits, &arr[0]);
+    int rc = nt_audit__agg_sessions(g, a->conn, report__limits, first, &arr[0]);
     if (rc == 0 && (nt_audit__agg_pens(g, &arr[4]) != 0 || nt_audit__agg_depth(g, &arr[12]) != 0)) {
         fprintf(stderr,
                 "needletrace: audit report: the figures: out of memory, or more than a query's "
@@ -550,7 +678,9 @@ static int report__sections_run(nt_audit_t *a, nt_audit_agg_t *g, const char *fr
                                .values = values,
                                .lengths = lengths,
                                .formats = formats,
-                               .res = res},
+                               .res = res,
+                               .started = first,
+                               .others = (int)arr[0].n},
                               {.conn = a->conn2,
                                .lane = 1,
                                .values = values,
@@ -570,6 +700,7 @@ static int report__sections_run(nt_audit_t *a, nt_audit_agg_t *g, const char *fr
         }
         rc = lane[0].failed || lane[1].failed ? -1 : 0;
     }
+    PQclear(lane[0].started); /* not the section's: a failure before it */
     for (int i = 0; i < 16; i++) {
         nt_audit__arr_free(&arr[i]);
     }
@@ -584,10 +715,19 @@ int nt_audit__report(nt_audit_t *a, const char *format, const char *from, const 
      * events it reads; then the sections, their queries on the figures and the small tables. */
     nt_audit_agg_t *g = report__agg(a->conn, a->clinic, from, to);
     int verdict = -1;
-    char *verification = g != NULL ? report__verify(a, g, digests, pub, &verdict) : NULL;
+    const char *values[3] = {a->clinic, from, to};
+    report__started_t started = {.values = values};
+    char *verification = g != NULL ? report__verify(a, g, digests, pub, &verdict, &started) : NULL;
     int rc = verification == NULL;
-    if (rc == 0 && verdict >= 0 && report__sections_run(a, g, from, to, res) != 0) {
+    if (rc == 0 && verdict >= 0 && started.conn == NULL) { /* not run meanwhile: now */
+        started.conn = a->conn;
+        report__started_run(&started);
+    }
+    if (rc == 0 && verdict >= 0 &&
+        (started.res == NULL || report__sections_run(a, g, from, to, started.res, res) != 0)) {
         rc = 1;
+    } else if (rc != 0 || verdict < 0) {
+        PQclear(started.res);
     }
     nt_audit__agg_free(g);
     if (rc == 0 && verdict >= 0) {

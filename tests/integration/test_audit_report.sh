@@ -121,6 +121,15 @@ figures_expected() { # figures_expected DIR FROM TO: the reference figures, in D
                      WHERE session_id IS NOT NULL) k" >"$dir/sessions.txt"
     nt_sql "$e SELECT clinic_id, device_serial, session_id FROM e
              WHERE kind = 'session_started' AND session_id IS NOT NULL" >"$dir/started.txt"
+    # the sessions listed, in order: started in the period, or never started with events in it
+    nt_sql "$e SELECT clinic_id, device_serial, session_id FROM e WHERE session_id IS NOT NULL
+             GROUP BY 1, 2, 3 HAVING count(*) FILTER (WHERE kind = 'session_started') > 0
+                 OR NOT EXISTS (SELECT 1 FROM needletrace.events y WHERE y.clinic_id = e.clinic_id
+                     AND y.device_serial = e.device_serial AND y.session_id = e.session_id
+                     AND y.kind = 'session_started')
+             ORDER BY min(device_time) FILTER (WHERE kind = 'session_started') NULLS LAST,
+                      clinic_id COLLATE \"C\", device_serial COLLATE \"C\",
+                      session_id COLLATE \"C\"" >"$dir/listed.txt"
 }
 figures_match() { # figures_match WHAT JSON FROM TO
     figures_expected "$NT_TMP/want" "$3" "$4"
@@ -154,6 +163,8 @@ events_untrigger
 nt_sql "CREATE TABLE public.old AS SELECT * FROM needletrace.events
           WHERE kind IN ('needle_activity', 'session_started') ORDER BY device_time LIMIT 40;
         UPDATE public.old SET seq = seq + 1000000, tx = 1;
+        UPDATE public.old SET session_id = 'never-started' WHERE ctid = (SELECT min(ctid)
+          FROM public.old WHERE kind = 'needle_activity');
         INSERT INTO needletrace.events SELECT * FROM public.old;
         UPDATE needletrace.ledger SET n_events = n_events + 40 WHERE collector_id = '(genesis)';
         UPDATE needletrace.ledger l SET entry_hash = sha256(convert_to(

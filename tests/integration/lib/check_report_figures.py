@@ -53,6 +53,14 @@ def main():
         bad.append(f"{len(missing)} session(s) started in the period not in the report, e.g. "
                    f"{sorted(missing)[0]}")
 
+    listed = [tuple(r) for r in rows(f"{d}/listed.txt")]
+    got = [(r["clinic_id"], r["pen"], r["session_id"]) for r in report["sessions"]]
+    if got != listed:
+        first = next((i for i, (x, y) in enumerate(zip(got, listed)) if x != y),
+                     min(len(got), len(listed)))
+        bad.append(f"sessions listed: report {len(got)}, SQL {len(listed)}; first difference at "
+                   f"{first}: report {got[first:first + 1]}, SQL {listed[first:first + 1]}")
+
     for b in bad[:20]:
         print(b)
     if len(bad) > 20:
