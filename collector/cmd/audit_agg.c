@@ -217,7 +217,7 @@ static void agg__key_done(agg__key_t *k)
 /* Appends n bytes (the key's room grown as needed; k->oom when it cannot be). */
 static void agg__append(agg__key_t *k, const unsigned char *p, size_t n)
 {
-    if (k->oom) {
+    if (k->oom || n == 0) {
         return;
     }
     if (k->cap - k->len < n) {
