@@ -404,13 +404,17 @@ static int audit__digest(nt_audit_t *a, const audit__opts_t *o)
 /* A connection's settings. Nothing of the database's choosing: built-in functions only (a
  * function of the same name in another schema would shadow them), no row-level security hiding
  * rows (an error instead), read only; verify and report (big) get room to aggregate in memory,
- * and no parallel workers (their own connections keep the cores busy: workers added a tenth). */
+ * no parallel workers (their own connections keep the cores busy: workers added a tenth), and
+ * a minute at most to wait for a lock: their connections share one snapshot, and a schema change
+ * queued between them (waiting for one, waited for by another) would otherwise hold them all,
+ * unseen by the server's deadlock detector, for ever. */
 static int audit__session(PGconn *conn, int big)
 {
     PGresult *set = PQexec(conn, big ? "SET search_path = pg_catalog, pg_temp; SET row_security = "
                                        "off; SET default_transaction_read_only = on; SET work_mem "
                                        "= '256MB'; SET hash_mem_multiplier = 2; SET jit = off; SET "
-                                       "max_parallel_workers_per_gather = 0"
+                                       "max_parallel_workers_per_gather = 0; SET lock_timeout = "
+                                       "'60s'"
                                      : "SET search_path = pg_catalog, pg_temp; SET row_security = "
                                        "off; SET default_transaction_read_only = on");
     int ok = PQresultStatus(set) == PGRES_COMMAND_OK;

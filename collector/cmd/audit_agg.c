@@ -807,7 +807,11 @@ int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sq
         nt_audit__arr_init(&out[i], 25);
     }
     agg__map_t pairs = {.n = 0};
-    int rc = agg__limits(g, conn, limit_sql, &pairs);
+    if (agg__limits(g, conn, limit_sql, &pairs) != 0) { /* printed */
+        free(pairs.slot);
+        return -1;
+    }
+    int rc = 0;
     for (int r = 0; rc == 0 && r < PQntuples(started); r++) {
         rc = agg__started(g, &pairs, started, r);
     }

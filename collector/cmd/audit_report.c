@@ -453,33 +453,36 @@ static char *report__verify(nt_audit_t *a, nt_audit_agg_t *g, const char *digest
         .mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .conn = NULL, .done = 1};
     pthread_t th;
     int threaded = 0;
-    if (a->conn3 != NULL) {
+    if (a->conn3 != NULL) { /* all set before the thread may look */
         late.done = 0;
         started->conn = a->conn3;
         started->late = &late;
         threaded = pthread_create(&th, NULL, report__started_run, started) == 0;
-        late.done = !threaded;
-        started->conn = threaded ? a->conn3 : NULL;
-        started->late = threaded ? &late : NULL;
+        if (!threaded) { /* no thread: the third joins at once, the sessions are read after */
+            late.conn = a->conn3;
+            late.done = 1;
+            started->conn = NULL;
+            started->late = NULL;
+        }
     }
     nt_audit_t v = *a;
-    v.late = threaded ? &late : NULL;
+    v.late = a->conn3 != NULL ? &late : NULL;
     v.out = mem;
     v.findings = 0;
     v.failed = 0;
     v.agg = g;
     v.from = v.to = v.clinic = NULL; /* the record as a whole */
     *verdict = nt_audit__verify(&v, digests, pub);
-    if (threaded) {
-        pthread_join(th, NULL);
-        started->late = NULL;
-    }
     int figures = 0;
     if (v.failed) {
         fputs("NO VERDICT: a query failed; nothing can be said of the record\n", mem);
         *verdict = -1;
     } else {
         figures = nt_audit__agg_rest(&v) == 0; /* the events no checked batch seals */
+    }
+    if (threaded) { /* the sessions started in the period, read meanwhile */
+        pthread_join(th, NULL);
+        started->late = NULL;
     }
     if (digests == NULL) {
         fputs("(checked without digests: a chain rewritten consistently would not be seen)\n", mem);
@@ -590,7 +593,15 @@ static PGresult *report__sessions(report__lane_t *l, size_t s)
             return NULL;
         }
     }
-    int n = PQntuples(started), ok = others == NULL || PQnfields(others) == PQnfields(started);
+    int n = PQntuples(started);
+    if (others != NULL && PQnfields(others) != PQnfields(started)) {
+        fprintf(stderr, "needletrace: audit report: sessions: %d columns, then %d\n",
+                PQnfields(started), PQnfields(others));
+        PQclear(others);
+        PQclear(started);
+        return NULL;
+    }
+    int ok = 1;
     for (int r = 0; ok && others != NULL && r < PQntuples(others); r++) {
         for (int c = 0; ok && c < PQnfields(others); c++) {
             int null = PQgetisnull(others, r, c);

@@ -360,7 +360,10 @@ static int verify__ledger(nt_audit_t *a)
 
 /* Is any row outside every sealed batch? The transaction ids the tables hold, each found by
  * one descent of their tx index from the one before (a skip scan: as many steps as batches, not
- * as many as rows), against the ledger's; the first one outside ends it. */
+ * as many as rows), against the ledger's; the first one outside ends it. On events a step
+ * descends each partition's index (tx says nothing of received_at): batches x partitions
+ * descents, against an index-only scan of every row before (an auditor may not read the
+ * partitions one by one). */
 #define VERIFY__ANY_OUTSIDE(t, x)                                                                  \
     "EXISTS (WITH RECURSIVE s(tx) AS (SELECT (SELECT min(" x ".tx) FROM needletrace." t " " x      \
     " WHERE " x ".tx > $1::bigint) UNION ALL SELECT (SELECT min(" x ".tx) FROM needletrace." t     \
