@@ -165,12 +165,19 @@ static int audit__parse(int argc, char **argv, audit__opts_t *o)
 
 /* ---- the shared queries ------------------------------------------------------------------- */
 
+const char *nt_audit__why(PGconn *conn, const PGresult *res)
+{
+    const char *m = res != NULL ? PQresultErrorMessage(res) : "";
+    m = m[0] != '\0' || conn == NULL ? m : PQerrorMessage(conn);
+    return m[0] != '\0' ? m : "a query failed, no reason given\n";
+}
+
 PGresult *nt_audit__query(nt_audit_t *a, const char *sql, int n, const char *const *values,
                           int binary)
 {
     PGresult *res = PQexecParams(a->conn, sql, n, NULL, values, NULL, NULL, binary);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "needletrace: audit: %s", PQresultErrorMessage(res));
+        fprintf(stderr, "needletrace: audit: %s", nt_audit__why(a->conn, res));
         PQclear(res);
         a->failed = 1;
         return NULL;
@@ -244,11 +251,7 @@ unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t
         memcpy(leaves, PQgetvalue(res, 0, 0), len);
     }
     *n = len / 32;
-    const int64_t c[3] = {e->n_raw, e->n_events, e->n_quarantine};
-    int64_t claimed = 0; /* -1: a count out of any batch's range (forged: no overflow) */
-    for (int t = 0; t < 3 && claimed >= 0; t++) {
-        claimed = c[t] < 0 || c[t] > NT_AUDIT_MAX_BATCH_ROWS ? -1 : claimed + c[t];
-    }
+    int64_t claimed = nt_audit__claimed(e);
     if (found && PQgetisnull(res, 0, 0) && !PQgetisnull(res, 0, 1)) {
         nt_audit__finding(a,
                           "ledger entry %s#%s: its leaves are %s bytes, more than any batch's "
@@ -257,6 +260,11 @@ unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t
     } else if (len % 32 != 0) {
         nt_audit__finding(a, "ledger entry %s#%s: its leaves are not whole hashes", e->collector,
                           e->seq);
+    } else if (found && claimed < 0) {
+        nt_audit__finding(a,
+                          "ledger entry %s#%s: its counts (%" PRId64 ", %" PRId64 ", %" PRId64
+                          ") are beyond any batch's",
+                          e->collector, e->seq, e->n_raw, e->n_events, e->n_quarantine);
     } else if (found && (int64_t)(len / 32) != claimed) {
         nt_audit__finding(a, "ledger entry %s#%s: %zu leaves for the %" PRId64 " rows it counts",
                           e->collector, e->seq, len / 32, claimed);
@@ -265,7 +273,7 @@ unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t
     return leaves;
 }
 
-static void audit__hex(const unsigned char *in, size_t n, char *out)
+void nt_audit__hex(const unsigned char *in, size_t n, char *out)
 {
     static const char hx[] = "0123456789abcdef";
     for (size_t i = 0; i < n; i++) {
@@ -306,7 +314,7 @@ void nt_audit__check_link(nt_audit_t *a, const nt_audit_entry_t *e, const nt_aud
     nt_audit__entry_text(e, text, sizeof(text));
     unsigned char md[32];
     SHA256((const unsigned char *)text, strlen(text), md);
-    audit__hex(md, 32, hex);
+    nt_audit__hex(md, 32, hex);
     if (strcmp(hex, e->hash) != 0) {
         nt_audit__finding(a, "ledger entry %s#%s: its hash does not match its contents",
                           e->collector, e->seq);
@@ -419,7 +427,7 @@ static int audit__session(PGconn *conn, int big)
                                        "off; SET default_transaction_read_only = on");
     int ok = PQresultStatus(set) == PGRES_COMMAND_OK;
     if (!ok) {
-        fprintf(stderr, "needletrace: audit: %s", PQresultErrorMessage(set));
+        fprintf(stderr, "needletrace: audit: %s", nt_audit__why(conn, set));
     }
     PQclear(set);
     return ok ? 0 : -1;

@@ -693,8 +693,7 @@ static int agg__limits(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql, a
         if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != (int)n) {
             fprintf(stderr, "needletrace: audit report: the depth limits: %s",
                     PQresultStatus(res) == PGRES_TUPLES_OK ? "not one per area\n"
-                    : PQresultErrorMessage(res)[0] != '\0' ? PQresultErrorMessage(res)
-                                                           : PQerrorMessage(conn));
+                                                           : nt_audit__why(conn, res));
             rc = -1;
         }
         for (size_t i = 0; rc == 0 && i < n; i++) {

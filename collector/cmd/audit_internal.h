@@ -50,6 +50,9 @@ typedef struct {
 
 /* Prints a finding and counts it. */
 void nt_audit__finding(nt_audit_t *a, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Why a query failed: res's message, else the connection's (no result: out of memory, or the
+ * connection lost), else that none was given; each ends with a newline. */
+const char *nt_audit__why(PGconn *conn, const PGresult *res);
 /* Runs a query (results in binary when binary); NULL after printing the error. */
 PGresult *nt_audit__query(nt_audit_t *a, const char *sql, int n, const char *const *values,
                           int binary);
@@ -59,12 +62,17 @@ nt_audit_entry_t *nt_audit__entries(nt_audit_t *a, size_t *n, int filtered);
 /* Rows of a batch at most (the collector's batch.max_events is 100,000 at most): stored leaves
  * longer than this many hashes are not read. */
 #define NT_AUDIT_MAX_BATCH_ROWS 1048576
+/* The rows an entry claims, or -1 when one of its counts is negative or they are more than
+ * NT_AUDIT_MAX_BATCH_ROWS (no leaves of any length are as it says: its rows differ). */
+int64_t nt_audit__claimed(const nt_audit_entry_t *e);
 /* An entry's stored leaves (32 bytes each; none when longer than NT_AUDIT_MAX_BATCH_ROWS hashes,
  * a finding printed, as for leaves that are not as many as the entry counts); NULL after printing
  * the error. */
 unsigned char *nt_audit__leaves(nt_audit_t *a, const nt_audit_entry_t *e, size_t *n);
 /* The text an entry's hash is taken over (011_ledger.sql, ledger_entry_text). */
 void nt_audit__entry_text(const nt_audit_entry_t *e, char *text, size_t len);
+/* n bytes as lower-case hex into out (2n + 1 bytes, NUL-terminated). */
+void nt_audit__hex(const unsigned char *in, size_t n, char *out);
 /* s as a JSON string (quotes, backslashes and control characters escaped). */
 void nt_audit__json_str(FILE *out, const char *s);
 /* The entry's hash recomputed, and its link to prev (NULL: the first checked of its chain). */

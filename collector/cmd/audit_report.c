@@ -378,8 +378,7 @@ static nt_audit_agg_t *report__agg(PGconn *conn, const char *clinic, const char 
     nt_audit_agg_t *g = NULL;
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1) {
         fprintf(stderr, "needletrace: audit report: the period's bounds: %s",
-                PQresultErrorMessage(res)[0] != '\0' ? PQresultErrorMessage(res)
-                                                     : PQerrorMessage(conn));
+                nt_audit__why(conn, res));
     } else if ((g = nt_audit__agg_new(clinic, strtoll(PQgetvalue(res, 0, 1), NULL, 10),
                                       strtoll(PQgetvalue(res, 0, 2), NULL, 10))) == NULL) {
         fprintf(stderr, "needletrace: audit report: out of memory\n");
@@ -404,8 +403,6 @@ static nt_audit_agg_t *report__agg(PGconn *conn, const char *clinic, const char 
     return g;
 }
 
-static const char *report__why(PGconn *conn, const PGresult *res);
-
 /* The sessions started in the period (report__started) on conn; then, when late is set, conn
  * offered to the verification. */
 typedef struct {
@@ -420,7 +417,7 @@ static void *report__started_run(void *arg)
     report__started_t *s = arg;
     s->res = PQexecParams(s->conn, report__started, 3, report__types, s->values, NULL, NULL, 0);
     if (PQresultStatus(s->res) != PGRES_TUPLES_OK) {
-        fprintf(stderr, "needletrace: audit report: sessions: %s", report__why(s->conn, s->res));
+        fprintf(stderr, "needletrace: audit report: sessions: %s", nt_audit__why(s->conn, s->res));
         PQclear(s->res);
         s->res = NULL;
     }
@@ -554,16 +551,6 @@ static int report__split(const PGresult *all, PGresult **res)
     return 0;
 }
 
-/* Why res failed: its message, else the connection's (no result at all: out of memory, or the
- * connection lost). */
-static const char *report__why(PGconn *conn, const PGresult *res)
-{
-    const char *m = res != NULL ? PQresultErrorMessage(res) : "";
-    return m[0] != '\0'                      ? m
-           : PQerrorMessage(conn)[0] != '\0' ? PQerrorMessage(conn)
-                                             : "no reason given\n";
-}
-
 /* The sections of one lane, in order, on conn; lane 1 starts with report__shared. */
 typedef struct {
     PGconn *conn;
@@ -587,7 +574,7 @@ static PGresult *report__sessions(report__lane_t *l, size_t s)
                               report__types, l->values, l->lengths, l->formats, 0);
         if (PQresultStatus(others) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: section %s: %s", report__sections[s].name,
-                    report__why(l->conn, others));
+                    nt_audit__why(l->conn, others));
             PQclear(others);
             PQclear(started);
             return NULL;
@@ -626,7 +613,7 @@ static void *report__lane(void *arg)
                                      l->values, l->lengths, l->formats, 0);
         if (PQresultStatus(all) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: summary, depth and pens: %s",
-                    report__why(l->conn, all));
+                    nt_audit__why(l->conn, all));
             l->failed = 1;
         } else if (report__split(all, l->res) != 0) {
             l->failed = 1;
@@ -647,7 +634,7 @@ static void *report__lane(void *arg)
                                  report__types, l->values, l->lengths, l->formats, 0);
         if (PQresultStatus(l->res[s]) != PGRES_TUPLES_OK) {
             fprintf(stderr, "needletrace: audit report: section %s: %s", report__sections[s].name,
-                    report__why(l->conn, l->res[s]));
+                    nt_audit__why(l->conn, l->res[s]));
             PQclear(l->res[s]);
             l->res[s] = NULL;
             l->failed = 1;

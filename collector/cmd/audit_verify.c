@@ -46,16 +46,6 @@ void nt_audit__finding(nt_audit_t *a, const char *fmt, ...)
     a->findings++;
 }
 
-static void verify__hex(const unsigned char *in, size_t n, char *out)
-{
-    static const char hx[] = "0123456789abcdef";
-    for (size_t i = 0; i < n; i++) {
-        out[2 * i] = hx[in[i] >> 4];
-        out[2 * i + 1] = hx[in[i] & 15];
-    }
-    out[2 * n] = '\0';
-}
-
 static int verify__cmp_row(const void *x, const void *y)
 {
     return memcmp(((const verify__row_t *)x)->leaf, ((const verify__row_t *)y)->leaf, 32);
@@ -179,7 +169,7 @@ static size_t verify__entry(nt_audit_t *a, const nt_audit_entry_t *e, const unsi
         a->failed = 1;
         return 0;
     }
-    verify__hex(root, 32, hex);
+    nt_audit__hex(root, 32, hex);
     if (strcmp(hex, e->root) != 0) {
         nt_audit__finding(a, "ledger entry %s#%s: its leaves do not give its root", e->collector,
                           e->seq);

@@ -87,15 +87,10 @@ static uint32_t batches__be32(const unsigned char *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* Prints why a query failed: res's message, or the connection's (res NULL: no result at all). */
+/* Prints why a query failed (res NULL: no result at all). */
 static void batches__error(PGconn *conn, const PGresult *res)
 {
-    const char *m = res != NULL ? PQresultErrorMessage(res) : "";
-    m = m[0] != '\0' ? m : PQerrorMessage(conn);
-    size_t len = strlen(m);
-    fprintf(stderr, "needletrace: audit verify: %s%s",
-            len > 0 ? m : "a query failed, no reason given",
-            len > 0 && m[len - 1] == '\n' ? "" : "\n");
+    fprintf(stderr, "needletrace: audit verify: %s", nt_audit__why(conn, res));
 }
 
 /* The types record_send gives each table's leaf columns: one row of NULLs sent by it (the
@@ -222,36 +217,25 @@ static void batches__one(batches__run_t *r, size_t i, batches__acc_t *acc,
     r->rows += acc->n;
     unsigned char root[32];
     char hex[65];
-    static const char hx[] = "0123456789abcdef";
     if (nt_audit__root(stored, nstored / 32, root) != 0) {
         r->status[i] = BATCHES__ROWS_DIFFER; /* checked row by row, where it fails as it must */
         return;
     }
-    for (int k = 0; k < 32; k++) {
-        hex[2 * k] = hx[root[k] >> 4];
-        hex[2 * k + 1] = hx[root[k] & 15];
-    }
-    hex[64] = '\0';
+    nt_audit__hex(root, 32, hex);
     r->status[i] = strcmp(hex, e->root) == 0 ? BATCHES__OK : BATCHES__ROOT;
 }
 
-/* Rows of a batch checked here at most: a larger one (none the collector makes) is checked row
- * by row, its stored leaves never read whole into this process. */
-#define BATCHES__MAX_BATCH_ROWS NT_AUDIT_MAX_BATCH_ROWS
-
-/* The rows an entry claims, or -1 when they are more than BATCHES__MAX_BATCH_ROWS or one of its
- * counts is negative (no leaves of that length are read: its rows differ). */
-static int64_t batches__claimed(const nt_audit_entry_t *e)
+int64_t nt_audit__claimed(const nt_audit_entry_t *e)
 {
     const int64_t c[3] = {e->n_raw, e->n_events, e->n_quarantine};
     int64_t n = 0;
     for (int t = 0; t < 3; t++) {
-        if (c[t] < 0 || c[t] > BATCHES__MAX_BATCH_ROWS) {
+        if (c[t] < 0 || c[t] > NT_AUDIT_MAX_BATCH_ROWS) {
             return -1;
         }
         n += c[t];
     }
-    return n > BATCHES__MAX_BATCH_ROWS ? -1 : n;
+    return n > NT_AUDIT_MAX_BATCH_ROWS ? -1 : n;
 }
 
 /* The parameters of entries [from, to) of the run, as array literals: their tx (returned; it
@@ -291,7 +275,7 @@ static char *batches__params(batches__run_t *r, size_t from, size_t to, char **c
             return NULL;
         }
         r->by_tx[i - from] = (struct batches__tx){.tx = (int64_t)v, .i = i};
-        int64_t claimed = batches__claimed(e);
+        int64_t claimed = nt_audit__claimed(e);
         at += (size_t)sprintf(tx + at, "%s%" PRId64, sep, (int64_t)v);
         /* collector ids are [A-Za-z0-9._-]{1,64} (011_ledger.sql): quoted all the same */
         ac += (size_t)sprintf(c + ac, "%s\"%.64s\"", sep, e->collector);
@@ -392,7 +376,7 @@ static size_t batches__row(batches__run_t *r, int t, size_t from, size_t to, con
     }
     for (; hit < r->by_tx + (to - from) && hit->tx == tx; hit++) {
         batches__acc_t *acc = &r->acc[hit->i - from];
-        int64_t claimed = batches__claimed(r->e[hit->i]);
+        int64_t claimed = nt_audit__claimed(r->e[hit->i]);
         if ((int64_t)acc->n >= claimed) { /* more rows than it claims: they differ, and no
                                            * more of its leaves are kept */
             acc->over = 1;
