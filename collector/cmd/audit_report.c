@@ -365,7 +365,7 @@ static const char report__bounds[] =
     "($1::date::timestamp AT TIME ZONE coalesce(z.time_zone, 'UTC'))) - 946684800) * "
     "1000000)::bigint, ((extract(epoch FROM (($2::date + 1)::timestamp AT TIME ZONE "
     "coalesce(z.time_zone, 'UTC'))) - 946684800) * 1000000)::bigint FROM needletrace.clinics z "
-    "WHERE z.clinic_id IS NOT NULL";
+    "WHERE z.clinic_id IS NOT NULL ORDER BY 1 NULLS FIRST";
 
 /* An aggregate for the events of clinic (NULL: all) whose device time is within the local dates
  * [from, to] of their clinic (UTC without a row in needletrace.clinics); NULL after printing. */
@@ -383,17 +383,26 @@ static nt_audit_agg_t *report__agg(PGconn *conn, const char *clinic, const char 
                                       strtoll(PQgetvalue(res, 0, 2), NULL, 10))) == NULL) {
         fprintf(stderr, "needletrace: audit report: out of memory\n");
     }
+    const int64_t day = 86400000000LL; /* µs */
     for (int r = 1; g != NULL && r < PQntuples(res); r++) {
-        int rc = PQgetisnull(res, r, 1) || PQgetisnull(res, r, 2)
-                     ? -3
-                     : nt_audit__agg_bound(g, PQgetvalue(res, r, 0),
-                                           strtoll(PQgetvalue(res, r, 1), NULL, 10),
-                                           strtoll(PQgetvalue(res, r, 2), NULL, 10));
+        int64_t lo = strtoll(PQgetvalue(res, r, 1), NULL, 10);
+        int64_t hi = strtoll(PQgetvalue(res, r, 2), NULL, 10);
+        int64_t utc_lo = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+        int64_t utc_hi = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+        /* the sessions' queries take every zone to be within a day of UTC (REPORT__IN), as the
+         * clinics trigger makes them (IANA zones): a zone beyond, set by hand, would make them
+         * disagree with the figures */
+        int rc = PQgetisnull(res, r, 1) || PQgetisnull(res, r, 2) ? -3
+                 : llabs(lo - utc_lo) > day || llabs(hi - utc_hi) > day
+                     ? -4
+                     : nt_audit__agg_bound(g, PQgetvalue(res, r, 0), lo, hi);
         if (rc != 0) {
             fprintf(stderr, "needletrace: audit report: clinic \"%.64s\": %s\n",
                     PQgetvalue(res, r, 0),
                     rc == -2   ? "two rows in needletrace.clinics: which time zone is its own?"
                     : rc == -3 ? "the period's bounds in its time zone are not known"
+                    : rc == -4 ? "its time zone is more than a day from UTC (the clinics trigger "
+                                 "allows IANA zones only: the row was changed by hand)"
                                : "out of memory");
             nt_audit__agg_free(g);
             g = NULL;

@@ -352,14 +352,25 @@ static int verify__ledger(nt_audit_t *a)
  * one descent of their tx index from the one before (a skip scan: as many steps as batches, not
  * as many as rows), against the ledger's; the first one outside ends it. On events a step
  * descends each partition's index (tx says nothing of received_at): batches x partitions
- * descents, against an index-only scan of every row before (an auditor may not read the
- * partitions one by one). */
-#define VERIFY__ANY_OUTSIDE(t, x)                                                                  \
+ * descents, against an index-only scan of every row (VERIFY__ANY_OUTSIDE_SCAN). Without a btree
+ * index leading on tx (dropped by hand), each step would read the whole table: the scan then. */
+#define VERIFY__ANY_OUTSIDE_SKIP(t, x)                                                             \
     "EXISTS (WITH RECURSIVE s(tx) AS (SELECT (SELECT min(" x ".tx) FROM needletrace." t " " x      \
     " WHERE " x ".tx > $1::bigint) UNION ALL SELECT (SELECT min(" x ".tx) FROM needletrace." t     \
     " " x " WHERE " x ".tx > s.tx) FROM s WHERE s.tx IS NOT NULL) SELECT 1 FROM s WHERE s.tx IS "  \
     "NOT NULL AND NOT EXISTS (SELECT 1 FROM needletrace.ledger l WHERE l.tx = s.tx)) OR EXISTS "   \
     "(SELECT 1 FROM needletrace." t " WHERE tx IS NULL)"
+#define VERIFY__ANY_OUTSIDE_SCAN(t, x)                                                             \
+    "EXISTS (SELECT 1 FROM (SELECT " x ".tx FROM needletrace." t " " x " WHERE " x                 \
+    ".tx > $1::bigint GROUP BY " x ".tx) g WHERE NOT EXISTS (SELECT 1 FROM needletrace.ledger l "  \
+    "WHERE l.tx = g.tx)) OR EXISTS (SELECT 1 FROM needletrace." t " WHERE tx IS NULL)"
+#define VERIFY__ANY_OUTSIDE(t, x)                                                                  \
+    "CASE WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = " \
+    "i.indexrelid JOIN pg_catalog.pg_am m ON m.oid = c.relam JOIN pg_catalog.pg_attribute a ON "   \
+    "a.attrelid = i.indrelid AND a.attnum = i.indkey[0] WHERE i.indrelid = 'needletrace." t        \
+    "'::pg_catalog.regclass AND a.attname = 'tx' AND m.amname = 'btree' AND i.indisvalid AND "     \
+    "i.indpred IS NULL) THEN " VERIFY__ANY_OUTSIDE_SKIP(t, x) " ELSE " VERIFY__ANY_OUTSIDE_SCAN(   \
+        t, x) " END"
 
 /* Rows no entry seals: inserted outside any batch (a NULL tx too). Named only when there are
  * some (VERIFY__ANY_OUTSIDE): naming them reads every row. */

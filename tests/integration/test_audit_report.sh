@@ -194,6 +194,22 @@ nt_expect_true "... the row outside any batch named in it" \
     grep -q "inserted outside any sealed batch" "$NT_TMP/report-bad.json"
 figures_match "with a row outside any batch" "$NT_TMP/report-bad.json" "$FROM" "$TO"
 
+# A forged ledger entry naming a batch's transaction too (tx's uniqueness dropped by hand; its
+# counts large enough to be read in a piece of its own, apart from the batch's): the report does
+# not verify, and the batch's rows, read twice, are counted once.
+nt_sql "ALTER TABLE needletrace.ledger DROP CONSTRAINT ledger_tx_key;
+        CREATE TABLE public.forged AS SELECT * FROM needletrace.ledger
+          WHERE collector_id <> '(genesis)' ORDER BY seq LIMIT 1;
+        UPDATE public.forged SET collector_id = 'forged', n_events = 300000; -- a piece of its own
+        INSERT INTO needletrace.ledger SELECT * FROM public.forged" >/dev/null
+rc=0
+NEEDLETRACE_DATABASE_URL=$AUDITOR "$NT_BIN" audit report --from $FROM --to $TO --format json \
+    --out "$NT_TMP/report-forged.json" >"$NT_TMP/report-forged.out" 2>&1 || rc=$?
+nt_expect_eq "a forged entry sharing a batch's tx: the report is written, exit code" 1 "$rc"
+nt_expect_true "... and names the forged entry" \
+    grep -q "ledger entry forged#" "$NT_TMP/report-forged.json"
+figures_match "with a forged entry sharing a tx" "$NT_TMP/report-forged.json" "$FROM" "$TO"
+
 # ---- a person's look: chromium renders it ---------------------------------------------------------
 CHROMIUM=$(command -v chromium || true)
 if [[ -z $CHROMIUM ]]; then

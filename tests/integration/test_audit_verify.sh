@@ -167,6 +167,11 @@ raw_cols=$(nt_sql "SELECT string_agg(attname, ', ' ORDER BY attnum) FROM pg_attr
 nt_sql "INSERT INTO needletrace.raw_messages ($raw_cols) SELECT $raw_cols
           FROM needletrace.raw_messages LIMIT 1" >/dev/null
 expect_found "INSERT outside any batch" "raw_messages row .*: inserted outside any sealed batch"
+# The same with the tx index dropped (verify then scans instead of skipping through the index).
+nt_sql "CREATE TABLE public.raw_tx_idx AS SELECT pg_get_indexdef('needletrace.raw_messages_tx_idx'::regclass) AS d;
+        DROP INDEX needletrace.raw_messages_tx_idx" >/dev/null
+expect_found "... without the tx index" "raw_messages row .*: inserted outside any sealed batch"
+nt_sql "DO \$\$ BEGIN EXECUTE (SELECT d FROM public.raw_tx_idx); END \$\$" >/dev/null
 untrigger raw_messages
 nt_sql "DELETE FROM needletrace.raw_messages WHERE tx > (SELECT max(tx) FROM needletrace.ledger)" \
     >/dev/null
