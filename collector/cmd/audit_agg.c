@@ -573,9 +573,7 @@ static void agg__put_field(nt_audit_arr_t *arr, const agg__ent_t *e, int i)
 int nt_audit__agg_pens(const nt_audit_agg_t *g, nt_audit_arr_t out[8])
 {
     static const uint32_t oid[8] = {25, 25, 20, 20, 1184, 1184, 1184, 1184};
-    for (int i = 0; i < 8; i++) {
-        nt_audit__arr_init(&out[i], oid[i]);
-    }
+    nt_audit__arrs_init(out, 8, oid);
     for (size_t s = 0; s < g->pens.cap; s++) {
         const agg__ent_t *e = g->pens.slot[s];
         if (e == NULL) {
@@ -593,20 +591,14 @@ int nt_audit__agg_pens(const nt_audit_agg_t *g, nt_audit_arr_t out[8])
             }
         }
     }
-    int rc = 0;
-    for (int i = 0; i < 8; i++) {
-        rc |= nt_audit__arr_finish(&out[i]);
-    }
-    return rc;
+    return nt_audit__arrs_finish(out, 8);
 }
 
 /* Per clinic, area and depth bucket: clinic, area, bucket (NULL: no depth), rows. */
 int nt_audit__agg_depth(const nt_audit_agg_t *g, nt_audit_arr_t out[4])
 {
     static const uint32_t oid[4] = {25, 25, 23, 20};
-    for (int i = 0; i < 4; i++) {
-        nt_audit__arr_init(&out[i], oid[i]);
-    }
+    nt_audit__arrs_init(out, 4, oid);
     for (size_t s = 0; s < g->depth.cap; s++) {
         const agg__ent_t *e = g->depth.slot[s];
         if (e == NULL) {
@@ -617,11 +609,7 @@ int nt_audit__agg_depth(const nt_audit_agg_t *g, nt_audit_arr_t out[4])
         }
         nt_audit__arr_i64(&out[3], e->v[0]);
     }
-    int rc = 0;
-    for (int i = 0; i < 4; i++) {
-        rc |= nt_audit__arr_finish(&out[i]);
-    }
-    return rc;
+    return nt_audit__arrs_finish(out, 4);
 }
 
 void nt_audit__agg_counts(const nt_audit_agg_t *g, int64_t *started, int64_t *cartridges)
@@ -666,8 +654,8 @@ static int agg__limits(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql, a
         }
     }
     nt_audit_arr_t arr[2];
-    nt_audit__arr_init(&arr[0], 25);
-    nt_audit__arr_init(&arr[1], 25);
+    static const uint32_t oid[2] = {25, 25};
+    nt_audit__arrs_init(arr, 2, oid);
     agg__ent_t **order = calloc(pairs->n + 1, sizeof(*order));
     size_t n = 0;
     for (size_t s = 0; order != NULL && s < pairs->cap; s++) {
@@ -677,10 +665,7 @@ static int agg__limits(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql, a
             agg__put_field(&arr[1], pairs->slot[s], 1);
         }
     }
-    int rc = order == NULL || g->failed || nt_audit__arr_finish(&arr[0]) != 0 ||
-                     nt_audit__arr_finish(&arr[1]) != 0
-                 ? -1
-                 : 0;
+    int rc = order == NULL || g->failed || nt_audit__arrs_finish(arr, 2) != 0 ? -1 : 0;
     if (rc != 0) {
         fprintf(stderr, "needletrace: audit report: sessions: %s\n",
                 g->failed ? nt_audit__agg_error(g)
@@ -704,8 +689,7 @@ static int agg__limits(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql, a
         PQclear(res);
     }
     free(order);
-    nt_audit__arr_free(&arr[0]);
-    nt_audit__arr_free(&arr[1]);
+    nt_audit__arrs_free(arr, 2);
     return rc;
 }
 
@@ -802,9 +786,8 @@ static int agg__started(nt_audit_agg_t *g, agg__map_t *pairs, PGresult *started,
 int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sql,
                            PGresult *started, nt_audit_arr_t out[4])
 {
-    for (int i = 0; i < 4; i++) {
-        nt_audit__arr_init(&out[i], 25);
-    }
+    static const uint32_t oid[4] = {25, 25, 25, 25};
+    nt_audit__arrs_init(out, 4, oid);
     agg__map_t pairs = {.n = 0};
     if (agg__limits(g, conn, limit_sql, &pairs) != 0) { /* printed */
         free(pairs.slot);
@@ -833,12 +816,10 @@ int nt_audit__agg_sessions(nt_audit_agg_t *g, PGconn *conn, const char *limit_sq
     if (rc != 0) {
         fprintf(stderr, "needletrace: audit report: sessions: out of memory\n");
     }
-    for (int i = 0; rc == 0 && i < 4; i++) {
-        if (nt_audit__arr_finish(&out[i]) != 0) {
-            fprintf(stderr, "needletrace: audit report: sessions: out of memory, or more "
-                            "than a query's parameter may hold (1 GiB)\n");
-            rc = -1;
-        }
+    if (rc == 0 && nt_audit__arrs_finish(out, 4) != 0) {
+        fprintf(stderr, "needletrace: audit report: sessions: out of memory, or more than a "
+                        "query's parameter may hold (1 GiB)\n");
+        rc = -1;
     }
     free(pairs.slot);
     return rc;

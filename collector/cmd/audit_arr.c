@@ -86,3 +86,26 @@ void nt_audit__arr_free(nt_audit_arr_t *a)
     free(a->b);
     memset(a, 0, sizeof(*a));
 }
+
+void nt_audit__arrs_init(nt_audit_arr_t *a, int n, const uint32_t *elem_oid)
+{
+    for (int i = 0; i < n; i++) {
+        nt_audit__arr_init(&a[i], elem_oid[i]);
+    }
+}
+
+int nt_audit__arrs_finish(nt_audit_arr_t *a, int n)
+{
+    int rc = 0;
+    for (int i = 0; i < n; i++) {
+        rc |= nt_audit__arr_finish(&a[i]);
+    }
+    return rc;
+}
+
+void nt_audit__arrs_free(nt_audit_arr_t *a, int n)
+{
+    for (int i = 0; i < n; i++) {
+        nt_audit__arr_free(&a[i]);
+    }
+}

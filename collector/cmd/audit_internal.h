@@ -11,8 +11,9 @@
 
 #include "needletrace/digest.h"
 
-/* A connection that joins the check of the batches' rows once it is free (the report's, after
- * its sessions): set conn (NULL: none will come) and done under mu, then signal cv. */
+/* A connection that joins the check of the batches' rows once it is free (the report's third,
+ * after it has read the sessions started in the period): set conn (NULL: none will come) and
+ * done under mu, then signal cv. */
 typedef struct {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -29,8 +30,8 @@ typedef struct {
     PGconn *conn;
     PGconn *conn2; /* a second connection in the same snapshot (NULL: none): verify checks the
                     * batches' rows on both at once */
-    PGconn *conn3; /* report: a third one in the same snapshot (NULL: none): the verification
-                    * runs on conn2 and conn3 while the sessions section runs on conn */
+    PGconn *conn3; /* report: a third one in the same snapshot (NULL: none): it reads the
+                    * sessions started in the period, then joins the verification (late) */
     nt_audit_late_t *late;          /* report: a connection that may join the batches' check */
     const char *from, *to, *clinic; /* filters of the entries checked (NULL: none) */
     size_t findings;
@@ -144,6 +145,10 @@ void nt_audit__arr_i64(nt_audit_arr_t *a, int64_t v);
 /* Ready to send: 0, or -1 (out of memory, or larger than a parameter may be). */
 int nt_audit__arr_finish(nt_audit_arr_t *a);
 void nt_audit__arr_free(nt_audit_arr_t *a);
+/* The same for n arrays at once (their element types elem_oid[i]); finish: -1 when one fails. */
+void nt_audit__arrs_init(nt_audit_arr_t *a, int n, const uint32_t *elem_oid);
+int nt_audit__arrs_finish(nt_audit_arr_t *a, int n);
+void nt_audit__arrs_free(nt_audit_arr_t *a, int n);
 
 /* The figures of the events whose device time (microseconds since 2000-01-01 UTC) is in [lo, hi)
  * (their clinic's own bounds when given by nt_audit__agg_bound), of clinic (NULL: every one; it

@@ -158,8 +158,8 @@ static const char report__started[] = "WITH " REPORT__SESSION_H("") ", " REPORT_
     "CASE WHEN al.details->>'" key "' ~ '^-?[0-9]{1,18}$' THEN (al.details->>'" key "')::bigint "  \
     "END AS " key
 
-/* Sections on the second connection (lane 1), at once with those on the first: each reads the
- * period's events once; the sessions (lane 0) cost about as much as the others together. */
+/* The sections, once the record is verified and the figures gathered: the sessions (lane 0) on
+ * the first connection, the others (lane 1) on the second at once. */
 static const report__section_t report__sections[] = {
     /* summary, depth and pens: from report__shared (their columns here, their rows there) */
     {3, 1, "summary", "Summary", NULL,
@@ -708,9 +708,7 @@ static int report__sections_run(nt_audit_t *a, nt_audit_agg_t *g, const char *fr
         rc = lane[0].failed || lane[1].failed ? -1 : 0;
     }
     PQclear(lane[0].started); /* not the section's: a failure before it */
-    for (int i = 0; i < 16; i++) {
-        nt_audit__arr_free(&arr[i]);
-    }
+    nt_audit__arrs_free(arr, 16);
     return rc;
 }
 

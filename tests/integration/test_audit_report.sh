@@ -184,14 +184,17 @@ nt_sql "UPDATE public.old SET seq = seq + 1000000, tx = (SELECT max(tx) + 1000 F
           needletrace.ledger) WHERE seq = (SELECT min(seq) FROM public.old);
         INSERT INTO needletrace.events SELECT * FROM public.old WHERE seq > 2000000" >/dev/null
 events_retrigger
-rc=0
-NEEDLETRACE_DATABASE_URL=$AUDITOR "$NT_BIN" audit report --from $FROM --to $TO --format json \
-    --out "$NT_TMP/report-bad.json" >"$NT_TMP/report-bad.out" 2>&1 || rc=$?
-nt_expect_eq "a tampered record: the report is written, exit code" 1 "$rc"
-nt_expect_true "... and says the record did NOT verify" \
-    grep -q "did NOT verify" "$NT_TMP/report-bad.out"
-nt_expect_true "... the row outside any batch named in it" \
-    grep -q "inserted outside any sealed batch" "$NT_TMP/report-bad.json"
+unverified() { # unverified WHAT NAME LABEL PATTERN: the report of a record that does not verify
+    local rc=0
+    NEEDLETRACE_DATABASE_URL=$AUDITOR "$NT_BIN" audit report --from $FROM --to $TO \
+        --format json --out "$NT_TMP/report-$2.json" >"$NT_TMP/report-$2.out" 2>&1 || rc=$?
+    nt_expect_eq "$1: the report is written, exit code" 1 "$rc"
+    nt_expect_true "... and says the record did NOT verify" \
+        grep -q "did NOT verify" "$NT_TMP/report-$2.out"
+    nt_expect_true "... $3" grep -q "$4" "$NT_TMP/report-$2.json"
+}
+unverified "a tampered record" bad "the row outside any batch named in it" \
+    "inserted outside any sealed batch"
 figures_match "with a row outside any batch" "$NT_TMP/report-bad.json" "$FROM" "$TO"
 
 # A forged ledger entry naming a batch's transaction too (tx's uniqueness dropped by hand; its
@@ -202,12 +205,8 @@ nt_sql "ALTER TABLE needletrace.ledger DROP CONSTRAINT ledger_tx_key;
           WHERE collector_id <> '(genesis)' ORDER BY seq LIMIT 1;
         UPDATE public.forged SET collector_id = 'forged', n_events = 300000; -- a piece of its own
         INSERT INTO needletrace.ledger SELECT * FROM public.forged" >/dev/null
-rc=0
-NEEDLETRACE_DATABASE_URL=$AUDITOR "$NT_BIN" audit report --from $FROM --to $TO --format json \
-    --out "$NT_TMP/report-forged.json" >"$NT_TMP/report-forged.out" 2>&1 || rc=$?
-nt_expect_eq "a forged entry sharing a batch's tx: the report is written, exit code" 1 "$rc"
-nt_expect_true "... and names the forged entry" \
-    grep -q "ledger entry forged#" "$NT_TMP/report-forged.json"
+unverified "a forged entry sharing a batch's tx" forged "and names the forged entry" \
+    "ledger entry forged#"
 figures_match "with a forged entry sharing a tx" "$NT_TMP/report-forged.json" "$FROM" "$TO"
 
 # ---- a person's look: chromium renders it ---------------------------------------------------------

@@ -97,13 +97,6 @@ static int64_t arr_i64(const nt_audit_arr_t *a, uint32_t i)
     return be64(p);
 }
 
-static void free_arrs(nt_audit_arr_t *a, int n)
-{
-    for (int i = 0; i < n; i++) {
-        nt_audit__arr_free(&a[i]);
-    }
-}
-
 static void test_array_binary(void **state)
 {
     (void)state;
@@ -199,8 +192,8 @@ static void test_figures(void **state)
                                                                      : 4;
     }
     assert_int_equal(seen, 3);
-    free_arrs(pens, 8);
-    free_arrs(depth, 4);
+    nt_audit__arrs_free(pens, 8);
+    nt_audit__arrs_free(depth, 4);
     nt_audit__agg_free(g);
 }
 
@@ -293,8 +286,8 @@ static void test_hostile_rows(void **state)
     assert_int_equal(nt_audit__agg_pens(g, pens), 0);
     assert_int_equal(nt_audit__agg_depth(g, depth), 0);
     assert_true(pens[0].n > 1000);
-    free_arrs(pens, 8);
-    free_arrs(depth, 4);
+    nt_audit__arrs_free(pens, 8);
+    nt_audit__arrs_free(depth, 4);
     free(big);
     nt_audit__agg_free(g);
 }
